@@ -1,0 +1,104 @@
+"""What a board is, once its file has been loaded and validated: frozen dataclasses.
+
+Nothing downstream of `fwgen.config` reads raw YAML dicts; it reads these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .arch import Arch
+
+
+@dataclass(frozen=True)
+class Feed:
+    """A package repository. `type` names the backend: deb (now), apk and ipk (later)."""
+
+    name: str
+    type: str
+    url: str
+    suite: str = "bookworm"
+    components: tuple[str, ...] = ("main",)
+    keys: tuple[Path, ...] = ()  # extra trusted keys; empty = the keys fwgen ships for the type
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    package: str | None  # a kernel package (metapackages are followed to the image package)
+    cmdline: str = ""
+    modules: tuple[str, ...] = ()  # modules needed at boot, by name; dependencies are added
+    image: Path | None = None  # a vendor kernel image file instead of a package
+    modules_from: Path | None = None  # a vendor modules folder or tarball
+
+
+@dataclass(frozen=True)
+class BusyboxSpec:
+    package: str | None = "busybox-static"  # stand-in package until fwgen builds BusyBox
+
+
+@dataclass(frozen=True)
+class QemuProfile:
+    """A QEMU machine from qemu/*.yaml."""
+
+    name: str
+    arch: Arch
+    binary: str
+    machine: str
+    console: str
+    memory: int
+    cpu: str | None = None
+    disk: str | None = None
+    nic: str | None = None
+    args: tuple[str, ...] = ()
+    source: Path | None = None
+
+
+@dataclass(frozen=True)
+class QemuSpec:
+    profile: QemuProfile
+    memory: int | None = None  # overrides the profile's
+    forward: tuple[int, ...] = ()  # guest TCP ports forwarded to free ports on 127.0.0.1
+    timeout: float = 120.0  # seconds to the ready line, before the timeout multiplier
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check `fwgen boot` runs once the guest is ready.
+
+    kind "run": run `command` on the serial console; compare exit status `exit`,
+      and the output with `expect` (exact, stripped) and/or `contains`.
+    kind "http": GET `path` from the host through the forwarded guest `port`;
+      compare `status` and `contains`.
+    kind "console": wait for a line containing `contains` on the console.
+    """
+
+    kind: str
+    name: str
+    command: str | None = None
+    path: str | None = None
+    port: int | None = None
+    expect: str | None = None
+    contains: str | None = None
+    status: int = 200
+    exit: int = 0
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    arch: Arch
+    source: Path  # the board file
+    description: str = ""
+    hostname: str = "fwgen"
+    feeds: tuple[Feed, ...] = ()
+    kernel: KernelSpec = field(default_factory=lambda: KernelSpec(package=None))
+    busybox: BusyboxSpec = field(default_factory=BusyboxSpec)
+    packages: tuple[str, ...] = ()  # installed with their dependencies
+    exclude: tuple[str, ...] = ()  # never installed, even when something depends on them
+    nodeps: tuple[str, ...] = ()  # installed without following their dependencies
+    overlays: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ("initramfs",)
+    qemu: QemuSpec | None = None
+    checks: tuple[Check, ...] = ()

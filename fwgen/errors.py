@@ -1,0 +1,96 @@
+"""One error hierarchy for the whole library.
+
+The CLI maps every `FwgenError` to a one-line message; `UserError`s (bad input: a broken
+board file, a tampered package, a dead mirror) exit with code 2, the rest with 1.
+Library code never calls `sys.exit()`.
+"""
+
+from __future__ import annotations
+
+
+class FwgenError(Exception):
+    """Base of every error fwgen raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message} ({self.hint})"
+        return self.message
+
+
+class UserError(FwgenError):
+    """Bad input from the user or the outside world: exit code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """A board, overlay or profile file is wrong. Carries file:line:column and the key path."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+        keypath: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        where = file or "<board>"
+        if line is not None:
+            where += f":{line}"
+            if column is not None:
+                where += f":{column}"
+        prefix = f"{where}: "
+        if keypath:
+            prefix += f"{keypath}: "
+        super().__init__(prefix + message, hint)
+        self.file, self.line, self.column, self.keypath = file, line, column, keypath
+
+
+class FormatError(UserError):
+    """A binary or text format is malformed: says which file and where."""
+
+
+class IntegrityError(UserError):
+    """A signature or hash does not verify: the input is refused."""
+
+
+class FetchError(UserError):
+    """A download failed after its retries (dead mirror, 404, truncated body)."""
+
+
+class ResolveError(UserError):
+    """Package dependencies cannot be satisfied; the message explains the chain."""
+
+
+class ToolMissingError(UserError):
+    """An external program is not installed."""
+
+
+class RunError(FwgenError):
+    """An external program failed. Carries argv, exit code and the tail of its stderr."""
+
+    def __init__(self, argv: list[str], returncode: int, stderr_tail: str) -> None:
+        import shlex
+
+        super().__init__(
+            f"{shlex.join(argv)} failed with exit code {returncode}"
+            + (f": {stderr_tail}" if stderr_tail else "")
+        )
+        self.argv, self.returncode, self.stderr_tail = argv, returncode, stderr_tail
+
+
+class BootError(FwgenError):
+    """A guest did not boot or a check failed: carries the console tail."""
+
+    def __init__(self, message: str, console_tail: str = "", hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.console_tail = console_tail
