@@ -1,0 +1,266 @@
+"""The build pipeline: a flat list of named steps over one context object.
+
+    fetch_packages -> fetch_kernel -> assemble_rootfs -> select_kernel_modules
+      -> write_images -> write_manifest
+
+Outputs are written into a staging folder beside `out/<board>/` and swapped into place at
+the end, so a failed build never leaves a half-written output folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .board import Board
+from .busybox import install_busybox
+from .config import board_digest
+from .errors import UserError
+from .fetch import FetchedPackage, fetch_packages, install_package, read_package_entries
+from .fetch.cache import Cache
+from .images.cpio import write_initramfs
+from .kernel import Kernel, Module, install_modules, load_kernel, resolve_modules
+from .overlay import Overlay, apply_overlay, collect_overlays
+from .progress import QUIET, Progress
+from .rootfs import EntryType, RootFS
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+KERNEL_FILE = "kernel"
+INITRAMFS_FILE = "initramfs.cpio.gz"
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass
+class BuildContext:
+    board: Board
+    outdir: Path
+    cache: Cache
+    overlay_dirs: list[Path]
+    progress: Progress = QUIET
+    source_date_epoch: int | None = None
+    compression: str = "gzip"
+    rootfs: RootFS = field(default_factory=RootFS)
+    packages: list[FetchedPackage] = field(default_factory=list)
+    kernel_package: FetchedPackage | None = None
+    kernel: Kernel | None = None
+    modules: list[Module] = field(default_factory=list)
+    overlays: list[Overlay] = field(default_factory=list)
+    staging: Path | None = None
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def epoch(self) -> int:
+        assert self.source_date_epoch is not None, "epoch is known once packages are fetched"
+        return self.source_date_epoch
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    board: str
+    outdir: Path
+    manifest: dict
+    seconds: float
+
+
+def build(
+    board: Board,
+    *,
+    outdir: Path,
+    cache: Cache,
+    overlay_dirs: list[Path] | None = None,
+    progress: Progress = QUIET,
+    source_date_epoch: int | None = None,
+    compression: str = "gzip",
+) -> BuildResult:
+    """Build `board` into `outdir` (replaced atomically). Returns the manifest."""
+    started = time.monotonic()
+    ctx = BuildContext(
+        board=board,
+        outdir=outdir,
+        cache=cache,
+        overlay_dirs=list(overlay_dirs or []) + [REPO_ROOT / "overlays"],
+        progress=progress,
+        source_date_epoch=source_date_epoch,
+        compression=compression,
+    )
+    ctx.overlays = collect_overlays(board.overlays, ctx.overlay_dirs, board.source.parent)
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    ctx.staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
+    try:
+        fetch_board_packages(ctx)
+        fetch_kernel(ctx)
+        assemble_rootfs(ctx)
+        select_kernel_modules(ctx)
+        write_images(ctx)
+        manifest = write_manifest(ctx)
+        publish_outputs(ctx)
+    finally:
+        if ctx.staging.exists():
+            shutil.rmtree(ctx.staging)
+    return BuildResult(board.name, outdir, manifest, time.monotonic() - started)
+
+
+def fetch_board_packages(ctx: BuildContext) -> None:
+    board = ctx.board
+    names = list(board.packages)
+    if board.busybox.package:
+        names.append(board.busybox.package)
+    ctx.progress.step(f"resolving and fetching {len(names)} package(s) for {board.arch.value}")
+    ctx.packages = fetch_packages(
+        board.feeds, board.arch, names, exclude=board.exclude, nodeps=board.nodeps,
+        cache=ctx.cache, progress=ctx.progress,
+    )
+
+
+def fetch_kernel(ctx: BuildContext) -> None:
+    """Fetch the kernel package without its dependencies (kmod, initramfs-tools and the like
+    are host tooling an embedded image does not want), following a metapackage such as
+    linux-image-cloud-arm64 to the package that holds the image."""
+    spec = ctx.board.kernel
+    if spec.package is None:
+        raise UserError(f"{ctx.board.source}: kernel.package is required (vendor kernel files come later)")
+    name = spec.package
+    for _ in range(4):
+        ctx.progress.step(f"fetching kernel package {name}")
+        [fetched] = fetch_packages(
+            ctx.board.feeds, ctx.board.arch, [name], nodeps=[name], cache=ctx.cache,
+            progress=ctx.progress,
+        )
+        entries = list(read_package_entries(fetched.path))
+        if any(e.path.startswith("/boot/vmlinu") for e in entries):
+            ctx.kernel_package = fetched
+            ctx.kernel = load_kernel(entries, source=f"deb:{fetched.package.name}")
+            ctx.progress.info(f"kernel {ctx.kernel.release} from {fetched.package.name} {fetched.package.version}")
+            return
+        name = _kernel_dependency(fetched)
+    raise UserError(f"kernel package {spec.package} leads to no kernel image")
+
+
+def _kernel_dependency(fetched: FetchedPackage) -> str:
+    for group in fetched.package.depends:
+        for relation in group:
+            if relation.name.startswith("linux-image-"):
+                return relation.name
+    raise UserError(f"{fetched.package.name} holds no kernel image and depends on no linux-image package")
+
+
+def assemble_rootfs(ctx: BuildContext) -> None:
+    """Packages first, then BusyBox's applet links, overlays in order, generated files last."""
+    rootfs = ctx.rootfs
+    ctx.progress.step(f"assembling the root filesystem from {len(ctx.packages)} package(s)")
+    for fetched in ctx.packages:
+        install_package(rootfs, fetched)
+    if ctx.source_date_epoch is None:
+        # A deterministic default for SOURCE_DATE_EPOCH: the newest file the packages bring.
+        ctx.source_date_epoch = max((e.mtime or 0 for e in rootfs), default=0)
+    busybox = rootfs.get("/bin/busybox")
+    if busybox is None or busybox.type is not EntryType.FILE:
+        raise UserError("no /bin/busybox in the image: the board's busybox package did not provide it")
+    install_busybox(rootfs, busybox.data, ctx.board.arch, provenance=busybox.provenance)
+    for overlay in ctx.overlays:
+        count = apply_overlay(rootfs, overlay)
+        ctx.progress.info(f"overlay {overlay.name}: {count} path(s)")
+    write_generated_files(ctx)
+
+
+def write_generated_files(ctx: BuildContext) -> None:
+    rootfs, board = ctx.rootfs, ctx.board
+    generated = {"provenance": "fwgen"}
+    for directory in ("/proc", "/sys", "/dev", "/tmp", "/run", "/var/log", "/srv", "/root"):
+        if directory not in rootfs:
+            rootfs.add_dir(directory, 0o1777 if directory == "/tmp" else 0o755, **generated)
+    # The kernel opens /dev/console before devtmpfs is mounted: the node must be in the image.
+    rootfs.add_device("/dev/console", EntryType.CHARDEV, 5, 1, 0o600, **generated)
+    rootfs.add_device("/dev/null", EntryType.CHARDEV, 1, 3, 0o666, **generated)
+    rootfs.add_file("/etc/hostname", f"{board.hostname}\n".encode(), **generated)
+    os_release = (
+        'NAME="fwgen"\nID=fwgen\n'
+        f'VERSION_ID="{__version__}"\n'
+        f'PRETTY_NAME="fwgen {__version__} ({board.name})"\n'
+        f"FWGEN_BOARD={board.name}\nFWGEN_VERSION={__version__}\n"
+        f"FWGEN_ARCH={board.arch.value}\nBUILD_ID={ctx.epoch}\n"
+    )
+    rootfs.add_file("/etc/os-release", os_release.encode(), **generated)
+
+
+def select_kernel_modules(ctx: BuildContext) -> None:
+    assert ctx.kernel is not None
+    ctx.modules = resolve_modules(ctx.kernel, ctx.board.kernel.modules)
+    ctx.progress.step(
+        f"kernel modules: {', '.join(m.name for m in ctx.modules) or 'none'}"
+    )
+    install_modules(ctx.rootfs, ctx.kernel, ctx.modules, provenance=ctx.kernel.source)
+
+
+def write_images(ctx: BuildContext) -> None:
+    assert ctx.staging is not None and ctx.kernel is not None
+    ctx.progress.step("writing images")
+    kernel_path = ctx.staging / KERNEL_FILE
+    kernel_path.write_bytes(ctx.kernel.image)
+    ctx.outputs["kernel"] = kernel_path
+    if "initramfs" in ctx.board.outputs:
+        path = ctx.staging / INITRAMFS_FILE
+        write_initramfs(ctx.rootfs, path, compression=ctx.compression, mtime=ctx.epoch)
+        ctx.outputs["initramfs"] = path
+
+
+def write_manifest(ctx: BuildContext) -> dict:
+    assert ctx.staging is not None and ctx.kernel is not None and ctx.kernel_package is not None
+    board = ctx.board
+    manifest = {
+        "fwgen": __version__,
+        "board": {"name": board.name, "file": str(board.source), "sha256": board_digest(board)},
+        "arch": board.arch.value,
+        "source_date_epoch": ctx.epoch,
+        "inputs": {
+            "packages": [_package_record(p) for p in ctx.packages],
+            "kernel": dict(_package_record(ctx.kernel_package), release=ctx.kernel.release,
+                           image=ctx.kernel.image_path),
+            "kernel_modules": [m.name for m in ctx.modules],
+            "overlays": [{"name": o.name, "path": str(o.path)} for o in ctx.overlays],
+            "excluded": list(board.exclude),
+            "nodeps": list(board.nodeps),
+        },
+        "outputs": {
+            name: {"file": path.name, "sha256": _sha256_file(path), "size": path.stat().st_size}
+            for name, path in sorted(ctx.outputs.items())
+        },
+        "boot": {"cmdline": board.kernel.cmdline, "qemu_profile": board.qemu.profile.name if board.qemu else None},
+        "files": {entry.path: entry.provenance for entry in ctx.rootfs},
+    }
+    path = ctx.staging / MANIFEST_FILE
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return manifest
+
+
+def publish_outputs(ctx: BuildContext) -> None:
+    """Swap the staging folder into place: the old output stays whole until the new one is."""
+    assert ctx.staging is not None
+    previous = None
+    if ctx.outdir.exists():
+        previous = ctx.outdir.with_name(f".{ctx.outdir.name}.old-{os.getpid()}")
+        os.replace(ctx.outdir, previous)
+    os.replace(ctx.staging, ctx.outdir)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def _package_record(fetched: FetchedPackage) -> dict:
+    p = fetched.package
+    return {"name": p.name, "version": p.version, "arch": p.arch, "sha256": p.sha256,
+            "size": p.size, "url": p.url}
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

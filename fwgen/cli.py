@@ -1,0 +1,261 @@
+"""The command line: parses arguments, calls the library, prints results.
+
+Every FwgenError becomes one line on stderr and its exit code (2 for user errors);
+tracebacks only with --verbose. No library code lives here.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+import yaml
+
+from . import __version__
+from .errors import BootError, FwgenError
+
+pass_state = click.make_pass_decorator(dict, ensure=True)
+
+
+def _fail(error: FwgenError, verbose: bool) -> None:
+    if verbose:
+        traceback.print_exception(error)
+    click.echo(f"fwgen: error: {error}", err=True)
+    if isinstance(error, BootError) and error.console_tail:
+        click.echo("--- console tail ---", err=True)
+        click.echo(error.console_tail.rstrip(), err=True)
+    sys.exit(error.exit_code)
+
+
+def handle_errors(command):
+    """Map library errors to one-line messages and exit codes."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        verbose = click.get_current_context().find_root().params.get("verbose", False)
+        try:
+            return command(*args, **kwargs)
+        except FwgenError as e:
+            _fail(e, verbose)
+        except KeyboardInterrupt:
+            click.echo("fwgen: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _progress(as_json: bool):
+    from .progress import Progress
+
+    return Progress(enabled=not as_json)
+
+
+def _cache():
+    from .fetch.cache import Cache
+
+    root = os.environ.get("FWGEN_CACHE")
+    return Cache(Path(root)) if root else Cache.default()
+
+
+def _epoch() -> int | None:
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        from .errors import UserError
+
+        raise UserError(f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds") from None
+
+
+def _emit_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+board_dirs_option = click.option(
+    "--boards-dir", "boards_dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False),
+    help="Another folder of board files (repeatable); searched before fwgen's own boards/.",
+)
+overlay_dirs_option = click.option(
+    "--overlays-dir", "overlay_dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False),
+    help="Another folder of overlays (repeatable); searched before fwgen's own overlays/.",
+)
+qemu_dirs_option = click.option(
+    "--qemu-dir", "qemu_dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False),
+    help="Another folder of QEMU machine profiles (repeatable).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+board_option = click.option("--board", "-b", "board_name", required=True, help="A board name or a board file path.")
+out_option = click.option(
+    "--out", "out_root", default="out", show_default=True, type=click.Path(path_type=Path, file_okay=False),
+    help="Outputs go to OUT/<board>/.",
+)
+
+
+def _load_board(board_name, boards_dirs, overlay_dirs, qemu_dirs):
+    from .config import load_board
+
+    return load_board(board_name, boards_dirs=list(boards_dirs), qemu_dirs=list(qemu_dirs),
+                      overlay_dirs=list(overlay_dirs))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fwgen")
+@click.option("--verbose", "-v", is_flag=True, help="Log every external command; tracebacks on errors.")
+def main(verbose: bool) -> None:
+    """fwgen: embedded Linux firmware for ARM and MIPS boards, proven to boot under QEMU."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s")
+
+
+@main.command()
+@board_option
+@board_dirs_option
+@overlay_dirs_option
+@qemu_dirs_option
+@out_option
+@click.option("--compression", type=click.Choice(["gzip", "xz", "zstd", "none"]), default="gzip",
+              show_default=True, help="Initramfs compression.")
+@json_option
+@handle_errors
+def build(board_name, boards_dirs, overlay_dirs, qemu_dirs, out_root, compression, as_json):
+    """Build a board's firmware into OUT/<board>/."""
+    from .build import build as build_board
+
+    board = _load_board(board_name, boards_dirs, overlay_dirs, qemu_dirs)
+    progress = _progress(as_json)
+    result = build_board(
+        board, outdir=out_root / board.name, cache=_cache(), overlay_dirs=list(overlay_dirs),
+        progress=progress, source_date_epoch=_epoch(), compression=compression,
+    )
+    outputs = result.manifest["outputs"]
+    if as_json:
+        _emit_json({"board": board.name, "outdir": str(result.outdir), "seconds": round(result.seconds, 2),
+                    "outputs": outputs, "packages": result.manifest["inputs"]["packages"],
+                    "kernel": result.manifest["inputs"]["kernel"]})
+        return
+    click.echo(f"built {board.name} in {result.seconds:.1f} s -> {result.outdir}/")
+    for name, info in outputs.items():
+        click.echo(f"  {name:10} {info['file']:24} {info['size']:>10,} bytes  sha256:{info['sha256'][:16]}")
+
+
+@main.command()
+@board_option
+@board_dirs_option
+@overlay_dirs_option
+@qemu_dirs_option
+@out_option
+@click.option("--timeout-factor", type=float, default=None,
+              help="Multiply every boot and check timeout (slow machines); default FWGEN_TIMEOUT_FACTOR or 1.")
+@json_option
+@handle_errors
+def boot(board_name, boards_dirs, overlay_dirs, qemu_dirs, out_root, timeout_factor, as_json):
+    """Boot a built board under QEMU and run its checks."""
+    from .boot import boot as boot_board
+
+    board = _load_board(board_name, boards_dirs, overlay_dirs, qemu_dirs)
+    factor = timeout_factor or float(os.environ.get("FWGEN_TIMEOUT_FACTOR", "1"))
+    result = boot_board(board, out_root / board.name, timeout_factor=factor, progress=_progress(as_json))
+    if as_json:
+        _emit_json({
+            "board": board.name, "passed": result.passed, "ready_seconds": round(result.ready_seconds, 2),
+            "console_log": str(result.console_log),
+            "checks": [{"name": c.name, "kind": c.kind, "passed": c.passed, "seconds": round(c.seconds, 2),
+                        "detail": c.detail} for c in result.checks],
+        })
+    else:
+        for c in result.checks:
+            click.echo(f"  {'PASS' if c.passed else 'FAIL'}  {c.name}  ({c.seconds:.1f} s)"
+                       + ("" if c.passed else f": {c.detail}"))
+        verdict = "PASS" if result.passed else "FAIL"
+        click.echo(f"{verdict} {board.name}: ready after {result.ready_seconds:.1f} s, "
+                   f"{sum(c.passed for c in result.checks)}/{len(result.checks)} checks passed "
+                   f"(console: {result.console_log})")
+    if not result.passed:
+        sys.exit(1)
+
+
+@main.command()
+@board_dirs_option
+@json_option
+@handle_errors
+def boards(boards_dirs, as_json):
+    """List the boards found."""
+    from .config import list_boards
+
+    found = list_boards(list(boards_dirs))
+    if as_json:
+        _emit_json([{"name": n, "path": str(p), "description": d} for n, p, d in found])
+        return
+    width = max((len(n) for n, _, _ in found), default=4)
+    click.echo(f"{'BOARD':{width}}  DESCRIPTION")
+    for name, path, description in found:
+        click.echo(f"{name:{width}}  {description}  ({path})")
+
+
+@main.command()
+@click.argument("board_name", metavar="BOARD")
+@board_dirs_option
+@overlay_dirs_option
+@qemu_dirs_option
+@json_option
+@handle_errors
+def show(board_name, boards_dirs, overlay_dirs, qemu_dirs, as_json):
+    """Print the fully resolved board (YAML, or JSON with --json)."""
+    from .config import board_to_dict
+
+    data = board_to_dict(_load_board(board_name, boards_dirs, overlay_dirs, qemu_dirs))
+    if as_json:
+        _emit_json(data)
+    else:
+        click.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
+
+
+@main.command()
+@click.option("--arch", "arch_name", required=True, help="Target architecture (armv6, armv7, aarch64, mips, mipsel).")
+@click.argument("packages", nargs=-1, required=True)
+@click.option("--dest", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Folder to copy the verified packages into.")
+@click.option("--mirror", default="http://deb.debian.org/debian", show_default=True, help="Debian mirror URL.")
+@click.option("--suite", default="bookworm", show_default=True)
+@click.option("--component", "components", multiple=True, default=("main",), show_default=True)
+@click.option("--exclude", multiple=True, help="Never fetch this package (repeatable).")
+@click.option("--nodeps", multiple=True, help="Fetch this package without its dependencies (repeatable).")
+@json_option
+@handle_errors
+def fetch(arch_name, packages, dest, mirror, suite, components, exclude, nodeps, as_json):
+    """Download and verify packages and their dependencies."""
+    import shutil
+
+    from .arch import Arch
+    from .board import Feed
+    from .fetch import fetch_packages
+
+    arch = Arch.from_name(arch_name)
+    feed = Feed(name="debian", type="deb", url=mirror, suite=suite, components=tuple(components))
+    fetched = fetch_packages([feed], arch, list(packages), exclude=exclude, nodeps=nodeps,
+                             cache=_cache(), progress=_progress(as_json))
+    dest.mkdir(parents=True, exist_ok=True)
+    records = []
+    for f in fetched:
+        target = dest / Path(f.package.url).name
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.copyfile(f.path, tmp)
+        os.replace(tmp, target)
+        records.append({"name": f.package.name, "version": f.package.version, "arch": f.package.arch,
+                        "sha256": f.package.sha256, "file": str(target)})
+    if as_json:
+        _emit_json(records)
+    else:
+        for r in records:
+            click.echo(f"{r['name']} {r['version']} {r['arch']}  {r['file']}")
+
+
+if __name__ == "__main__":
+    main()
