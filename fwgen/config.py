@@ -1,0 +1,623 @@
+"""Board and QEMU-profile files: YAML with positions -> JSON Schema -> frozen dataclasses.
+
+Every mistake in a file becomes a `ConfigError` that names the file, line and column of the
+offending node, the key path (`checks[1].port`) and, where one is close, a did-you-mean hint:
+
+    boards/bad.yaml:14:7: overlays[2]: unknown overlay 'htpd' (did you mean 'httpd'?)
+
+The schemas in fwgen/schema/ are the single source of the allowed keys, their help text and
+their defaults; this module applies the defaults from there and nowhere else.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import enum
+import functools
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import jsonschema.exceptions
+import yaml
+
+import fwgen
+
+from .arch import Arch
+from .board import Board, BusyboxSpec, Check, Feed, KernelSpec, QemuProfile, QemuSpec
+from .errors import ConfigError, UserError
+
+SCHEMA_DIR = Path(__file__).parent / "schema"
+CHECK_KINDS = ("run", "http", "console")
+# Which optional keys each check kind understands (besides name and timeout).
+CHECK_OPTIONS = {
+    "run": ("expect", "contains", "exit"),
+    "http": ("port", "status", "contains"),
+    "console": (),
+}
+
+KeyPath = tuple[str | int, ...]
+
+
+# ---------------------------------------------------------------------------------------------
+# Folders
+
+
+@dataclass(frozen=True)
+class TreeDirs:
+    """The folders of the fwgen tree itself (empty tuples for an installed package)."""
+
+    boards: tuple[Path, ...]
+    qemu: tuple[Path, ...]
+    overlays: tuple[Path, ...]
+
+
+def default_dirs() -> TreeDirs:
+    """The in-tree boards/, qemu/ and overlays/ folders, where they exist."""
+    # In a checkout the package sits in <repo>/fwgen; an installed wheel has no such siblings.
+    root = Path(fwgen.__file__).resolve().parents[1]
+
+    def existing(name: str) -> tuple[Path, ...]:
+        folder = root / name
+        return (folder,) if folder.is_dir() else ()
+
+    return TreeDirs(boards=existing("boards"), qemu=existing("qemu"), overlays=existing("overlays"))
+
+
+def _unique(paths: Iterable[Path]) -> list[Path]:
+    seen: list[Path] = []
+    for path in paths:
+        resolved = Path(path).resolve()
+        if resolved not in seen:
+            seen.append(resolved)
+    return seen
+
+
+def _search_dirs(user: Sequence[Path], board_file: Path | None, sub: str, tree: Iterable[Path]):
+    """User folders, then `<sub>/` beside the board file and beside its folder, then the tree.
+
+    A vendor keeps `product.yaml` with `overlays/` next to it, or a tree shaped like ours
+    (`boards/product.yaml`, `overlays/`); both load without extra flags.
+    """
+    beside: list[Path] = []
+    if board_file is not None:
+        beside = [board_file.parent / sub, board_file.parent.parent / sub]
+    return [d for d in _unique([*user, *beside, *tree]) if d.is_dir()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding and listing boards
+
+
+def _is_path(name_or_path: str | Path) -> bool:
+    text = str(name_or_path)
+    return "/" in text or text.endswith((".yaml", ".yml"))
+
+
+def _board_dirs(boards_dirs: Sequence[Path]) -> list[Path]:
+    return [d for d in _unique([*boards_dirs, *default_dirs().boards]) if d.is_dir()]
+
+
+def find_board(name_or_path: str | Path, boards_dirs: Sequence[Path] = ()) -> Path:
+    """The board file for a name (`qemu-aarch64`) or a path (`./vendor/product.yaml`).
+
+    Names are looked up as `<dir>/<name>.yaml` in `boards_dirs`, then in the tree's boards/.
+    """
+    if _is_path(name_or_path) and Path(name_or_path).is_file():
+        return Path(name_or_path)
+    if _is_path(name_or_path):
+        raise ConfigError("file not found", file=str(name_or_path))
+    for folder in _board_dirs(boards_dirs):
+        for suffix in (".yaml", ".yml"):
+            candidate = folder / f"{name_or_path}{suffix}"
+            if candidate.is_file():
+                return candidate
+    known = [name for name, _, _ in list_boards(boards_dirs)]
+    raise UserError(f"unknown board '{name_or_path}'", _did_you_mean(str(name_or_path), known, "boards"))
+
+
+def list_boards(boards_dirs: Sequence[Path] = ()) -> list[tuple[str, Path, str]]:
+    """(name, path, description) of every board; earlier folders hide later ones' namesakes."""
+    found: dict[str, tuple[str, Path, str]] = {}
+    for folder in _board_dirs(boards_dirs):
+        for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+            if path.stem not in found:
+                found[path.stem] = (path.stem, path, _peek_description(path))
+    return sorted(found.values())
+
+
+def _peek_description(path: Path) -> str:
+    """The description without validating: `fwgen boards` lists broken boards too."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return "(unreadable: run `fwgen show` on it)"
+    if isinstance(data, dict) and isinstance(data.get("description"), str):
+        return data["description"]
+    return ""
+
+
+def board_digest(board: Board) -> str:
+    """SHA-256 (hex) of the board file's bytes, for the manifest."""
+    return hashlib.sha256(board.source.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML with positions
+
+
+@dataclass(frozen=True)
+class Document:
+    """A loaded YAML file: plain data plus the position of every node, by key path."""
+
+    file: str
+    data: Any
+    values: dict[KeyPath, tuple[int, int]]  # key path -> (line, column) of the value node
+    keys: dict[KeyPath, tuple[int, int]]  # key path -> (line, column) of the mapping key
+
+    def error(self, path: KeyPath, message: str, hint: str | None = None, *, at_key=False):
+        """A ConfigError at `path`: the key itself when `at_key`, else its value."""
+        where = self.position(path, at_key=at_key)
+        return ConfigError(
+            message, file=self.file, line=where[0], column=where[1],
+            keypath=format_keypath(path) or None, hint=hint,
+        )
+
+    def position(self, path: KeyPath, *, at_key: bool = False) -> tuple[int, int]:
+        """The nearest known position: the node itself, else its closest ancestor."""
+        table = self.keys if at_key else self.values
+        if path in table:
+            return table[path]
+        if path in self.values:
+            return self.values[path]
+        return self.position(path[:-1]) if path else (1, 1)
+
+
+def format_keypath(path: KeyPath) -> str:
+    """('checks', 1, 'port') -> 'checks[1].port'."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _mark(node: yaml.Node) -> tuple[int, int]:
+    # PyYAML counts from 0; editors and compilers count from 1.
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def read_yaml(path: Path) -> Document:
+    """Parse one YAML document, keeping the position of every key, value and list item."""
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ConfigError("file not found", file=file) from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read: {e}", file=file) from e
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            raise ConfigError("file is empty", file=file, line=1, column=1,
+                              hint="a board needs at least 'arch'")
+        doc = Document(file, None, {(): _mark(root)}, {})
+        data = _construct(loader, root, (), doc)
+    except yaml.MarkedYAMLError as e:
+        raise _yaml_error(file, e) from e
+    finally:
+        loader.dispose()
+    return dataclasses.replace(doc, data=data)
+
+
+def _yaml_error(file: str, e: yaml.MarkedYAMLError) -> ConfigError:
+    mark = e.problem_mark or e.context_mark
+    problem = e.problem or e.context or "invalid YAML"
+    hint = None
+    if "'\\t'" in problem:
+        problem, hint = "tab character in indentation", "YAML indents with spaces only"
+    elif e.context and e.context_mark and e.problem_mark and e.context_mark.line != mark.line:
+        # "while parsing a block mapping" names where the unfinished construct began.
+        hint = f"{e.context} started on line {e.context_mark.line + 1}"
+    line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
+    return ConfigError(f"YAML syntax error: {problem}", file=file, line=line, column=column, hint=hint)
+
+
+def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, doc: Document) -> Any:
+    doc.values[path] = _mark(node)
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(loader, item, (*path, i), doc) for i, item in enumerate(node.value)]
+    if isinstance(node, yaml.MappingNode):
+        return _construct_mapping(loader, node, path, doc)
+    return loader.construct_object(node, deep=True)
+
+
+def _construct_mapping(loader, node: yaml.MappingNode, path: KeyPath, doc: Document) -> dict:
+    # PyYAML silently keeps the last of two equal keys; a board with two `packages:` lists
+    # almost always means one of them is ignored by mistake.
+    explicit = {id(key_node) for key_node, _ in node.value}
+    loader.flatten_mapping(node)  # resolves `<<: *anchor` merge keys, which come first
+    result: dict = {}
+    first_seen: dict[Any, int] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str):
+            line, column = _mark(key_node)
+            raise ConfigError(f"key {key!r} is not a string", file=doc.file, line=line,
+                              column=column, keypath=format_keypath(path) or None)
+        is_explicit = id(key_node) in explicit
+        if key in first_seen and is_explicit:
+            line, column = _mark(key_node)
+            raise ConfigError(f"duplicate key '{key}'", file=doc.file, line=line, column=column,
+                              keypath=format_keypath(path) or None,
+                              hint=f"first given on line {first_seen[key]}")
+        if is_explicit:
+            first_seen[key] = _mark(key_node)[0]
+        doc.keys[(*path, key)] = _mark(key_node)
+        result[key] = _construct(loader, value_node, (*path, key), doc)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema validation, readable errors and defaults
+
+
+@functools.cache
+def load_schema(name: str) -> dict:
+    """fwgen/schema/<name>.schema.json, checked against the Draft 2020-12 meta-schema."""
+    schema = json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return schema
+
+
+def validate(doc: Document, schema_name: str) -> None:
+    """Raise a ConfigError for the most relevant schema violation in `doc`, if any."""
+    schema = load_schema(schema_name)
+    if not isinstance(doc.data, dict):
+        raise doc.error((), f"the top level must be a mapping of settings, not {_describe(doc.data)}")
+    validator = jsonschema.Draft202012Validator(schema)
+    # Sorted by position so that among equally relevant errors the first in the file wins.
+    errors = sorted(validator.iter_errors(doc.data), key=lambda e: doc.position(tuple(e.absolute_path)))
+    best = jsonschema.exceptions.best_match(errors)
+    if best is not None:
+        raise _translate(doc, best, schema)
+
+
+def _translate(doc: Document, error: jsonschema.exceptions.ValidationError, root: dict) -> ConfigError:
+    path: KeyPath = tuple(error.absolute_path)
+    value, keyword, rule = error.instance, error.validator, error.validator_value
+    subschema = _resolve(error.schema, root)
+    if keyword == "additionalProperties":
+        known = sorted(subschema.get("properties", {}))
+        extra = next(k for k in value if k not in known)
+        return doc.error((*path, extra), f"unknown key '{extra}'",
+                         _did_you_mean(extra, known, "keys"), at_key=True)
+    if keyword == "required":
+        missing = next(k for k in rule if k not in value)
+        return doc.error(path, f"missing required key '{missing}'",
+                         subschema["properties"][missing].get("description"))
+    if keyword == "enum":
+        noun = subschema.get("x-noun", "value")
+        return doc.error(path, f"unknown {noun} {_show(value)}",
+                         _did_you_mean(str(value), [str(v) for v in rule], "known"))
+    return doc.error(path, _plain_words(keyword, rule, value, subschema))
+
+
+def _plain_words(keyword: str, rule: Any, value: Any, schema: dict) -> str:
+    if keyword == "type":
+        wanted = " or ".join(_TYPE_WORDS[t] for t in ([rule] if isinstance(rule, str) else rule))
+        return f"expected {wanted}, got {_describe(value)}"
+    if keyword == "minimum":
+        return f"must be at least {rule}, got {value}"
+    if keyword == "maximum":
+        return f"must be at most {rule}, got {value}"
+    if keyword == "exclusiveMinimum":
+        return f"must be more than {rule}, got {value}"
+    if keyword == "minLength":
+        return "must not be empty"
+    if keyword == "minItems":
+        return f"needs at least {rule} item{'s' if rule != 1 else ''}"
+    if keyword == "uniqueItems":
+        twice = next(v for i, v in enumerate(value) if v in value[:i])
+        return f"lists {_show(twice)} twice"
+    if keyword == "pattern":
+        return f"{_show(value)} is not {schema.get('x-pattern-help', f'matching {rule}')}"
+    return f"{_show(value)}: {keyword} {rule!r} not satisfied"
+
+
+_TYPE_WORDS = {
+    "object": "a mapping", "array": "a list", "string": "a string", "integer": "a whole number",
+    "number": "a number", "boolean": "true or false", "null": "nothing (null)",
+}
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    kind = {str: "a string", int: "a whole number", float: "a number"}.get(type(value), type(value).__name__)
+    return f"{kind} ({_show(value)})"
+
+
+def _show(value: Any) -> str:
+    return f"'{value}'" if isinstance(value, str) else repr(value)
+
+
+def _resolve(schema: dict, root: dict) -> dict:
+    """Follow a local `$ref` ('#/$defs/feed') to the schema it names."""
+    while "$ref" in schema:
+        target = root
+        for part in schema["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+    return schema
+
+
+def _did_you_mean(word: str, candidates: Sequence[str], what: str) -> str | None:
+    close = difflib.get_close_matches(word, candidates, n=1)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    if candidates:
+        return f"{what}: " + ", ".join(sorted(candidates))
+    return None
+
+
+def apply_defaults(data: Any, schema: dict, root: dict | None = None) -> Any:
+    """A copy of `data` with every missing key that has a schema `default` filled in."""
+    root = root or schema
+    schema = _resolve(schema, root)
+    if isinstance(data, dict):
+        result = {}
+        properties = schema.get("properties", {})
+        for key, sub in properties.items():
+            sub = _resolve(sub, root)
+            if key in data:
+                result[key] = apply_defaults(data[key], sub, root)
+            elif "default" in sub:
+                result[key] = apply_defaults(copy.deepcopy(sub["default"]), sub, root)
+        return result | {k: v for k, v in data.items() if k not in properties}
+    if isinstance(data, list) and "items" in schema:
+        return [apply_defaults(item, schema["items"], root) for item in data]
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# QEMU profiles
+
+
+def list_qemu_profiles(qemu_dirs: Sequence[Path] = ()) -> dict[str, Path]:
+    """Profile name -> file, earlier folders first."""
+    found: dict[str, Path] = {}
+    for folder in _search_dirs(qemu_dirs, None, "qemu", default_dirs().qemu):
+        for path in sorted(folder.glob("*.yaml")):
+            found.setdefault(path.stem, path)
+    return found
+
+
+def load_qemu_profile(name: str, qemu_dirs: Sequence[Path] = ()) -> QemuProfile:
+    """Load qemu/<name>.yaml from `qemu_dirs` (then the tree's qemu/), validated."""
+    profiles = list_qemu_profiles(qemu_dirs)
+    if name not in profiles:
+        raise UserError(f"unknown qemu profile '{name}'", _did_you_mean(name, list(profiles), "profiles"))
+    return read_qemu_profile(profiles[name])
+
+
+def read_qemu_profile(path: Path) -> QemuProfile:
+    """Load one QEMU profile file, validated against qemu.schema.json."""
+    doc = read_yaml(path)
+    validate(doc, "qemu")
+    data = apply_defaults(doc.data, load_schema("qemu"))
+    arch = Arch.from_name(data["arch"])
+    return QemuProfile(
+        name=data.get("name", path.stem),
+        arch=arch,
+        binary=data.get("binary", arch.qemu_system),
+        machine=data["machine"],
+        console=data["console"],
+        memory=data["memory"],
+        cpu=data["cpu"],
+        disk=data["disk"],
+        nic=data["nic"],
+        args=tuple(data["args"]),
+        source=path,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Boards
+
+
+def load_board(
+    name_or_path: str | Path,
+    *,
+    boards_dirs: Sequence[Path] = (),
+    qemu_dirs: Sequence[Path] = (),
+    overlay_dirs: Sequence[Path] = (),
+) -> Board:
+    """Find, parse, validate and resolve a board into a `Board`.
+
+    Overlays become absolute folder paths (each holding an overlay.yaml); kernel.image,
+    kernel.modules_from and feed keys become absolute paths, read relative to the board file.
+    """
+    path = find_board(name_or_path, boards_dirs).resolve()
+    doc = read_yaml(_display_path(path))
+    validate(doc, "board")
+    _check_checks(doc)
+    data = apply_defaults(doc.data, load_schema("board"))
+    qemu = _resolve_qemu(doc, data.get("qemu"), path, qemu_dirs)
+    if qemu is not None and qemu.profile.arch.value != data["arch"]:
+        raise doc.error(("qemu", "profile"),
+                        f"qemu profile '{qemu.profile.name}' emulates {qemu.profile.arch.value} "
+                        f"but the board is {data['arch']}",
+                        "pick a profile for the board's arch")
+    return Board(
+        name=data.get("name", path.stem),
+        arch=Arch.from_name(data["arch"]),
+        source=path,
+        description=data["description"],
+        hostname=data["hostname"],
+        feeds=tuple(_build_feed(doc, i, feed, path) for i, feed in enumerate(data["feeds"])),
+        kernel=_build_kernel(doc, data["kernel"], path),
+        busybox=BusyboxSpec(package=data["busybox"]["package"]),
+        packages=tuple(data["packages"]),
+        exclude=tuple(data["exclude"]),
+        nodeps=tuple(data["nodeps"]),
+        overlays=_resolve_overlays(doc, data["overlays"], path, overlay_dirs),
+        outputs=tuple(data["outputs"]),
+        qemu=qemu,
+        checks=tuple(_build_check(item) for item in data["checks"]),
+    )
+
+
+def _display_path(path: Path) -> Path:
+    """The path relative to the working folder when inside it: shorter error messages."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def _relative_file(doc: Document, keypath: KeyPath, value: str | None, board: Path) -> Path | None:
+    if value is None:
+        return None
+    resolved = (board.parent / value).resolve()
+    if not resolved.exists():
+        raise doc.error(keypath, f"{value} not found", f"looked for {resolved}")
+    return resolved
+
+
+def _build_feed(doc: Document, index: int, feed: dict, board: Path) -> Feed:
+    keys = tuple(
+        _relative_file(doc, ("feeds", index, "keys", k), key, board) for k, key in enumerate(feed["keys"])
+    )
+    return Feed(name=feed["name"], type=feed["type"], url=feed["url"], suite=feed["suite"],
+                components=tuple(feed["components"]), keys=keys)
+
+
+def _build_kernel(doc: Document, kernel: dict, board: Path) -> KernelSpec:
+    return KernelSpec(
+        package=kernel["package"],
+        cmdline=kernel["cmdline"],
+        modules=tuple(kernel["modules"]),
+        image=_relative_file(doc, ("kernel", "image"), kernel["image"], board),
+        modules_from=_relative_file(doc, ("kernel", "modules_from"), kernel["modules_from"], board),
+    )
+
+
+def _resolve_qemu(doc: Document, qemu: dict | None, board: Path, qemu_dirs) -> QemuSpec | None:
+    if qemu is None:
+        return None
+    name = qemu["profile"]
+    profiles: dict[str, Path] = {}
+    for folder in _search_dirs(qemu_dirs, board, "qemu", default_dirs().qemu):
+        for path in sorted(folder.glob("*.yaml")):
+            profiles.setdefault(path.stem, path)
+    if name not in profiles:
+        raise doc.error(("qemu", "profile"), f"unknown qemu profile '{name}'",
+                        _did_you_mean(name, list(profiles), "profiles"))
+    return QemuSpec(profile=read_qemu_profile(profiles[name]), memory=qemu.get("memory"),
+                    forward=tuple(qemu["forward"]), timeout=float(qemu["timeout"]))
+
+
+def find_overlays(overlay_dirs: Sequence[Path] = (), board_file: Path | None = None) -> dict[str, Path]:
+    """Overlay name -> folder: every folder holding an overlay.yaml, earlier folders first."""
+    found: dict[str, Path] = {}
+    for folder in _search_dirs(overlay_dirs, board_file, "overlays", default_dirs().overlays):
+        for meta in sorted(folder.glob("*/overlay.yaml")):
+            found.setdefault(meta.parent.name, meta.parent)
+    return found
+
+
+def _resolve_overlays(doc: Document, names: list[str], board: Path, overlay_dirs) -> tuple[str, ...]:
+    available = find_overlays(overlay_dirs, board)
+    resolved = []
+    for i, name in enumerate(names):
+        if _is_path(name) or name.startswith("."):
+            folder = (board.parent / name).resolve()
+            if not (folder / "overlay.yaml").is_file():
+                raise doc.error(("overlays", i), f"no overlay at '{name}'",
+                                f"{folder} has no overlay.yaml")
+        elif name in available:
+            folder = available[name]
+        else:
+            raise doc.error(("overlays", i), f"unknown overlay '{name}'",
+                            _did_you_mean(name, list(available), "overlays"))
+        resolved.append(str(folder))
+    return tuple(resolved)
+
+
+def _check_checks(doc: Document) -> None:
+    """Each check has exactly one kind and only the keys that kind understands."""
+    for i, item in enumerate(doc.data.get("checks", [])):
+        kinds = [k for k in CHECK_KINDS if k in item]
+        if len(kinds) != 1:
+            found = " and ".join(kinds) if kinds else "none"
+            raise doc.error(("checks", i), f"a check needs exactly one of run, http, console (found {found})",
+                            "split it into one check per kind" if kinds else None)
+        kind = kinds[0]
+        allowed = {kind, "name", "timeout", *CHECK_OPTIONS[kind]}
+        for key in item:
+            if key not in allowed:
+                raise doc.error(("checks", i, key), f"'{key}' does not apply to a {kind} check",
+                                f"{kind} checks take: " + ", ".join(sorted(allowed - {kind})), at_key=True)
+        if kind == "http" and "port" not in item:
+            raise doc.error(("checks", i), "http check needs 'port'",
+                            "the guest TCP port, one of qemu.forward")
+        _check_forwarded(doc, i, item)
+
+
+def _check_forwarded(doc: Document, index: int, item: dict) -> None:
+    if "port" not in item:
+        return
+    forward = (doc.data.get("qemu") or {}).get("forward", [])
+    if item["port"] not in forward:
+        raise doc.error(("checks", index, "port"), f"port {item['port']} is not forwarded",
+                        "add it to qemu.forward")
+
+
+def _build_check(item: dict) -> Check:
+    kind = next(k for k in CHECK_KINDS if k in item)
+    argument = item[kind]
+    default_name = f"{kind}: {argument}" + (f" (port {item['port']})" if kind == "http" else "")
+    return Check(
+        kind=kind,
+        name=item.get("name", default_name),
+        command=argument if kind == "run" else None,
+        path=argument if kind == "http" else None,
+        port=item.get("port"),
+        expect=item.get("expect"),
+        contains=argument if kind == "console" else item.get("contains"),
+        status=item["status"],
+        exit=item["exit"],
+        timeout=float(item["timeout"]),
+    )
+
+
+def board_to_dict(board: Board) -> dict:
+    """The fully resolved board as JSON-ready data (paths and arches as strings)."""
+    return _plain(board)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
