@@ -1,0 +1,63 @@
+"""A real QEMU boot of qemu-aarch64: ready line, uname over the console, HTTP from the host."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+from buildutil import REPO, run_fwgen
+from fwgen.qemu import Machine
+
+from fwgen.boot import READY_MARKER, boot_spec_for
+from fwgen.config import load_board
+
+pytestmark = [pytest.mark.network, pytest.mark.qemu, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def out_root(tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("out")
+    result = run_fwgen("build", "--board", "qemu-aarch64", "--out", str(out), cache=cache_dir)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_guest_reports_ready_runs_commands_and_serves_http(out_root):
+    board = load_board("qemu-aarch64")
+    spec = boot_spec_for(board, out_root / "qemu-aarch64")
+    with Machine(spec, out_root / "machine") as machine:
+        machine.start()
+        machine.wait_for(READY_MARKER, timeout=120)
+        status, output = machine.run("uname -m")
+        assert (status, output.strip()) == (0, "aarch64")
+        status, _ = machine.run("test -e /nonexistent")
+        assert status == 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{machine.host_port(80)}/", timeout=20) as response:
+            body = response.read().decode()
+        assert response.status == 200
+        assert "fwgen-aarch64" in body and "board: qemu-aarch64" in body
+        machine.poweroff()
+    log = (out_root / "machine" / "console.log").read_text(errors="replace")
+    assert "fwgen-init:" in log and READY_MARKER in log
+
+
+def test_fwgen_boot_prints_pass_and_the_boot_time(out_root, cache_dir):
+    result = run_fwgen("boot", "--board", "qemu-aarch64", "--out", str(out_root), cache=cache_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1].startswith("PASS qemu-aarch64: ready after ")
+    assert "PASS  run: uname -m" in result.stdout
+
+
+def test_a_failing_check_fails_the_boot_with_exit_1(out_root, cache_dir, tmp_path):
+    board_file = tmp_path / "wrong-arch.yaml"
+    text = (REPO / "boards" / "qemu-aarch64.yaml").read_text()
+    board_file.write_text(text.replace("expect: aarch64", "expect: mips").replace(
+        "name: qemu-aarch64", "name: wrong-arch"))
+    (out_root / "wrong-arch").symlink_to(out_root / "qemu-aarch64")
+    result = run_fwgen("boot", "--board", str(board_file), "--out", str(out_root), "--json", cache=cache_dir)
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    failed = [c for c in report["checks"] if not c["passed"]]
+    assert [c["name"] for c in failed] == ["run: uname -m"]
+    assert "aarch64" in failed[0]["detail"]
