@@ -1,0 +1,5 @@
+"""Image writers, one module per format, each written from a `RootFS` model.
+
+Every writer is deterministic (fixed timestamps, model order, owners from the model) and
+puts its output in place atomically: a temporary file in the same folder, then os.replace.
+"""
