@@ -1,0 +1,472 @@
+"""Alpine's apk v2 packages and APKINDEX, with their RSA signatures.
+
+Facts (apk-tools doc/apk-v2.5.scd, src/extract_v2.c; abuild abuild.in, abuild-sign):
+
+- A package is three gzip streams, concatenated: a signature tar holding one file
+  `.SIGN.<ALG>.<keyname>`, a control tar (`.PKGINFO`, scripts) and a data tar. The first two
+  are cut before their end-of-archive blocks (`abuild-tar --cut`).
+- The signature covers the *compressed bytes* of stream 2. ALG `RSA` is PKCS#1 v1.5 over
+  SHA-1, `RSA256` over SHA-256, `RSA512` over SHA-512. `keyname` is a file name in
+  /etc/apk/keys. "Signature files over 64 KiB are ignored."
+- `.PKGINFO` `datahash` is the SHA-256 of the compressed stream 3; without it the signature
+  covers streams 2 and 3 together.
+- Each data entry carries the PAX record `APK-TOOLS.checksum.SHA1` (file content, or for a
+  symlink the target string).
+- APKINDEX.tar.gz is signed the same way; its stream 2 is a tar of `DESCRIPTION` and
+  `APKINDEX`. An index entry's `C:` is "Q1" + base64(SHA-1 of the package's compressed
+  control stream): the identity that ties the index to the file.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import re
+import tarfile
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from ..errors import FormatError, IntegrityError, UserError
+from ..rootfs import Entry, EntryType, normalize_path
+from . import apkversion
+
+SHIPPED_KEYS = Path(__file__).resolve().parent.parent / "keys" / "alpine"
+
+SIGNATURE_HASHES = {"RSA": hashes.SHA1, "RSA256": hashes.SHA256, "RSA512": hashes.SHA512}
+MAX_SIGNATURE_SIZE = 64 * 1024
+CHECKSUM_PAX = "APK-TOOLS.checksum.SHA1"
+
+
+# -- gzip streams -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GzipStream:
+    """One gzip member of a file: its compressed byte range and what it inflates to."""
+
+    start: int
+    end: int
+    data: bytes
+
+
+def split_gzip_streams(blob: bytes, name: str) -> list[GzipStream]:
+    """The concatenated gzip members of `blob`, each with its exact compressed byte range."""
+    streams: list[GzipStream] = []
+    offset = 0
+    while offset < len(blob):
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip header and trailer
+        try:
+            data = inflater.decompress(blob[offset:]) + inflater.flush()
+        except zlib.error as e:
+            raise FormatError(f"{name}: offset {offset:#x}: bad gzip stream {len(streams) + 1}: {e}") from e
+        if not inflater.eof:
+            raise FormatError(f"{name}: offset {offset:#x}: gzip stream {len(streams) + 1} is truncated")
+        end = len(blob) - len(inflater.unused_data)
+        streams.append(GzipStream(offset, end, data))
+        offset = end
+    if not streams:
+        raise FormatError(f"{name}: offset 0x0: empty file")
+    return streams
+
+
+# -- tar members ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TarMember:
+    info: tarfile.TarInfo
+    data: bytes
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+
+def read_tar(raw: bytes, name: str) -> list[TarMember]:
+    """Every member of one (possibly cut) tar stream, with regular files' contents."""
+    members: list[TarMember] = []
+    try:
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:", format=tarfile.PAX_FORMAT) as tar:
+            for info in tar:
+                content = b""
+                if info.isreg():
+                    extracted = tar.extractfile(info)
+                    content = extracted.read() if extracted else b""
+                    if len(content) != info.size:
+                        raise FormatError(f"{name}: offset {info.offset_data:#x}: {info.name} is truncated")
+                members.append(TarMember(info, content))
+    except tarfile.TarError as e:
+        raise FormatError(f"{name}: bad tar stream: {e}") from e
+    return members
+
+
+# -- keys and signatures -------------------------------------------------------------------
+@dataclass(frozen=True)
+class RsaKey:
+    name: str  # the file name, as `.SIGN.RSA.<name>` refers to it
+    public: rsa.RSAPublicKey
+    source: Path
+
+    @property
+    def short_id(self) -> str:
+        """The key's short id as Alpine spells it in file names ("6165ee59")."""
+        m = re.search(r"-([0-9a-f]{8})\.rsa\.pub$", self.name)
+        return m.group(1) if m else self.name
+
+
+def load_rsa_keys(paths: Iterable[Path]) -> dict[str, RsaKey]:
+    """Every PEM RSA public key in `paths` (files or folders), by file name."""
+    keys: dict[str, RsaKey] = {}
+    for path in paths:
+        path = Path(path)
+        files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            try:
+                public = serialization.load_pem_public_key(file.read_bytes())
+            except (ValueError, OSError, TypeError):
+                continue
+            if isinstance(public, rsa.RSAPublicKey):
+                keys.setdefault(file.name, RsaKey(file.name, public, file))
+    return keys
+
+
+@dataclass(frozen=True)
+class Signature:
+    algorithm: str  # RSA, RSA256, RSA512
+    key_name: str
+    value: bytes
+
+
+def read_signatures(stream: GzipStream, name: str) -> list[Signature]:
+    """The `.SIGN.*` files of a signature stream (stream 1)."""
+    signatures = []
+    for member in read_tar(stream.data, f"{name}: signature stream"):
+        m = re.fullmatch(r"\.SIGN\.([A-Z0-9]+)\.(.+)", member.name)
+        if m is None:
+            raise FormatError(f"{name}: signature stream holds {member.name!r}, not a .SIGN.* file")
+        if member.info.size <= MAX_SIGNATURE_SIZE:
+            signatures.append(Signature(m.group(1), m.group(2), member.data))
+    return signatures
+
+
+def verify_signatures(signatures: list[Signature], message: bytes, keys: dict[str, RsaKey], name: str) -> RsaKey:
+    """The trusted key one of `signatures` verifies `message` with; IntegrityError if none."""
+    problems = []
+    for signature in signatures:
+        key = keys.get(signature.key_name)
+        algorithm = SIGNATURE_HASHES.get(signature.algorithm)
+        if algorithm is None:
+            problems.append(f"{signature.algorithm} signatures are not supported")
+        elif key is None:
+            problems.append(f"key {signature.key_name} is not trusted")
+        else:
+            try:
+                key.public.verify(signature.value, message, padding.PKCS1v15(), algorithm())
+                return key
+            except InvalidSignature:
+                problems.append(f"{signature.algorithm} signature by {signature.key_name} does not verify")
+    detail = "; ".join(problems) or "no signature"
+    raise IntegrityError(f"{name}: {detail}")
+
+
+def _signed_parts(blob: bytes, name: str) -> tuple[list[Signature], list[GzipStream]]:
+    streams = split_gzip_streams(blob, name)
+    signatures = read_signatures(streams[0], name) if _is_signature_stream(streams[0]) else []
+    if not signatures:
+        raise IntegrityError(f"{name}: not signed (first gzip stream holds no .SIGN.* file)")
+    if len(streams) < 2:
+        raise FormatError(f"{name}: offset {streams[0].end:#x}: nothing follows the signature")
+    return signatures, streams[1:]
+
+
+def _is_signature_stream(stream: GzipStream) -> bool:
+    return stream.data[:6] == b".SIGN."
+
+
+# -- APKINDEX --------------------------------------------------------------------------------
+# Field letters of an APKINDEX stanza (apk-tools src/package.c, doc/apk-package.5.scd).
+INDEX_FIELDS = {
+    "C": "identity", "P": "name", "V": "version", "A": "arch", "S": "size",
+    "I": "installed_size", "T": "description", "U": "url", "L": "license", "o": "origin",
+    "m": "maintainer", "t": "build_time", "c": "commit", "k": "provider_priority",
+    "D": "depends", "p": "provides", "i": "install_if", "r": "replaces", "q": "replaces_priority",
+}
+
+
+@dataclass
+class ApkIndexEntry:
+    """One stanza of an APKINDEX: every field, by the names apk-package(5) gives them."""
+
+    name: str = ""
+    version: str = ""
+    arch: str = ""
+    identity: str = ""
+    size: int = 0
+    installed_size: int = 0
+    description: str = ""
+    url: str = ""
+    license: str = ""
+    origin: str = ""
+    maintainer: str = ""
+    build_time: int = 0
+    commit: str = ""
+    provider_priority: int | None = None
+    depends: list[str] = field(default_factory=list)
+    provides: list[str] = field(default_factory=list)
+    install_if: list[str] = field(default_factory=list)
+    replaces: list[str] = field(default_factory=list)
+    replaces_priority: int | None = None
+    unknown: dict[str, str] = field(default_factory=dict)  # letters apk-tools does not know
+    line: int = 0  # where the stanza starts
+
+    @property
+    def installable(self) -> bool:
+        """apk: "an unknown upper-case letter makes the package uninstallable"."""
+        return not any(letter.isupper() for letter in self.unknown)
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}-{self.version}.apk"
+
+
+_LIST_FIELDS = {"depends", "provides", "install_if", "replaces"}
+_INT_FIELDS = {"size", "installed_size", "build_time", "provider_priority", "replaces_priority"}
+
+
+def parse_apkindex(text: str, name: str = "APKINDEX") -> list[ApkIndexEntry]:
+    """Every stanza of an APKINDEX text; FormatError naming the line on malformed input."""
+    entries: list[ApkIndexEntry] = []
+    current: ApkIndexEntry | None = None
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            if current is not None:
+                entries.append(_finish_entry(current, name))
+                current = None
+            continue
+        if len(line) < 2 or line[1] != ":":
+            raise FormatError(f"{name}:{number}: expected 'X:value', got {line[:40]!r}")
+        if current is None:
+            current = ApkIndexEntry(line=number)
+        _set_index_field(current, line[0], line[2:], name, number)
+    if current is not None:
+        entries.append(_finish_entry(current, name))
+    return entries
+
+
+def _set_index_field(entry: ApkIndexEntry, letter: str, value: str, name: str, number: int) -> None:
+    if letter not in INDEX_FIELDS:
+        entry.unknown[letter] = value
+        return
+    attribute = INDEX_FIELDS[letter]
+    if attribute in _LIST_FIELDS:
+        getattr(entry, attribute).extend(value.split())
+    elif attribute in _INT_FIELDS:
+        try:
+            setattr(entry, attribute, int(value))
+        except ValueError as e:
+            raise FormatError(f"{name}:{number}: {letter}: not a number: {value!r}") from e
+    else:
+        setattr(entry, attribute, value)
+
+
+def _finish_entry(entry: ApkIndexEntry, name: str) -> ApkIndexEntry:
+    for letter in ("P", "V"):
+        if not getattr(entry, INDEX_FIELDS[letter]):
+            raise FormatError(f"{name}:{entry.line}: stanza has no {letter}: field")
+    return entry
+
+
+@dataclass(frozen=True)
+class ApkIndex:
+    description: str
+    entries: list[ApkIndexEntry]
+    key: RsaKey
+
+
+def read_apkindex(blob: bytes, keys: dict[str, RsaKey], name: str = "APKINDEX.tar.gz") -> ApkIndex:
+    """Verify a signed APKINDEX.tar.gz and parse it completely."""
+    signatures, rest = _signed_parts(blob, name)
+    # The signature covers the compressed bytes of everything after the signature stream.
+    key = verify_signatures(signatures, blob[rest[0].start :], keys, name)
+    raw = b"".join(stream.data for stream in rest)
+    files = {m.name: m.data for m in read_tar(raw, f"{name}: index stream")}
+    if "APKINDEX" not in files:
+        raise FormatError(f"{name}: no APKINDEX file in the index stream (found {sorted(files)})")
+    text = _decode(files["APKINDEX"], f"{name}: APKINDEX")
+    return ApkIndex(_decode(files.get("DESCRIPTION", b""), name).strip(), parse_apkindex(text, f"{name}: APKINDEX"), key)
+
+
+def _decode(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{name}: offset {e.start:#x}: not UTF-8") from e
+
+
+# -- dependencies ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ApkDependency:
+    """One `D:`/`p:`/`i:` token: `[!]name[op version]`."""
+
+    name: str
+    op: str | None = None
+    version: str | None = None
+    conflict: bool = False
+
+    def __str__(self) -> str:
+        return ("!" if self.conflict else "") + self.name + (f"{self.op}{self.version}" if self.op else "")
+
+
+_DEPENDENCY = re.compile(r"(?P<bang>!?)(?P<name>[^<>=~!\s]+)(?:(?P<op>><|>=|<=|>~|<~|=~|[<>=~])(?P<version>\S+))?")
+
+
+def parse_dependency(token: str, where: str = "") -> ApkDependency:
+    """Parse one dependency token such as `so:libc.musl-x86_64.so.1`, `!foo`, `bar>=1.2`."""
+    m = _DEPENDENCY.fullmatch(token)
+    if m is None:
+        raise FormatError(f"{where or 'dependency'}: cannot parse {token!r}")
+    return ApkDependency(m["name"], m["op"], m["version"], bool(m["bang"]))
+
+
+# -- packages ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ApkPackage:
+    """A verified .apk: its metadata, the key that signed it and its data entries."""
+
+    pkginfo: dict[str, list[str]]
+    identity: str  # "Q1..." as the index's C: field
+    key: RsaKey
+    control: list[TarMember]
+    entries: list[Entry]
+
+    @property
+    def name(self) -> str:
+        return self.pkginfo.get("pkgname", [""])[0]
+
+    @property
+    def version(self) -> str:
+        return self.pkginfo.get("pkgver", [""])[0]
+
+
+def parse_pkginfo(text: str, name: str) -> dict[str, list[str]]:
+    """`.PKGINFO`: `key = value` lines; `depend`, `provides` and others repeat."""
+    info: dict[str, list[str]] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        key, sep, value = line.partition(" = ")
+        if not sep:
+            raise FormatError(f"{name}:{number}: expected 'key = value', got {line[:40]!r}")
+        info.setdefault(key.strip(), []).append(value.strip())
+    return info
+
+
+def identity_of(control_stream: bytes) -> str:
+    """The index identity (`C:`) of a package whose compressed control stream is given."""
+    return "Q1" + base64.b64encode(hashlib.sha1(control_stream).digest()).decode()
+
+
+def read_apk(
+    blob: bytes,
+    keys: dict[str, RsaKey],
+    name: str,
+    *,
+    identity: str | None = None,
+    provenance: str = "",
+) -> ApkPackage:
+    """Verify an .apk (signature, index identity, datahash, per-file SHA-1) and read it.
+
+    Nothing is returned unless every check passes.
+    """
+    signatures, rest = _signed_parts(blob, name)
+    if len(rest) < 2:
+        raise FormatError(f"{name}: offset {rest[0].end:#x}: no data stream after the control stream")
+    control_stream, data_streams = rest[0], rest[1:]
+    control_bytes = blob[control_stream.start : control_stream.end]
+    actual = identity_of(control_bytes)
+    if identity is not None and actual != identity:
+        raise IntegrityError(f"{name}: identity {actual} does not match the index's C:{identity}")
+    control = read_tar(control_stream.data, f"{name}: control stream")
+    files = {m.name: m.data for m in control}
+    if ".PKGINFO" not in files:
+        raise FormatError(f"{name}: control stream has no .PKGINFO")
+    pkginfo = parse_pkginfo(_decode(files[".PKGINFO"], f"{name}: .PKGINFO"), f"{name}: .PKGINFO")
+    data_bytes = blob[data_streams[0].start :]
+    datahash = pkginfo.get("datahash", [None])[0]
+    if datahash is not None:
+        key = verify_signatures(signatures, control_bytes, keys, name)
+        if hashlib.sha256(data_bytes).hexdigest() != datahash.lower():
+            raise IntegrityError(f"{name}: offset {data_streams[0].start:#x}: data stream does not match datahash {datahash}")
+    else:
+        # Legacy packages: "the signature covers streams 2 and 3".
+        key = verify_signatures(signatures, control_bytes + data_bytes, keys, name)
+    raw = b"".join(stream.data for stream in data_streams)
+    entries = list(_data_entries(read_tar(raw, f"{name}: data stream"), name, provenance))
+    return ApkPackage(pkginfo, actual, key, control, entries)
+
+
+def _data_entries(members: list[TarMember], name: str, provenance: str) -> Iterator[Entry]:
+    files: dict[str, bytes] = {}
+    for member in members:
+        entry = _entry_of(member, files, name, provenance)
+        if entry is not None:
+            yield entry
+
+
+def _entry_of(member: TarMember, files: dict[str, bytes], name: str, provenance: str) -> Entry | None:
+    info = member.info
+    where = f"{name}: offset {info.offset:#x}: {info.name}"
+    try:
+        path = normalize_path(info.name)
+    except UserError as e:
+        raise FormatError(f"{where}: {e.message}") from e
+    if path == "/":
+        return None
+    common = dict(mode=info.mode & 0o7777, uid=info.uid, gid=info.gid, mtime=int(info.mtime), provenance=provenance)
+    if info.isreg():
+        _check_sha1(info, member.data, where)
+        files[path] = member.data
+        return Entry(path, EntryType.FILE, data=member.data, **common)
+    if info.issym():
+        _check_sha1(info, info.linkname.encode(), where)
+        return Entry(path, EntryType.SYMLINK, target=info.linkname, **common)
+    if info.isdir():
+        return Entry(path, EntryType.DIR, **common)
+    if info.islnk():
+        target = normalize_path(info.linkname)
+        if target not in files:
+            raise FormatError(f"{where}: hard link to {info.linkname}, not an earlier file")
+        files[path] = files[target]
+        return Entry(path, EntryType.FILE, data=files[target], **common)
+    if info.ischr() or info.isblk():
+        kind = EntryType.CHARDEV if info.ischr() else EntryType.BLOCKDEV
+        return Entry(path, kind, rdev=(info.devmajor, info.devminor), **common)
+    if info.isfifo():
+        return Entry(path, EntryType.FIFO, **common)
+    raise FormatError(f"{where}: unsupported tar entry type {info.type!r}")
+
+
+def _check_sha1(info: tarfile.TarInfo, content: bytes, where: str) -> None:
+    recorded = info.pax_headers.get(CHECKSUM_PAX)
+    if recorded is None:
+        raise IntegrityError(f"{where}: no {CHECKSUM_PAX} record")
+    if hashlib.sha1(content).hexdigest() != recorded.lower():
+        raise IntegrityError(f"{where}: content does not match {CHECKSUM_PAX}={recorded}")
+
+
+def recognizes(head: bytes) -> bool:
+    """Whether a file starting with `head` is an apk v2 package or index (gzip + `.SIGN.`)."""
+    if head[:2] != b"\x1f\x8b":
+        return False
+    try:
+        inflated = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head)
+    except zlib.error:
+        return False
+    return inflated.startswith(b".SIGN.")
+
+
+def compare_versions(a: str, b: str) -> int:
+    return apkversion.compare(a, b)
