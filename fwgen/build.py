@@ -31,7 +31,6 @@ from .overlay import Overlay, apply_overlay, collect_overlays
 from .progress import QUIET, Progress
 from .rootfs import EntryType, RootFS
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 KERNEL_FILE = "kernel"
 INITRAMFS_FILE = "initramfs.cpio.gz"
 MANIFEST_FILE = "manifest.json"
@@ -85,12 +84,12 @@ def build(
         board=board,
         outdir=outdir,
         cache=cache,
-        overlay_dirs=list(overlay_dirs or []) + [REPO_ROOT / "overlays"],
+        overlay_dirs=list(overlay_dirs or []),
         progress=progress,
         source_date_epoch=source_date_epoch,
         compression=compression,
     )
-    ctx.overlays = collect_overlays(board.overlays, ctx.overlay_dirs, board.source.parent)
+    ctx.overlays = collect_overlays(board.overlays, ctx.overlay_dirs, board.source)
     outdir.parent.mkdir(parents=True, exist_ok=True)
     ctx.staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
     try:

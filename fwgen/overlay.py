@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,36 +96,32 @@ def _entry_from_host(host: Path, image_path: str, overlay: Overlay, provenance: 
                  uid=attrs.uid, gid=attrs.gid, data=host.read_bytes(), provenance=provenance)
 
 
-def find_overlay(name: str, overlay_dirs: list[Path], board_dir: Path) -> Path:
-    """Locate an overlay folder: a path relative to the board file, or a name in overlay_dirs."""
-    if "/" in name:
-        candidate = (board_dir / name).resolve()
-        if (candidate / "overlay.yaml").is_file():
-            return candidate
-    else:
-        for directory in overlay_dirs:
-            if (directory / name / "overlay.yaml").is_file():
-                return directory / name
-    raise ConfigError(f"unknown overlay '{name}'", hint="searched " + ", ".join(map(str, overlay_dirs)))
+def collect_overlays(folders: Sequence[str], overlay_dirs: Sequence[Path], board_file: Path) -> list[Overlay]:
+    """The board's overlays in application order, each after the overlays it depends on.
 
+    `folders` are the board's overlays as config resolved them (folder paths); dependencies
+    in overlay.yaml are names looked up like the board's own.
+    """
+    from .config import find_overlays
 
-def collect_overlays(names: tuple[str, ...], overlay_dirs: list[Path], board_dir: Path) -> list[Overlay]:
-    """The board's overlays in application order: each after the overlays it depends on."""
+    available = find_overlays(overlay_dirs, board_file)
     ordered: list[Overlay] = []
-    seen: set[Path] = set()
+    done: set[Path] = set()
 
-    def visit(name: str, base: Path, chain: tuple[str, ...]) -> None:
-        if name in chain:
-            raise ConfigError("overlay dependency cycle: " + " -> ".join(chain + (name,)))
-        path = find_overlay(name, overlay_dirs, base)
-        if path in seen:
+    def visit(folder: Path, chain: tuple[str, ...]) -> None:
+        if folder in done:
             return
-        overlay = load_overlay(path)
-        for dependency in overlay.depends:
-            visit(dependency, path, chain + (name,))
-        seen.add(path)
+        if folder.name in chain:
+            raise ConfigError("overlay dependency cycle: " + " -> ".join(chain + (folder.name,)))
+        overlay = load_overlay(folder)
+        for name in overlay.depends:
+            if name not in available:
+                raise ConfigError(f"depends on unknown overlay '{name}'", file=str(folder / "overlay.yaml"),
+                                  keypath="depends")
+            visit(available[name], chain + (folder.name,))
+        done.add(folder)
         ordered.append(overlay)
 
-    for name in names:
-        visit(name, board_dir, ())
+    for folder in folders:
+        visit(Path(folder), ())
     return ordered
