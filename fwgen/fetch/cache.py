@@ -1,0 +1,189 @@
+"""A content-addressed download cache shared by builds, and the retrying HTTP client behind it.
+
+Layout under the root (FWGEN_CACHE, else ~/.cache/fwgen):
+    sha256/<aa>/<hash>    verified files, named by their SHA-256 (packages, indexes)
+    url/<aa>/<hash>       files fetched without a known hash (InRelease), by SHA-256 of the URL
+    locks/<key>.lock      one flock(2) lock per entry, so concurrent builds never interleave
+Downloads go to a temporary file in the entry's folder and are renamed into place only after
+size and hash verify, so the cache never holds a partial or a wrong file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import http.client
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import FetchError, IntegrityError
+from ..progress import QUIET, Progress
+
+_CHUNK = 1 << 16
+_USER_AGENT = "fwgen/0.1 (+https://github.com/fwgen)"
+
+
+class _Retry(Exception):
+    """A failure worth another attempt (connection trouble, 5xx, a short body)."""
+
+
+class Cache:
+    """Content-addressed download cache. `Cache.default()` honours FWGEN_CACHE.
+
+    `unhashed_ttl`: how long a file fetched without a known hash (a signed index such as
+    InRelease) is reused before it is fetched again, in seconds.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        attempts: int = 4,
+        backoff: float = 1.0,
+        timeout: float = 60.0,
+        unhashed_ttl: float = 600.0,
+    ) -> None:
+        self.root = Path(root)
+        self.attempts = attempts
+        self.backoff = backoff
+        self.timeout = timeout
+        self.unhashed_ttl = unhashed_ttl
+
+    @classmethod
+    def default(cls) -> Cache:
+        """The user's cache: $FWGEN_CACHE, else $XDG_CACHE_HOME/fwgen, else ~/.cache/fwgen."""
+        root = os.environ.get("FWGEN_CACHE")
+        if not root:
+            base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+            root = os.path.join(base, "fwgen")
+        return cls(Path(root))
+
+    def path_for(self, sha256: str) -> Path:
+        """Where the verified file with this SHA-256 lives (whether or not it is there yet)."""
+        return self.root / "sha256" / sha256[:2] / sha256
+
+    def fetch(
+        self, url: str, *, sha256: str | None, size: int | None, progress: Progress = QUIET
+    ) -> Path:
+        """Return the path of `url`'s content in the cache, downloading it if needed.
+
+        With `sha256`, the file is content-addressed and verified (size and hash) before it
+        enters the cache; a cached copy is re-verified and reused. Without it, the file is
+        kept by URL and fetched again once older than `unhashed_ttl`.
+        Raises FetchError (after retries) or IntegrityError (hash mismatch; nothing cached).
+        """
+        if sha256 is not None:
+            sha256 = sha256.lower()
+            dest = self.path_for(sha256)
+        else:
+            key = hashlib.sha256(url.encode()).hexdigest()
+            dest = self.root / "url" / key[:2] / key
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with self._locked(dest.name):
+            if self._reusable(dest, sha256, size):
+                return dest
+            self._download(url, dest, sha256=sha256, size=size, progress=progress)
+        return dest
+
+    # -- internals -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        lock_dir = self.root / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with open(lock_dir / f"{key}.lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _reusable(self, dest: Path, sha256: str | None, size: int | None) -> bool:
+        try:
+            st = dest.stat()
+        except FileNotFoundError:
+            return False
+        if sha256 is None:
+            return time.time() - st.st_mtime < self.unhashed_ttl
+        if (size is not None and st.st_size != size) or _hash_file(dest) != sha256:
+            # Someone damaged the cache behind our back: drop the file and fetch it again.
+            dest.unlink(missing_ok=True)
+            return False
+        return True
+
+    def _download(
+        self, url: str, dest: Path, *, sha256: str | None, size: int | None, progress: Progress
+    ) -> None:
+        delay = self.backoff
+        for attempt in range(1, self.attempts + 1):
+            try:
+                self._download_once(url, dest, sha256=sha256, size=size, progress=progress)
+                return
+            except _Retry as e:
+                if attempt == self.attempts:
+                    raise FetchError(f"{url}: {e} (gave up after {attempt} attempts)") from e
+                progress.info(f"{url}: {e}; retrying in {delay:.1f}s")
+                time.sleep(delay)
+                delay *= 2
+
+    def _download_once(
+        self, url: str, dest: Path, *, sha256: str | None, size: int | None, progress: Progress
+    ) -> None:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name[:16]}.", suffix=".part", dir=dest.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                digest, received = self._stream(url, out, size, progress)
+            if size is not None and received != size:
+                # A mirror in mid-sync serves a file of another generation than its index.
+                raise _Retry(f"file has unexpected size {received} (the index says {size}; mirror syncing?)")
+            if sha256 is not None and digest != sha256:
+                raise IntegrityError(
+                    f"{url}: SHA-256 mismatch: expected {sha256}, got {digest}",
+                    "the file was refused and nothing was cached",
+                )
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _stream(self, url: str, out, size: int | None, progress: Progress) -> tuple[str, int]:
+        request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+        digest = hashlib.sha256()
+        received = 0
+        label = url.rsplit("/", 1)[-1]
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                announced = response.headers.get("Content-Length")
+                total = int(announced) if announced else size
+                progress.advance(label, 0, total)
+                while chunk := response.read(_CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    received += len(chunk)
+                    progress.advance(label, received, total)
+                if announced is not None and received != int(announced):
+                    raise _Retry(f"truncated body: {received} of {announced} bytes")
+        except urllib.error.HTTPError as e:
+            if e.code >= 500 or e.code in (404, 408, 429):
+                # 404 too: during a mirror sync an index may name a file not there yet.
+                raise _Retry(f"HTTP {e.code} {e.reason}") from e
+            raise FetchError(f"{url}: HTTP {e.code} {e.reason}") from e
+        except http.client.IncompleteRead as e:
+            raise _Retry(f"truncated body: {len(e.partial) + received} bytes then the connection closed") from e
+        except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException) as e:
+            reason = getattr(e, "reason", e)
+            raise _Retry(f"connection failed: {reason}") from e
+        return digest.hexdigest(), received
+
+
+def _hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

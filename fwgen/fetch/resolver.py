@@ -1,0 +1,241 @@
+"""Dependency resolution over a format-neutral `PackageIndex`.
+
+The resolver picks one version per package name, greedily and deterministically: for each
+dependency it keeps a package already chosen when one satisfies it, otherwise it tries the
+alternatives in the order written (`a | b` prefers a), each alternative's candidates newest
+first, real packages before providers of a virtual name. When a choice leads to a dead end
+(missing dependency, conflict) it backtracks to the next candidate. The first (deepest) failure
+is reported with the chain of packages that led to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from functools import cmp_to_key
+
+from ..errors import ResolveError
+from .package import AlternativesGroup, Package, PackageIndex, Relation
+
+
+@dataclass(frozen=True)
+class ExcludedDependency:
+    """A dependency left unsatisfied on purpose because it names an excluded package."""
+
+    dependent: str
+    relation: AlternativesGroup
+
+    def __str__(self) -> str:
+        return f"{self.dependent} depends on {_group_text(self.relation)}"
+
+
+@dataclass
+class Resolution:
+    """The packages to install, dependencies first, and what exclusion and nodeps skipped."""
+
+    packages: list[Package]
+    excluded: list[ExcludedDependency] = field(default_factory=list)
+    nodeps: list[str] = field(default_factory=list)  # packages taken without their dependencies
+
+
+@dataclass
+class _State:
+    selected: dict[str, Package] = field(default_factory=dict)
+    edges: dict[str, list[str]] = field(default_factory=dict)
+    excluded: list[ExcludedDependency] = field(default_factory=list)
+
+    def copy(self) -> _State:
+        return _State(dict(self.selected), {k: list(v) for k, v in self.edges.items()}, list(self.excluded))
+
+
+def resolve(
+    index: PackageIndex,
+    names: Sequence[str],
+    *,
+    exclude: Collection[str] = (),
+    nodeps: Collection[str] = (),
+) -> Resolution:
+    """Resolve `names` and their dependencies over `index`.
+
+    `exclude`: names never installed; a dependency naming one counts as satisfied and is
+    reported in `Resolution.excluded`. `nodeps`: names installed without their dependencies.
+    Raises ResolveError explaining the chain when no consistent choice exists.
+    """
+    return _Resolver(index, frozenset(exclude), frozenset(nodeps)).run(names)
+
+
+class _Resolver:
+    def __init__(self, index: PackageIndex, exclude: frozenset[str], nodeps: frozenset[str]) -> None:
+        self.index = index
+        self.exclude = exclude
+        self.nodeps = nodeps
+        self.state = _State()
+        self.feeds = ", ".join(index.feeds) or "the feeds"
+
+    def run(self, names: Sequence[str]) -> Resolution:
+        for name in names:
+            if name in self.exclude:
+                raise ResolveError(f"cannot install {name}: it is also listed in exclude")
+            self._satisfy(None, (Relation(name),), [])
+        order = self._install_order(names)
+        taken = [name for name in order if name in self.nodeps]
+        return Resolution([self.state.selected[n] for n in order], self.state.excluded, taken)
+
+    # -- choosing ---------------------------------------------------------------------------
+    def _satisfy(self, dependent: Package | None, group: AlternativesGroup, chain: list[str]) -> None:
+        selected = self.state.selected
+        for relation in group:
+            for candidate in self._candidates(relation):
+                if selected.get(candidate.name) is candidate:
+                    self._link(dependent, candidate)
+                    return
+        for relation in group:
+            if relation.name in self.exclude:
+                if dependent is not None:
+                    self.state.excluded.append(ExcludedDependency(dependent.name, group))
+                return
+        failures: list[ResolveError] = []
+        for relation in group:
+            for candidate in self._candidates(relation):
+                if candidate.name in self.exclude or candidate.name in selected:
+                    continue
+                saved = self.state.copy()
+                try:
+                    self._install(candidate, chain)
+                except ResolveError as e:
+                    self.state = saved
+                    failures.append(e)
+                    continue
+                self._link(dependent, candidate)
+                return
+        if failures:
+            raise failures[0]
+        raise ResolveError(self._explain(dependent, group, chain))
+
+    def _install(self, package: Package, chain: list[str]) -> None:
+        chain = [*chain, package.name]
+        self._check_conflicts(package, chain)
+        self.state.selected[package.name] = package
+        self.state.edges[package.name] = []
+        if package.name in self.nodeps:
+            return
+        for group in package.depends:
+            self._satisfy(package, group, chain)
+
+    def _link(self, dependent: Package | None, dependency: Package) -> None:
+        if dependent is not None and dependency.name != dependent.name:
+            self.state.edges[dependent.name].append(dependency.name)
+
+    def _candidates(self, relation: Relation) -> list[Package]:
+        index = self.index
+        found = [
+            p
+            for p in index.by_name.get(relation.name, ())
+            if self._arch_fits(p, relation)
+            and (relation.op is None or index.satisfies(p.version, relation.op, relation.version or ""))
+        ]
+        for provider, provided in index.providers.get(relation.name, ()):
+            if not self._arch_fits(provider, relation) or provider in found:
+                continue
+            # Debian Policy 7.5: a versioned dependency is satisfied only by a versioned provide.
+            if relation.op is None or (
+                provided.op == "=" and index.satisfies(provided.version or "", relation.op, relation.version or "")
+            ):
+                found.append(provider)
+        return found
+
+    def _arch_fits(self, package: Package, relation: Relation) -> bool:
+        if package.arch not in (self.index.native_arch, self.index.neutral_arch):
+            return False
+        qualifier = relation.arch_qualifier
+        # ":any" and ":native" both mean the one architecture this index holds.
+        return qualifier in (None, "any", "native") or package.arch == qualifier
+
+    # -- conflicts --------------------------------------------------------------------------
+    def _check_conflicts(self, package: Package, chain: list[str]) -> None:
+        for other in self.state.selected.values():
+            for a, b in ((package, other), (other, package)):
+                for relation in a.conflicts:
+                    if self._matches(b, relation):
+                        raise ResolveError(
+                            f"cannot install {package.name}: {a.name} {a.version} conflicts with "
+                            f"{relation} ({b.name} {b.version} is chosen) (chain: {' -> '.join(chain)})"
+                        )
+
+    def _matches(self, package: Package, relation: Relation) -> bool:
+        if package.name == relation.name:
+            return relation.op is None or self.index.satisfies(package.version, relation.op, relation.version or "")
+        return any(
+            provided.name == relation.name
+            and (
+                relation.op is None
+                or (provided.op == "=" and self.index.satisfies(provided.version or "", relation.op, relation.version or ""))
+            )
+            for provided in package.provides
+        )
+
+    # -- reporting --------------------------------------------------------------------------
+    def _explain(self, dependent: Package | None, group: AlternativesGroup, chain: list[str]) -> str:
+        reasons = "; ".join(self._why_not(relation) for relation in group)
+        target = group[0].name
+        if dependent is None:
+            return f"cannot install {target}: {reasons}"
+        path = " -> ".join([*chain, target])
+        return (
+            f"cannot install {dependent.name}: {dependent.name} depends on {_group_text(group)} "
+            f"but {reasons} (chain: {path})"
+        )
+
+    def _why_not(self, relation: Relation) -> str:
+        index = self.index
+        same_name = index.by_name.get(relation.name, [])
+        fitting = [p for p in same_name if self._arch_fits(p, relation)]
+        chosen = self.state.selected.get(relation.name)
+        if chosen is not None:
+            return f"{chosen.name} {chosen.version} is already chosen"
+        if relation.name in self.exclude:
+            return f"{relation.name} is excluded"
+        if fitting:
+            versions = ", ".join(sorted({p.version for p in fitting}, key=cmp_to_key(index.compare)))
+            return f"{fitting[0].feed} has {versions}"
+        if same_name:
+            arches = ", ".join(sorted({p.arch for p in same_name}))
+            return f"{relation.name} exists only for {arches}"
+        if relation.name in index.providers:
+            return f"no provider of {relation.name} satisfies {relation}"
+        return f"no package {relation.name} in {self.feeds}"
+
+    # -- ordering ---------------------------------------------------------------------------
+    def _install_order(self, names: Sequence[str]) -> list[str]:
+        """Dependencies before dependents (depth-first post-order); cycles broken where
+        first met, which is deterministic because edges keep the order dependencies are written."""
+        order: list[str] = []
+        done: set[str] = set()
+        roots = [self._root_name(name) for name in names]
+        for root in [*roots, *self.state.selected]:
+            stack: list[tuple[str, int]] = [(root, 0)] if root not in done else []
+            done.add(root)
+            while stack:
+                name, i = stack.pop()
+                children = self.state.edges.get(name, [])
+                if i < len(children):
+                    stack.append((name, i + 1))
+                    child = children[i]
+                    if child not in done:
+                        done.add(child)
+                        stack.append((child, 0))
+                else:
+                    order.append(name)
+        return order
+
+    def _root_name(self, requested: str) -> str:
+        if requested in self.state.selected:
+            return requested
+        for candidate in self._candidates(Relation(requested)):
+            if self.state.selected.get(candidate.name) is candidate:
+                return candidate.name
+        return requested
+
+
+def _group_text(group: AlternativesGroup) -> str:
+    return " | ".join(str(r) for r in group)
