@@ -162,11 +162,15 @@ class Document:
     keys: dict[KeyPath, tuple[int, int]]  # key path -> (line, column) of the mapping key
 
     def error(self, path: KeyPath, message: str, hint: str | None = None, *, at_key=False):
-        """A ConfigError at `path`: the key itself when `at_key`, else its value."""
+        """A ConfigError at `path`: at the key itself when `at_key`, else at its value.
+
+        An error about a key names the mapping that holds it (`kernel: unknown key 'x'`).
+        """
         where = self.position(path, at_key=at_key)
+        shown = path[:-1] if at_key else path
         return ConfigError(
             message, file=self.file, line=where[0], column=where[1],
-            keypath=format_keypath(path) or None, hint=hint,
+            keypath=format_keypath(shown) or None, hint=hint,
         )
 
     def position(self, path: KeyPath, *, at_key: bool = False) -> tuple[int, int]:
@@ -222,6 +226,8 @@ def _yaml_error(file: str, e: yaml.MarkedYAMLError) -> ConfigError:
     hint = None
     if "'\\t'" in problem:
         problem, hint = "tab character in indentation", "YAML indents with spaces only"
+    elif e.context and "single document" in e.context:
+        problem, hint = "a second document where one is expected", "remove the '---' line"
     elif e.context and e.context_mark and e.problem_mark and e.context_mark.line != mark.line:
         # "while parsing a block mapping" names where the unfinished construct began.
         hint = f"{e.context} started on line {e.context_mark.line + 1}"
@@ -300,8 +306,11 @@ def _translate(doc: Document, error: jsonschema.exceptions.ValidationError, root
                          _did_you_mean(extra, known, "keys"), at_key=True)
     if keyword == "required":
         missing = next(k for k in rule if k not in value)
-        return doc.error(path, f"missing required key '{missing}'",
-                         subschema["properties"][missing].get("description"))
+        help_text = subschema["properties"][missing].get("description", "")
+        return doc.error(path, f"missing required key '{missing}'", help_text.rstrip(".") or None)
+    if keyword == "uniqueItems":
+        again = next(i for i, v in enumerate(value) if v in value[:i])
+        return doc.error((*path, again), f"lists {_show(value[again])} twice")
     if keyword == "enum":
         noun = subschema.get("x-noun", "value")
         return doc.error(path, f"unknown {noun} {_show(value)}",
@@ -323,9 +332,6 @@ def _plain_words(keyword: str, rule: Any, value: Any, schema: dict) -> str:
         return "must not be empty"
     if keyword == "minItems":
         return f"needs at least {rule} item{'s' if rule != 1 else ''}"
-    if keyword == "uniqueItems":
-        twice = next(v for i, v in enumerate(value) if v in value[:i])
-        return f"lists {_show(twice)} twice"
     if keyword == "pattern":
         return f"{_show(value)} is not {schema.get('x-pattern-help', f'matching {rule}')}"
     return f"{_show(value)}: {keyword} {rule!r} not satisfied"

@@ -1,0 +1,286 @@
+"""Board and QEMU-profile loading: shipped files, the invalid corpus, lookup and defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fwgen import config
+from fwgen.arch import Arch
+from fwgen.board import Board, BusyboxSpec, Check, Feed, KernelSpec, QemuSpec
+from fwgen.config import (
+    board_digest,
+    board_to_dict,
+    default_dirs,
+    find_board,
+    list_boards,
+    load_board,
+    load_qemu_profile,
+    read_yaml,
+)
+from fwgen.errors import ConfigError, UserError
+
+REPO = Path(__file__).resolve().parents[1]
+INVALID = sorted((Path(__file__).parent / "invalid_boards").glob("*.yaml"))
+EXPECT = re.compile(r"^# expect: (\d+):(\d+) (.+)$", re.M)
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def make_overlay(folder: Path, name: str) -> Path:
+    return write(folder / name / "overlay.yaml", f"description: {name}\n").parent
+
+
+# --- shipped files ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "boards").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_board_loads(path):
+    board = load_board(path)
+    assert board.name == path.stem
+    assert board.source == path.resolve()
+    for overlay in board.overlays:
+        assert (Path(overlay) / "overlay.yaml").is_file()
+    if board.qemu:
+        assert board.qemu.profile.arch is board.arch
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "qemu").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_qemu_profile_loads(path):
+    profile = load_qemu_profile(path.stem)
+    assert profile.name == path.stem
+    assert profile.source == path
+    assert profile.binary.startswith("qemu-system-")
+
+
+def test_shipped_aarch64_board_in_full():
+    board = load_board("qemu-aarch64")
+    assert board.arch is Arch.AARCH64
+    assert board.feeds == (Feed("debian", "deb", "http://deb.debian.org/debian", "bookworm", ("main",)),)
+    assert board.kernel.package == "linux-image-cloud-arm64"
+    assert board.kernel.modules == ("virtio_mmio", "failover", "net_failover", "virtio_net")
+    assert [Path(o).name for o in board.overlays] == ["base", "httpd"]
+    assert board.qemu.profile.machine == "virt" and board.qemu.forward == (80,)
+    assert [c.name for c in board.checks] == ["run: uname -m", "run: cat /proc/cmdline", "http: / (port 80)"]
+    assert board.checks[2] == Check(kind="http", name="http: / (port 80)", path="/", port=80,
+                                    contains="fwgen", status=200)
+
+
+# --- the invalid corpus -----------------------------------------------------------------------
+
+
+def test_invalid_corpus_is_large_enough():
+    assert len(INVALID) >= 15
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
+def test_invalid_board(path, monkeypatch):
+    text = path.read_text()
+    assert text.startswith("# why: "), "each case says why it is invalid on its first line"
+    line, column, substring = EXPECT.search(text).groups()
+    monkeypatch.chdir(path.parent)
+    with pytest.raises(ConfigError) as caught:
+        load_board(f"./{path.name}")
+    message = str(caught.value)
+    assert message.startswith(f"{path.name}:{line}:{column}: "), message
+    assert substring in message
+    assert caught.value.exit_code == 2
+    assert "\n" not in message
+
+
+# --- positions, messages and hints ------------------------------------------------------------
+
+
+def test_positions_of_keys_values_and_items(tmp_path):
+    doc = read_yaml(write(tmp_path / "b.yaml", "arch: aarch64\nkernel:\n  modules: [a,  b]\nchecks:\n  - run: x\n"))
+    assert doc.keys[("kernel", "modules")] == (3, 3)
+    assert doc.values[("kernel", "modules", 1)] == (3, 17)
+    assert doc.values[("checks", 0)] == (5, 5)
+    assert doc.values[("checks", 0, "run")] == (5, 10)
+
+
+def test_merge_keys_are_not_duplicates(tmp_path):
+    text = "common: &c {timeout: 5}\n"
+    doc = read_yaml(write(tmp_path / "m.yaml", text + "check:\n  <<: *c\n  timeout: 9\n"))
+    assert doc.data["check"] == {"timeout": 9}
+
+
+def test_did_you_mean_for_unknown_board(tmp_path):
+    with pytest.raises(UserError, match=r"unknown board 'qemu-aarch46' \(did you mean 'qemu-aarch64'\?\)"):
+        find_board("qemu-aarch46")
+
+
+def test_unknown_board_without_close_match_lists_boards():
+    with pytest.raises(UserError) as caught:
+        find_board("zzzzzz")
+    assert "qemu-aarch64" in caught.value.hint
+
+
+def test_did_you_mean_for_unknown_qemu_profile():
+    with pytest.raises(UserError, match=r"did you mean 'virt-aarch64'"):
+        load_qemu_profile("virt-arch64")
+
+
+def test_missing_board_file():
+    with pytest.raises(ConfigError, match=r"^/nonexistent/board.yaml: file not found$") as caught:
+        load_board("/nonexistent/board.yaml")
+    assert caught.value.exit_code == 2
+
+
+def test_arch_enum_in_schemas_matches_arch_table():
+    names = [a.value for a in Arch]
+    assert config.load_schema("board")["properties"]["arch"]["enum"] == names
+    assert config.load_schema("qemu")["properties"]["arch"]["enum"] == names
+
+
+def test_every_schema_field_has_a_description():
+    def walk(schema, where):
+        for key, sub in schema.get("properties", {}).items():
+            assert "description" in sub, f"{where}.{key} has no description"
+            walk(sub, f"{where}.{key}")
+        for key, sub in schema.get("$defs", {}).items():
+            walk(sub, f"$defs.{key}")
+
+    walk(config.load_schema("board"), "board")
+    walk(config.load_schema("qemu"), "qemu")
+
+
+# --- lookup -----------------------------------------------------------------------------------
+
+
+def test_board_found_by_name_path_and_extra_dir(tmp_path, monkeypatch):
+    in_tree = REPO / "boards" / "qemu-aarch64.yaml"
+    assert find_board("qemu-aarch64") == in_tree
+    assert find_board(in_tree) == in_tree
+    monkeypatch.chdir(REPO)
+    assert find_board("boards/qemu-aarch64.yaml") == Path("boards/qemu-aarch64.yaml")
+
+    extra = tmp_path / "more"
+    write(extra / "lab.yaml", "description: a lab board\narch: aarch64\n")
+    # An extra folder comes first, so it can also shadow an in-tree board of the same name.
+    write(extra / "qemu-aarch64.yaml", "description: shadow\narch: aarch64\n")
+    assert find_board("lab", [extra]) == extra / "lab.yaml"
+    assert load_board("lab", boards_dirs=[extra]).description == "a lab board"
+    assert load_board("qemu-aarch64", boards_dirs=[extra]).description == "shadow"
+    listed = {name: (path, text) for name, path, text in list_boards([extra])}
+    assert listed["lab"] == (extra / "lab.yaml", "a lab board")
+    assert listed["qemu-aarch64"][1] == "shadow"
+
+
+def test_list_boards_includes_shipped_boards():
+    names = [name for name, _, _ in list_boards()]
+    assert names == sorted(p.stem for p in (REPO / "boards").glob("*.yaml"))
+
+
+def test_default_dirs_are_the_tree_folders():
+    dirs = default_dirs()
+    assert dirs.boards == (REPO / "boards",)
+    assert dirs.qemu == (REPO / "qemu",)
+    assert dirs.overlays == (REPO / "overlays",)
+
+
+def test_vendor_board_outside_the_tree(tmp_path):
+    vendor = tmp_path / "acme"
+    make_overlay(vendor / "overlays", "acme-web")
+    local = make_overlay(vendor / "extra", "acme-extra")
+    write(vendor / "keys" / "acme.pub", "not really a key\n")
+    write(vendor / "kernel" / "Image", "kernel bytes\n")
+    board_file = write(vendor / "router.yaml", """\
+arch: aarch64
+feeds:
+  - {name: acme, type: apk, url: "http://127.0.0.1:8000/acme", suite: v3.20, keys: [keys/acme.pub]}
+kernel:
+  image: kernel/Image
+  modules_from: ./kernel
+overlays: [base, acme-web, ./extra/acme-extra]
+""")
+    board = load_board(str(board_file))
+    assert board.name == "router"
+    assert board.overlays == (str(REPO / "overlays" / "base"), str(vendor / "overlays" / "acme-web"), str(local))
+    assert board.feeds[0].keys == (vendor / "keys" / "acme.pub",)
+    assert board.kernel.image == vendor / "kernel" / "Image"
+    assert board.kernel.modules_from == vendor / "kernel"
+
+
+def test_vendor_tree_with_its_own_qemu_profile_and_overlay_dirs(tmp_path):
+    vendor = tmp_path / "vendor"
+    write(vendor / "qemu" / "acme-mips.yaml", "arch: mipsel\nmachine: malta\nconsole: ttyS0\nmemory: 256\n")
+    write(vendor / "boards" / "nas.yaml", "arch: mipsel\noverlays: [nasd]\nqemu: {profile: acme-mips}\n")
+    extra = tmp_path / "elsewhere"
+    make_overlay(extra, "nasd")
+    board = load_board("nas", boards_dirs=[vendor / "boards"], overlay_dirs=[extra])
+    assert board.qemu.profile.name == "acme-mips"
+    # The binary defaults from the arch table.
+    assert board.qemu.profile.binary == "qemu-system-mipsel"
+    assert board.overlays == (str(extra / "nasd"),)
+    with pytest.raises(ConfigError, match=r"unknown overlay 'nasd'"):
+        load_board(vendor / "boards" / "nas.yaml")
+
+
+# --- defaults and output ----------------------------------------------------------------------
+
+
+def test_defaults_come_from_the_schema(tmp_path):
+    path = write(tmp_path / "tiny.yaml", """\
+arch: aarch64
+feeds: [{name: d, type: deb, url: "http://deb.debian.org/debian"}]
+qemu: {profile: virt-aarch64}
+checks: [{run: "true"}, {console: "login:"}]
+""")
+    board = load_board(path)
+    assert board.name == "tiny" and board.description == "" and board.hostname == "fwgen"
+    assert board.feeds[0].suite == "bookworm" and board.feeds[0].components == ("main",)
+    assert board.kernel == KernelSpec(package=None)
+    assert board.busybox == BusyboxSpec(package="busybox-static")
+    assert board.outputs == ("initramfs",)
+    assert board.qemu.forward == () and board.qemu.timeout == 120.0 and board.qemu.memory is None
+    assert board.checks[0] == Check(kind="run", name="run: true", command="true", exit=0, timeout=30.0)
+    assert board.checks[1] == Check(kind="console", name="console: login:", contains="login:")
+
+
+def test_schema_defaults_agree_with_dataclass_defaults():
+    """board.py's field defaults must not drift from the schema, the source of truth."""
+    schema = config.load_schema("board")
+    props = schema["properties"]
+
+    def default_of(cls, name):
+        f = next(f for f in dataclasses.fields(cls) if f.name == name)
+        return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+    assert default_of(Board, "hostname") == props["hostname"]["default"]
+    assert default_of(Board, "outputs") == tuple(props["outputs"]["default"])
+    assert default_of(BusyboxSpec, "package") == props["busybox"]["properties"]["package"]["default"]
+    assert default_of(QemuSpec, "timeout") == props["qemu"]["properties"]["timeout"]["default"]
+    feed = schema["$defs"]["feed"]["properties"]
+    assert default_of(Feed, "suite") == feed["suite"]["default"]
+    assert default_of(Feed, "components") == tuple(feed["components"]["default"])
+    check = schema["$defs"]["check"]["properties"]
+    for name in ("status", "exit", "timeout"):
+        assert default_of(Check, name) == check[name]["default"]
+
+
+def test_board_to_dict_round_trips_through_json_and_yaml():
+    board = load_board("qemu-aarch64")
+    data = board_to_dict(board)
+    assert json.loads(json.dumps(data)) == data
+    assert yaml.safe_load(yaml.safe_dump(data)) == data
+    assert data["arch"] == "aarch64"
+    assert data["qemu"]["profile"]["source"] == str(REPO / "qemu" / "virt-aarch64.yaml")
+    assert data["checks"][0]["name"] == "run: uname -m"
+
+
+def test_board_digest_is_sha256_of_the_file(tmp_path):
+    import hashlib
+
+    path = write(tmp_path / "d.yaml", "arch: aarch64\n")
+    board = load_board(path)
+    assert board_digest(board) == hashlib.sha256(b"arch: aarch64\n").hexdigest()
