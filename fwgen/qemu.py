@@ -1,0 +1,532 @@
+"""Boot a guest under QEMU and drive its serial console.
+
+The harness follows Buildroot's `emulator.py`: QEMU runs with the guest's serial console on
+its stdio (plain pipes, no wrapper library); a reader thread appends every byte to
+`console.log` and to an in-memory buffer that `wait_for` searches for sentinel markers.
+Commands run through the guest's shell on that console and report their exit status back
+through it between begin/end markers. Every timeout is multiplied by `timeout_factor`.
+
+A guest never outlives its `Machine`: QEMU runs in its own process group, which `kill()`
+ends on every way out (context-manager exit, exceptions, Ctrl-C, SIGTERM, interpreter exit).
+"""
+
+from __future__ import annotations
+
+import atexit
+import codecs
+import logging
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from .board import QemuProfile
+from .errors import BootError, ToolMissingError, UserError
+from .progress import QUIET, Progress
+from .run import PACKAGE_OF, tool_env
+
+log = logging.getLogger("fwgen.qemu")
+
+# Console lines that mean the guest is dead. Checked while waiting for a marker so a broken
+# boot fails in seconds, not after the full timeout.
+FATAL = re.compile(r"Kernel panic|Unable to mount root|Attempted to kill init")
+# The last line the kernel prints about a panic; the tail is complete once it is in.
+PANIC_END = "end Kernel panic"
+# How long to keep reading after a fatal line, so the tail carries the whole story.
+FATAL_GRACE = 1.0
+# The guest shell's start-up settings: no echo of what we type, no prompts, and kernel
+# messages on the console only for emergencies (a panic still shows).
+SHELL_PRELUDE = "stty -echo 2>/dev/null; PS1= PS2=; dmesg -n 1 2>/dev/null"
+# QEMU's message when a hostfwd port is taken between our probe and its bind.
+HOSTFWD_FAILED = re.compile(r"host forwarding rule|hostfwd", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class BootSpec:
+    """Everything one QEMU run needs besides the profile's machine facts."""
+
+    profile: QemuProfile
+    kernel: Path
+    initrd: Path | None = None
+    dtb: Path | None = None
+    append: str = ""
+    memory: int | None = None
+    drives: tuple[Path, ...] = ()  # raw disk images, attached with the profile's disk device
+    sd_card: Path | None = None  # raspi0 style (-drive if=sd)
+    forward: tuple[int, ...] = ()  # guest TCP ports -> free ports on 127.0.0.1
+    extra_args: tuple[str, ...] = ()
+
+
+def qemu_argv(spec: BootSpec, host_ports: Mapping[int, int] | None = None) -> list[str]:
+    """The QEMU command line for `spec`, serial console on stdio.
+
+    `host_ports` maps each forwarded guest TCP port to its port on 127.0.0.1. Disk images are
+    attached with `snapshot=on`: the guest may write, the image files stay as built.
+    """
+    profile = spec.profile
+    argv = [profile.binary, "-M", profile.machine]
+    if profile.cpu:
+        argv += ["-cpu", profile.cpu]
+    argv += ["-m", str(spec.memory or profile.memory)]
+    argv += ["-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"]
+    argv += ["-kernel", str(spec.kernel)]
+    if spec.initrd:
+        argv += ["-initrd", str(spec.initrd)]
+    if spec.dtb:
+        argv += ["-dtb", str(spec.dtb)]
+    argv += ["-append", kernel_cmdline(spec)]
+    argv += _drive_args(spec)
+    argv += _network_args(spec, host_ports or {})
+    return argv + list(profile.args) + list(spec.extra_args)
+
+
+def kernel_cmdline(spec: BootSpec) -> str:
+    """The boot arguments, with the profile's console added unless the caller chose one."""
+    if "console=" in spec.append:
+        return spec.append
+    return f"console={spec.profile.console} {spec.append}".strip()
+
+
+def _drive_args(spec: BootSpec) -> list[str]:
+    args: list[str] = []
+    if spec.drives and not spec.profile.disk:
+        raise UserError(f"QEMU profile {spec.profile.name} has no disk device for {spec.drives[0]}")
+    for index, drive in enumerate(spec.drives):
+        args += ["-drive", f"file={_drive_path(drive)},if=none,id=d{index},format=raw,snapshot=on",
+                 "-device", f"{spec.profile.disk},drive=d{index}"]
+    if spec.sd_card:
+        args += ["-drive", f"file={_drive_path(spec.sd_card)},if=sd,format=raw,snapshot=on"]
+    return args
+
+
+def _drive_path(path: Path) -> str:
+    # QEMU's option parser splits on ',': a literal comma is written twice.
+    return str(path).replace(",", ",,")
+
+
+def _network_args(spec: BootSpec, host_ports: Mapping[int, int]) -> list[str]:
+    nic = spec.profile.nic
+    if not nic:
+        if spec.forward:
+            raise UserError(f"QEMU profile {spec.profile.name} has no network device to forward ports through")
+        return []
+    netdev = "user,id=n0" + "".join(
+        f",hostfwd=tcp:127.0.0.1:{host_ports[port]}-:{port}" for port in spec.forward
+    )
+    return ["-netdev", netdev, "-device", f"{nic},netdev=n0"]
+
+
+def pick_free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports on 127.0.0.1 that were free a moment ago.
+
+    The kernel picks them (bind to port 0); all sockets stay open until every port is chosen
+    so the same port is not handed out twice. QEMU may still lose a race for one: `Machine`
+    retries with new ports when QEMU cannot bind.
+    """
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What one console command printed and how it ended."""
+
+    status: int
+    output: str
+
+
+def command_line(command: str, token: str, *, isolated: bool = True) -> str:
+    """The shell line that runs `command` between markers built from `token`.
+
+    The markers are printed with `printf '%s%s'` from two halves, so the line itself (which
+    the tty may echo back) never contains a joined marker. An `isolated` command runs in a
+    subshell with stdin closed: it cannot swallow what we type next, and `exit 3` or `cd`
+    do not touch the console shell. The shell's own set-up runs without isolation.
+    """
+    begin, end = _markers(token)
+    body = f"eval {shlex.quote(command)}"
+    if isolated:
+        body = f"( {body} ) </dev/null"
+    return (
+        f"printf '\\n%s%s\\n' '{begin[:3]}' '{begin[3:]}'; "
+        f"{body} 2>&1; "
+        f"printf '\\n%s%s %d\\n' '{end[:3]}' '{end[3:]}' $?"
+    )
+
+
+def parse_reply(text: str, token: str) -> tuple[Reply, int] | None:
+    """Find the reply to the command sent with `token` in console text.
+
+    Returns the reply and the offset just past it, or None while the end marker has not
+    arrived. Text outside the markers (echo, kernel messages, prompts) is ignored. Trailing
+    newlines are dropped from the output, as `$(...)` does in a shell.
+    """
+    begin, end = _markers(token)
+    start = text.find(begin + "\n")
+    if start < 0:
+        return None
+    body_start = start + len(begin) + 1
+    found = re.compile(r"\n?" + re.escape(end) + r" (\d+)\n").search(text, body_start)
+    if not found:
+        return None
+    output = text[body_start:found.start()].rstrip("\n")
+    return Reply(int(found.group(1)), output), found.end()
+
+
+def _markers(token: str) -> tuple[str, str]:
+    return f"@@@FWGEN-BEGIN-{token}@@@", f"@@@FWGEN-END-{token}@@@"
+
+
+class Machine:
+    """A running guest. Use as a context manager: QEMU is killed on the way out.
+
+        with Machine(spec, workdir) as m:
+            m.start()
+            m.wait_for("fwgen: ready", timeout=120)
+            status, output = m.run("uname -m")
+            m.poweroff()
+    """
+
+    def __init__(
+        self,
+        spec: BootSpec,
+        workdir: Path,
+        *,
+        timeout_factor: float = 1.0,
+        silence: float = 60.0,
+        progress: Progress = QUIET,
+    ) -> None:
+        """`silence`: seconds without console output, while waiting, that count as a hang."""
+        self.spec = spec
+        self.workdir = Path(workdir)
+        self.timeout_factor = timeout_factor
+        self.silence = silence
+        self.progress = progress
+        self.console_log = self.workdir / "console.log"
+        self.stderr_log = self.workdir / "qemu.stderr"
+        self.argv: list[str] = []
+        self._ports: dict[int, int] = {}
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._log: IO[bytes] | None = None
+        self._text = ""  # console output, carriage returns dropped
+        self._cursor = 0  # where the next wait_for starts searching
+        self._last_output = 0.0
+        self._eof = False
+        self._changed = threading.Condition()
+        self._tokens = 0
+        self._shell_ready = False
+        self._send_lock = threading.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.kill()
+
+    def start(self) -> None:
+        """Start QEMU. Retries with new host ports if QEMU loses the race for one."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(3):
+            self._ports = dict(zip(self.spec.forward, pick_free_ports(len(self.spec.forward)), strict=True))
+            self._launch()
+            if not self._lost_port_race() or attempt == 2:
+                return
+            log.debug("QEMU could not bind a forwarded port; retrying with new ports")
+
+    def _launch(self) -> None:
+        self.argv = qemu_argv(self.spec, self._ports)
+        log.debug("+ %s", shlex.join(self.argv))
+        (self.workdir / "qemu.argv").write_text(shlex.join(self.argv) + "\n")
+        self._text, self._cursor, self._eof, self._shell_ready = "", 0, False, False
+        self._log = open(self.console_log, "wb")
+        with open(self.stderr_log, "wb") as stderr:
+            try:
+                self._proc = subprocess.Popen(
+                    self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                    env=tool_env(), start_new_session=True,  # own process group: killed as one
+                )
+            except FileNotFoundError as e:
+                self._log.close()
+                binary = self.argv[0]
+                raise ToolMissingError(f"{binary} not found", f"install {PACKAGE_OF.get(binary, binary)}") from e
+        _LIVE.add(self)
+        _install_signal_guard()
+        self._last_output = time.monotonic()
+        self._reader = threading.Thread(target=self._read_console, name="qemu-console", daemon=True)
+        self._reader.start()
+        self.progress.info(f"QEMU pid {self._proc.pid}, console log {self.console_log}")
+
+    def _lost_port_race(self) -> bool:
+        """True when QEMU exited at once because a forwarded port was taken."""
+        if not self.spec.forward:
+            return False
+        deadline = time.monotonic() + 2.0 * self.timeout_factor
+        with self._changed:
+            self._changed.wait_for(lambda: self._eof or self._text, timeout=deadline - time.monotonic())
+            if not self._eof:
+                return False
+        self.kill()
+        return bool(HOSTFWD_FAILED.search(self._stderr_tail()))
+
+    def kill(self) -> None:
+        """End QEMU at once (its whole process group). Safe to call any number of times."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        if proc is not None and proc.stdin:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(timeout=5)
+        if self._log is not None:
+            self._log.close()
+        _LIVE.discard(self)
+
+    @property
+    def pid(self) -> int | None:
+        """QEMU's process id once started."""
+        return self._proc.pid if self._proc else None
+
+    @property
+    def returncode(self) -> int | None:
+        """QEMU's exit code once it has exited, else None."""
+        return self._proc.poll() if self._proc else None
+
+    def host_port(self, guest_port: int) -> int:
+        """The port on 127.0.0.1 that reaches `guest_port` in the guest."""
+        try:
+            return self._ports[guest_port]
+        except KeyError:
+            forwarded = ", ".join(map(str, self.spec.forward)) or "none"
+            raise BootError(f"guest port {guest_port} is not forwarded (forwarded: {forwarded})") from None
+
+    # -- the console -----------------------------------------------------------------------
+
+    def _read_console(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None and self._log is not None
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        fd = self._proc.stdout.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
+            if chunk:
+                self._log.write(chunk)
+                self._log.flush()
+            with self._changed:
+                if not chunk:
+                    self._eof = True
+                    self._changed.notify_all()
+                    return
+                self._text += decoder.decode(chunk).replace("\r", "")
+                self._last_output = time.monotonic()
+                self._changed.notify_all()
+
+    def console_tail(self, lines: int = 40) -> str:
+        """The last `lines` lines the guest printed."""
+        with self._changed:
+            return "\n".join(self._text.splitlines()[-lines:])
+
+    def _stderr_tail(self) -> str:
+        try:
+            lines = self.stderr_log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1] if lines else ""
+
+    def send(self, text: str) -> None:
+        """Type `text` on the guest's console."""
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            raise BootError("the guest was not started")
+        with self._send_lock:
+            try:
+                proc.stdin.write(text.encode())
+                proc.stdin.flush()
+            except (BrokenPipeError, ValueError) as e:
+                raise self._exited_error("while typing on the console") from e
+
+    def wait_for(self, text_or_regex: str | re.Pattern[str], timeout: float, *, silence: float | None = None) -> float:
+        """Wait until the console shows `text_or_regex` (after the previous match).
+
+        Returns the seconds waited. Raises BootError, with the console tail, on a kernel panic,
+        QEMU exiting, `silence` seconds without output (default: the machine's) or `timeout`;
+        all three times are multiplied by the timeout factor.
+        """
+        pattern = text_or_regex if isinstance(text_or_regex, re.Pattern) else re.compile(re.escape(text_or_regex))
+        what = pattern.pattern if isinstance(text_or_regex, re.Pattern) else text_or_regex
+        started = time.monotonic()
+        deadline = started + timeout * self.timeout_factor
+        quiet_limit = (self.silence if silence is None else silence) * self.timeout_factor
+        with self._changed:
+            while True:
+                found = pattern.search(self._text, self._cursor)
+                if found:
+                    self._cursor = found.end()
+                    return time.monotonic() - started
+                fatal = FATAL.search(self._text, self._cursor)
+                if fatal:
+                    raise self._fatal_error(fatal, what)
+                if self._eof:
+                    raise self._exited_error(f"before {what!r} appeared")
+                now = time.monotonic()
+                if now >= deadline:
+                    raise self._error(f"no {what!r} on the console after {now - started:.0f} s")
+                if now - self._last_output >= quiet_limit:
+                    raise self._error(f"guest silent for {now - self._last_output:.0f} s while waiting for {what!r}")
+                wake = min(deadline, self._last_output + quiet_limit, now + 0.5)
+                self._changed.wait(timeout=max(0.01, wake - now))
+
+    def _fatal_error(self, fatal: re.Match[str], what: str) -> BootError:
+        # Called holding the lock: read on briefly so the tail shows the panic's reason.
+        grace = time.monotonic() + FATAL_GRACE * self.timeout_factor
+        while not self._eof and PANIC_END not in self._text[fatal.start():] and time.monotonic() < grace:
+            self._changed.wait(timeout=0.1)
+        line_end = self._text.find("\n", fatal.start())
+        line_start = self._text.rfind("\n", 0, fatal.start()) + 1
+        line = self._text[line_start:line_end if line_end >= 0 else None].strip()
+        return self._error(f"guest died before {what!r} appeared: {line}")
+
+    def _exited_error(self, when: str) -> BootError:
+        code = self._proc.wait(timeout=5) if self._proc else None
+        stderr = self._stderr_tail()
+        return self._error(f"QEMU exited with code {code} {when}" + (f": {stderr}" if stderr else ""))
+
+    def _error(self, message: str) -> BootError:
+        tail = "\n".join(self._text.splitlines()[-40:])
+        return BootError(f"{self.spec.profile.name}: {message}", tail, hint=f"console log: {self.console_log}")
+
+    # -- commands --------------------------------------------------------------------------
+
+    def run(self, command: str, timeout: float = 30) -> tuple[int, str]:
+        """Run a shell command on the guest's console: its exit status and output.
+
+        Output is stdout and stderr together, with the final newline removed.
+        """
+        self._ensure_shell()
+        reply = self._exchange(command, timeout)
+        return reply.status, reply.output
+
+    def _ensure_shell(self) -> None:
+        """Make sure a shell is listening, then quiet it (no echo, no prompts, no printk).
+
+        The console shell may start a moment after the ready marker, and a tty can drop what
+        was typed while it changes modes, so this probes a few times before giving up.
+        """
+        if self._shell_ready:
+            return
+        attempts = 10
+        for attempt in range(attempts):
+            try:
+                self._exchange(SHELL_PRELUDE, timeout=3, isolated=False)
+                break
+            except BootError:
+                if self.returncode is not None or attempt == attempts - 1:
+                    raise
+        self._shell_ready = True
+
+    def _exchange(self, command: str, timeout: float, *, isolated: bool = True) -> Reply:
+        self._tokens += 1
+        token = f"{os.getpid()}-{self._tokens}"
+        with self._changed:
+            since = len(self._text)
+        self.send(command_line(command, token, isolated=isolated) + "\n")
+        started = time.monotonic()
+        deadline = started + timeout * self.timeout_factor
+        with self._changed:
+            while True:
+                parsed = parse_reply(self._text[since:], token)
+                if parsed:
+                    reply, end = parsed
+                    self._cursor = max(self._cursor, since + end)
+                    return reply
+                if self._eof:
+                    raise self._exited_error(f"while running {command!r}")
+                now = time.monotonic()
+                if now >= deadline:
+                    raise self._error(f"{command!r} did not finish within {now - started:.0f} s")
+                self._changed.wait(timeout=min(0.5, deadline - now))
+
+    def poweroff(self, timeout: float = 30) -> None:
+        """Power the guest off (`poweroff -f`) and wait for QEMU to exit with code 0.
+
+        Kills QEMU and raises BootError when it does not exit in time or exits with an error.
+        """
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            self.kill()
+            return
+        self.send("\npoweroff -f\n")
+        limit = timeout * self.timeout_factor
+        try:
+            code = proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise self._error(f"QEMU still running {limit:.0f} s after 'poweroff -f'; killed") from None
+        self.kill()  # reaps the reader thread and closes the log
+        if code != 0:
+            raise self._error(f"QEMU exited with code {code} after 'poweroff -f'" + (
+                f": {self._stderr_tail()}" if self._stderr_tail() else ""))
+
+
+# -- no QEMU outlives fwgen ----------------------------------------------------------------
+
+_LIVE: weakref.WeakSet[Machine] = weakref.WeakSet()
+_guard_installed = False
+
+
+@atexit.register
+def _kill_all() -> None:
+    for machine in list(_LIVE):
+        machine.kill()
+
+
+def _install_signal_guard() -> None:
+    """Turn SIGTERM and SIGHUP into SystemExit so `with Machine` blocks and atexit run.
+
+    Only where nobody else has claimed the signal and only from the main thread (Python
+    allows handlers nowhere else). Ctrl-C needs nothing: KeyboardInterrupt unwinds already,
+    and QEMU, in its own session, does not see the terminal's SIGINT.
+    """
+    global _guard_installed
+    if _guard_installed or threading.current_thread() is not threading.main_thread():
+        return
+    _guard_installed = True
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, _exit_on_signal)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    _kill_all()
+    raise SystemExit(128 + signum)
+
+
+__all__ = ["BootSpec", "Machine", "Reply", "command_line", "parse_reply", "pick_free_ports", "qemu_argv"]
