@@ -431,7 +431,7 @@ def read_qemu_profile(path: Path) -> QemuProfile:
         binary=data.get("binary", arch.qemu_system),
         machine=data["machine"],
         console=data["console"],
-        memory=data["memory"],
+        memory=int(data["memory"]),  # JSON Schema's integer also admits 256.0
         cpu=data["cpu"],
         disk=data["disk"],
         nic=data["nic"],
@@ -532,7 +532,8 @@ def _resolve_qemu(doc: Document, qemu: dict | None, board: Path, qemu_dirs) -> Q
     if name not in profiles:
         raise doc.error(("qemu", "profile"), f"unknown qemu profile '{name}'",
                         _did_you_mean(name, list(profiles), "profiles"))
-    return QemuSpec(profile=read_qemu_profile(profiles[name]), memory=qemu.get("memory"),
+    memory = int(qemu["memory"]) if "memory" in qemu else None
+    return QemuSpec(profile=read_qemu_profile(profiles[name]), memory=memory,
                     forward=tuple(qemu["forward"]), timeout=float(qemu["timeout"]))
 
 

@@ -284,3 +284,37 @@ def test_board_digest_is_sha256_of_the_file(tmp_path):
     path = write(tmp_path / "d.yaml", "arch: aarch64\n")
     board = load_board(path)
     assert board_digest(board) == hashlib.sha256(b"arch: aarch64\n").hexdigest()
+
+
+# --- errors in files a board refers to --------------------------------------------------------
+
+
+def test_error_in_a_qemu_profile_points_into_the_profile(tmp_path):
+    profile = write(tmp_path / "qemu" / "odd.yaml",
+                    "arch: aarch64\nmachine: virt\nconsole: ttyAMA0\nmemory: 512\ncpus: 2\n")
+    write(tmp_path / "board.yaml", "arch: aarch64\nqemu:\n  profile: odd\n")
+    with pytest.raises(ConfigError) as caught:
+        load_board(tmp_path / "board.yaml")
+    assert str(caught.value) == f"{profile}:5:1: unknown key 'cpus' (did you mean 'cpu'?)"
+
+
+def test_whole_number_floats_become_ints(tmp_path):
+    write(tmp_path / "qemu" / "p.yaml", "arch: aarch64\nmachine: virt\nconsole: ttyAMA0\nmemory: 512.0\n")
+    board = load_board(write(tmp_path / "b.yaml", "arch: aarch64\nqemu: {profile: p, memory: 256.0}\n"))
+    assert board.qemu.memory == 256 and type(board.qemu.memory) is int
+    assert type(board.qemu.profile.memory) is int
+
+
+def test_overlay_path_without_overlay_yaml(tmp_path):
+    (tmp_path / "half").mkdir()
+    with pytest.raises(ConfigError) as caught:
+        load_board(write(tmp_path / "b.yaml", "arch: aarch64\noverlays:\n  - ./half\n"))
+    assert str(caught.value).startswith(f"{tmp_path}/b.yaml:3:5: overlays[0]: no overlay at './half'")
+
+
+def test_list_boards_survives_a_broken_board(tmp_path):
+    write(tmp_path / "broken.yaml", "arch: [unclosed\n")
+    listed = {name: text for name, _, text in list_boards([tmp_path])}
+    assert "unreadable" in listed["broken"]
+    with pytest.raises(ConfigError, match=r"broken.yaml:2:1: YAML syntax error"):
+        load_board("broken", boards_dirs=[tmp_path])
