@@ -80,14 +80,16 @@ def _unique(paths: Iterable[Path]) -> list[Path]:
 
 
 def _search_dirs(user: Sequence[Path], board_file: Path | None, sub: str, tree: Iterable[Path]):
-    """User folders, then `<sub>/` beside the board file and beside its folder, then the tree.
+    """User folders, then `<sub>/` beside the board file, then the tree's.
 
     A vendor keeps `product.yaml` with `overlays/` next to it, or a tree shaped like ours
-    (`boards/product.yaml`, `overlays/`); both load without extra flags.
+    (`boards/product.yaml` beside `overlays/`); both load without extra flags.
     """
     beside: list[Path] = []
     if board_file is not None:
-        beside = [board_file.parent / sub, board_file.parent.parent / sub]
+        beside = [board_file.parent / sub]
+        if board_file.parent.name == "boards":
+            beside.append(board_file.parent.parent / sub)
     return [d for d in _unique([*user, *beside, *tree]) if d.is_dir()]
 
 
@@ -210,9 +212,9 @@ def read_yaml(path: Path) -> Document:
         root = loader.get_single_node()
         if root is None:
             raise ConfigError("file is empty", file=file, line=1, column=1,
-                              hint="a board needs at least 'arch'")
+                              hint="expected a mapping of settings")
         doc = Document(file, None, {(): _mark(root)}, {})
-        data = _construct(loader, root, (), doc)
+        data = _construct(loader, root, (), doc, ())
     except yaml.MarkedYAMLError as e:
         raise _yaml_error(file, e) from e
     finally:
@@ -235,16 +237,21 @@ def _yaml_error(file: str, e: yaml.MarkedYAMLError) -> ConfigError:
     return ConfigError(f"YAML syntax error: {problem}", file=file, line=line, column=column, hint=hint)
 
 
-def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, doc: Document) -> Any:
+def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, doc: Document,
+               parents: tuple[int, ...]) -> Any:
     doc.values[path] = _mark(node)
+    if id(node) in parents:  # `a: &x [*x]` refers to itself: no finite value
+        raise doc.error(path, "alias refers to itself")
+    parents = (*parents, id(node))
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(loader, item, (*path, i), doc) for i, item in enumerate(node.value)]
+        return [_construct(loader, item, (*path, i), doc, parents) for i, item in enumerate(node.value)]
     if isinstance(node, yaml.MappingNode):
-        return _construct_mapping(loader, node, path, doc)
+        return _construct_mapping(loader, node, path, doc, parents)
     return loader.construct_object(node, deep=True)
 
 
-def _construct_mapping(loader, node: yaml.MappingNode, path: KeyPath, doc: Document) -> dict:
+def _construct_mapping(loader, node: yaml.MappingNode, path: KeyPath, doc: Document,
+                       parents: tuple[int, ...]) -> dict:
     # PyYAML silently keeps the last of two equal keys; a board with two `packages:` lists
     # almost always means one of them is ignored by mistake.
     explicit = {id(key_node) for key_node, _ in node.value}
@@ -266,7 +273,7 @@ def _construct_mapping(loader, node: yaml.MappingNode, path: KeyPath, doc: Docum
         if is_explicit:
             first_seen[key] = _mark(key_node)[0]
         doc.keys[(*path, key)] = _mark(key_node)
-        result[key] = _construct(loader, value_node, (*path, key), doc)
+        result[key] = _construct(loader, value_node, (*path, key), doc, parents)
     return result
 
 
@@ -402,10 +409,10 @@ def apply_defaults(data: Any, schema: dict, root: dict | None = None) -> Any:
 # QEMU profiles
 
 
-def list_qemu_profiles(qemu_dirs: Sequence[Path] = ()) -> dict[str, Path]:
-    """Profile name -> file, earlier folders first."""
+def list_qemu_profiles(qemu_dirs: Sequence[Path] = (), board_file: Path | None = None) -> dict[str, Path]:
+    """Profile name -> file; a name in an earlier folder hides the same name in later ones."""
     found: dict[str, Path] = {}
-    for folder in _search_dirs(qemu_dirs, None, "qemu", default_dirs().qemu):
+    for folder in _search_dirs(qemu_dirs, board_file, "qemu", default_dirs().qemu):
         for path in sorted(folder.glob("*.yaml")):
             found.setdefault(path.stem, path)
     return found
@@ -525,10 +532,7 @@ def _resolve_qemu(doc: Document, qemu: dict | None, board: Path, qemu_dirs) -> Q
     if qemu is None:
         return None
     name = qemu["profile"]
-    profiles: dict[str, Path] = {}
-    for folder in _search_dirs(qemu_dirs, board, "qemu", default_dirs().qemu):
-        for path in sorted(folder.glob("*.yaml")):
-            profiles.setdefault(path.stem, path)
+    profiles = list_qemu_profiles(qemu_dirs, board)
     if name not in profiles:
         raise doc.error(("qemu", "profile"), f"unknown qemu profile '{name}'",
                         _did_you_mean(name, list(profiles), "profiles"))
