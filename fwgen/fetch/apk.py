@@ -33,9 +33,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from ..arch import Arch
+from ..board import Feed
 from ..errors import FormatError, IntegrityError, UserError
+from ..progress import Progress
 from ..rootfs import Entry, EntryType, normalize_path
 from . import apkversion
+from .backend import register_backend
+from .cache import Cache
+from .package import Package, Relation
 
 SHIPPED_KEYS = Path(__file__).resolve().parent.parent / "keys" / "alpine"
 
@@ -470,3 +476,134 @@ def recognizes(head: bytes) -> bool:
 
 def compare_versions(a: str, b: str) -> int:
     return apkversion.compare(a, b)
+
+
+def satisfies(version: str, op: str, wanted: str) -> bool:
+    return apkversion.satisfies(version, op, wanted)
+
+
+# -- the backend -------------------------------------------------------------------------------
+# Relation ops use Debian's spelling: apk's strict `<` and `>` are Debian's `<<` and `>>`;
+# the fuzzy ones (`~`, `>~`, `<~`) have no Debian spelling and pass through unchanged.
+_DEBIAN_OP = {"<": "<<", ">": ">>"}
+
+
+def _relation_of(dependency: ApkDependency) -> Relation:
+    op = _DEBIAN_OP.get(dependency.op or "", dependency.op)
+    return Relation(dependency.name, op, dependency.version)
+
+
+def package_from_entry(entry: ApkIndexEntry, *, feed: str, base_url: str, source: str) -> Package:
+    """An APKINDEX stanza as a format-neutral Package (`!name` depends become conflicts)."""
+    where = f"{source}:{entry.line}: {entry.name}"
+    depends = [parse_dependency(token, where) for token in entry.depends]
+    provides = []
+    for token in entry.provides:
+        provided = parse_dependency(token, where)
+        provides.append(Relation(provided.name, "=" if provided.version else None, provided.version))
+    return Package(
+        name=entry.name,
+        version=entry.version,
+        arch=entry.arch,
+        feed=feed,
+        format="apk",
+        base_url=base_url,
+        filename=entry.filename,
+        size=entry.size,
+        sha256="",  # APKINDEX gives no file hash: the identity (C:) and signature stand in
+        depends=tuple((_relation_of(d),) for d in depends if not d.conflict),
+        provides=tuple(provides),
+        conflicts=tuple(_relation_of(d) for d in depends if d.conflict),
+        source=entry.origin or None,
+    )
+
+
+def repository_folders(feed: Feed, arch_name: str) -> list[str]:
+    """`<url>/<component>/<arch>` for each component: Alpine's `v3.16/main/aarch64` layout."""
+    base = feed.url.rstrip("/")
+    return [f"{base}/{component.strip('/')}/{arch_name}" for component in feed.components]
+
+
+class ApkBackend:
+    """Alpine repositories (apk v2)."""
+
+    name = "apk"
+    neutral_arch = "noarch"
+
+    def __init__(self) -> None:
+        self._keys: dict[str, RsaKey] = {}
+        self.identities: dict[str, str] = {}  # package URL -> C: identity from a verified index
+        self.install_if: dict[tuple[str, str], tuple[ApkDependency, ...]] = {}
+        self.provider_priority: dict[tuple[str, str], int] = {}
+
+    def arch_name(self, arch: Arch) -> str:
+        if arch.alpine is None:
+            raise UserError(f"Alpine has no port for {arch.value}", "use an OpenWrt or Debian feed for it")
+        return arch.alpine
+
+    def compare_versions(self, a: str, b: str) -> int:
+        return apkversion.compare(a, b)
+
+    def satisfies(self, version: str, op: str, wanted: str) -> bool:
+        return apkversion.satisfies(version, op, wanted)
+
+    def recognizes(self, head: bytes) -> bool:
+        return recognizes(head)
+
+    def keys_for(self, feed: Feed) -> dict[str, RsaKey]:
+        """The keys a feed trusts: its `keys` (files or folders), else the shipped Alpine keys."""
+        keys = load_rsa_keys(feed.keys or (SHIPPED_KEYS,))
+        self._keys.update({k: v for k, v in keys.items() if k not in self._keys})
+        return keys
+
+    def load_index(self, feed: Feed, arch: Arch, cache: Cache, progress: Progress) -> list[Package]:
+        keys = self.keys_for(feed)
+        packages: list[Package] = []
+        for folder in repository_folders(feed, self.arch_name(arch)):
+            url = f"{folder}/APKINDEX.tar.gz"
+            local = cache.fetch(url, sha256=None, size=None, progress=progress)
+            try:
+                index = read_apkindex(local.read_bytes(), keys, url)
+            except (IntegrityError, FormatError):
+                local.unlink(missing_ok=True)  # never keep a refused index
+                raise
+            for entry in index.entries:
+                if not entry.installable:
+                    continue
+                package = package_from_entry(entry, feed=feed.name, base_url=folder, source=url)
+                self.identities[package.url] = entry.identity
+                self._record_extras(entry, url)
+                packages.append(package)
+        return packages
+
+    def _record_extras(self, entry: ApkIndexEntry, source: str) -> None:
+        key = (entry.name, entry.version)
+        if entry.install_if:
+            self.install_if[key] = tuple(parse_dependency(t, source) for t in entry.install_if)
+        if entry.provider_priority is not None:
+            self.provider_priority[key] = entry.provider_priority
+
+    def fetch_package(self, package: Package, cache: Cache, progress: Progress) -> Path:
+        """Download an .apk and verify it against the index that listed it; return its path.
+
+        The cache cannot address it by SHA-256 (APKINDEX has none), so it is kept by URL; a
+        file that fails any check is removed from the cache before the error is raised.
+        """
+        identity = self.identities.get(package.url)
+        if identity is None:
+            raise UserError(f"{package.url}: not listed by any verified APKINDEX")
+        local = cache.fetch(package.url, sha256=None, size=package.size, progress=progress)
+        try:
+            read_apk(local.read_bytes(), self._keys, package.url, identity=identity)
+        except (IntegrityError, FormatError):
+            local.unlink(missing_ok=True)
+            raise
+        return local
+
+    def read_entries(self, path: Path) -> Iterator[Entry]:
+        """The verified data entries of an .apk (its signature checked with the known keys)."""
+        keys = self._keys or load_rsa_keys((SHIPPED_KEYS,))
+        return iter(read_apk(path.read_bytes(), keys, str(path)).entries)
+
+
+register_backend(ApkBackend())

@@ -111,13 +111,14 @@ def satisfies(version: str, op: str, wanted: str) -> bool:
     """Whether `version` satisfies the constraint `op wanted`.
 
     `op` is one of `<`, `<=`, `=`, `>=`, `>`, `~` (fuzzy: same leading tokens), `>~`, `<~`
-    (fuzzy equality or strictly greater/less), as in APKINDEX `D:` tokens.
+    (fuzzy equality or strictly greater/less), as in APKINDEX `D:` tokens; Debian's `<<` and
+    `>>` (the spelling of `fwgen.fetch.package.Relation`) mean `<` and `>`.
     """
     if op == "~" or op == "=~":
         return compare(version, wanted, fuzzy=True) == 0
     result = compare(version, wanted)
     allowed = {
-        "<": (-1,), "<=": (-1, 0), "=": (0,), ">=": (0, 1), ">": (1,),
+        "<": (-1,), "<<": (-1,), "<=": (-1, 0), "=": (0,), ">=": (0, 1), ">": (1,), ">>": (1,),
         ">~": (1,), "<~": (-1,),
     }.get(op)
     if allowed is None:

@@ -1,0 +1,303 @@
+"""OpenWrt opkg feeds: `Packages` signed with usign, and .ipk packages.
+
+Facts (openwrt/openwrt scripts/ipkg-build; openwrt/opkg-lede; openwrt/usign):
+
+- A feed folder holds `Packages` (deb822-style stanzas with `Filename`, `Size`,
+  `SHA256sum`), `Packages.gz`, and `Packages.sig`: a usign Ed25519 signature over the
+  *uncompressed* `Packages`. opkg looks the key up as /etc/opkg/keys/<key number, %016x>.
+- An OpenWrt .ipk is a gzip-compressed tar (not ar) of `./debian-binary` ("2.0\\n"),
+  `./data.tar.gz` and `./control.tar.gz`; older opkg packages are ar archives of the same
+  three members. Tell them apart by magic: 1f8b is OpenWrt's, `!<arch>\\n` the ar style.
+- Control fields are Debian's; Depends carry versions (`kernel (=5.15.134-1-<hash>)`).
+  opkg compares versions with dpkg's algorithm.
+- Feed layout: `<url>/packages/<arch>/<feed name>` (base, packages, luci, routing,
+  telephony) and `<url>/targets/<target>/<subtarget>/packages` (kernel modules).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import re
+import tarfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..arch import Arch
+from ..board import Feed
+from ..errors import FormatError, IntegrityError, UserError
+from ..progress import Progress
+from ..rootfs import Entry
+from . import debversion, usign
+from .archive import AR_MAGIC, list_ar_members, read_tar_entries
+from .backend import register_backend
+from .cache import Cache
+from .package import AlternativesGroup, Package, Relation
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+# -- control syntax -------------------------------------------------------------------------
+def parse_stanzas(text: str, name: str) -> list[dict[str, str]]:
+    """The paragraphs of a `Packages` or `control` file; continuation lines start with a space."""
+    stanzas: list[dict[str, str]] = []
+    fields: dict[str, str] = {}
+    key = None
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            if fields:
+                stanzas.append(fields)
+            fields, key = {}, None
+            continue
+        if line[0] in " \t":
+            if key is None:
+                raise FormatError(f"{name}:{number}: continuation line outside a field")
+            fields[key] += "\n" + line.strip()
+            continue
+        key, sep, value = line.partition(":")
+        if not sep:
+            raise FormatError(f"{name}:{number}: expected 'Field: value', got {line[:40]!r}")
+        fields[key] = value.strip()
+    if fields:
+        stanzas.append(fields)
+    return stanzas
+
+
+_RELATION = re.compile(
+    r"\s*(?P<name>[A-Za-z0-9][A-Za-z0-9+._-]*)\s*"
+    r"(?:\(\s*(?P<op><<|<=|>=|>>|=|<|>)\s*(?P<version>[^)\s]+)\s*\))?\s*"
+)
+
+
+def parse_relations(text: str, where: str) -> tuple[AlternativesGroup, ...]:
+    """A Depends-style field: `,` between items, `|` between alternatives."""
+    groups = []
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        alternatives = []
+        for alternative in item.split("|"):
+            m = _RELATION.fullmatch(alternative)
+            if m is None:
+                raise FormatError(f"{where}: bad relation {alternative.strip()!r}")
+            alternatives.append(Relation(m["name"], m["op"], m["version"]))
+        groups.append(tuple(alternatives))
+    return tuple(groups)
+
+
+def package_from_stanza(fields: dict[str, str], *, feed: str, base_url: str, source: str) -> Package:
+    """One `Packages` stanza as a Package; FormatError naming the package and field."""
+    where = f"{source}: package {fields.get('Package', '?')}"
+    try:
+        conflicts = parse_relations(fields.get("Conflicts", ""), where) + parse_relations(fields.get("Breaks", ""), where)
+        return Package(
+            name=fields["Package"],
+            version=fields["Version"],
+            arch=fields["Architecture"],
+            feed=feed,
+            format="ipk",
+            base_url=base_url,
+            filename=fields["Filename"],
+            size=int(fields["Size"]),
+            sha256=fields["SHA256sum"].lower(),
+            depends=parse_relations(fields.get("Pre-Depends", ""), where) + parse_relations(fields.get("Depends", ""), where),
+            provides=tuple(g[0] for g in parse_relations(fields.get("Provides", ""), where)),
+            conflicts=tuple(r for g in conflicts for r in g),
+            essential=fields.get("Essential") == "yes",
+            priority=fields.get("Priority"),
+            source=fields.get("SourceName") or fields.get("Source"),
+        )
+    except KeyError as e:
+        raise FormatError(f"{where}: missing field {e.args[0]}") from e
+    except ValueError as e:
+        raise FormatError(f"{where}: {e}") from e
+
+
+# -- the signed index -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class VerifiedIndex:
+    text: str
+    key: usign.UsignKey
+
+
+def verify_index(packages: bytes, signature: bytes, keys: dict[str, usign.UsignKey], name: str) -> VerifiedIndex:
+    """Check `Packages.sig` over the uncompressed `Packages` (given plain or gzipped)."""
+    if packages[:2] == GZIP_MAGIC:
+        try:
+            packages = gzip.decompress(packages)
+        except (OSError, EOFError, zlib.error) as e:
+            raise FormatError(f"{name}: cannot decompress Packages.gz: {e}") from e
+    key = usign.verify(packages, usign.parse_signature(signature, f"{name}.sig"), keys, name)
+    try:
+        return VerifiedIndex(packages.decode("utf-8"), key)
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{name}: offset {e.start:#x}: not UTF-8") from e
+
+
+# -- .ipk -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class IpkMembers:
+    """The three members of an .ipk, whichever container they came in."""
+
+    debian_binary: bytes
+    control_tar_gz: bytes
+    data_tar_gz: bytes
+    container: str  # "tar.gz" (OpenWrt) or "ar"
+
+
+def split_ipk(blob: bytes, name: str) -> IpkMembers:
+    """The members of an .ipk, in either the OpenWrt gzip-tar layout or the ar layout."""
+    if blob.startswith(AR_MAGIC):
+        found = {m.name: blob[m.offset : m.offset + m.size] for m in list_ar_members(blob, name)}
+        container = "ar"
+    elif blob[:2] == GZIP_MAGIC:
+        found = _outer_tar_members(blob, name)
+        container = "tar.gz"
+    else:
+        raise FormatError(f"{name}: offset 0x0: not an .ipk (magic {blob[:8]!r})")
+    missing = [m for m in ("debian-binary", "control.tar.gz", "data.tar.gz") if m not in found]
+    if missing:
+        raise FormatError(f"{name}: no {', '.join(missing)} member (found {sorted(found)})")
+    if not found["debian-binary"].startswith(b"2."):
+        raise FormatError(f"{name}: debian-binary: unsupported format {found['debian-binary'][:8]!r}")
+    return IpkMembers(found["debian-binary"], found["control.tar.gz"], found["data.tar.gz"], container)
+
+
+def _outer_tar_members(blob: bytes, name: str) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+            for info in tar:
+                if info.isreg():
+                    extracted = tar.extractfile(info)
+                    found[info.name.removeprefix("./")] = extracted.read() if extracted else b""
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise FormatError(f"{name}: bad gzip-tar container: {e}") from e
+    return found
+
+
+def _inflate(data: bytes, name: str) -> bytes:
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as e:
+        raise FormatError(f"{name}: cannot decompress: {e}") from e
+
+
+def read_control(members: IpkMembers, name: str) -> dict[str, str]:
+    """The `control` file of an .ipk's control.tar.gz."""
+    raw = _inflate(members.control_tar_gz, f"{name}: control.tar.gz")
+    for entry in read_tar_entries(raw, f"{name}: control.tar.gz"):
+        if entry.path == "/control":
+            stanzas = parse_stanzas(entry.data.decode("utf-8", "replace"), f"{name}: control")
+            if len(stanzas) != 1:
+                raise FormatError(f"{name}: control: expected one stanza, found {len(stanzas)}")
+            return stanzas[0]
+    raise FormatError(f"{name}: control.tar.gz has no control file")
+
+
+def read_ipk_entries(blob: bytes, name: str, *, provenance: str = "") -> list[Entry]:
+    """Every entry of an .ipk's data.tar.gz."""
+    members = split_ipk(blob, name)
+    raw = _inflate(members.data_tar_gz, f"{name}: data.tar.gz")
+    entries = list(read_tar_entries(raw, f"{name}: data.tar.gz"))
+    if provenance:
+        from dataclasses import replace
+
+        entries = [replace(e, provenance=provenance) for e in entries]
+    return entries
+
+
+def check_size_and_hash(blob: bytes, size: int, sha256: str, name: str) -> None:
+    """Check an .ipk against its `Packages` stanza's Size and SHA256sum."""
+    if len(blob) != size:
+        raise IntegrityError(f"{name}: size {len(blob)} differs from the index's Size {size}")
+    actual = hashlib.sha256(blob).hexdigest()
+    if actual != sha256.lower():
+        raise IntegrityError(f"{name}: SHA-256 {actual} differs from the index's SHA256sum {sha256}")
+
+
+def recognizes(head: bytes) -> bool:
+    """Whether a file starting with `head` is an OpenWrt .ipk (gzip-tar of ./debian-binary)."""
+    if head[:2] != GZIP_MAGIC:
+        return False
+    try:
+        inflated = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head)
+    except zlib.error:
+        return False
+    return inflated[:100].rstrip(b"\0") in (b"./debian-binary", b"debian-binary")
+
+
+# -- the backend -----------------------------------------------------------------------------
+def feed_folders(feed: Feed, arch_name: str) -> list[str]:
+    """The feed folder URLs: `<url>/packages/<arch>/<component>`, or `<url>/<component>` when
+    the component is itself a path (`targets/ath79/generic/packages`)."""
+    base = feed.url.rstrip("/")
+    folders = []
+    for component in feed.components:
+        if "/" in component:
+            folders.append(f"{base}/{component.strip('/')}")
+        else:
+            folders.append(f"{base}/packages/{arch_name}/{component}")
+    return folders
+
+
+def load_feed_keys(feed: Feed) -> dict[str, usign.UsignKey]:
+    """The usign keys a feed trusts: the files and folders its `keys` name."""
+    files = [Path(p) for p in feed.keys if Path(p).is_file()]
+    keys = usign.load_keys([Path(p) for p in feed.keys if Path(p).is_dir()])
+    for file in files:
+        key = usign.parse_public_key(file.read_text(errors="replace"), str(file))
+        keys.setdefault(key.key_id, key)
+    return keys
+
+
+class IpkBackend:
+    """OpenWrt opkg feeds."""
+
+    name = "ipk"
+    neutral_arch = "all"
+
+    def arch_name(self, arch: Arch) -> str:
+        if arch.openwrt is None:
+            raise UserError(f"OpenWrt has no package arch for {arch.value}")
+        return arch.openwrt
+
+    def compare_versions(self, a: str, b: str) -> int:
+        return debversion.compare_versions(a, b)
+
+    def satisfies(self, version: str, op: str, wanted: str) -> bool:
+        return debversion.satisfies(version, op, wanted)
+
+    def recognizes(self, head: bytes) -> bool:
+        return recognizes(head)
+
+    def load_index(self, feed: Feed, arch: Arch, cache: Cache, progress: Progress) -> list[Package]:
+        keys = load_feed_keys(feed)
+        if not keys:
+            raise UserError(f"feed '{feed.name}': no usign keys", "name the feed's public key files in its 'keys'")
+        packages: list[Package] = []
+        for folder in feed_folders(feed, self.arch_name(arch)):
+            text = self._fetch_verified(folder, keys, cache, progress)
+            for fields in parse_stanzas(text, f"{folder}/Packages"):
+                packages.append(package_from_stanza(fields, feed=feed.name, base_url=folder, source=f"{folder}/Packages"))
+        return packages
+
+    def _fetch_verified(self, folder: str, keys: dict[str, usign.UsignKey], cache: Cache, progress: Progress) -> str:
+        signature = cache.fetch(f"{folder}/Packages.sig", sha256=None, size=None, progress=progress)
+        index = cache.fetch(f"{folder}/Packages.gz", sha256=None, size=None, progress=progress)
+        try:
+            return verify_index(index.read_bytes(), signature.read_bytes(), keys, f"{folder}/Packages").text
+        except (IntegrityError, FormatError):
+            # Never keep a refused index: the next run must ask the feed again.
+            signature.unlink(missing_ok=True)
+            index.unlink(missing_ok=True)
+            raise
+
+    def read_entries(self, path: Path) -> Iterator[Entry]:
+        return iter(read_ipk_entries(path.read_bytes(), str(path)))
+
+
+register_backend(IpkBackend())
