@@ -171,7 +171,13 @@ class ReleaseFile:
     sha256: str
 
 
-def parse_release(text: str, source: str, *, now: dt.datetime | None = None) -> dict[str, ReleaseFile]:
+@dataclass(frozen=True)
+class Release:
+    files: dict[str, ReleaseFile]  # by path relative to dists/<suite>/
+    by_hash: bool  # Acquire-By-Hash: indexes are also served as by-hash/SHA256/<hash>
+
+
+def parse_release(text: str, source: str, *, now: dt.datetime | None = None) -> Release:
     """The SHA256 file list of a verified Release text, after checking Valid-Until."""
     stanzas = list(parse_stanzas(text))
     if not stanzas:
@@ -187,8 +193,7 @@ def parse_release(text: str, source: str, *, now: dt.datetime | None = None) -> 
             continue
         digest, size, path = parts
         files[path] = ReleaseFile(path, int(size), digest.lower())
-    files["__by_hash__"] = ReleaseFile(fields.get("Acquire-By-Hash", "no"), 0, "")
-    return files
+    return Release(files, by_hash=fields.get("Acquire-By-Hash", "no") == "yes")
 
 
 def _check_valid_until(fields: dict[str, str], source: str, now: dt.datetime) -> None:
@@ -234,16 +239,15 @@ class DebBackend:
         packages: list[Package] = []
         for component in feed.components:
             path = _pick_index(release, f"{component}/binary-{debarch}", f"{dists}/InRelease")
-            entry = release[path]
+            entry = release.files[path]
             url = f"{dists}/{path}"
-            if release["__by_hash__"].path == "yes":
+            if release.by_hash:
                 url = f"{dists}/{path.rsplit('/', 1)[0]}/by-hash/SHA256/{entry.sha256}"
             local = cache.fetch(url, sha256=entry.sha256, size=entry.size, progress=progress)
-            text = _decompress_index(local.read_bytes(), path, url)
-            packages += parse_packages(text, feed=feed.name, base_url=base, source=url)
+            packages += _read_packages_file(local, path, feed.name, base, url)
         return packages
 
-    def fetch_release(self, feed: Feed, cache: Cache, progress: Progress) -> dict[str, ReleaseFile]:
+    def fetch_release(self, feed: Feed, cache: Cache, progress: Progress) -> Release:
         """Fetch `dists/<suite>/InRelease`, verify it, and return its SHA256 file list."""
         url = f"{feed.url.rstrip('/')}/dists/{feed.suite}/InRelease"
         local = cache.fetch(url, sha256=None, size=None, progress=progress)
@@ -266,11 +270,19 @@ class DebBackend:
         return read_member_tar(path, data, members, "data")
 
 
-def _pick_index(release: dict[str, ReleaseFile], folder: str, source: str) -> str:
+def _pick_index(release: Release, folder: str, source: str) -> str:
     for name in ("Packages.xz", "Packages.gz", "Packages"):
-        if f"{folder}/{name}" in release:
+        if f"{folder}/{name}" in release.files:
             return f"{folder}/{name}"
     raise FormatError(f"{source}: lists no {folder}/Packages index (is the arch or component served?)")
+
+
+@functools.lru_cache(maxsize=8)
+def _read_packages_file(local: Path, path: str, feed: str, base: str, url: str) -> tuple[Package, ...]:
+    # `local` is content-addressed (named by its verified SHA-256), so a build that asks for
+    # the same index again in this process reuses the parse (~2 s for Debian main).
+    text = _decompress_index(local.read_bytes(), path, url)
+    return tuple(parse_packages(text, feed=feed, base_url=base, source=url))
 
 
 def _decompress_index(data: bytes, path: str, source: str) -> str:
