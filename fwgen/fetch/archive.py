@@ -98,19 +98,21 @@ def read_tar_entries(data: bytes, source: str) -> Iterator[Entry]:
     the archive's own root ("./") is skipped; a path escaping the root is a FormatError.
     """
     files: dict[str, bytes] = {}
+    offset = 0  # of the tar header being read, for the error message
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             for info in tar:
+                offset = info.offset
                 entry = _entry_from_tarinfo(tar, info, files, source)
                 if entry is not None:
                     yield entry
+                offset = tar.offset
     except tarfile.TarError as e:
-        raise FormatError(f"{source}: offset {_tar_offset(e, data):#x}: bad tar archive: {e}") from e
-
-
-def _tar_offset(error: Exception, data: bytes) -> int:
-    # tarfile does not say where it failed; the end of the data is where truncation shows.
-    return len(data)
+        raise FormatError(f"{source}: tar offset {offset:#x}: bad tar archive: {e}") from e
+    # tarfile stops quietly at a damaged or truncated header after the first one; what
+    # follows the last member must be the end-of-archive zero blocks and nothing else.
+    if data[offset:].strip(b"\0"):
+        raise FormatError(f"{source}: tar offset {offset:#x}: damaged or truncated tar header")
 
 
 def _entry_from_tarinfo(
