@@ -1,0 +1,182 @@
+"""The download cache against a local HTTP server that misbehaves on purpose."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import multiprocessing
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from fwgen.errors import FetchError, IntegrityError
+from fwgen.fetch.cache import Cache
+
+PAYLOAD = b"fwgen payload " * 5000
+PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+class Server:
+    """An HTTP server on 127.0.0.1 whose routes are functions of the request count."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Callable[[http.server.BaseHTTPRequestHandler, int], None]] = {}
+        self.hits: dict[str, int] = {}
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                count = server.hits.get(self.path, 0) + 1
+                server.hits[self.path] = count
+                route = server.routes.get(self.path)
+                if route is None:
+                    self.send_error(404)
+                    return
+                route(self, count)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def serve(self, path: str, body: bytes) -> None:
+        self.routes[path] = lambda handler, _count: send(handler, body)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def send(handler, body: bytes, status: int = 200, length: int | None = None) -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Length", str(len(body) if length is None else length))
+    handler.end_headers()
+    handler.wfile.write(body)
+    handler.wfile.flush()
+    handler.close_connection = True
+
+
+@pytest.fixture
+def server():
+    srv = Server()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def cache(tmp_path) -> Cache:
+    return Cache(tmp_path / "cache", attempts=3, backoff=0.01, timeout=10)
+
+
+def cached_files(cache: Cache) -> list[Path]:
+    return sorted(p for p in (cache.root / "sha256").rglob("*") if p.is_file()) if (cache.root / "sha256").exists() else []
+
+
+def test_fetch_verifies_and_stores_by_content(server, cache):
+    server.serve("/pkg.deb", PAYLOAD)
+    path = cache.fetch(f"{server.url}/pkg.deb", sha256=PAYLOAD_SHA, size=len(PAYLOAD))
+    assert path == cache.root / "sha256" / PAYLOAD_SHA[:2] / PAYLOAD_SHA
+    assert path.read_bytes() == PAYLOAD
+    again = cache.fetch(f"{server.url}/pkg.deb", sha256=PAYLOAD_SHA.upper(), size=len(PAYLOAD))
+    assert again == path and server.hits["/pkg.deb"] == 1  # a verified hit is not downloaded
+
+
+def test_damaged_cache_entry_is_downloaded_again(server, cache):
+    server.serve("/pkg.deb", PAYLOAD)
+    path = cache.fetch(f"{server.url}/pkg.deb", sha256=PAYLOAD_SHA, size=len(PAYLOAD))
+    path.write_bytes(b"X" + PAYLOAD[1:])
+    assert cache.fetch(f"{server.url}/pkg.deb", sha256=PAYLOAD_SHA, size=len(PAYLOAD)).read_bytes() == PAYLOAD
+    assert server.hits["/pkg.deb"] == 2
+
+
+def test_hash_mismatch_raises_and_leaves_nothing(server, cache):
+    server.serve("/pkg.deb", PAYLOAD)
+    wrong = hashlib.sha256(b"something else").hexdigest()
+    with pytest.raises(IntegrityError) as caught:
+        cache.fetch(f"{server.url}/pkg.deb", sha256=wrong, size=len(PAYLOAD))
+    message = str(caught.value)
+    assert f"{server.url}/pkg.deb" in message and wrong in message and PAYLOAD_SHA in message
+    assert server.hits["/pkg.deb"] == 1  # a wrong hash is not retried
+    leftovers = [p for p in cache.root.rglob("*") if p.is_file() and p.parent.name != "locks"]
+    assert leftovers == []
+
+
+def test_404_fails_after_retries_with_one_line(server, cache):
+    with pytest.raises(FetchError) as caught:
+        cache.fetch(f"{server.url}/missing.deb", sha256=PAYLOAD_SHA, size=1)
+    assert str(caught.value) == f"{server.url}/missing.deb: HTTP 404 Not Found (gave up after 3 attempts)"
+    assert server.hits["/missing.deb"] == 3
+    assert cached_files(cache) == []
+
+
+def test_truncated_body_is_retried_then_succeeds(server, cache):
+    def flaky(handler, count):
+        if count == 1:  # announce everything, send half, hang up
+            send(handler, PAYLOAD[: len(PAYLOAD) // 2], length=len(PAYLOAD))
+        else:
+            send(handler, PAYLOAD)
+
+    server.routes["/pkg.deb"] = flaky
+    path = cache.fetch(f"{server.url}/pkg.deb", sha256=PAYLOAD_SHA, size=len(PAYLOAD))
+    assert path.read_bytes() == PAYLOAD and server.hits["/pkg.deb"] == 2
+
+
+def test_always_truncated_body_gives_clear_fetch_error(server, cache):
+    server.routes["/pkg.deb"] = lambda h, _c: send(h, PAYLOAD[:1000], length=len(PAYLOAD))
+    with pytest.raises(FetchError, match=r"/pkg.deb: truncated body: 1000 of 70000 bytes \(gave up after 3 attempts\)"):
+        cache.fetch(f"{server.url}/pkg.deb", sha256=PAYLOAD_SHA, size=len(PAYLOAD))
+    assert cached_files(cache) == []
+    assert not [p for p in cache.root.rglob("*.part")]
+
+
+def test_server_errors_are_retried(server, cache):
+    server.routes["/pkg.deb"] = lambda h, c: send(h, b"busy", status=503) if c < 3 else send(h, PAYLOAD)
+    assert cache.fetch(f"{server.url}/pkg.deb", sha256=PAYLOAD_SHA, size=len(PAYLOAD)).read_bytes() == PAYLOAD
+    assert server.hits["/pkg.deb"] == 3
+
+
+def test_size_other_than_index_says_mirror_may_be_syncing(server, cache):
+    server.serve("/pkg.deb", PAYLOAD + b"new generation")
+    with pytest.raises(FetchError, match=r"unexpected size 70014 \(the index says 70000; mirror syncing\?\)"):
+        cache.fetch(f"{server.url}/pkg.deb", sha256=PAYLOAD_SHA, size=len(PAYLOAD))
+
+
+def test_connection_refused_is_a_fetch_error(cache):
+    with pytest.raises(FetchError, match=r"http://127.0.0.1:9/x: connection failed: .*gave up after 3"):
+        cache.fetch("http://127.0.0.1:9/x", sha256=None, size=None)
+
+
+def test_unhashed_files_are_reused_within_ttl(server, cache):
+    server.serve("/InRelease", b"v1")
+    assert cache.fetch(f"{server.url}/InRelease", sha256=None, size=None).read_bytes() == b"v1"
+    server.serve("/InRelease", b"v2")
+    assert cache.fetch(f"{server.url}/InRelease", sha256=None, size=None).read_bytes() == b"v1"
+    cache.unhashed_ttl = 0
+    assert cache.fetch(f"{server.url}/InRelease", sha256=None, size=None).read_bytes() == b"v2"
+
+
+def test_threads_fetching_the_same_url_download_once(server, cache):
+    server.serve("/pkg.deb", PAYLOAD)
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda _: cache.fetch(f"{server.url}/pkg.deb", sha256=PAYLOAD_SHA, size=len(PAYLOAD)), range(8)))
+    assert len(set(paths)) == 1 and paths[0].read_bytes() == PAYLOAD
+    assert server.hits["/pkg.deb"] == 1
+
+
+def _fetch_in_process(root: str, url: str) -> str:
+    return str(Cache(Path(root), attempts=3, backoff=0.01).fetch(url, sha256=PAYLOAD_SHA, size=len(PAYLOAD)))
+
+
+def test_processes_sharing_the_cache_download_once(server, cache):
+    server.serve("/pkg.deb", PAYLOAD)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(4) as pool:
+        paths = pool.starmap(_fetch_in_process, [(str(cache.root), f"{server.url}/pkg.deb")] * 4)
+    assert len(set(paths)) == 1 and Path(paths[0]).read_bytes() == PAYLOAD
+    assert server.hits["/pkg.deb"] == 1
