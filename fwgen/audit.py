@@ -1,0 +1,478 @@
+"""ELF audit: does every binary in an image fit the board, and is it linked as we think?
+
+For every ELF file: machine, class and endianness; float ABI (ARM: EABI version and
+hard/soft float from e_flags and the build attributes, including Tag_CPU_arch, so ARMv7 code
+on an ARMv6 board is caught; MIPS: ISA and ABI flags); static or dynamic with the
+interpreter; libc (musl, glibc or none); DT_NEEDED resolved inside the image; hardening
+(PIE, RELRO, BIND_NOW, NX stack, stack protector). A file whose machine, endianness, float
+ABI or CPU architecture does not fit the board is an error, as is a DT_NEEDED that the image
+does not hold.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.dynamic import DynamicSection
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import ARMAttributesSection, SymbolTableSection
+
+from .arch import EM_AARCH64, EM_ARM, EM_MIPS, Arch
+from .errors import UserError
+from .rootfs import EntryType, RootFS
+
+ELF_MAGIC = b"\x7fELF"
+MACHINES = {EM_ARM: "arm", EM_AARCH64: "aarch64", EM_MIPS: "mips", 3: "x86", 62: "x86_64", 243: "riscv"}
+MACHINE_NAMES = {"EM_ARM": "arm", "EM_AARCH64": "aarch64", "EM_MIPS": "mips", "EM_386": "x86",
+                 "EM_X86_64": "x86_64", "EM_RISCV": "riscv"}
+
+# ARM ELF ABI (IHI 0044) e_flags: "EF_ARM_EABIMASK 0xFF000000 ... EF_ARM_ABI_FLOAT_HARD
+# 0x00000400, EF_ARM_ABI_FLOAT_SOFT 0x00000200 (EABI version 5 only)".
+EF_ARM_EABIMASK = 0xFF000000
+EF_ARM_ABI_FLOAT_HARD = 0x400
+EF_ARM_ABI_FLOAT_SOFT = 0x200
+
+# ARM build attributes (IHI 0045), Tag_CPU_arch values.
+ARM_CPU_ARCH = {
+    0: "pre-v4", 1: "v4", 2: "v4T", 3: "v5T", 4: "v5TE", 5: "v5TEJ", 6: "v6", 7: "v6KZ",
+    8: "v6T2", 9: "v6K", 10: "v7", 11: "v6-M", 12: "v6S-M", 13: "v7E-M", 14: "v8",
+    15: "v8-R", 16: "v8-M.base", 17: "v8-M.main", 18: "v8.1-M.main", 19: "v9",
+}
+# What a board's CPU runs. The numbering is not an order: v6T2 (Thumb-2) and the M profiles
+# do not run on an ARM1176 (ARMv6KZ), although v6K (9) does.
+ARM_CPU_ARCH_FITS = {
+    "v6": {0, 1, 2, 3, 4, 5, 6, 7, 9},
+    "v7": {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10},
+}
+# Tag_ABI_VFP_args: 0 base (core registers), 1 VFP registers, 2 toolchain-specific,
+# 3 "code is compatible with both" (no float arguments at all).
+VFP_ARGS = {0: "soft", 1: "hard", 2: "custom", 3: "any"}
+# Tag_FP_arch: 2 is VFPv2, the ARM1176's unit; 3 and up (VFPv3, v4, ARMv8 FP) do not run there.
+ARMV6_MAX_FP_ARCH = 2
+
+# MIPS e_flags (SysV MIPS supplement; binutils include/elf/mips.h).
+EF_MIPS_ARCH = 0xF0000000
+MIPS_ISA = {0x0: "mips1", 0x1: "mips2", 0x2: "mips3", 0x3: "mips4", 0x4: "mips5", 0x5: "mips32",
+            0x6: "mips64", 0x7: "mips32r2", 0x8: "mips64r2", 0x9: "mips32r6", 0xA: "mips64r6"}
+EF_MIPS_ABI = 0x0000F000
+MIPS_ABI = {0x0000: "none", 0x1000: "o32", 0x2000: "o64", 0x3000: "eabi32", 0x4000: "eabi64"}
+EF_MIPS_ABI2 = 0x20  # n32
+# .MIPS.abiflags fp_abi (Val_GNU_MIPS_ABI_FP_*): 0 any, 1 double, 2 single, 3 soft, 4 old-64,
+# 5 xx, 6 64, 7 64a.
+MIPS_FP_ABI = {0: "any", 1: "hard", 2: "hard", 3: "soft", 4: "hard", 5: "hard", 6: "hard", 7: "hard"}
+TAG_GNU_MIPS_ABI_FP = 4
+
+DF_BIND_NOW = 0x8
+DF_1_NOW = 0x1
+DF_1_PIE = 0x08000000
+PF_X = 0x1
+
+# Files that run on another processor (GPU firmware such as the Raspberry Pi's start.elf,
+# Wi-Fi firmware): audited and reported, never held against the board's CPU.
+FOREIGN_PREFIXES = ("/boot/", "/lib/firmware/", "/usr/lib/firmware/")
+
+
+@dataclass
+class ElfInfo:
+    """What the audit found in one ELF file."""
+
+    path: str
+    machine: str
+    elf_class: int
+    endian: str
+    type: str  # executable, pie, shared-library, relocatable, core
+    float_abi: str | None = None  # ARM/MIPS: hard, soft, any; None: not applicable
+    arm_eabi: int | None = None
+    cpu_arch: str | None = None  # ARM Tag_CPU_arch name; MIPS ISA
+    fp_arch: int | None = None  # ARM Tag_FP_arch (2 = VFPv2)
+    neon: bool = False  # ARM Tag_Advanced_SIMD_arch present
+    mips_abi: str | None = None
+    static: bool = True
+    interpreter: str | None = None
+    libc: str = "none"  # musl, glibc, none, unknown
+    needed: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    pie: bool = False
+    relro: bool = False
+    bind_now: bool = False
+    nx_stack: bool = False
+    stack_protector: bool | None = None  # None: cannot tell (no symbols)
+    foreign: bool = False  # firmware for another processor
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AuditReport:
+    """Every ELF file audited, and the errors (each names the file and the mismatch)."""
+
+    files: list[ElfInfo] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[str]:
+        return [f"{f.path}: {e}" for f in self.files for e in f.errors]
+
+    def to_json(self) -> str:
+        return json.dumps({"files": [asdict(f) for f in self.files], "errors": self.errors}, indent=2)
+
+
+# -- entry points -----------------------------------------------------------------------------
+
+
+def audit_rootfs(rootfs: RootFS, arch: Arch | None) -> AuditReport:
+    """Audit every ELF file of `rootfs` against `arch` (None: report only, no fit checks)."""
+    report = AuditReport()
+    search = _library_dirs(rootfs)
+    for entry in rootfs:
+        if entry.type is EntryType.FILE and entry.data[:4] == ELF_MAGIC:
+            info = inspect_elf(entry.path, entry.data)
+            if info.foreign is False and arch is not None:
+                info.errors += fit_errors(info, arch)
+            if not info.static:
+                info.missing = [n for n in info.needed if not _find_library(rootfs, n, search, info)]
+                info.errors += [f"needs {n}, which the image does not hold" for n in info.missing]
+            report.files.append(info)
+    return report
+
+
+def audit_paths(paths: Iterable[Path | str], arch: Arch | None) -> AuditReport:
+    """Audit files and folders on the host. A folder is treated as a root filesystem (its
+    DT_NEEDED are resolved inside it); a single file's DT_NEEDED are listed, not resolved."""
+    report = AuditReport()
+    for path in map(Path, paths):
+        if path.is_dir():
+            report.files += audit_rootfs(load_folder(path), arch).files
+        elif path.is_file():
+            data = path.read_bytes()
+            if data[:4] == ELF_MAGIC:
+                info = inspect_elf(str(path), data)
+                info.foreign = False  # asked for by name: it must fit
+                if arch is not None:
+                    info.errors += fit_errors(info, arch)
+                report.files.append(info)
+            else:
+                report.files += audit_rootfs(load_image(path), arch).files
+        else:
+            raise UserError(f"{path}: no such file or folder")
+    return report
+
+
+def load_folder(folder: Path) -> RootFS:
+    """A host folder as a RootFS (regular files and symlinks; never follows a symlink)."""
+    rootfs = RootFS()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in sorted(dirnames + filenames):
+            host = Path(dirpath) / name
+            inside = "/" + host.relative_to(folder).as_posix()
+            if host.is_symlink():
+                rootfs.add_symlink(inside, os.readlink(host), provenance=str(folder))
+            elif host.is_dir():
+                rootfs.add_dir(inside, provenance=str(folder))
+            elif host.is_file():
+                rootfs.add_file(inside, host.read_bytes(), provenance=str(folder))
+    return rootfs
+
+
+def load_image(path: Path) -> RootFS:
+    """An image file as a RootFS: a cpio newc archive (an initramfs), plain or compressed
+    with gzip, xz or zstd. Other image formats raise UserError."""
+    data = _decompress(path.read_bytes())
+    if data[:6] not in (b"070701", b"070702"):
+        raise UserError(f"{path}: neither an ELF file nor a cpio newc image (initramfs)",
+                        "for a squashfs image, audit its unsquashfs'd folder")
+    rootfs = RootFS()
+    offset = 0
+    while True:
+        # newc: magic, then 13 fields of 8 hex digits; name and data each padded to 4 bytes.
+        header = data[offset : offset + 110]
+        if len(header) < 110 or header[:6] not in (b"070701", b"070702"):
+            raise UserError(f"{path}: cpio header at {offset:#x}: bad magic {header[:6]!r}")
+        fields = [int(header[6 + 8 * i : 14 + 8 * i], 16) for i in range(13)]
+        mode, filesize, namesize = fields[1], fields[6], fields[11]
+        name = data[offset + 110 : offset + 110 + namesize - 1].decode(errors="replace")
+        start = (offset + 110 + namesize + 3) & ~3
+        body = data[start : start + filesize]
+        offset = (start + filesize + 3) & ~3
+        if name == "TRAILER!!!":
+            return rootfs
+        kind = mode & 0o170000
+        if name in (".", ""):
+            continue
+        if kind == 0o100000:
+            rootfs.add_file(name, body, mode & 0o7777, provenance=str(path))
+        elif kind == 0o120000:
+            rootfs.add_symlink(name, body.decode(errors="replace"), provenance=str(path))
+        elif kind == 0o040000:
+            rootfs.add_dir(name, mode & 0o7777, provenance=str(path))
+
+
+def _decompress(data: bytes) -> bytes:
+    import gzip
+    import lzma
+
+    if data[:2] == b"\x1f\x8b":
+        return gzip.decompress(data)
+    if data[:6] == b"\xfd7zXZ\x00":
+        return lzma.decompress(data)
+    if data[:4] == b"\x28\xb5\x2f\xfd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    return data
+
+
+# -- one file ---------------------------------------------------------------------------------
+
+
+def inspect_elf(path: str, data: bytes) -> ElfInfo:
+    """Read what the audit needs from one ELF file (never raises for a malformed file)."""
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        info = ElfInfo(
+            path=path,
+            machine=MACHINE_NAMES.get(elf["e_machine"], str(elf["e_machine"])),
+            elf_class=elf.elfclass,
+            endian="little" if elf.little_endian else "big",
+            type=_elf_type(elf),
+            foreign=path.startswith(FOREIGN_PREFIXES),
+        )
+        _read_float_abi(elf, info)
+        _read_linking(elf, info, data)
+        _read_hardening(elf, info)
+    except (ELFError, ValueError, KeyError, AssertionError) as e:
+        return ElfInfo(path=path, machine="?", elf_class=0, endian="?", type="?",
+                       errors=[f"malformed ELF file: {e}"])
+    return info
+
+
+def _elf_type(elf: ELFFile) -> str:
+    e_type = elf["e_type"]
+    if e_type == "ET_EXEC":
+        return "executable"
+    if e_type == "ET_REL":
+        return "relocatable"
+    if e_type == "ET_DYN":
+        flags_1 = _dynamic_value(elf, "DT_FLAGS_1") or 0
+        has_interp = any(s["p_type"] == "PT_INTERP" for s in elf.iter_segments())
+        return "pie" if flags_1 & DF_1_PIE or has_interp else "shared-library"
+    return str(e_type).removeprefix("ET_").lower()
+
+
+def _read_float_abi(elf: ELFFile, info: ElfInfo) -> None:
+    flags = elf["e_flags"]
+    if elf["e_machine"] == "EM_ARM":
+        info.arm_eabi = (flags & EF_ARM_EABIMASK) >> 24
+        attrs = _arm_attributes(elf)
+        if "TAG_CPU_ARCH" in attrs:
+            info.cpu_arch = ARM_CPU_ARCH.get(attrs["TAG_CPU_ARCH"], f"arch#{attrs['TAG_CPU_ARCH']}")
+        if "TAG_ABI_VFP_ARGS" in attrs:
+            info.float_abi = VFP_ARGS.get(attrs["TAG_ABI_VFP_ARGS"], "custom")
+        elif flags & EF_ARM_ABI_FLOAT_HARD:
+            info.float_abi = "hard"
+        else:
+            info.float_abi = "soft"  # the EABI default: "base" procedure call standard
+        info.fp_arch = attrs.get("TAG_FP_ARCH")
+        info.neon = bool(attrs.get("TAG_ADVANCED_SIMD_ARCH"))
+    elif elf["e_machine"] == "EM_MIPS":
+        info.cpu_arch = MIPS_ISA.get((flags & EF_MIPS_ARCH) >> 28, "mips?")
+        info.mips_abi = "n32" if flags & EF_MIPS_ABI2 else MIPS_ABI.get(flags & EF_MIPS_ABI, "?")
+        if elf.elfclass == 64 and info.mips_abi == "none":
+            info.mips_abi = "n64"
+        info.float_abi = _mips_fp_abi(elf)
+
+
+def _arm_attributes(elf: ELFFile) -> dict[str, int]:
+    """The "aeabi" public build attributes of the whole file (File scope, tag 1)."""
+    found: dict[str, int] = {}
+    for section in elf.iter_sections():
+        if not isinstance(section, ARMAttributesSection):
+            continue
+        for sub in section.iter_subsections():
+            if sub.header["vendor_name"] != "aeabi":
+                continue
+            for subsub in sub.iter_subsubsections():
+                if subsub.header.tag != "TAG_FILE":
+                    continue
+                for attr in subsub.iter_attributes():
+                    if isinstance(attr.value, int):
+                        found[attr.tag] = attr.value
+    return found
+
+
+def _mips_fp_abi(elf: ELFFile) -> str | None:
+    section = elf.get_section_by_name(".MIPS.abiflags")
+    if section is not None and section.data_size >= 24:
+        # Elf_MIPS_ABIFlags_v0: version u16, isa_level u8, isa_rev u8, gpr_size u8,
+        # cpr1_size u8, cpr2_size u8, fp_abi u8, ...
+        return MIPS_FP_ABI.get(section.data()[7], "hard")
+    section = elf.get_section_by_name(".gnu.attributes")
+    if section is not None:
+        # Older binaries: "gnu" vendor subsection, Tag_GNU_MIPS_ABI_FP (4) followed by a ULEB.
+        data = section.data()
+        at = data.find(bytes([TAG_GNU_MIPS_ABI_FP]), data.find(b"gnu\0") + 4)
+        if at > 0 and at + 1 < len(data):
+            return MIPS_FP_ABI.get(data[at + 1], "hard")
+    return None
+
+
+def _read_linking(elf: ELFFile, info: ElfInfo, data: bytes) -> None:
+    for segment in elf.iter_segments():
+        if segment["p_type"] == "PT_INTERP":
+            info.interpreter = segment.get_interp_name()
+    dynamic = _dynamic_section(elf)
+    if dynamic is not None:
+        info.needed = [t.needed for t in dynamic.iter_tags() if t.entry.d_tag == "DT_NEEDED"]
+    info.static = info.interpreter is None and not info.needed
+    info.libc = _libc(info, data)
+
+
+def _libc(info: ElfInfo, data: bytes) -> str:
+    interp = posixpath.basename(info.interpreter or "")
+    if interp.startswith("ld-musl") or "libc.musl" in " ".join(info.needed):
+        return "musl"
+    if interp.startswith(("ld-linux", "ld.so", "ld64.so")) or "libc.so.6" in info.needed:
+        return "glibc"
+    if not info.static:
+        return "musl" if "libc.so" in info.needed else "unknown"
+    if info.type == "relocatable":
+        return "none"
+    # Static: libc leaves its strings. glibc: symbol versions and its kernel check; musl:
+    # strerror's message for errno 0 ("No error information"; glibc says "Success").
+    if b"GLIBC_" in data or b"FATAL: kernel too old" in data:
+        return "glibc"
+    if b"No error information" in data:
+        return "musl"
+    return "none"
+
+
+def _read_hardening(elf: ELFFile, info: ElfInfo) -> None:
+    segments = {s["p_type"]: s for s in elf.iter_segments()}
+    info.pie = info.type == "pie"
+    info.relro = "PT_GNU_RELRO" in segments
+    flags = _dynamic_value(elf, "DT_FLAGS") or 0
+    flags_1 = _dynamic_value(elf, "DT_FLAGS_1") or 0
+    info.bind_now = bool(flags & DF_BIND_NOW or flags_1 & DF_1_NOW or _dynamic_value(elf, "DT_BIND_NOW") is not None)
+    stack = segments.get("PT_GNU_STACK")
+    info.nx_stack = stack is not None and not stack["p_flags"] & PF_X
+    names = _symbol_names(elf)
+    if names:
+        info.stack_protector = bool(names & {"__stack_chk_fail", "__stack_chk_guard"})
+
+
+def _dynamic_section(elf: ELFFile) -> DynamicSection | None:
+    for section in elf.iter_sections():
+        if isinstance(section, DynamicSection):
+            return section
+    return None
+
+
+def _dynamic_value(elf: ELFFile, tag: str) -> int | None:
+    dynamic = _dynamic_section(elf)
+    if dynamic is None:
+        return None
+    for t in dynamic.iter_tags():
+        if t.entry.d_tag == tag:
+            return t.entry.d_val
+    return None
+
+
+def _symbol_names(elf: ELFFile) -> set[str]:
+    names: set[str] = set()
+    for section in elf.iter_sections():
+        if isinstance(section, SymbolTableSection):
+            names.update(s.name for s in section.iter_symbols())
+    return names
+
+
+# -- fitting the board ------------------------------------------------------------------------
+
+
+def fit_errors(info: ElfInfo, arch: Arch) -> list[str]:
+    """Why `info` cannot run on `arch`: machine, class, endianness, float ABI, CPU arch."""
+    want = MACHINES.get(arch.elf_machine, str(arch.elf_machine))
+    if info.machine != want:
+        return [f"machine {info.machine}, but the board is {arch.value} ({want})"]
+    errors = []
+    if info.elf_class != arch.elf_class:
+        errors.append(f"ELF{info.elf_class}, but the board is {arch.elf_class}-bit")
+    if info.endian != arch.endian:
+        errors.append(f"{info.endian}-endian, but the board is {arch.endian}-endian")
+    if info.type == "relocatable":
+        return errors  # objects and kernel modules carry no float-ABI promise worth checking
+    if arch.float_abi in ("hard", "soft") and info.float_abi in ("hard", "soft") and info.float_abi != arch.float_abi:
+        errors.append(f"{info.float_abi}-float ABI, but the board is {arch.float_abi}-float")
+    if arch.elf_machine == EM_ARM:
+        errors += _arm_cpu_errors(info, arch)
+    return errors
+
+
+def _arm_cpu_errors(info: ElfInfo, arch: Arch) -> list[str]:
+    errors = []
+    if info.arm_eabi != 5:
+        errors.append(f"ARM EABI version {info.arm_eabi}, but the board runs EABI 5")
+    fits = ARM_CPU_ARCH_FITS.get(arch.cpu_arch or "")
+    code = {v: k for k, v in ARM_CPU_ARCH.items()}.get(info.cpu_arch or "")
+    if fits is not None and code is not None and code not in fits:
+        errors.append(f"built for ARM {info.cpu_arch} (Tag_CPU_arch), but the board's CPU is ARM {arch.cpu_arch}")
+    if arch.cpu_arch == "v6":
+        if info.neon:
+            errors.append("uses NEON (Tag_Advanced_SIMD_arch), which the board's ARMv6 CPU lacks")
+        if (info.fp_arch or 0) > ARMV6_MAX_FP_ARCH:
+            errors.append("needs VFPv3 or later (Tag_FP_arch), but the board's ARMv6 CPU has VFPv2")
+    return errors
+
+
+# -- resolving DT_NEEDED inside the image -------------------------------------------------------
+
+DEFAULT_LIBRARY_DIRS = ("/lib", "/usr/lib", "/lib64", "/usr/lib64", "/usr/local/lib")
+MULTIARCH = ("arm-linux-gnueabihf", "arm-linux-gnueabi", "aarch64-linux-gnu", "mipsel-linux-gnu",
+             "mips-linux-gnu", "mips64el-linux-gnuabi64")
+
+
+def _library_dirs(rootfs: RootFS) -> list[str]:
+    """The dynamic linkers' search path: /etc/ld.so.conf (with includes), musl's
+    /etc/ld-musl-*.path, Debian's multiarch folders, then the defaults."""
+    dirs: list[str] = []
+    for conf in ["/etc/ld.so.conf"] + [e.path for e in rootfs.children("/etc") if e.path.startswith("/etc/ld-musl-")]:
+        dirs += _read_ld_conf(rootfs, conf, depth=0)
+    dirs += [f"{base}/{triplet}" for triplet in MULTIARCH for base in ("/lib", "/usr/lib")]
+    return dirs + list(DEFAULT_LIBRARY_DIRS)
+
+
+def _read_ld_conf(rootfs: RootFS, path: str, depth: int) -> list[str]:
+    entry = rootfs.resolve(path)
+    if entry is None or entry.type is not EntryType.FILE or depth > 4:
+        return []
+    dirs: list[str] = []
+    for line in entry.data.decode(errors="replace").replace(":", "\n").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("include "):
+            pattern = line.split(None, 1)[1]
+            folder = posixpath.dirname(pattern)
+            suffix = posixpath.basename(pattern).replace("*", "")
+            for child in rootfs.children(folder) if folder in rootfs else []:
+                if child.path.endswith(suffix):
+                    dirs += _read_ld_conf(rootfs, child.path, depth + 1)
+        elif line.startswith("/"):
+            dirs.append(line)
+    return dirs
+
+
+def _find_library(rootfs: RootFS, name: str, search: list[str], info: ElfInfo) -> bool:
+    if "/" in name:
+        return _is_file(rootfs, name)
+    dirs = list(search)
+    if info.interpreter:
+        dirs.insert(0, posixpath.dirname(info.interpreter))
+    return any(_is_file(rootfs, posixpath.join(d, name)) for d in dirs)
+
+
+def _is_file(rootfs: RootFS, path: str) -> bool:
+    entry = rootfs.resolve(path)
+    return entry is not None and entry.type is EntryType.FILE

@@ -1,0 +1,353 @@
+"""musl-linked static BusyBox, built from pinned source with Zig, cached, and proven to run.
+
+`build_busybox` returns the path of a binary that passed the functional gate
+(`fwgen.busybox_gate`) and the ELF audit; `install_busybox` puts it into a root filesystem
+with the applet links the binary itself lists.
+
+Cache layout under `cache_root`:
+    busybox/sources/<tarball>        verified source tarballs
+    busybox/<key>/busybox            the published binary, with its .config and build.log
+    busybox/<key>.lock               flock held while <key> is built
+    busybox/failed/<key>.log         the full log of the last failed build
+    zig/                             ZIG_GLOBAL_CACHE_DIR: zig's musl and compiler_rt per target
+The key hashes everything that decides the binary: source, patches, configuration, target
+and toolchain version. A key that exists is a finished, verified build: nothing compiles.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .arch import Arch
+from .busybox_download import download_source
+from .busybox_toolchain import Toolchain, find_toolchain
+from .errors import ConfigError, FwgenError, ToolMissingError
+from .progress import QUIET, Progress
+from .rootfs import EntryType, RootFS
+from .run import run, tool_env
+
+DATA = Path(__file__).parent / "data" / "busybox"
+BASE_FRAGMENT = DATA / "fwgen.config"
+PATCHES = DATA / "patches"
+
+# Bump when the build recipe changes in a way the other key inputs do not capture.
+RECIPE = "fwgen-busybox-1"
+
+
+@dataclass(frozen=True)
+class BusyboxSource:
+    """A pinned BusyBox release: version, SHA-256 of the tarball, mirrors tried in order."""
+
+    version: str
+    sha256: str
+    urls: tuple[str, ...]
+
+    @property
+    def filename(self) -> str:
+        return f"busybox-{self.version}.tar.bz2"
+
+
+DEFAULT_SOURCE = BusyboxSource(
+    version="1.35.0",
+    sha256="faeeb244c35a348a334f4a59e44626ee870fb07b6884d68c10ae8bc19f83a694",
+    urls=(
+        "https://busybox.net/downloads/busybox-1.35.0.tar.bz2",
+        # Debian's pool carries the pristine upstream tarball (same SHA-256).
+        "http://deb.debian.org/debian/pool/main/b/busybox/busybox_1.35.0.orig.tar.bz2",
+    ),
+)
+
+
+class BusyboxBuildError(FwgenError):
+    """BusyBox failed to configure, compile or pass its functional gate."""
+
+
+# -- the public steps -------------------------------------------------------------------------
+
+
+def build_busybox(
+    arch: Arch,
+    *,
+    source: BusyboxSource = DEFAULT_SOURCE,
+    fragments: Sequence[Path] = (),
+    cache_root: Path,
+    progress: Progress = QUIET,
+    jobs: int = 2,
+) -> Path:
+    """Build (or find in the cache) a static musl BusyBox for `arch`; return the binary's path.
+
+    `fragments` are Kconfig fragments (`CONFIG_X=y`, `# CONFIG_X is not set`) applied in
+    order after `make defconfig` and fwgen's own settings. A fresh build must pass the
+    functional gate under qemu-user and the ELF audit before it is published.
+    """
+    from .audit import audit_paths
+    from .busybox_gate import check_busybox
+
+    toolchain = find_toolchain()
+    fragment_texts = [_read_fragment(f) for f in (BASE_FRAGMENT, *fragments)]
+    patches = _patches_for(source)
+    key = cache_key(arch, source, patches, fragment_texts, toolchain)
+    root = Path(cache_root) / "busybox"
+    published = root / key / "busybox"
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root / f"{key}.lock"):
+        if published.is_file():
+            progress.step(f"busybox {source.version} for {arch.value}: cached ({key})")
+            return published
+        tarball = download_source(source, root / "sources", progress)
+        progress.step(f"building busybox {source.version} for {arch.value} (zig {toolchain.version})")
+        with tempfile.TemporaryDirectory(prefix=f"build-{key}-", dir=root) as tmp:
+            work = Path(tmp)
+            tree = _unpack(tarball, work, source)
+            _apply_patches(tree, patches)
+            make = _make_command(toolchain, arch, work / "bin", jobs)
+            env = _build_env(Path(cache_root), work)
+            log = work / "build.log"
+            _configure(tree, make, env, fragments=list(zip((BASE_FRAGMENT, *fragments), fragment_texts, strict=True)))
+            _compile(tree, make, env, log, root / "failed" / f"{key}.log", arch, progress)
+            binary = tree / "busybox"
+            progress.step(f"checking busybox for {arch.value} under {arch.qemu_user}")
+            check_busybox(binary, arch)
+            report = audit_paths([binary], arch)
+            if report.errors:
+                raise BusyboxBuildError(f"busybox for {arch.value} fails the ELF audit: {report.errors[0]}")
+            _publish(work, tree, log, root / key, _describe(arch, source, toolchain, fragments, binary))
+    progress.info(f"busybox for {arch.value}: {published.stat().st_size} bytes")
+    return published
+
+
+def install_busybox(rootfs: RootFS, binary: bytes, arch: Arch, *, provenance: str = "busybox") -> list[str]:
+    """Add /bin/busybox and a symlink for every applet the binary lists; return the links.
+
+    The applet list comes from the binary's own `--list-full` run under qemu-user, so it
+    always matches the configuration. A path the root filesystem already holds (a package's
+    real program) is left alone.
+    """
+    rootfs.add_file("/bin/busybox", binary, 0o755, provenance=provenance)
+    installed = []
+    for applet in list_applets(binary, arch):
+        path = "/" + applet
+        if path in rootfs:
+            continue
+        rootfs.add_symlink(path, "/bin/busybox", provenance=provenance)
+        installed.append(path)
+    return installed
+
+
+def list_applets(binary: bytes, arch: Arch) -> list[str]:
+    """The binary's `--list-full` (paths like `bin/sh`, `usr/bin/awk`), run under qemu-user."""
+    with tempfile.TemporaryDirectory(prefix="fwgen-busybox-") as tmp:
+        path = Path(tmp) / "busybox"
+        path.write_bytes(binary)
+        path.chmod(0o755)
+        out = run(qemu_user_argv(arch, path, "--list-full"), timeout=60).stdout.decode()
+    applets = [line.strip() for line in out.splitlines() if line.strip()]
+    for applet in applets:
+        if applet.startswith("/") or ".." in applet.split("/"):
+            raise BusyboxBuildError(f"busybox --list-full printed an unsafe path: {applet!r}")
+    return applets
+
+
+def qemu_user_argv(arch: Arch, binary: Path, *args: str) -> list[str]:
+    """The command line running a foreign `binary` under qemu-user for `arch`."""
+    cpu = ["-cpu", arch.qemu_user_cpu] if arch.qemu_user_cpu else []
+    return [arch.qemu_user, *cpu, str(binary), *args]
+
+
+def cache_key(arch: Arch, source: BusyboxSource, patches: Sequence[Path], fragments: Sequence[str], toolchain: Toolchain) -> str:
+    """A short hash of everything that decides the binary."""
+    h = hashlib.sha256()
+    parts = [RECIPE, source.version, source.sha256, arch.zig_target, *arch.zig_cpu, toolchain.version]
+    parts += [p.name + "\0" + p.read_text() for p in patches]
+    parts += list(fragments)
+    for part in parts:
+        h.update(part.encode() + b"\0\0")
+    return f"{source.version}-{arch.value}-{h.hexdigest()[:16]}"
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+_SET = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
+_UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
+
+
+def parse_fragment(path: Path, text: str) -> dict[str, str | None]:
+    """Symbol -> value (None for "is not set") of a Kconfig fragment; ConfigError on junk."""
+    settings: dict[str, str | None] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if m := _SET.match(line):
+            settings[m.group(1)] = m.group(2)
+        elif m := _UNSET.match(line):
+            settings[m.group(1)] = None
+        elif line and not line.startswith("#"):
+            raise ConfigError(
+                f"not a Kconfig setting: {line!r}", file=str(path), line=number,
+                hint="write CONFIG_NAME=value or '# CONFIG_NAME is not set'",
+            )
+    return settings
+
+
+def _read_fragment(path: Path) -> str:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read BusyBox config fragment: {e.strerror}", file=str(path)) from e
+    parse_fragment(path, text)
+    return text
+
+
+def _configure(tree: Path, make: list[str], env: dict[str, str], *, fragments: list[tuple[Path, str]]) -> None:
+    run([*make, "defconfig"], cwd=tree, env=env)
+    wanted: dict[str, tuple[str | None, Path]] = {}
+    for path, text in fragments:
+        for symbol, value in parse_fragment(path, text).items():
+            wanted[symbol] = (value, path)
+    config = tree / ".config"
+    kept = [line for line in config.read_text().splitlines() if _symbol(line) not in wanted]
+    added = [f"{s}={v}" if v is not None else f"# {s} is not set" for s, (v, _) in wanted.items()]
+    config.write_text("\n".join(kept + added) + "\n")
+    # oldconfig asks about symbols a fragment newly exposed: Enter takes their defaults.
+    run([*make, "oldconfig"], cwd=tree, env=env, input=b"\n" * 4000)
+    final = {s: v for line in config.read_text().splitlines() if (s := _symbol(line)) for v in [_value(line)]}
+    for symbol, (value, path) in wanted.items():
+        if final.get(symbol) != value:
+            raise ConfigError(
+                f"{symbol}={value if value is not None else 'n'} did not take effect "
+                f"(BusyBox's Kconfig left it {final.get(symbol) or 'unset'})",
+                file=str(path), hint="check the symbol's dependencies in BusyBox's Config.in",
+            )
+
+
+def _symbol(line: str) -> str | None:
+    m = _SET.match(line) or _UNSET.match(line)
+    return m.group(1) if m else None
+
+
+def _value(line: str) -> str | None:
+    m = _SET.match(line)
+    return m.group(2) if m else None
+
+
+# -- building ---------------------------------------------------------------------------------
+
+
+def _patches_for(source: BusyboxSource) -> list[Path]:
+    return sorted(PATCHES.glob(f"{source.version}-*.patch"))
+
+
+def _unpack(tarball: Path, work: Path, source: BusyboxSource) -> Path:
+    with tarfile.open(tarball) as tar:
+        tar.extractall(work / "src", filter="data")
+    tree = work / "src" / f"busybox-{source.version}"
+    if not (tree / "Makefile").is_file():
+        raise BusyboxBuildError(f"{tarball.name}: no busybox-{source.version}/Makefile inside")
+    return tree
+
+
+def _apply_patches(tree: Path, patches: Sequence[Path]) -> None:
+    for patch in patches:
+        run(["patch", "-p1", "--batch", "--forward", "-i", patch], cwd=tree)
+
+
+def _make_command(toolchain: Toolchain, arch: Arch, bindir: Path, jobs: int) -> list[str]:
+    cross = toolchain.write_wrappers(bindir, arch)
+    return [
+        "make", f"-j{max(1, jobs)}", f"CROSS_COMPILE={cross}", f"HOSTCC={toolchain.host_cc(bindir)}",
+        "SKIP_STRIP=y",  # see busybox_toolchain: zig cannot strip, and adds no symbols
+    ]
+
+
+def _build_env(cache_root: Path, work: Path) -> dict[str, str]:
+    return {
+        # zig builds musl and compiler_rt once per target; share them across builds and arches.
+        "ZIG_GLOBAL_CACHE_DIR": str(cache_root / "zig"),
+        "ZIG_LOCAL_CACHE_DIR": str(work / "zig-local"),
+    }
+
+
+def _compile(tree: Path, make: list[str], env: dict[str, str], log: Path, failed_log: Path, arch: Arch, progress: Progress) -> None:
+    """Run make, streaming its output to `log` and counting compiled files for `progress`."""
+    argv = [*make, "busybox"]
+    compiled = 0
+    try:
+        with log.open("wb") as out:
+            proc = subprocess.Popen(argv, cwd=tree, env=tool_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                out.write(line)
+                if line.startswith(b"  CC "):
+                    compiled += 1
+                    progress.advance(f"compiling for {arch.value}", compiled, None, unit="files")
+            returncode = proc.wait()
+    except FileNotFoundError as e:
+        raise ToolMissingError("make not found", "install make") from e
+    progress.advance(f"compiling for {arch.value}", compiled, compiled, unit="files")
+    if returncode != 0 or not (tree / "busybox").is_file():
+        failed_log.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log, failed_log)
+        raise BusyboxBuildError(
+            f"busybox for {arch.value} failed to compile: {' | '.join(_error_lines(log))}",
+            hint=f"full log: {failed_log}",
+        )
+
+
+def _error_lines(log: Path, count: int = 5) -> list[str]:
+    lines = log.read_text(errors="replace").splitlines()
+    errors = [line.strip() for line in lines if "error:" in line or "Error " in line]
+    return (errors or [line.strip() for line in lines if line.strip()])[-count:]
+
+
+def _describe(arch: Arch, source: BusyboxSource, toolchain: Toolchain, fragments: Sequence[Path], binary: Path) -> dict:
+    return {
+        "version": source.version,
+        "source_sha256": source.sha256,
+        "arch": arch.value,
+        "zig": toolchain.version,
+        "zig_target": arch.zig_target,
+        "zig_cpu": list(arch.zig_cpu),
+        "fragments": [str(f) for f in fragments],
+        "sha256": hashlib.sha256(binary.read_bytes()).hexdigest(),
+        "size": binary.stat().st_size,
+    }
+
+
+def _publish(work: Path, tree: Path, log: Path, dest: Path, meta: dict) -> None:
+    """Move the results into `dest` in one rename, so readers see all of it or nothing."""
+    stage = work / "publish"
+    stage.mkdir()
+    shutil.copy2(tree / "busybox", stage / "busybox")
+    shutil.copyfile(tree / ".config", stage / "config")
+    shutil.copyfile(log, stage / "build.log")
+    (stage / "build.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    if dest.exists():  # a leftover without its binary (we hold the lock): replace it
+        shutil.rmtree(dest)
+    os.replace(stage, dest)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path`: a second build of the same key waits, then finds it cached."""
+    with open(path, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def applet_entries(rootfs: RootFS) -> list[str]:
+    """Paths in `rootfs` that are symlinks to /bin/busybox (for reports and tests)."""
+    return [e.path for e in rootfs if e.type is EntryType.SYMLINK and e.target == "/bin/busybox"]
