@@ -68,7 +68,7 @@ def parse_stanzas(text: str, name: str) -> list[dict[str, str]]:
 
 _RELATION = re.compile(
     r"\s*(?P<name>[A-Za-z0-9][A-Za-z0-9+._-]*)\s*"
-    r"(?:\(\s*(?P<op><<|<=|>=|>>|=|<|>)\s*(?P<version>[^)\s]+)\s*\))?\s*"
+    r"(?:\(\s*(?P<op><<|<=|>=|>>|=|<|>)\s*(?P<version>[^)\s<>=][^)\s]*)\s*\))?\s*"
 )
 
 

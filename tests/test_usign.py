@@ -1,0 +1,79 @@
+"""usign: OpenWrt's Ed25519 key and signature files."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from feedgen import UsignSigner
+
+from fwgen.errors import FormatError, IntegrityError
+from fwgen.fetch import usign
+
+MESSAGE = b"Package: base-files\nVersion: 1\n"
+
+
+@pytest.fixture()
+def signer() -> UsignSigner:
+    return UsignSigner.generate()
+
+
+def test_key_file_layout_and_lookup_by_key_number(signer, tmp_path):
+    path = signer.write_public(tmp_path)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "untrusted comment: fwgen test key"
+    payload = base64.b64decode(lines[1])
+    assert len(payload) == 42 and payload[:2] == b"Ed" and payload[2:10] == signer.fingerprint
+    assert payload[10:] == signer.private.public_key().public_bytes_raw()
+    keys = usign.load_keys([tmp_path])
+    assert list(keys) == [signer.fingerprint.hex()] == [path.name]
+
+
+def test_signature_layout_and_verification(signer, tmp_path):
+    signer.write_public(tmp_path)
+    text = signer.sign(MESSAGE)
+    payload = base64.b64decode(text.splitlines()[1])
+    assert len(payload) == 74 and payload[:2] == b"Ed" and payload[2:10] == signer.fingerprint
+    signature = usign.parse_signature(text)
+    key = usign.verify(MESSAGE, signature, usign.load_keys([tmp_path]), "Packages")
+    assert key.key_id == signer.fingerprint.hex()
+
+
+def test_changed_message_or_signature_is_refused(signer, tmp_path):
+    signer.write_public(tmp_path)
+    keys = usign.load_keys([tmp_path])
+    signature = usign.parse_signature(signer.sign(MESSAGE))
+    for i in (0, len(MESSAGE) // 2, len(MESSAGE) - 1):
+        changed = MESSAGE[:i] + bytes([MESSAGE[i] ^ 1]) + MESSAGE[i + 1 :]
+        with pytest.raises(IntegrityError, match="does not verify"):
+            usign.verify(changed, signature, keys, "Packages")
+    bad = usign.UsignSignature(signature.fingerprint, bytes([signature.signature[0] ^ 1]) + signature.signature[1:], "")
+    with pytest.raises(IntegrityError, match="does not verify"):
+        usign.verify(MESSAGE, bad, keys, "Packages")
+
+
+def test_signature_by_another_key_number_is_refused(signer, tmp_path):
+    signer.write_public(tmp_path)
+    other = UsignSigner(Ed25519PrivateKey.generate(), b"\x01" * 8)
+    signature = usign.parse_signature(other.sign(MESSAGE))
+    with pytest.raises(IntegrityError, match="usign key 0101010101010101, which is not trusted"):
+        usign.verify(MESSAGE, signature, usign.load_keys([tmp_path]), "Packages")
+    # Same key number, different key: the number only selects the key, the math decides.
+    impostor = UsignSigner(Ed25519PrivateKey.generate(), signer.fingerprint)
+    with pytest.raises(IntegrityError, match="does not verify"):
+        usign.verify(MESSAGE, usign.parse_signature(impostor.sign(MESSAGE)), usign.load_keys([tmp_path]), "Packages")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("no comment line\nAAAA\n", "not a usign file"),
+        ("untrusted comment: x\n!!!not base64!!!\n", "bad base64"),
+        ("untrusted comment: x\n" + base64.b64encode(b"Ed" + bytes(40)).decode() + "\n", "signature is 42 bytes, expected 74"),
+        ("untrusted comment: x\n" + base64.b64encode(b"XX" + bytes(72)).decode() + "\n", "not an Ed25519"),
+    ],
+)
+def test_malformed_signature_files(text, message):
+    with pytest.raises(FormatError, match=message):
+        usign.parse_signature(text, "Packages.sig")
