@@ -280,7 +280,7 @@ def serve(root: Path) -> Iterator[str]:
     """Serve `root` over HTTP on 127.0.0.1 (a free port) and yield its base URL."""
     handler = lambda *a, **kw: _QuietHandler(*a, directory=str(root), **kw)  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"

@@ -15,6 +15,7 @@ from fwgen.fetch import apk, apkversion
 from fwgen.fetch.cache import Cache
 from fwgen.fetch.package import PackageIndex
 from fwgen.fetch.resolver import resolve
+from fwgen.fetch.verify import verify_file
 from fwgen.progress import QUIET
 from fwgen.rootfs import EntryType, RootFS
 
@@ -321,3 +322,42 @@ def test_arch_names_come_from_the_arch_table():
     assert [backend.arch_name(a) for a in (Arch.ARMV6, Arch.ARMV7, Arch.AARCH64)] == ["armhf", "armv7", "aarch64"]
     with pytest.raises(UserError, match="Alpine has no port for mips"):
         backend.arch_name(Arch.MIPS)
+
+
+# -- fwgen verify ------------------------------------------------------------------------------
+def test_verify_file_on_the_real_samples(samples):
+    report = verify_file(samples / INDEX)
+    assert (report.kind, report.ok) == ("APKINDEX", True) and "6165ee59" in report.key
+    assert "4929 packages" in report.detail
+    report = verify_file(samples / BASELAYOUT)
+    assert (report.kind, report.ok) == ("apk", True) and "616ae350" in report.key
+    report = verify_file(samples / "debian/fact-test.deb")
+    assert (report.kind, report.ok, report.key) == ("deb", True, None)
+    assert "signature lives in the repository's InRelease" in report.detail
+
+
+def test_verify_file_refuses_a_changed_package_and_unknown_keys(samples, tmp_path):
+    blob = (samples / CURL).read_bytes()
+    changed = tmp_path / "curl.apk"
+    changed.write_bytes(_flip(blob, 667 + 4))
+    report = verify_file(changed)
+    assert (report.kind, report.ok) == ("apk", False) and "does not verify" in report.detail
+    empty = tmp_path / "nokeys"
+    empty.mkdir()
+    report = verify_file(samples / CURL, [empty])
+    assert not report.ok and "is not trusted" in report.detail
+    assert str(report).startswith("apk: FAILED")
+
+
+def test_install_if_adds_packages_whose_conditions_are_all_chosen(alpine_repo, tmp_path):
+    feed, folder, built, signer = alpine_repo
+    doc = build_apk(ApkSpec("foo-doc", "2.0-r0", "noarch", [FileSpec("usr/share/doc/foo", b"doc")],
+                            install_if=["foo-app=2.0_rc1-r0", "docs"]), signer)
+    docs = build_apk(ApkSpec("docs", "1-r0", "noarch", []), signer)
+    write_alpine_repo(folder.parents[2], "v3.99/main/aarch64", [*built.values(), doc, docs], signer)
+    backend = apk.ApkBackend()
+    packages = backend.load_index(feed, Arch.AARCH64, Cache(tmp_path / "cache", attempts=1), QUIET)
+    by_name = {p.name: p for p in packages}
+    assert backend.install_if_additions(packages, [by_name["foo-app"]]) == []
+    added = backend.install_if_additions(packages, [by_name["foo-app"], by_name["docs"]])
+    assert [p.name for p in added] == ["foo-doc"]

@@ -583,6 +583,40 @@ class ApkBackend:
         if entry.provider_priority is not None:
             self.provider_priority[key] = entry.provider_priority
 
+    def install_if_additions(self, candidates: list[Package], chosen: list[Package]) -> list[Package]:
+        """The packages apk would add because of `install_if` (`i:`): each one whose every
+        `i:` item is satisfied by a chosen package (by name or provide). Repeats until no
+        more are added; the newest version of a name wins. The caller resolves their
+        dependencies."""
+        chosen = list(chosen)
+        added: list[Package] = []
+        while True:
+            names = {p.name for p in chosen}
+            new = [
+                p for p in candidates
+                if p.name not in names and (p.name, p.version) in self.install_if
+                and all(self._chosen_satisfies(chosen, d) for d in self.install_if[(p.name, p.version)])
+            ]
+            newest: dict[str, Package] = {}
+            for package in new:
+                best = newest.get(package.name)
+                if best is None or self.compare_versions(package.version, best.version) > 0:
+                    newest[package.name] = package
+            if not newest:
+                return added
+            added += newest.values()
+            chosen += newest.values()
+
+    def _chosen_satisfies(self, chosen: list[Package], dependency: ApkDependency) -> bool:
+        for package in chosen:
+            offered = [(package.name, package.version)] + [(r.name, r.version) for r in package.provides]
+            for name, version in offered:
+                if name != dependency.name:
+                    continue
+                if dependency.op is None or (version and self.satisfies(version, dependency.op, dependency.version or "")):
+                    return not dependency.conflict
+        return dependency.conflict
+
     def fetch_package(self, package: Package, cache: Cache, progress: Progress) -> Path:
         """Download an .apk and verify it against the index that listed it; return its path.
 
