@@ -81,9 +81,10 @@ def check_http(machine: Machine, check: Check) -> str | None:
 
 
 def check_console(machine: Machine, check: Check) -> str | None:
-    """A line on the console; the wait itself raises when it does not come."""
+    """Text on the console since boot (a daemon's start-up line is usually printed before
+    the ready marker); waits for it otherwise. The wait raises when it does not come."""
     assert check.contains is not None
-    machine.wait_for(check.contains, timeout=check.timeout, silence=check.timeout)
+    machine.wait_for(check.contains, timeout=check.timeout, silence=check.timeout, from_start=True)
     return None
 
 

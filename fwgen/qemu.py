@@ -373,8 +373,16 @@ class Machine:
             except (BrokenPipeError, ValueError) as e:
                 raise self._exited_error("while typing on the console") from e
 
-    def wait_for(self, text_or_regex: str | re.Pattern[str], timeout: float, *, silence: float | None = None) -> float:
-        """Wait until the console shows `text_or_regex` (after the previous match).
+    def wait_for(
+        self,
+        text_or_regex: str | re.Pattern[str],
+        timeout: float,
+        *,
+        silence: float | None = None,
+        from_start: bool = False,
+    ) -> float:
+        """Wait until the console shows `text_or_regex` after the previous match (or anywhere
+        since boot with `from_start`).
 
         Returns the seconds waited. Raises BootError, with the console tail, on a kernel panic,
         QEMU exiting, `silence` seconds without output (default: the machine's) or `timeout`;
@@ -386,6 +394,8 @@ class Machine:
         deadline = started + timeout * self.timeout_factor
         quiet_limit = (self.silence if silence is None else silence) * self.timeout_factor
         with self._changed:
+            if from_start:
+                self._cursor = 0
             while True:
                 found = pattern.search(self._text, self._cursor)
                 if found:
