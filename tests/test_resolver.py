@@ -332,3 +332,19 @@ def test_cycles_terminate_and_order_is_deterministic():
     assert first == ["d", "c", "b", "a"]
     assert all(names(resolve(index, ["a"])) == first for _ in range(3))
     assert sorted(names(resolve(index, ["c", "a"]))) == ["a", "b", "c", "d"]
+
+
+def test_patterns_in_nodeps_and_exclude_follow_a_metapackage():
+    index = make_index("""
+        Package: linux-image-cloud-arm64
+        Version: 6.1.76-1
+        Depends: linux-image-6.1.0-18-cloud-arm64 (= 6.1.76-1)
+
+        Package: linux-image-6.1.0-18-cloud-arm64
+        Version: 6.1.76-1
+        Depends: kmod, linux-base (>= 4.3~), initramfs-tools | linux-initramfs-tool
+    """)
+    result = resolve(index, ["linux-image-cloud-arm64"], nodeps=["linux-image-6.1.0-*-cloud-arm64"])
+    assert names(result) == ["linux-image-6.1.0-18-cloud-arm64", "linux-image-cloud-arm64"]
+    excluded = resolve(index, ["linux-image-cloud-arm64"], exclude=["kmod", "linux-b*", "initramfs-*"])
+    assert len(excluded.excluded) == 3

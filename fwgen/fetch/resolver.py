@@ -10,6 +10,7 @@ is reported with the chain of packages that led to it.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from functools import cmp_to_key
@@ -59,6 +60,8 @@ def resolve(
 
     `exclude`: names never installed; a dependency naming one counts as satisfied and is
     reported in `Resolution.excluded`. `nodeps`: names installed without their dependencies.
+    Both take shell-style patterns too (`linux-image-*-cloud-arm64`), so a board can name a
+    kernel package whose ABI number changes with every update.
     Raises ResolveError explaining the chain when no consistent choice exists.
     """
     return _Resolver(index, frozenset(exclude), frozenset(nodeps)).run(names)
@@ -67,8 +70,8 @@ def resolve(
 class _Resolver:
     def __init__(self, index: PackageIndex, exclude: frozenset[str], nodeps: frozenset[str]) -> None:
         self.index = index
-        self.exclude = exclude
-        self.nodeps = nodeps
+        self.exclude = _Names(exclude)
+        self.nodeps = _Names(nodeps)
         self.state = _State()
         self.feeds = ", ".join(index.feeds) or "the feeds"
 
@@ -235,6 +238,17 @@ class _Resolver:
             if self.state.selected.get(candidate.name) is candidate:
                 return candidate.name
         return requested
+
+
+class _Names:
+    """A set of package names and shell-style patterns."""
+
+    def __init__(self, names: frozenset[str]) -> None:
+        self.exact = {n for n in names if not any(c in n for c in "*?[")}
+        self.patterns = sorted(names - self.exact)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.exact or any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
 
 
 def _group_text(group: AlternativesGroup) -> str:
