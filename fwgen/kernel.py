@@ -66,6 +66,7 @@ class Kernel:
     modules: Mapping[str, Module] = field(repr=False)
     source: str
     builtin: frozenset[str] = field(default=frozenset(), repr=False)  # from modules.builtin
+    vermagic: str | None = None  # the image's own, where it could be read
 
 
 # -- loading ---------------------------------------------------------------------------
@@ -93,12 +94,15 @@ def load_kernel(entries: Iterable[Entry], *, source: str) -> Kernel:
         elif not tree and IMAGE_NAME.match(posixpath.basename(entry.path)):
             images.append(entry)
     image = _choose_image(images, source)
-    release = _find_release(image, {r for r, _, _ in module_files}, source)
+    banner, vermagic = read_image_facts(image.data)
+    release = _find_release(image, banner, {r for r, _, _ in module_files}, source)
     modules = _read_modules(
         [(path, entry) for r, path, entry in module_files if r == release], f"{source}: /lib/modules/{release}"
     )
     builtin = {_module_name(line) for line in builtin_lists.get(release, b"").decode().split()}
-    return Kernel(release, image.data, image.path, modules, source, frozenset(builtin))
+    if banner != release or not any(m.vermagic == vermagic for m in modules.values()):
+        vermagic = None  # not trusted: a string that only looks like a vermagic
+    return Kernel(release, image.data, image.path, modules, source, frozenset(builtin), vermagic)
 
 
 def _is_module_path(path: str) -> bool:
@@ -116,9 +120,8 @@ def _choose_image(images: list[Entry], source: str) -> Entry:
     return in_boot[0]
 
 
-def _find_release(image: Entry, module_releases: set[str], source: str) -> str:
+def _find_release(image: Entry, banner: str | None, module_releases: set[str], source: str) -> str:
     named = IMAGE_NAME.match(posixpath.basename(image.path))["release"]
-    banner = read_banner_release(image.data)
     if named and banner and named != banner:
         raise UserError(f"{source}: {image.path} is named for release {named} but its banner says {banner}")
     release = named or banner
@@ -138,16 +141,31 @@ def read_banner_release(image: bytes) -> str | None:
     """The release in the image's "Linux version <release> (" banner, or None if not found.
 
     Looks in the image itself (arm64 Image, MIPS vmlinux ELF), then in a gzip, xz or zstd
-    payload (vmlinuz.gz, arm zImage, EFI zboot) at the start or embedded in a decompressor.
+    payload (vmlinuz.gz, arm zImage, MIPS vmlinuz) at the start or embedded in a decompressor.
     """
-    found = BANNER.search(image)
-    if found:
-        return found["release"].decode(errors="replace")
-    for payload in _embedded_payloads(image):
-        found = BANNER.search(payload)
-        if found:
-            return found["release"].decode(errors="replace")
-    return None
+    return read_image_facts(image)[0]
+
+
+def read_image_facts(image: bytes) -> tuple[str | None, str | None]:
+    """(release, vermagic) as the kernel image itself states them; None where not found.
+
+    The vermagic is the kernel's own `vermagic[]` (kernel/module/main.c), the string it
+    compares every module's against, e.g. "6.1.0-50-cloud-arm64 SMP mod_unload modversions
+    aarch64" (NUL-terminated).
+    """
+    for text in _image_texts(image):
+        banner = BANNER.search(text)
+        if banner:
+            release = banner["release"]
+            found = re.search(re.escape(release) + rb" [A-Za-z0-9_. -]+(?=\0)", text)
+            vermagic = found[0].decode() if found else None
+            return release.decode(errors="replace"), vermagic
+    return None, None
+
+
+def _image_texts(image: bytes) -> Iterable[bytes]:
+    yield image
+    yield from _embedded_payloads(image)
 
 
 _PAYLOAD_MAGICS = {
@@ -286,10 +304,13 @@ def _find_module(kernel: Kernel, name: str) -> Module | None:
 
 
 def _check_vermagic(kernel: Kernel, modules: Sequence[Module]) -> None:
-    # The kernel's own vermagic is not stored apart from its modules: take the one nearly all
-    # of them share, so a single foreign or tampered module stands out.
-    counts = collections.Counter(m.vermagic for m in kernel.modules.values())
-    usual = max(sorted(counts), key=lambda v: counts[v])
+    # Prefer the image's own vermagic; where it cannot be read (an unknown compression), take
+    # the one nearly all modules share, so a single foreign or tampered module stands out.
+    if kernel.vermagic:
+        usual, whose = kernel.vermagic, "the kernel's is"
+    else:
+        counts = collections.Counter(m.vermagic for m in kernel.modules.values())
+        usual, whose = max(sorted(counts), key=lambda v: counts[v]), "the kernel's modules have"
     for module in modules:
         if module.release != kernel.release:
             raise UserError(
@@ -299,7 +320,7 @@ def _check_vermagic(kernel: Kernel, modules: Sequence[Module]) -> None:
         if module.vermagic != usual:
             raise UserError(
                 f"{kernel.source}: module {module.name} ({module.path}) has vermagic "
-                f"{module.vermagic!r} but the kernel's modules have {usual!r}"
+                f"{module.vermagic!r} but {whose} {usual!r}"
             )
 
 

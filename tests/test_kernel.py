@@ -52,10 +52,14 @@ def module_entry(path: str, name: str, depends: str = "", vermagic: str = VERMAG
     return Entry(f"/lib/modules/{release}/{path}", EntryType.FILE, 0o644, data=make_module(items))
 
 
-def image_entry(release: str = RELEASE, banner: str | None = RELEASE, name: str | None = None) -> Entry:
+def image_entry(release: str = RELEASE, banner: str | None = RELEASE, name: str | None = None,
+                vermagic: str | None = VERMAGIC) -> Entry:
     text = b"MZ" + bytes(100)
     if banner:
         text += f"Linux version {banner} (builder@example) (gcc 12) #1 SMP\n".encode() + bytes(50)
+        text += f"{banner}\0{banner} (builder@example)\0".encode()  # look-alikes of the vermagic
+    if vermagic:
+        text += b"\0" + vermagic.encode() + b"\0"
     return Entry(name or f"/boot/vmlinuz-{release}", EntryType.FILE, 0o644, data=text)
 
 
@@ -145,15 +149,27 @@ def test_missing_dependency_and_cycle_are_explained():
 
 @pytest.mark.parametrize("vermagic,message", ids=["release", "flags"], argvalues=[
     (VERMAGIC.replace("99", "98"), r"module failover .* built for kernel '6\.1\.0-98-test-arm64', not '6\.1\.0-99-test-arm64'"),
-    (VERMAGIC.replace("mod_unload ", ""), r"module failover .* has vermagic '6\.1\.0-99-test-arm64 SMP modversions aarch64' but the kernel's modules have '6\.1\.0-99"),
+    (VERMAGIC.replace("mod_unload ", ""), r"module failover .* has vermagic '6\.1\.0-99-test-arm64 SMP modversions aarch64' but the kernel's is '6\.1\.0-99-test-arm64 SMP mod_unload"),
 ])
 def test_foreign_vermagic_is_refused(vermagic, message):
     tree = [module_entry("kernel/drivers/net/failover.ko", "failover", vermagic=vermagic)
             if e.path.endswith("/failover.ko") else e for e in small_tree()]
     kernel = load_kernel(tree, source="test")
+    assert kernel.vermagic == VERMAGIC
     with pytest.raises(UserError, match=message):
         resolve_modules(kernel, ["virtio_net"])
     assert names(resolve_modules(kernel, ["squashfs"])) == ["squashfs"]
+
+
+def test_without_the_image_vermagic_the_modules_majority_decides():
+    odd = VERMAGIC.replace("modversions ", "")
+    tree = [image_entry(vermagic=None) if e.path.startswith("/boot/vmlinuz") else
+            module_entry("kernel/drivers/net/failover.ko", "failover", vermagic=odd)
+            if e.path.endswith("/failover.ko") else e for e in small_tree()]
+    kernel = load_kernel(tree, source="test")
+    assert kernel.vermagic is None
+    with pytest.raises(UserError, match=r"module failover .* but the kernel's modules have '.*modversions aarch64'"):
+        resolve_modules(kernel, ["net_failover"])
 
 
 def test_compressed_modules_are_stored_decompressed():
@@ -249,7 +265,7 @@ def test_real_kernel_resolves_boot_modules_in_dependency_order(cloud_kernel):
     assert found.index("failover") < found.index("net_failover") < found.index("virtio_net")
     assert found.index("virtio") < found.index("virtio_ring") < found.index("virtio_blk")
     assert {"squashfs", "overlay"} <= set(found)
-    assert len({m.vermagic for m in order}) == 1
+    assert {m.vermagic for m in order} == {cloud_kernel.vermagic}, "the image's own vermagic"
     assert order[0].vermagic.startswith(cloud_kernel.release + " ")
     assert names(resolve_modules(cloud_kernel, ["ext4", "squashfs"])) == ["squashfs"]
     assert resolve_modules(cloud_kernel, ["virtio_net", "overlay", "squashfs", "virtio_blk"])[-1].name == "virtio_blk"
@@ -289,7 +305,7 @@ def test_real_module_with_forged_vermagic_is_rejected(cloud_kernel_entries, clou
         message = rf"module net_failover .* built for kernel '{re.escape(forged_release)}'"
     else:
         new = old.replace(b"mod_unload", b"mod_unl0ad")
-        message = r"module net_failover .* has vermagic '.*mod_unl0ad.*' but the kernel's modules have '.*mod_unload"
+        message = r"module net_failover .* has vermagic '.*mod_unl0ad.*' but the kernel's is '.*mod_unload"
 
     def forge(entry: Entry) -> Entry:
         if not entry.path.endswith("/net_failover.ko"):
