@@ -63,6 +63,8 @@ class SquashfsImage:
                 )
         except OSError as e:
             raise FormatError(f"{path}: cannot read: {e.strerror}") from e
+        self._dir_cache: dict[int, dict[bytes, int]] = {}
+        self._fragment_cache: dict[int, bytes] = {}
         self.superblock = self._parse_superblock()
         sb = self.superblock
         self.block_size = sb.block_size
@@ -231,6 +233,13 @@ class SquashfsImage:
         return tuple(out)
 
     # -- directories --------------------------------------------------------------------
+    def _children(self, path: str, ref: int, inode: _Inode) -> dict[bytes, int]:
+        """A directory's {name: inode reference}, parsed once."""
+        found = self._dir_cache.get(ref)
+        if found is None:
+            found = self._dir_cache[ref] = dict(self._listing(path, inode))
+        return found
+
     def _listing(self, path: str, inode: _Inode) -> Iterator[tuple[bytes, int]]:
         """(name, inode reference) of every entry of a directory inode."""
         body = inode.body
@@ -264,7 +273,7 @@ class SquashfsImage:
                 raise FormatError(f"{self.name}: directory tree loops or exceeds the inode count")
             yield self._entry(path, inode)
             if inode.type is EntryType.DIR:
-                children = list(self._listing(path, inode))
+                children = list(self._children(path, ref, inode).items())
                 for name, child in reversed(children):
                     stack.append((posixpath.join(path, name.decode("utf-8", "surrogateescape")), child, depth + 1))
 
@@ -286,17 +295,17 @@ class SquashfsImage:
                              h.inode_number)
 
     def _lookup(self, path: str) -> _Inode:
-        inode = self._inode(self.superblock.root_inode)
+        ref = self.superblock.root_inode
+        inode = self._inode(ref)
         walked = "/"
         for part in [p for p in path.split("/") if p]:
             if inode.type is not EntryType.DIR:
                 raise FormatError(f"{self.name}: {walked} is not a directory")
-            wanted = part.encode("utf-8", "surrogateescape")
-            refs = [ref for name, ref in self._listing(walked, inode) if name == wanted]
+            ref = self._children(walked, ref, inode).get(part.encode("utf-8", "surrogateescape"))
             walked = posixpath.join(walked, part)
-            if not refs:
+            if ref is None:
                 raise FormatError(f"{self.name}: no such path {walked}")
-            inode = self._inode(refs[0])
+            inode = self._inode(ref)
         return inode
 
     # -- file data ----------------------------------------------------------------------
@@ -315,13 +324,23 @@ class SquashfsImage:
         if b.fragment != L.NO_FRAGMENT:
             if b.fragment >= len(self.fragments):
                 raise FormatError(f"{self.name}: {path}: fragment {b.fragment} beyond the fragment table")
-            start, word = self.fragments[b.fragment]
-            block = self._data_block(f"fragment {b.fragment}", start, word, self.block_size)
+            block = self._fragment_block(b.fragment)
             tail = block[b.offset:b.offset + b.file_size - len(out)]
             out += tail
         if len(out) != b.file_size:
             raise FormatError(f"{self.name}: {path}: read {len(out)} bytes, inode says {b.file_size}")
         return bytes(out)
+
+    def _fragment_block(self, number: int) -> bytes:
+        # Many small files share one fragment block: keep the last few decompressed.
+        block = self._fragment_cache.get(number)
+        if block is None:
+            start, word = self.fragments[number]
+            block = self._data_block(f"fragment {number}", start, word, self.block_size)
+            if len(self._fragment_cache) >= 8:
+                self._fragment_cache.pop(next(iter(self._fragment_cache)))
+            self._fragment_cache[number] = block
+        return block
 
     def _data_block(self, what: str, at: int, word: int, want: int) -> bytes:
         size = word & ~L.DATA_UNCOMPRESSED
