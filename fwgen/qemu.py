@@ -46,6 +46,9 @@ FATAL_GRACE = 1.0
 # The guest shell's start-up settings: no echo of what we type, no prompts, and kernel
 # messages on the console only for emergencies (a panic still shows).
 SHELL_PRELUDE = "stty -echo 2>/dev/null; PS1= PS2=; dmesg -n 1 2>/dev/null"
+# Terminal control sequences (BusyBox's line editor asks for the cursor position with ESC[6n):
+# kept in console.log, stripped from tails so printing one cannot make a terminal type back.
+CONTROL_SEQUENCE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 # QEMU's message when a hostfwd port is taken between our probe and its bind.
 HOSTFWD_FAILED = re.compile(r"host forwarding rule|hostfwd", re.IGNORECASE)
 
@@ -350,9 +353,12 @@ class Machine:
                 self._changed.notify_all()
 
     def console_tail(self, lines: int = 40) -> str:
-        """The last `lines` lines the guest printed."""
+        """The last `lines` lines the guest printed, terminal control sequences removed."""
         with self._changed:
-            return "\n".join(self._text.splitlines()[-lines:])
+            return self._tail(lines)
+
+    def _tail(self, lines: int) -> str:
+        return CONTROL_SEQUENCE.sub("", "\n".join(self._text.splitlines()[-lines:]))
 
     def _stderr_tail(self) -> str:
         try:
@@ -394,12 +400,13 @@ class Machine:
         deadline = started + timeout * self.timeout_factor
         quiet_limit = (self.silence if silence is None else silence) * self.timeout_factor
         with self._changed:
-            if from_start:
-                self._cursor = 0
+            # Fatal lines are looked for only in text no earlier wait has seen: what a command
+            # printed (`dmesg`) was its output, not news of a dead kernel.
+            search_from = 0 if from_start else self._cursor
             while True:
-                found = pattern.search(self._text, self._cursor)
+                found = pattern.search(self._text, search_from)
                 if found:
-                    self._cursor = found.end()
+                    self._cursor = max(self._cursor, found.end())
                     return time.monotonic() - started
                 fatal = FATAL.search(self._text, self._cursor)
                 if fatal:
@@ -425,12 +432,15 @@ class Machine:
         return self._error(f"guest died before {what!r} appeared: {line}")
 
     def _exited_error(self, when: str) -> BootError:
-        code = self._proc.wait(timeout=5) if self._proc else None
+        try:
+            code = self._proc.wait(timeout=5) if self._proc else None
+        except subprocess.TimeoutExpired:
+            code = None  # it closed the console but lives on; kill() will end it
         stderr = self._stderr_tail()
         return self._error(f"QEMU exited with code {code} {when}" + (f": {stderr}" if stderr else ""))
 
     def _error(self, message: str) -> BootError:
-        tail = "\n".join(self._text.splitlines()[-40:])
+        tail = self._tail(40)
         return BootError(f"{self.spec.profile.name}: {message}", tail, hint=f"console log: {self.console_log}")
 
     # -- commands --------------------------------------------------------------------------
@@ -480,9 +490,17 @@ class Machine:
                 if self._eof:
                     raise self._exited_error(f"while running {command!r}")
                 now = time.monotonic()
+                if self._panicked(since, now):
+                    raise self._error(f"the kernel panicked while running {command!r}")
                 if now >= deadline:
                     raise self._error(f"{command!r} did not finish within {now - started:.0f} s")
                 self._changed.wait(timeout=min(0.5, deadline - now))
+
+    def _panicked(self, since: int, now: float) -> bool:
+        # A command may print panic text itself (`dmesg`), so only a console that went quiet
+        # right after the kernel's closing panic line counts.
+        quiet = now - self._last_output >= 2 * FATAL_GRACE * self.timeout_factor
+        return quiet and PANIC_END in self._text[since:].rstrip().rsplit("\n", 1)[-1]
 
     def poweroff(self, timeout: float = 30) -> None:
         """Power the guest off (`poweroff -f`) and wait for QEMU to exit with code 0.

@@ -29,7 +29,15 @@ from fwgen.board import Check, Feed
 from fwgen.checks import run_checks
 from fwgen.config import load_qemu_profile
 from fwgen.errors import BootError, UserError
-from fwgen.qemu import BootSpec, Machine, command_line, parse_reply, pick_free_ports, qemu_argv
+from fwgen.qemu import (
+    CONTROL_SEQUENCE,
+    BootSpec,
+    Machine,
+    command_line,
+    parse_reply,
+    pick_free_ports,
+    qemu_argv,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 READY = "test-guest: ready"
@@ -156,6 +164,12 @@ def test_reply_waits_for_its_own_end_marker():
     assert reply.status == 7 and reply.output == "partial output\n@@@FWGEN-END-4@@@ 0"
 
 
+def test_control_sequences_stripped_from_tails():
+    # BusyBox's line editor asks the terminal for the cursor position; a tail printed to a
+    # terminal must not carry that question (the terminal would type its answer back).
+    assert CONTROL_SEQUENCE.sub("", "/ # \x1b[6n\x1b[1;32mok\x1b[0m") == "/ # ok"
+
+
 def test_free_ports_are_distinct_and_bindable():
     ports = pick_free_ports(5)
     assert len(set(ports)) == 5
@@ -279,6 +293,9 @@ def test_run_statuses_output_checks_and_poweroff(profile, guest, tmp_path):
         # The console shell survives `exit` and `cd` in a command.
         assert machine.run("cd /proc && pwd") == (0, "/proc")
         assert machine.run("pwd") == (0, "/")
+        # Panic text in a command's output is output, not a dead kernel.
+        fake = "echo '[ 1.0] Kernel panic - not syncing: fake'; echo '---[ end Kernel panic - fake ]---'"
+        assert machine.run(fake)[0] == 0
         results = run_checks(machine, [
             Check("run", "arch", command="uname -m", expect="aarch64"),
             Check("run", "wrong exit", command="ls /nonexistent", exit=0),
@@ -327,6 +344,19 @@ def test_dead_guest_is_reported_early_with_the_tail(profile, guest, tmp_path, in
     assert reason in caught.value.message
     assert "Kernel panic" in caught.value.console_tail
     assert _gone(pid)
+
+
+@pytest.mark.qemu
+@pytest.mark.network
+def test_panic_during_a_command_is_reported_early(profile, guest, tmp_path):
+    with Machine(_spec(profile, guest), tmp_path) as machine:
+        machine.start()
+        machine.wait_for(READY, timeout=120)
+        started = time.monotonic()
+        with pytest.raises(BootError, match="the kernel panicked while running") as caught:
+            machine.run("echo c > /proc/sysrq-trigger", timeout=120)
+        assert time.monotonic() - started < 30
+        assert "sysrq triggered crash" in caught.value.console_tail
 
 
 @pytest.mark.qemu
@@ -387,7 +417,7 @@ def test_sigterm_to_fwgen_kills_qemu(profile, guest, tmp_path):
     script = textwrap.dedent(f"""
         from pathlib import Path
         from fwgen.config import load_qemu_profile
-        from fwgen.qemu import BootSpec, Machine
+        from fwgen.qemu import CONTROL_SEQUENCE, BootSpec, Machine
         profile = load_qemu_profile("virt-aarch64", [Path({str(REPO / "qemu")!r})])
         spec = BootSpec(profile, Path({str(kernel)!r}), Path({str(initrd)!r}), append="rdinit=/init-silent")
         machine = Machine(spec, Path({str(tmp_path)!r}))
