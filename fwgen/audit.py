@@ -98,6 +98,7 @@ class ElfInfo:
     interpreter: str | None = None
     libc: str = "none"  # musl, glibc, none, unknown
     needed: list[str] = field(default_factory=list)
+    runpath: list[str] = field(default_factory=list)  # DT_RUNPATH, else DT_RPATH
     missing: list[str] = field(default_factory=list)
     pie: bool = False
     relro: bool = False
@@ -134,7 +135,7 @@ def audit_rootfs(rootfs: RootFS, arch: Arch | None) -> AuditReport:
             info = inspect_elf(entry.path, entry.data)
             if info.foreign is False and arch is not None:
                 info.errors += fit_errors(info, arch)
-            if not info.static:
+            if not info.static and not info.foreign:
                 info.missing = [n for n in info.needed if not _find_library(rootfs, n, search, info)]
                 info.errors += [f"needs {n}, which the image does not hold" for n in info.missing]
             report.files.append(info)
@@ -180,51 +181,30 @@ def load_folder(folder: Path) -> RootFS:
 
 
 def load_image(path: Path) -> RootFS:
-    """An image file as a RootFS: a cpio newc archive (an initramfs), plain or compressed
-    with gzip, xz or zstd. Other image formats raise UserError."""
-    data = _decompress(path.read_bytes())
-    if data[:6] not in (b"070701", b"070702"):
-        raise UserError(f"{path}: neither an ELF file nor a cpio newc image (initramfs)",
-                        "for a squashfs image, audit its unsquashfs'd folder")
+    """An image file as a RootFS: squashfs, or an initramfs (cpio newc, plain or compressed)."""
+    import stat
+
+    from .images.cpio import read_initramfs
+    from .images.squashfs_reader import read_squashfs
+
+    if path.read_bytes()[:4] == b"hsqs":
+        image = read_squashfs(path)
+        try:
+            return image.to_rootfs()
+        finally:
+            image.close()
     rootfs = RootFS()
-    offset = 0
-    while True:
-        # newc: magic, then 13 fields of 8 hex digits; name and data each padded to 4 bytes.
-        header = data[offset : offset + 110]
-        if len(header) < 110 or header[:6] not in (b"070701", b"070702"):
-            raise UserError(f"{path}: cpio header at {offset:#x}: bad magic {header[:6]!r}")
-        fields = [int(header[6 + 8 * i : 14 + 8 * i], 16) for i in range(13)]
-        mode, filesize, namesize = fields[1], fields[6], fields[11]
-        name = data[offset + 110 : offset + 110 + namesize - 1].decode(errors="replace")
-        start = (offset + 110 + namesize + 3) & ~3
-        body = data[start : start + filesize]
-        offset = (start + filesize + 3) & ~3
-        if name == "TRAILER!!!":
-            return rootfs
-        kind = mode & 0o170000
+    for member in read_initramfs(path):
+        name, perms = member.name, member.mode & 0o7777
         if name in (".", ""):
             continue
-        if kind == 0o100000:
-            rootfs.add_file(name, body, mode & 0o7777, provenance=str(path))
-        elif kind == 0o120000:
-            rootfs.add_symlink(name, body.decode(errors="replace"), provenance=str(path))
-        elif kind == 0o040000:
-            rootfs.add_dir(name, mode & 0o7777, provenance=str(path))
-
-
-def _decompress(data: bytes) -> bytes:
-    import gzip
-    import lzma
-
-    if data[:2] == b"\x1f\x8b":
-        return gzip.decompress(data)
-    if data[:6] == b"\xfd7zXZ\x00":
-        return lzma.decompress(data)
-    if data[:4] == b"\x28\xb5\x2f\xfd":
-        import zstandard
-
-        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
-    return data
+        if stat.S_ISREG(member.mode):
+            rootfs.add_file(name, member.data, perms, provenance=str(path))
+        elif stat.S_ISLNK(member.mode):
+            rootfs.add_symlink(name, member.data.decode(errors="replace"), provenance=str(path))
+        elif stat.S_ISDIR(member.mode):
+            rootfs.add_dir(name, perms, provenance=str(path))
+    return rootfs
 
 
 # -- one file ---------------------------------------------------------------------------------
@@ -327,7 +307,11 @@ def _read_linking(elf: ELFFile, info: ElfInfo, data: bytes) -> None:
             info.interpreter = segment.get_interp_name()
     dynamic = _dynamic_section(elf)
     if dynamic is not None:
-        info.needed = [t.needed for t in dynamic.iter_tags() if t.entry.d_tag == "DT_NEEDED"]
+        tags = list(dynamic.iter_tags())
+        info.needed = [t.needed for t in tags if t.entry.d_tag == "DT_NEEDED"]
+        runpath = [t.runpath for t in tags if t.entry.d_tag == "DT_RUNPATH"]
+        runpath = runpath or [t.rpath for t in tags if t.entry.d_tag == "DT_RPATH"]
+        info.runpath = [d for value in runpath for d in value.split(":") if d]
     info.static = info.interpreter is None and not info.needed
     info.libc = _libc(info, data)
 
@@ -403,12 +387,12 @@ def fit_errors(info: ElfInfo, arch: Arch) -> list[str]:
         errors.append(f"ELF{info.elf_class}, but the board is {arch.elf_class}-bit")
     if info.endian != arch.endian:
         errors.append(f"{info.endian}-endian, but the board is {arch.endian}-endian")
-    if info.type == "relocatable":
-        return errors  # objects and kernel modules carry no float-ABI promise worth checking
-    if arch.float_abi in ("hard", "soft") and info.float_abi in ("hard", "soft") and info.float_abi != arch.float_abi:
-        errors.append(f"{info.float_abi}-float ABI, but the board is {arch.float_abi}-float")
     if arch.elf_machine == EM_ARM:
         errors += _arm_cpu_errors(info, arch)
+    if info.type == "relocatable":
+        return errors  # objects and kernel modules make no float-ABI promise worth checking
+    if arch.float_abi in ("hard", "soft") and info.float_abi in ("hard", "soft") and info.float_abi != arch.float_abi:
+        errors.append(f"{info.float_abi}-float ABI, but the board is {arch.float_abi}-float")
     return errors
 
 
@@ -467,9 +451,12 @@ def _read_ld_conf(rootfs: RootFS, path: str, depth: int) -> list[str]:
 def _find_library(rootfs: RootFS, name: str, search: list[str], info: ElfInfo) -> bool:
     if "/" in name:
         return _is_file(rootfs, name)
-    dirs = list(search)
+    # ld.so: "$ORIGIN ... expands to the directory containing the program or shared object".
+    origin = posixpath.dirname(info.path)
+    dirs = [d.replace("${ORIGIN}", origin).replace("$ORIGIN", origin) for d in info.runpath]
     if info.interpreter:
-        dirs.insert(0, posixpath.dirname(info.interpreter))
+        dirs.append(posixpath.dirname(info.interpreter))
+    dirs += search
     return any(_is_file(rootfs, posixpath.join(d, name)) for d in dirs)
 
 

@@ -5,7 +5,7 @@
 with the applet links the binary itself lists.
 
 Cache layout under `cache_root`:
-    busybox/sources/<tarball>        verified source tarballs
+    sha256/..                        the source tarball, in fwgen.fetch's download cache
     busybox/<key>/busybox            the published binary, with its .config and build.log
     busybox/<key>.lock               flock held while <key> is built
     busybox/failed/<key>.log         the full log of the last failed build
@@ -106,7 +106,7 @@ def build_busybox(
         if published.is_file():
             progress.step(f"busybox {source.version} for {arch.value}: cached ({key})")
             return published
-        tarball = download_source(source, root / "sources", progress)
+        tarball = download_source(source, Path(cache_root), progress)
         progress.step(f"building busybox {source.version} for {arch.value} (zig {toolchain.version})")
         with tempfile.TemporaryDirectory(prefix=f"build-{key}-", dir=root) as tmp:
             work = Path(tmp)

@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import io
 import lzma
+import posixpath
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -140,10 +141,21 @@ def applet_checks() -> list[AppletCheck]:
     ]
 
 
-def check_busybox(binary: Path, arch: Arch, checks: list[AppletCheck] | None = None) -> None:
-    """Run every applet check; raise GateError naming the first applet that fails."""
+def check_busybox(binary: Path, arch: Arch, checks: list[AppletCheck] | None = None) -> list[str]:
+    """Run the checks of every applet the binary has (a board may leave some out); raise
+    GateError naming the first applet that crashes or prints a wrong result. Returns the
+    applets checked. `sh` is required: without a shell there is no system to boot."""
+    from .busybox import list_applets
+
+    present = {posixpath.basename(a) for a in list_applets(binary.read_bytes(), arch)}
+    if "sh" not in present:
+        raise GateError(f"busybox for {arch.value} has no sh applet")
+    checked = []
     for check in checks if checks is not None else applet_checks():
-        _run_check(binary, arch, check)
+        if check.applet in present:
+            _run_check(binary, arch, check)
+            checked.append(check.applet)
+    return checked
 
 
 def _run_check(binary: Path, arch: Arch, check: AppletCheck) -> None:

@@ -1,0 +1,145 @@
+"""The ELF audit against real binaries: our musl builds, Debian's glibc ones, zig objects."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fwgen.arch import Arch
+from fwgen.audit import audit_paths, audit_rootfs, inspect_elf
+from fwgen.board import Feed
+from fwgen.busybox_toolchain import find_toolchain
+from fwgen.rootfs import RootFS
+from fwgen.run import run
+
+DEBIAN = Feed("debian", "deb", "http://deb.debian.org/debian", suite="bookworm")
+
+
+def compile_object(tmp_path: Path, cache_dir: Path, arch: Arch, *extra: str) -> Path:
+    """A small object file from zig for `arch` (no libc needed: compile only)."""
+    toolchain = find_toolchain()
+    (tmp_path / "f.c").write_text("double f(double x, float y) { return x * y + 1.5; }\n")
+    out = tmp_path / f"f-{arch.value}.o"
+    env = {"ZIG_GLOBAL_CACHE_DIR": str(cache_dir / "zig"), "ZIG_LOCAL_CACHE_DIR": str(tmp_path / "zl")}
+    run([toolchain.zig, "cc", *toolchain.cc_flags(arch), *extra, "-O2", "-c", tmp_path / "f.c", "-o", out], env=env)
+    return out
+
+
+# -- fast: objects from zig -------------------------------------------------------------------
+
+
+def test_armv7_code_is_rejected_on_the_armv6_board(tmp_path, cache_dir):
+    armv7 = compile_object(tmp_path, cache_dir, Arch.ARMV7)
+    assert audit_paths([armv7], Arch.ARMV7).errors == []
+    errors = audit_paths([armv7], Arch.ARMV6).errors
+    assert any("built for ARM v7 (Tag_CPU_arch), but the board's CPU is ARM v6" in e for e in errors), errors
+    assert all(e.startswith(str(armv7)) for e in errors)
+
+
+def test_neon_code_is_rejected_on_the_armv6_board(tmp_path, cache_dir):
+    neon = compile_object(tmp_path, cache_dir, Arch.ARMV6, "-mcpu=cortex_a8", "-mfpu=neon")
+    errors = audit_paths([neon], Arch.ARMV6).errors
+    assert any("NEON" in e for e in errors) and any("VFPv3" in e for e in errors), errors
+
+
+def test_machine_and_endianness_mismatches_are_named(tmp_path, cache_dir):
+    mips = compile_object(tmp_path, cache_dir, Arch.MIPS)
+    info = audit_paths([mips], Arch.MIPS).files[0]
+    assert (info.machine, info.endian, info.cpu_arch, info.mips_abi) == ("mips", "big", "mips32", "o32")
+    assert audit_paths([mips], Arch.MIPS).errors == []
+    assert audit_paths([mips], Arch.MIPSEL).errors == [f"{mips}: big-endian, but the board is little-endian"]
+    assert audit_paths([mips], Arch.AARCH64).errors == [f"{mips}: machine mips, but the board is aarch64 (aarch64)"]
+
+
+def test_soft_float_arm_is_rejected_on_a_hard_float_board(tmp_path, cache_dir):
+    toolchain = find_toolchain()
+    (tmp_path / "m.c").write_text("double g(double x) { return x * 2; }\nint main(void) { return 0; }\n")
+    out = tmp_path / "soft"
+    env = {"ZIG_GLOBAL_CACHE_DIR": str(cache_dir / "zig"), "ZIG_LOCAL_CACHE_DIR": str(tmp_path / "zl")}
+    run([toolchain.zig, "cc", "-target", "arm-linux-musleabi", "-mcpu=arm1176jzf_s", "-c", tmp_path / "m.c", "-o", out], env=env)
+    info = inspect_elf(str(out), out.read_bytes())
+    assert info.float_abi == "soft"
+
+
+def test_malformed_and_foreign_files(tmp_path):
+    broken = tmp_path / "broken"
+    broken.write_bytes(b"\x7fELF\x01\x01\x01" + b"\0" * 20)
+    assert "malformed ELF file" in audit_paths([broken], Arch.ARMV6).errors[0]
+    rootfs = RootFS()
+    x86 = Path("/bin/true").read_bytes()
+    rootfs.add_file("/lib/firmware/blob.elf", x86)  # runs on another processor: reported only
+    rootfs.add_file("/usr/bin/true", x86, 0o755)
+    report = audit_rootfs(rootfs, Arch.ARMV6)
+    assert [f.path for f in report.files] == ["/lib/firmware/blob.elf", "/usr/bin/true"]
+    assert report.errors[0] == "/usr/bin/true: machine x86_64, but the board is armv6 (arm)"
+    assert not any(e.startswith("/lib/firmware") and "machine" in e for e in report.errors)
+
+
+# -- Debian's real binaries ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def armhf_rootfs(cache_dir) -> RootFS:
+    """dropbear-bin for armhf with its whole dependency closure, and busybox-static."""
+    from fwgen.fetch import Cache, fetch_packages, install_package
+
+    rootfs = RootFS()
+    for fetched in fetch_packages([DEBIAN], Arch.ARMV7, ["dropbear-bin", "busybox-static"], cache=Cache(cache_dir)):
+        install_package(rootfs, fetched)
+    return rootfs
+
+
+@pytest.mark.network
+def test_debian_dynamic_binary_resolves_its_libraries(armhf_rootfs):
+    report = audit_rootfs(armhf_rootfs, Arch.ARMV7)
+    assert report.errors == []
+    dbclient = next(f for f in report.files if f.path == "/usr/bin/dbclient")
+    assert (dbclient.static, dbclient.libc, dbclient.interpreter) == (False, "glibc", "/lib/ld-linux-armhf.so.3")
+    assert "libc.so.6" in dbclient.needed and dbclient.missing == []
+    assert (dbclient.float_abi, dbclient.cpu_arch, dbclient.arm_eabi) == ("hard", "v7", 5)
+    assert dbclient.pie and dbclient.relro and dbclient.bind_now and dbclient.nx_stack
+
+
+@pytest.mark.network
+def test_debian_dynamic_binary_without_its_libraries_is_an_error(armhf_rootfs):
+    alone = RootFS()
+    alone.add_file("/usr/bin/dbclient", armhf_rootfs["/usr/bin/dbclient"].data, 0o755)
+    report = audit_rootfs(alone, Arch.ARMV7)
+    assert "/usr/bin/dbclient: needs libc.so.6, which the image does not hold" in report.errors
+
+
+@pytest.mark.network
+def test_debian_busybox_static_is_static_glibc_and_not_for_armv6(armhf_rootfs):
+    path = armhf_rootfs.resolve("/bin/busybox").path
+    info = inspect_elf(path, armhf_rootfs[path].data)
+    assert (info.static, info.libc, info.interpreter, info.needed) == (True, "glibc", None, [])
+    armv6 = audit_rootfs(armhf_rootfs, Arch.ARMV6).errors
+    assert f"{path}: built for ARM v7 (Tag_CPU_arch), but the board's CPU is ARM v6" in armv6
+
+
+@pytest.mark.network
+def test_audit_reads_folders_and_initramfs_images(armhf_rootfs, tmp_path):
+    from fwgen.images.cpio import write_initramfs
+
+    image = tmp_path / "initramfs.cpio.gz"
+    write_initramfs(armhf_rootfs, image, mtime=0)
+    from_image = audit_paths([image], Arch.ARMV7)
+    direct = audit_rootfs(armhf_rootfs, Arch.ARMV7)
+    assert [f.path for f in from_image.files] == [f.path for f in direct.files] and from_image.errors == []
+    as_json = json.loads(from_image.to_json())
+    assert any(f["path"] == "/usr/bin/dbclient" and f["libc"] == "glibc" for f in as_json["files"])
+
+
+# -- our musl builds (slow: they build BusyBox) -----------------------------------------------
+
+
+@pytest.mark.slow
+def test_our_armv7_busybox_is_rejected_on_armv6_and_fits_armv7(cache_dir):
+    from fwgen.busybox import build_busybox
+
+    binary = build_busybox(Arch.ARMV7, cache_root=cache_dir)
+    info = audit_paths([binary], Arch.ARMV7).files[0]
+    assert (info.libc, info.static, info.cpu_arch, info.float_abi, info.errors) == ("musl", True, "v7", "hard", [])
+    assert any("Tag_CPU_arch" in e for e in audit_paths([binary], Arch.ARMV6).errors)
