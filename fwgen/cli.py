@@ -257,5 +257,25 @@ def fetch(arch_name, packages, dest, mirror, suite, components, exclude, nodeps,
             click.echo(f"{r['name']} {r['version']} {r['arch']}  {r['file']}")
 
 
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--keys", "keys_dirs", multiple=True, type=click.Path(path_type=Path, exists=True),
+              help="A key file or folder of trusted keys (repeatable); default: the keys fwgen ships.")
+@json_option
+@handle_errors
+def verify(path, keys_dirs, as_json):
+    """Check a .deb, .apk, .ipk or index file: what it is, whether it verifies, with which key."""
+    from .fetch.verify import verify_file
+
+    report = verify_file(path, list(keys_dirs))
+    if as_json:
+        _emit_json({"file": str(path), "kind": report.kind, "ok": report.ok, "key": report.key,
+                    "detail": report.detail})
+    else:
+        click.echo(str(report))
+    if not report.ok:
+        sys.exit(2)
+
+
 if __name__ == "__main__":
     main()

@@ -80,4 +80,4 @@ def backend_for_file(path: Path) -> Backend:
 
 def _load_builtin_backends() -> None:
     # Importing a backend module registers it; new formats add one import here.
-    from . import deb  # noqa: F401
+    from . import apk, deb, ipk  # noqa: F401
