@@ -119,6 +119,18 @@ class AuditReport:
     def errors(self) -> list[str]:
         return [f"{f.path}: {e}" for f in self.files for e in f.errors]
 
+    def to_text(self) -> str:
+        """One line per file (what `fwgen audit` prints), then the errors."""
+        lines = []
+        for f in self.files:
+            link = "static" if f.static else f"dynamic ({f.interpreter or 'no interpreter'})"
+            cpu = f" {f.cpu_arch}" if f.cpu_arch else ""
+            flt = f" {f.float_abi}-float" if f.float_abi else ""
+            hardening = ",".join(n for n, on in (("pie", f.pie), ("relro", f.relro), ("now", f.bind_now), ("nx", f.nx_stack)) if on)
+            lines.append(f"{f.path}: {f.machine}{cpu} ELF{f.elf_class} {f.endian}{flt} {f.type} {link} libc={f.libc} [{hardening}]")
+        lines += [f"error: {e}" for e in self.errors]
+        return "\n".join(lines)
+
     def to_json(self) -> str:
         return json.dumps({"files": [asdict(f) for f in self.files], "errors": self.errors}, indent=2)
 

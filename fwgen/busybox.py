@@ -146,6 +146,20 @@ def install_busybox(rootfs: RootFS, binary: bytes, arch: Arch, *, provenance: st
     return installed
 
 
+def export_busybox(binary: Path, out: Path) -> None:
+    """Copy a built binary to `out` (for `fwgen busybox --out`): whole, or not at all."""
+    out = Path(out)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent or ".")
+    os.close(fd)
+    try:
+        shutil.copyfile(binary, tmp)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def list_applets(binary: bytes, arch: Arch) -> list[str]:
     """The binary's `--list-full` (paths like `bin/sh`, `usr/bin/awk`), run under qemu-user."""
     with tempfile.TemporaryDirectory(prefix="fwgen-busybox-") as tmp:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .arch import Arch
-from .errors import FwgenError
+from .errors import FwgenError, RunError
 from .run import run
 
 TIMEOUT = 60.0
@@ -147,7 +147,10 @@ def check_busybox(binary: Path, arch: Arch, checks: list[AppletCheck] | None = N
     applets checked. `sh` is required: without a shell there is no system to boot."""
     from .busybox import list_applets
 
-    present = {posixpath.basename(a) for a in list_applets(binary.read_bytes(), arch)}
+    try:
+        present = {posixpath.basename(a) for a in list_applets(binary.read_bytes(), arch)}
+    except RunError as e:
+        raise GateError(f"busybox --list-full on {arch.value} crashed (exit {e.returncode}): {e.stderr_tail}") from e
     if "sh" not in present:
         raise GateError(f"busybox for {arch.value} has no sh applet")
     checked = []
