@@ -38,6 +38,20 @@ class BusyboxSpec:
 
 
 @dataclass(frozen=True)
+class DiskSpec:
+    """The `disk` output: a partition table with the squashfs root (1) and data (2)."""
+
+    device: str = "/dev/vda"  # the whole disk as the board's kernel names it
+    data_size: int = 32  # MiB; 0: no data partition, the overlay lives in RAM
+    root_slack: int = 0  # free MiB after the squashfs in the root partition
+
+    def partition(self, number: int) -> str:
+        """The device of partition `number`: /dev/vda1, or /dev/mmcblk0p1 after a digit."""
+        separator = "p" if self.device[-1].isdigit() else ""
+        return f"{self.device}{separator}{number}"
+
+
+@dataclass(frozen=True)
 class QemuProfile:
     """A QEMU machine from qemu/*.yaml."""
 
@@ -100,5 +114,6 @@ class Board:
     nodeps: tuple[str, ...] = ()  # installed without following their dependencies
     overlays: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ("initramfs",)
+    disk: DiskSpec = field(default_factory=DiskSpec)
     qemu: QemuSpec | None = None
     checks: tuple[Check, ...] = ()

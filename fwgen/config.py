@@ -30,7 +30,7 @@ import yaml
 import fwgen
 
 from .arch import Arch
-from .board import Board, BusyboxSpec, Check, Feed, KernelSpec, QemuProfile, QemuSpec
+from .board import Board, BusyboxSpec, Check, DiskSpec, Feed, KernelSpec, QemuProfile, QemuSpec
 from .errors import ConfigError, UserError
 
 SCHEMA_DIR = Path(__file__).parent / "schema"
@@ -488,6 +488,7 @@ def load_board(
         nodeps=tuple(data["nodeps"]),
         overlays=_resolve_overlays(doc, data["overlays"], path, overlay_dirs),
         outputs=tuple(data["outputs"]),
+        disk=DiskSpec(**data["disk"]),
         qemu=qemu,
         checks=tuple(_build_check(item) for item in data["checks"]),
     )
