@@ -248,6 +248,8 @@ class Machine:
 
     def start(self) -> None:
         """Start QEMU. Retries with new host ports if QEMU loses the race for one."""
+        if self.returncode is None and self._proc is not None:
+            raise BootError(f"{self.spec.profile.name}: QEMU is already running (pid {self._proc.pid})")
         self.workdir.mkdir(parents=True, exist_ok=True)
         for attempt in range(3):
             self._ports = dict(zip(self.spec.forward, pick_free_ports(len(self.spec.forward)), strict=True))

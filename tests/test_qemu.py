@@ -28,7 +28,7 @@ from fwgen.arch import Arch
 from fwgen.board import Check, Feed
 from fwgen.checks import run_checks
 from fwgen.config import load_qemu_profile
-from fwgen.errors import BootError, UserError
+from fwgen.errors import BootError, ToolMissingError, UserError
 from fwgen.qemu import (
     CONTROL_SEQUENCE,
     BootSpec,
@@ -41,6 +41,7 @@ from fwgen.qemu import (
 
 REPO = Path(__file__).resolve().parents[1]
 READY = "test-guest: ready"
+needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-aarch64") is None, reason="qemu-system-aarch64 not installed")
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,7 @@ def test_argv_refuses_forward_without_nic(profile, tmp_path):
         qemu_argv(spec, {80: 1234})
 
 
-@pytest.mark.skipif(shutil.which("qemu-system-aarch64") is None, reason="qemu-system-aarch64 not installed")
+@needs_qemu
 def test_argv_is_accepted_by_qemu(profile, tmp_path):
     """QEMU itself parses the generated command line (-S: the CPU never starts)."""
     kernel = tmp_path / "Image"
@@ -104,6 +105,44 @@ def test_argv_is_accepted_by_qemu(profile, tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_missing_qemu_binary_is_a_tool_error(profile, tmp_path):
+    spec = BootSpec(replace(profile, binary="qemu-system-nonexistent"), tmp_path / "Image")
+    with pytest.raises(ToolMissingError, match="qemu-system-nonexistent not found"):
+        with Machine(spec, tmp_path) as machine:
+            machine.start()
+
+
+@needs_qemu
+def test_qemu_refusing_to_start_says_why(profile, tmp_path):
+    spec = BootSpec(profile, tmp_path / "no-such-Image")
+    with Machine(spec, tmp_path) as machine:
+        machine.start()
+        with pytest.raises(BootError, match=r"QEMU exited with code 1 before 'ready'.*no-such-Image"):
+            machine.wait_for("ready", timeout=30)
+
+
+@needs_qemu
+def test_taken_host_port_is_retried(profile, tmp_path, monkeypatch):
+    """QEMU cannot bind a port taken after it was picked: start() picks again."""
+    import fwgen.qemu
+
+    kernel = tmp_path / "Image"
+    kernel.write_bytes(b"\0" * 4096)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        picks = iter([[taken.getsockname()[1]]])
+        real_pick = fwgen.qemu.pick_free_ports
+        monkeypatch.setattr(fwgen.qemu, "pick_free_ports", lambda n: next(picks, None) or real_pick(n))
+        # -S: QEMU sets up its devices (and the forward) but never starts the CPU.
+        with Machine(BootSpec(profile, kernel, forward=(80,), extra_args=("-S",)), tmp_path) as machine:
+            machine.start()
+            assert machine.host_port(80) != taken.getsockname()[1]
+            assert machine.returncode is None
+            with socket.create_connection(("127.0.0.1", machine.host_port(80)), timeout=5):
+                pass  # QEMU's slirp accepts on the forwarded port
 
 
 # -- the console protocol --------------------------------------------------------------------
