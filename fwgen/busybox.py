@@ -305,6 +305,8 @@ def _compile(tree: Path, make: list[str], env: dict[str, str], log: Path, failed
                 if line.startswith(b"  CC "):
                     compiled += 1
                     progress.advance(f"compiling for {arch.value}", compiled, None, unit="files")
+                    if not progress.tty and compiled % 100 == 0:  # a log gets a line now and then
+                        progress.info(f"compiling for {arch.value}: {compiled} files")
             returncode = proc.wait()
     except FileNotFoundError as e:
         raise ToolMissingError("make not found", "install make") from e

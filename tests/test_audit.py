@@ -120,16 +120,40 @@ def test_debian_busybox_static_is_static_glibc_and_not_for_armv6(armhf_rootfs):
 
 
 @pytest.mark.network
-def test_audit_reads_folders_and_initramfs_images(armhf_rootfs, tmp_path):
+@pytest.mark.parametrize("form", ["initramfs", "squashfs", "folder"])
+def test_audit_reads_images_and_folders(armhf_rootfs, tmp_path, form):
     from fwgen.images.cpio import write_initramfs
+    from fwgen.images.squashfs import write_squashfs
 
-    image = tmp_path / "initramfs.cpio.gz"
-    write_initramfs(armhf_rootfs, image, mtime=0)
-    from_image = audit_paths([image], Arch.ARMV7)
     direct = audit_rootfs(armhf_rootfs, Arch.ARMV7)
-    assert [f.path for f in from_image.files] == [f.path for f in direct.files] and from_image.errors == []
-    as_json = json.loads(from_image.to_json())
+    if form == "initramfs":
+        target = tmp_path / "initramfs.cpio.gz"
+        write_initramfs(armhf_rootfs, target, mtime=0)
+    elif form == "squashfs":
+        target = tmp_path / "root.squashfs"
+        write_squashfs(armhf_rootfs, target, mtime=0)
+    else:
+        target = tmp_path / "root"
+        write_folder(armhf_rootfs, target)
+    report = audit_paths([target], Arch.ARMV7)
+    assert [f.path for f in report.files] == [f.path for f in direct.files]
+    assert report.errors == [] and len(report.files) > 20
+    as_json = json.loads(report.to_json())
     assert any(f["path"] == "/usr/bin/dbclient" and f["libc"] == "glibc" for f in as_json["files"])
+
+
+def write_folder(rootfs: RootFS, folder: Path) -> None:
+    """Regular files, folders and symlinks of `rootfs` under `folder` (what an unpacked image holds)."""
+    from fwgen.rootfs import EntryType
+
+    for entry in rootfs:
+        host = folder / entry.path.lstrip("/")
+        if entry.type is EntryType.DIR:
+            host.mkdir(parents=True, exist_ok=True)
+        elif entry.type is EntryType.FILE:
+            host.write_bytes(entry.data)
+        elif entry.type is EntryType.SYMLINK:
+            host.symlink_to(entry.target)
 
 
 # -- our musl builds (slow: they build BusyBox) -----------------------------------------------
