@@ -64,6 +64,7 @@ class BootSpec:
     append: str = ""
     memory: int | None = None
     drives: tuple[Path, ...] = ()  # raw disk images, attached with the profile's disk device
+    persistent: bool = False  # the guest writes into `drives` (else snapshot=on keeps them as they are)
     sd_card: Path | None = None  # raspi0 style (-drive if=sd)
     forward: tuple[int, ...] = ()  # guest TCP ports -> free ports on 127.0.0.1
     extra_args: tuple[str, ...] = ()
@@ -73,7 +74,8 @@ def qemu_argv(spec: BootSpec, host_ports: Mapping[int, int] | None = None) -> li
     """The QEMU command line for `spec`, serial console on stdio.
 
     `host_ports` maps each forwarded guest TCP port to its port on 127.0.0.1. Disk images are
-    attached with `snapshot=on`: the guest may write, the image files stay as built.
+    attached with `snapshot=on` unless `spec.persistent`: the guest may write, the image files
+    stay as built.
     """
     profile = spec.profile
     argv = [profile.binary, "-M", profile.machine]
@@ -103,8 +105,9 @@ def _drive_args(spec: BootSpec) -> list[str]:
     args: list[str] = []
     if spec.drives and not spec.profile.disk:
         raise UserError(f"QEMU profile {spec.profile.name} has no disk device for {spec.drives[0]}")
+    snapshot = "" if spec.persistent else ",snapshot=on"
     for index, drive in enumerate(spec.drives):
-        args += ["-drive", f"file={_drive_path(drive)},if=none,id=d{index},format=raw,snapshot=on",
+        args += ["-drive", f"file={_drive_path(drive)},if=none,id=d{index},format=raw{snapshot}",
                  "-device", f"{spec.profile.disk},drive=d{index}"]
     if spec.sd_card:
         args += ["-drive", f"file={_drive_path(spec.sd_card)},if=sd,format=raw,snapshot=on"]
