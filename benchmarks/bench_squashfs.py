@@ -73,12 +73,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
 
-    print(f"{'tree':<34} {'comp':<5} {'fwgen B':>11} {'mksq B':>11} {'size':>6} "
+    print(f"{'tree':<32} {'comp':<5} {'fwgen B':>11} {'mksq B':>11} {'size':>6} "
           f"{'fwgen s':>8} {'mksq s':>8} {'time':>6} {'cpu':>6}")
     with tempfile.TemporaryDirectory(prefix="bench-squashfs-") as tmp:
         for src in (args.large, args.small):
             files, total = tree_size(src)
-            label = f"{src} ({files} files, {total / 1e6:.1f} MB)"
+            label = f"{src.name} ({files} files, {total / 1e6:.1f} MB)"
             for compression in COMPRESSIONS:
                 ours, theirs = Path(tmp) / "fwgen.sqfs", Path(tmp) / "mksquashfs.sqfs"
                 # Alternate the tools so a busy machine slows both alike; keep the best run.
@@ -88,7 +88,7 @@ def main() -> None:
                     runs_theirs.append(time_mksquashfs(src, theirs, compression, args.block_size))
                 (t_ours, c_ours), (t_theirs, c_theirs) = min(runs_ours), min(runs_theirs)
                 s_ours, s_theirs = bytes_used(ours), bytes_used(theirs)
-                print(f"{label[:34]:<34} {compression:<5} {s_ours:>11,} {s_theirs:>11,} "
+                print(f"{label:<32} {compression:<5} {s_ours:>11,} {s_theirs:>11,} "
                       f"{s_ours / s_theirs:>6.3f} {t_ours:>8.2f} {t_theirs:>8.2f} {t_ours / t_theirs:>6.2f} "
                       f"{c_ours / c_theirs:>6.2f}",
                       flush=True)
