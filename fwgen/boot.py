@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,10 @@ from .progress import QUIET, Progress
 from .qemu import BootSpec, Machine
 
 READY_MARKER = "fwgen: ready"
+# The board's disk as the emulated board has written it, beside the console log: the built
+# image stays as the manifest describes it, and a rebuild (which replaces the output folder)
+# starts from a fresh copy.
+BOOT_DISK = "boot/disk.img"
 
 
 @dataclass(frozen=True)
@@ -28,8 +34,13 @@ class BootResult:
         return all(c.passed for c in self.checks)
 
 
-def boot_spec_for(board: Board, outdir: Path) -> BootSpec:
-    """The QEMU invocation for a built board, from its manifest and QEMU profile."""
+def boot_spec_for(board: Board, outdir: Path, *, fresh_disk: bool = False) -> BootSpec:
+    """The QEMU invocation for a built board, from its manifest and QEMU profile.
+
+    A board with a disk output boots from a writable copy of its disk image
+    (`outdir/boot/disk.img`), made on the first boot and kept, so what the guest writes
+    survives into the next boot; `fresh_disk` starts again from the built image.
+    """
     manifest_path = outdir / "manifest.json"
     if not manifest_path.is_file():
         raise UserError(f"{outdir}: no build found", hint=f"run 'fwgen build --board {board.name}' first")
@@ -38,6 +49,9 @@ def boot_spec_for(board: Board, outdir: Path) -> BootSpec:
     manifest = json.loads(manifest_path.read_text())
     outputs = manifest["outputs"]
     initrd = outdir / outputs["initramfs"]["file"] if "initramfs" in outputs else None
+    drives: tuple[Path, ...] = ()
+    if "disk" in outputs:
+        drives = (prepare_boot_disk(outdir / outputs["disk"]["file"], outdir / BOOT_DISK, fresh=fresh_disk),)
     return BootSpec(
         profile=board.qemu.profile,
         kernel=outdir / outputs["kernel"]["file"],
@@ -45,7 +59,33 @@ def boot_spec_for(board: Board, outdir: Path) -> BootSpec:
         append=f"{board.kernel.cmdline} rdinit=/init".strip(),
         memory=board.qemu.memory,
         forward=board.qemu.forward,
+        drives=drives,
+        persistent=True,
     )
+
+
+def prepare_boot_disk(built: Path, disk: Path, *, fresh: bool = False) -> Path:
+    """Copy the built disk image to `disk` unless a copy is there already (or `fresh`).
+
+    The copy is sparse (runs of zeros, such as the unformatted data partition, are skipped)
+    and appears atomically."""
+    if disk.exists() and not fresh:
+        return disk
+    disk.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=disk.parent, prefix=f".{disk.name}.", suffix=".tmp")
+    try:
+        with open(built, "rb") as src, os.fdopen(fd, "wb") as dst:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                if chunk.count(0) == len(chunk):
+                    dst.seek(len(chunk), os.SEEK_CUR)
+                else:
+                    dst.write(chunk)
+            dst.truncate()
+        os.replace(tmp, disk)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return disk
 
 
 def boot(
@@ -54,9 +94,12 @@ def boot(
     *,
     timeout_factor: float = 1.0,
     progress: Progress = QUIET,
+    fresh_disk: bool = False,
 ) -> BootResult:
-    """Boot the board's build, wait for the ready line, run every check, power off."""
-    spec = boot_spec_for(board, outdir)
+    """Boot the board's build, wait for the ready line, run every check, power off.
+
+    `fresh_disk`: forget what earlier boots wrote to the board's disk (see `boot_spec_for`)."""
+    spec = boot_spec_for(board, outdir, fresh_disk=fresh_disk)
     workdir = outdir / "boot"
     workdir.mkdir(exist_ok=True)
     progress.step(f"booting {board.name} in {spec.profile.binary}")
@@ -73,4 +116,4 @@ def boot(
         return BootResult(board.name, ready, results, machine.console_log)
 
 
-__all__ = ["BootError", "BootResult", "boot", "boot_spec_for", "READY_MARKER"]
+__all__ = ["BootError", "BootResult", "boot", "boot_spec_for", "prepare_boot_disk", "READY_MARKER"]

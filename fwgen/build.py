@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import shutil
 import tempfile
 import time
@@ -26,14 +27,27 @@ from .errors import UserError
 from .fetch import FetchedPackage, fetch_packages, install_package, read_package_entries
 from .fetch.cache import Cache
 from .images.cpio import write_initramfs
-from .kernel import Kernel, Module, install_modules, load_kernel, resolve_modules
+from .images.squashfs import write_squashfs
+from .kernel import MODULE_LIST, Kernel, Module, install_modules, load_kernel, resolve_modules
 from .overlay import Overlay, apply_overlay, collect_overlays
 from .progress import QUIET, Progress
 from .rootfs import EntryType, RootFS
 
 KERNEL_FILE = "kernel"
 INITRAMFS_FILE = "initramfs.cpio.gz"
+SQUASHFS_FILE = "rootfs.squashfs"
+DISK_FILE = "disk.img"
 MANIFEST_FILE = "manifest.json"
+# Read by /init (a shell script sources it) and by /sbin/factory-reset.
+BOOT_CONF = "/etc/fwgen/boot.conf"
+# The data partition's filesystem: BusyBox mke2fs writes ext2, which the ext4 driver mounts.
+DATA_FS_TYPE = "ext4"
+# A file at the top of the data partition, outside the overlay, asking /init for a wipe.
+RESET_MARKER = "factory-reset"
+# Paths of the root filesystem that the boot initramfs of a disk board also carries.
+BOOT_INITRAMFS_PATHS = ("/init", "/bin/busybox", MODULE_LIST, BOOT_CONF, "/dev/console", "/dev/null",
+                        "/proc", "/sys", "/dev", "/tmp", "/rom", "/overlay")
+MIB = 1 << 20
 
 
 @dataclass
@@ -187,15 +201,40 @@ def write_generated_files(ctx: BuildContext) -> None:
         f"FWGEN_ARCH={board.arch.value}\nBUILD_ID={ctx.epoch}\n"
     )
     rootfs.add_file("/etc/os-release", os_release.encode(), **generated)
+    if "disk" in board.outputs:
+        write_boot_config(ctx)
+
+
+def write_boot_config(ctx: BuildContext) -> None:
+    """Tell /init where the root and data partitions are: the squashfs is mounted at /rom,
+    the data partition (or RAM) at /overlay, and the two joined by overlayfs become /."""
+    disk, generated = ctx.board.disk, {"provenance": "fwgen"}
+    for directory in ("/rom", "/overlay"):
+        ctx.rootfs.add_dir(directory, 0o755, **generated)
+    data = disk.partition(2) if disk.data_size else ""
+    conf = (
+        f"# How /init mounts the root of board {ctx.board.name}: written by fwgen.\n"
+        f"ROOT={disk.partition(1)}\nROOT_TYPE=squashfs\n"
+        f"DATA={data}\nDATA_TYPE={DATA_FS_TYPE}\nRESET_MARKER={RESET_MARKER}\n"
+    )
+    ctx.rootfs.add_file(BOOT_CONF, conf.encode(), 0o644, **generated)
 
 
 def select_kernel_modules(ctx: BuildContext) -> None:
     assert ctx.kernel is not None
-    ctx.modules = resolve_modules(ctx.kernel, ctx.board.kernel.modules)
+    ctx.modules = resolve_modules(ctx.kernel, [*ctx.board.kernel.modules, *_root_modules(ctx.board)])
     ctx.progress.step(
         f"kernel modules: {', '.join(m.name for m in ctx.modules) or 'none'}"
     )
     install_modules(ctx.rootfs, ctx.kernel, ctx.modules, provenance=ctx.kernel.source)
+
+
+def _root_modules(board: Board) -> list[str]:
+    """Filesystems /init needs for a disk root (built-in ones are skipped by the resolver).
+    The disk controller's driver is the board's to name: it differs per machine."""
+    if "disk" not in board.outputs:
+        return []
+    return ["squashfs", "overlay"] + ([DATA_FS_TYPE] if board.disk.data_size else [])
 
 
 def write_images(ctx: BuildContext) -> None:
@@ -204,10 +243,68 @@ def write_images(ctx: BuildContext) -> None:
     kernel_path = ctx.staging / KERNEL_FILE
     kernel_path.write_bytes(ctx.kernel.image)
     ctx.outputs["kernel"] = kernel_path
-    if "initramfs" in ctx.board.outputs:
+    if "disk" in ctx.board.outputs:
+        write_disk(ctx)
+        write_boot_initramfs(ctx)
+    elif "initramfs" in ctx.board.outputs:
         path = ctx.staging / INITRAMFS_FILE
         write_initramfs(ctx.rootfs, path, compression=ctx.compression, mtime=ctx.epoch)
         ctx.outputs["initramfs"] = path
+
+
+def write_disk(ctx: BuildContext) -> None:
+    """The whole root filesystem as squashfs in partition 1, an empty data partition 2 that
+    /init formats on first boot. The squashfs file is kept only when asked for as an output."""
+    from .images.disk import (  # TODO(sqboot): top level once disk.py lands
+        Partition,
+        write_disk_image,
+    )
+
+    assert ctx.staging is not None
+    disk = ctx.board.disk
+    squashfs = ctx.staging / SQUASHFS_FILE
+    write_squashfs(ctx.rootfs, squashfs, compression=ctx.compression, mtime=ctx.epoch, progress=ctx.progress)
+    root_size = _round_up(squashfs.stat().st_size + disk.root_slack * MIB, MIB)
+    partitions = [Partition("root", 0x83, squashfs, root_size)]
+    if disk.data_size:
+        partitions.append(Partition("data", 0x83, None, disk.data_size * MIB))
+    path = ctx.staging / DISK_FILE
+    write_disk_image(path, partitions)
+    ctx.outputs["disk"] = path
+    if "squashfs" in ctx.board.outputs:
+        ctx.outputs["squashfs"] = squashfs
+    else:
+        squashfs.unlink()
+    ctx.progress.info(f"disk {path.stat().st_size // MIB} MiB: root {root_size // MIB} MiB, data {disk.data_size} MiB")
+
+
+def write_boot_initramfs(ctx: BuildContext) -> None:
+    """The initramfs of a disk board holds only what /init needs: BusyBox, the boot
+    modules, /init and its configuration."""
+    assert ctx.staging is not None and ctx.kernel is not None
+    wanted = set(BOOT_INITRAMFS_PATHS)
+    wanted.update(f"/lib/modules/{ctx.kernel.release}/{m.path}" for m in ctx.modules)
+    wanted.update(e.path for e in ctx.rootfs if e.type is EntryType.SYMLINK and e.target == "/bin/busybox")
+    wanted.update(parent for path in list(wanted) for parent in _parents(path))
+    boot = RootFS()
+    for entry in ctx.rootfs:  # parents come first, so they keep their modes and owners
+        if entry.path in wanted:
+            boot.add(entry)
+    path = ctx.staging / INITRAMFS_FILE
+    write_initramfs(boot, path, compression=ctx.compression, mtime=ctx.epoch)
+    ctx.outputs["initramfs"] = path
+
+
+def _parents(path: str) -> list[str]:
+    parents = []
+    while path != "/":
+        path = posixpath.dirname(path)
+        parents.append(path)
+    return parents
+
+
+def _round_up(value: int, unit: int) -> int:
+    return -(-value // unit) * unit
 
 
 def write_manifest(ctx: BuildContext) -> dict:
