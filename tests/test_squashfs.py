@@ -392,3 +392,19 @@ def test_truncated_and_foreign_images_are_refused(tmp_path, samples):
     with pytest.raises(FormatError, match=rf"broken.sqfs: inode table at 0x{sb.inode_table_start:x}: "
                                           r"cannot decompress gzip"):
         read_squashfs(broken)
+
+
+@needs_squashfs_tools
+def test_empty_tree_and_sparse_blocks(tmp_path, models):
+    empty = tmp_path / "empty.sqfs"
+    write_squashfs(RootFS(), empty, compression="xz", mtime=MTIME)
+    assert unsquashfs_listing(empty, dir_sizes=False) == expected_listing(RootFS())
+    assert [e.path for e in read_squashfs(empty).entries()] == ["/"]
+
+    image = tmp_path / "sparse.sqfs"
+    write_squashfs(models[131072], image, mtime=MTIME)
+    big = read_squashfs(image)._lookup("/data/big.bin")
+    # The 1 MiB of zeros after 2,000,000 random bytes covers blocks 16-22 entirely.
+    assert [i for i, word in enumerate(big.blocks) if word == 0] == list(range(16, 23))
+    # Random data does not compress: those blocks are stored raw (bit 24 set).
+    assert all(word & L.DATA_UNCOMPRESSED for word in big.blocks[:15])

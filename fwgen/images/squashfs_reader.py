@@ -243,6 +243,8 @@ class SquashfsImage:
     def _listing(self, path: str, inode: _Inode) -> Iterator[tuple[bytes, int]]:
         """(name, inode reference) of every entry of a directory inode."""
         body = inode.body
+        if body.file_size <= 3:  # only the implicit "." and "..": nothing is stored
+            return
         where = f"{self.name}: directory table at 0x{self.superblock.directory_table_start + body.start_block:x}"
         if body.start_block not in self._dir_blocks:
             raise FormatError(f"{where}: no metadata block starts there (directory {path})")
