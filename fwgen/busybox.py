@@ -8,6 +8,8 @@ Cache layout under `cache_root`:
     sha256/..                        the source tarball, in fwgen.fetch's download cache
     busybox/<key>/busybox            the published binary, with its .config and build.log
     busybox/<key>.lock               flock held while <key> is built
+    busybox/trees/<tree>/            the patched source tree per (source, target, toolchain),
+                                     kept so a changed fragment recompiles only what it affects
     busybox/failed/<key>.log         the full log of the last failed build
     zig/                             ZIG_GLOBAL_CACHE_DIR: zig's musl and compiler_rt per target
 The key hashes everything that decides the binary: source, patches, configuration, target
@@ -44,6 +46,8 @@ PATCHES = DATA / "patches"
 
 # Bump when the build recipe changes in a way the other key inputs do not capture.
 RECIPE = "fwgen-busybox-1"
+# The default build date: BusyBox 1.35.0's release day (2021-12-26).
+SOURCE_DATE_EPOCH = 1640476800
 
 
 @dataclass(frozen=True)
@@ -101,29 +105,38 @@ def build_busybox(
     key = cache_key(arch, source, patches, fragment_texts, toolchain)
     root = Path(cache_root) / "busybox"
     published = root / key / "busybox"
-    root.mkdir(parents=True, exist_ok=True)
+    (root / "trees").mkdir(parents=True, exist_ok=True)
     with _locked(root / f"{key}.lock"):
         if published.is_file():
             progress.step(f"busybox {source.version} for {arch.value}: cached ({key})")
             return published
         tarball = download_source(source, Path(cache_root), progress)
         progress.step(f"building busybox {source.version} for {arch.value} (zig {toolchain.version})")
-        with tempfile.TemporaryDirectory(prefix=f"build-{key}-", dir=root) as tmp:
-            work = Path(tmp)
-            tree = _unpack(tarball, work, source)
-            _apply_patches(tree, patches)
-            make = _make_command(toolchain, arch, work / "bin", jobs)
-            env = _build_env(Path(cache_root), work)
-            log = work / "build.log"
-            _configure(tree, make, env, fragments=list(zip((BASE_FRAGMENT, *fragments), fragment_texts, strict=True)))
-            _compile(tree, make, env, log, root / "failed" / f"{key}.log", arch, progress)
-            binary = tree / "busybox"
-            progress.step(f"checking busybox for {arch.value} under {arch.qemu_user}")
-            check_busybox(binary, arch)
-            report = audit_paths([binary], arch)
-            if report.errors:
-                raise BusyboxBuildError(f"busybox for {arch.value} fails the ELF audit: {report.errors[0]}")
-            _publish(work, tree, log, root / key, _describe(arch, source, toolchain, fragments, binary))
+        tree_root = root / "trees" / tree_key(arch, source, patches, toolchain)
+        with _locked(tree_root.with_name(tree_root.name + ".lock")):
+            tree = _prepare_tree(tarball, tree_root, source, patches)
+            make = _make_command(toolchain, arch, tree_root / "bin", jobs)
+            env = _build_env(Path(cache_root), tree_root)
+            log = tree_root / "build.log"
+            try:
+                _configure(tree, make, env, fragments=list(zip((BASE_FRAGMENT, *fragments), fragment_texts, strict=True)))
+                _compile(tree, make, env, log, root / "failed" / f"{key}.log", arch, progress)
+            except FwgenError:
+                raise  # Kbuild recovers from a failed configure or compile: keep the objects
+            except BaseException:
+                shutil.rmtree(tree_root, ignore_errors=True)  # interrupted: the next build starts clean
+                raise
+            with tempfile.TemporaryDirectory(prefix=f"publish-{key}-", dir=root) as tmp:
+                stage = Path(tmp) / key
+                _stage(tree, log, stage, _describe(arch, source, toolchain, fragments, tree / "busybox"))
+                progress.step(f"checking busybox for {arch.value} under {arch.qemu_user}")
+                check_busybox(stage / "busybox", arch)
+                report = audit_paths([stage / "busybox"], arch)
+                if report.errors:
+                    raise BusyboxBuildError(f"busybox for {arch.value} fails the ELF audit: {report.errors[0]}")
+                if (root / key).exists():  # a leftover without its binary (we hold the lock)
+                    shutil.rmtree(root / key)
+                os.replace(stage, root / key)
     progress.info(f"busybox for {arch.value}: {published.stat().st_size} bytes")
     return published
 
@@ -178,6 +191,11 @@ def qemu_user_argv(arch: Arch, binary: Path, *args: str) -> list[str]:
     """The command line running a foreign `binary` under qemu-user for `arch`."""
     cpu = ["-cpu", arch.qemu_user_cpu] if arch.qemu_user_cpu else []
     return [arch.qemu_user, *cpu, str(binary), *args]
+
+
+def tree_key(arch: Arch, source: BusyboxSource, patches: Sequence[Path], toolchain: Toolchain) -> str:
+    """The build tree a key compiles in: everything but the configuration."""
+    return cache_key(arch, source, patches, [], toolchain)
 
 
 def cache_key(arch: Arch, source: BusyboxSource, patches: Sequence[Path], fragments: Sequence[str], toolchain: Toolchain) -> str:
@@ -262,12 +280,28 @@ def _patches_for(source: BusyboxSource) -> list[Path]:
     return sorted(PATCHES.glob(f"{source.version}-*.patch"))
 
 
-def _unpack(tarball: Path, work: Path, source: BusyboxSource) -> Path:
-    with tarfile.open(tarball) as tar:
-        tar.extractall(work / "src", filter="data")
-    tree = work / "src" / f"busybox-{source.version}"
-    if not (tree / "Makefile").is_file():
-        raise BusyboxBuildError(f"{tarball.name}: no busybox-{source.version}/Makefile inside")
+def _prepare_tree(tarball: Path, tree_root: Path, source: BusyboxSource, patches: Sequence[Path]) -> Path:
+    """The patched source tree in `tree_root`, unpacked once and kept between builds.
+
+    Kbuild records which CONFIG_ symbols each object depends on (fixdep), so a build with a
+    changed fragment recompiles only the affected files. The tree is unpacked into a temporary
+    folder and renamed into place, so a half-unpacked tree is never reused.
+    """
+    tree = tree_root / "src" / f"busybox-{source.version}"
+    if (tree_root / "ready").is_file():
+        return tree
+    shutil.rmtree(tree_root, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{tree_root.name}-", dir=tree_root.parent))
+    try:
+        with tarfile.open(tarball) as tar:
+            tar.extractall(tmp / "src", filter="data")
+        if not (tmp / "src" / tree.name / "Makefile").is_file():
+            raise BusyboxBuildError(f"{source.filename}: no {tree.name}/Makefile inside")
+        _apply_patches(tmp / "src" / tree.name, patches)
+        (tmp / "ready").write_text("unpacked and patched\n")
+        os.replace(tmp, tree_root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return tree
 
 
@@ -286,6 +320,9 @@ def _make_command(toolchain: Toolchain, arch: Arch, bindir: Path, jobs: int) -> 
 
 def _build_env(cache_root: Path, work: Path) -> dict[str, str]:
     return {
+        # Kconfig stamps the build date into the binary (the version banner): take a fixed
+        # one unless the caller sets it, so identical inputs give identical binaries.
+        "SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH", str(SOURCE_DATE_EPOCH)),
         # zig builds musl and compiler_rt once per target; share them across builds and arches.
         "ZIG_GLOBAL_CACHE_DIR": str(cache_root / "zig"),
         "ZIG_LOCAL_CACHE_DIR": str(work / "zig-local"),
@@ -340,17 +377,13 @@ def _describe(arch: Arch, source: BusyboxSource, toolchain: Toolchain, fragments
     }
 
 
-def _publish(work: Path, tree: Path, log: Path, dest: Path, meta: dict) -> None:
-    """Move the results into `dest` in one rename, so readers see all of it or nothing."""
-    stage = work / "publish"
+def _stage(tree: Path, log: Path, stage: Path, meta: dict) -> None:
+    """Copy the results into `stage`, which is then renamed into place in one step."""
     stage.mkdir()
     shutil.copy2(tree / "busybox", stage / "busybox")
     shutil.copyfile(tree / ".config", stage / "config")
     shutil.copyfile(log, stage / "build.log")
     (stage / "build.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    if dest.exists():  # a leftover without its binary (we hold the lock): replace it
-        shutil.rmtree(dest)
-    os.replace(stage, dest)
 
 
 @contextmanager
