@@ -96,9 +96,6 @@ def build_busybox(
     order after `make defconfig` and fwgen's own settings. A fresh build must pass the
     functional gate under qemu-user and the ELF audit before it is published.
     """
-    from .audit import audit_paths
-    from .busybox_gate import check_busybox
-
     toolchain = find_toolchain()
     fragment_texts = [_read_fragment(f) for f in (BASE_FRAGMENT, *fragments)]
     patches = _patches_for(source)
@@ -117,26 +114,16 @@ def build_busybox(
             tree = _prepare_tree(tarball, tree_root, source, patches)
             make = _make_command(toolchain, arch, tree_root / "bin", jobs)
             env = _build_env(Path(cache_root), tree_root)
-            log = tree_root / "build.log"
             try:
                 _configure(tree, make, env, fragments=list(zip((BASE_FRAGMENT, *fragments), fragment_texts, strict=True)))
-                _compile(tree, make, env, log, root / "failed" / f"{key}.log", arch, progress)
+                _compile(tree, make, env, tree_root / "build.log", root / "failed" / f"{key}.log", arch, progress)
             except FwgenError:
                 raise  # Kbuild recovers from a failed configure or compile: keep the objects
             except BaseException:
                 shutil.rmtree(tree_root, ignore_errors=True)  # interrupted: the next build starts clean
                 raise
-            with tempfile.TemporaryDirectory(prefix=f"publish-{key}-", dir=root) as tmp:
-                stage = Path(tmp) / key
-                _stage(tree, log, stage, _describe(arch, source, toolchain, fragments, tree / "busybox"))
-                progress.step(f"checking busybox for {arch.value} under {arch.qemu_user}")
-                check_busybox(stage / "busybox", arch)
-                report = audit_paths([stage / "busybox"], arch)
-                if report.errors:
-                    raise BusyboxBuildError(f"busybox for {arch.value} fails the ELF audit: {report.errors[0]}")
-                if (root / key).exists():  # a leftover without its binary (we hold the lock)
-                    shutil.rmtree(root / key)
-                os.replace(stage, root / key)
+            meta = _describe(arch, source, toolchain, fragments, tree / "busybox")
+            _verify_and_publish(tree, tree_root / "build.log", root / key, arch, meta, progress)
     progress.info(f"busybox for {arch.value}: {published.stat().st_size} bytes")
     return published
 
@@ -377,13 +364,27 @@ def _describe(arch: Arch, source: BusyboxSource, toolchain: Toolchain, fragments
     }
 
 
-def _stage(tree: Path, log: Path, stage: Path, meta: dict) -> None:
-    """Copy the results into `stage`, which is then renamed into place in one step."""
-    stage.mkdir()
-    shutil.copy2(tree / "busybox", stage / "busybox")
-    shutil.copyfile(tree / ".config", stage / "config")
-    shutil.copyfile(log, stage / "build.log")
-    (stage / "build.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+def _verify_and_publish(tree: Path, log: Path, dest: Path, arch: Arch, meta: dict, progress: Progress) -> None:
+    """Copy the results to a staging folder, run the gate and the audit on that copy, then
+    rename it to `dest` in one step: readers see a verified build or nothing."""
+    from .audit import audit_paths
+    from .busybox_gate import check_busybox
+
+    with tempfile.TemporaryDirectory(prefix=f"publish-{dest.name}-", dir=dest.parent) as tmp:
+        stage = Path(tmp) / dest.name
+        stage.mkdir()
+        shutil.copy2(tree / "busybox", stage / "busybox")
+        shutil.copyfile(tree / ".config", stage / "config")
+        shutil.copyfile(log, stage / "build.log")
+        (stage / "build.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        progress.step(f"checking busybox for {arch.value} under {arch.qemu_user}")
+        check_busybox(stage / "busybox", arch)
+        report = audit_paths([stage / "busybox"], arch)
+        if report.errors:
+            raise BusyboxBuildError(f"busybox for {arch.value} fails the ELF audit: {report.errors[0]}")
+        if dest.exists():  # a leftover without its binary (the caller holds the lock)
+            shutil.rmtree(dest)
+        os.replace(stage, dest)
 
 
 @contextmanager
