@@ -27,6 +27,7 @@ from .errors import UserError
 from .fetch import FetchedPackage, fetch_packages, install_package, read_package_entries
 from .fetch.cache import Cache
 from .images.cpio import write_initramfs
+from .images.disk import Partition, write_disk_image
 from .images.squashfs import write_squashfs
 from .kernel import MODULE_LIST, Kernel, Module, install_modules, load_kernel, resolve_modules
 from .overlay import Overlay, apply_overlay, collect_overlays
@@ -255,11 +256,6 @@ def write_images(ctx: BuildContext) -> None:
 def write_disk(ctx: BuildContext) -> None:
     """The whole root filesystem as squashfs in partition 1, an empty data partition 2 that
     /init formats on first boot. The squashfs file is kept only when asked for as an output."""
-    from .images.disk import (  # TODO(sqboot): top level once disk.py lands
-        Partition,
-        write_disk_image,
-    )
-
     assert ctx.staging is not None
     disk = ctx.board.disk
     squashfs = ctx.staging / SQUASHFS_FILE
@@ -269,7 +265,7 @@ def write_disk(ctx: BuildContext) -> None:
     if disk.data_size:
         partitions.append(Partition("data", 0x83, None, disk.data_size * MIB))
     path = ctx.staging / DISK_FILE
-    write_disk_image(path, partitions)
+    write_disk_image(path, partitions, progress=ctx.progress)
     ctx.outputs["disk"] = path
     if "squashfs" in ctx.board.outputs:
         ctx.outputs["squashfs"] = squashfs
