@@ -408,3 +408,96 @@ def test_empty_tree_and_sparse_blocks(tmp_path, models):
     assert [i for i, word in enumerate(big.blocks) if word == 0] == list(range(16, 23))
     # Random data does not compress: those blocks are stored raw (bit 24 set).
     assert all(word & L.DATA_UNCOMPRESSED for word in big.blocks[:15])
+
+
+# -- the Linux kernel as the reader ----------------------------------------------------
+# unsquashfs never reads a directory index and accepts any xz dictionary; the kernel relies
+# on both. Boot the disk board with its root partition replaced by an image holding a
+# 1,500-entry directory (a dozen index entries), sparse blocks, duplicates and odd nodes.
+STRESS_NAMES = [f"{i:05d}-{'a long file name to fill metadata blocks'[: 10 + i % 30]}" for i in range(1500)]
+
+
+@pytest.fixture(scope="module")
+def disk_board(tmp_path_factory, cache_dir):
+    from buildutil import run_fwgen
+
+    from fwgen.config import load_board
+
+    if shutil.which("qemu-system-aarch64") is None:
+        pytest.skip("qemu-system-aarch64 not installed (apt install qemu-system-arm)")
+    out = tmp_path_factory.mktemp("out")
+    result = run_fwgen("build", "--board", "qemu-aarch64-disk", "--out", str(out), cache=cache_dir)
+    assert result.returncode == 0, result.stderr
+    return load_board("qemu-aarch64-disk"), out / "qemu-aarch64-disk"
+
+
+def add_stress_tree(rootfs: RootFS) -> None:
+    rnd = random.Random(11)
+    for i, name in enumerate(STRESS_NAMES):
+        rootfs.add_file(f"/stress/{name}", b"%d\n" % (i % 1200), mode=0o600 + i % 8, uid=i % 5, gid=i % 3)
+    rootfs.add_file("/stress-big", rnd.randbytes(50_000) + bytes(40_000) + b"tail text\n" * 9000)
+    rootfs.add_device("/stress-dev", EntryType.BLOCKDEV, 259, 300, 0o640)
+    rootfs.add(Entry("/stress-fifo", EntryType.FIFO, 0o620))
+    rootfs.add_symlink("/stress-link", f"stress/{STRESS_NAMES[7]}")
+
+
+@pytest.mark.network
+@pytest.mark.qemu
+@pytest.mark.slow
+@pytest.mark.parametrize(("compression", "block_size"), [("xz", 4096), ("zstd", 131072)])
+def test_kernel_reads_our_image(disk_board, tmp_path, compression, block_size):
+    import hashlib
+    import json
+
+    from fwgen.boot import READY_MARKER, boot_spec_for
+    from fwgen.images.disk import Partition, write_disk_image
+    from fwgen.qemu import Machine
+
+    board, outdir = disk_board
+    manifest = json.loads((outdir / "manifest.json").read_text())
+    disk = outdir / manifest["outputs"]["disk"]["file"]
+    table = json.loads(run(["sfdisk", "--json", disk]).stdout)["partitiontable"]["partitions"]
+    built_root = tmp_path / "built.sqfs"
+    with open(disk, "rb") as f:
+        f.seek(table[0]["start"] * 512)
+        built_root.write_bytes(f.read(table[0]["size"] * 512))
+    rootfs = read_squashfs(built_root).to_rootfs()
+    add_stress_tree(rootfs)
+    image = tmp_path / "root.sqfs"
+    write_squashfs(rootfs, image, compression=compression, block_size=block_size, mtime=MTIME)
+    written = read_squashfs(image)
+    stress = written._inode(_ref_of(written, "/stress"))
+    assert stress.header.inode_type == L.LDIR and len(stress.index) >= 5
+    write_disk_image(disk, [Partition("root", 0x83, image), Partition("data", 0x83, None, board.disk.data_size << 20)])
+
+    with Machine(boot_spec_for(board, outdir, fresh_disk=True), tmp_path / "boot",
+                 timeout_factor=float(os.environ.get("FWGEN_TIMEOUT_FACTOR", "1"))) as machine:
+        machine.start()
+        machine.wait_for(READY_MARKER, timeout=120)
+
+        def guest(command: str) -> str:
+            status, output = machine.run(command, timeout=60)
+            assert status == 0, f"{command!r} exited {status}: {output}"
+            return output
+
+        assert "/rom squashfs ro" in guest("grep ' /rom ' /proc/mounts")
+        assert guest("find /rom | wc -l") == str(len(rootfs))
+        assert guest("ls /rom/stress | md5sum").split()[0] == hashlib.md5(
+            "".join(n + "\n" for n in sorted(STRESS_NAMES)).encode()).hexdigest()
+        # Lookups by name go through the directory index: every 37th name, both ends, misses.
+        sample = STRESS_NAMES[::37] + [STRESS_NAMES[-1]]
+        quoted = " ".join(f"'/rom/stress/{n}'" for n in sample)
+        stats = guest(f"stat -c '%n|%s|%a|%u|%g' {quoted}").splitlines()
+        assert stats == [
+            f"/rom/stress/{n}|{rootfs['/stress/' + n].size}|{rootfs['/stress/' + n].mode:o}|"
+            f"{rootfs['/stress/' + n].uid}|{rootfs['/stress/' + n].gid}" for n in sample
+        ]
+        sums = guest(f"cat {quoted} | md5sum").split()[0]
+        assert sums == hashlib.md5(b"".join(rootfs["/stress/" + n].data for n in sample)).hexdigest()
+        misses = " ".join(f"'/rom/stress/{n}x'" for n in STRESS_NAMES[::300])
+        assert guest(f"for f in {misses}; do test -e \"$f\" && echo found; done; true") == ""
+        assert guest("sha256sum /rom/stress-big").split()[0] == hashlib.sha256(rootfs["/stress-big"].data).hexdigest()
+        assert guest("stat -c '%t:%T %a' /rom/stress-dev") == "103:12c 640"  # hex major:minor
+        assert guest("stat -c '%F' /rom/stress-fifo") == "fifo"
+        assert guest("cat /rom/stress-link") == "7"
+        machine.poweroff()
