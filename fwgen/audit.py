@@ -6,7 +6,12 @@ on an ARMv6 board is caught; MIPS: ISA and ABI flags); static or dynamic with th
 interpreter; libc (musl, glibc or none); DT_NEEDED resolved inside the image; hardening
 (PIE, RELRO, BIND_NOW, NX stack, stack protector). A file whose machine, endianness, float
 ABI or CPU architecture does not fit the board is an error, as is a DT_NEEDED that the image
-does not hold.
+does not hold or that has another float ABI than its user.
+
+"Fits" means "runs there": soft-float ARM code runs on a hard-float board (its libraries
+must be soft-float too); hard-float ARM code on a soft-float board does not (the CPU may
+lack VFP). On MIPS the kernel emulates a missing FPU, so hard-float code on a soft-float
+board is a note, not an error.
 """
 
 from __future__ import annotations
@@ -107,6 +112,7 @@ class ElfInfo:
     stack_protector: bool | None = None  # None: cannot tell (no symbols)
     foreign: bool = False  # firmware for another processor
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth knowing, not failing the build
 
 
 @dataclass
@@ -141,17 +147,33 @@ class AuditReport:
 def audit_rootfs(rootfs: RootFS, arch: Arch | None) -> AuditReport:
     """Audit every ELF file of `rootfs` against `arch` (None: report only, no fit checks)."""
     report = AuditReport()
-    search = _library_dirs(rootfs)
     for entry in rootfs:
         if entry.type is EntryType.FILE and entry.data[:4] == ELF_MAGIC:
             info = inspect_elf(entry.path, entry.data)
             if info.foreign is False and arch is not None:
                 info.errors += fit_errors(info, arch)
-            if not info.static and not info.foreign:
-                info.missing = [n for n in info.needed if not _find_library(rootfs, n, search, info)]
-                info.errors += [f"needs {n}, which the image does not hold" for n in info.missing]
             report.files.append(info)
+    _check_libraries(rootfs, report)
     return report
+
+
+def _check_libraries(rootfs: RootFS, report: AuditReport) -> None:
+    """Resolve every DT_NEEDED inside the image; a library must share its user's float ABI
+    (an armel program cannot load an armhf libc)."""
+    search = _library_dirs(rootfs)
+    by_path = {f.path: f for f in report.files}
+    for info in report.files:
+        if info.static or info.foreign:
+            continue
+        for name in info.needed:
+            found = _find_library(rootfs, name, search, info)
+            if found is None:
+                info.missing.append(name)
+                info.errors.append(f"needs {name}, which the image does not hold")
+                continue
+            lib = by_path.get(found)
+            if lib and {info.float_abi, lib.float_abi} == {"hard", "soft"}:
+                info.errors.append(f"{info.float_abi}-float, but {name} ({found}) is {lib.float_abi}-float")
 
 
 def audit_paths(paths: Iterable[Path | str], arch: Arch | None) -> AuditReport:
@@ -403,8 +425,14 @@ def fit_errors(info: ElfInfo, arch: Arch) -> list[str]:
         errors += _arm_cpu_errors(info, arch)
     if info.type == "relocatable":
         return errors  # objects and kernel modules make no float-ABI promise worth checking
-    if arch.float_abi in ("hard", "soft") and info.float_abi in ("hard", "soft") and info.float_abi != arch.float_abi:
-        errors.append(f"{info.float_abi}-float ABI, but the board is {arch.float_abi}-float")
+    if info.float_abi == "hard" and arch.float_abi == "soft":
+        if arch.elf_machine == EM_MIPS:
+            # MIPS kernels emulate the FPU (MIPS_FP_SUPPORT): slow, but it runs.
+            info.notes.append("hard-float code on a soft-float board: relies on the kernel's FPU emulation")
+        else:
+            errors.append("hard-float ABI (VFP registers), but the board is soft-float")
+    # Soft-float code runs on a hard-float board (Debian's armel on an ARMv6 with VFP); what
+    # cannot mix is a program and its libraries, checked in _check_libraries.
     return errors
 
 
@@ -460,18 +488,22 @@ def _read_ld_conf(rootfs: RootFS, path: str, depth: int) -> list[str]:
     return dirs
 
 
-def _find_library(rootfs: RootFS, name: str, search: list[str], info: ElfInfo) -> bool:
+def _find_library(rootfs: RootFS, name: str, search: list[str], info: ElfInfo) -> str | None:
+    """The path of the file `name` resolves to, as the dynamic linker would search."""
     if "/" in name:
-        return _is_file(rootfs, name)
+        return _resolved_file(rootfs, name)
     # ld.so: "$ORIGIN ... expands to the directory containing the program or shared object".
     origin = posixpath.dirname(info.path)
     dirs = [d.replace("${ORIGIN}", origin).replace("$ORIGIN", origin) for d in info.runpath]
     if info.interpreter:
         dirs.append(posixpath.dirname(info.interpreter))
-    dirs += search
-    return any(_is_file(rootfs, posixpath.join(d, name)) for d in dirs)
+    for folder in dirs + search:
+        found = _resolved_file(rootfs, posixpath.join(folder, name))
+        if found:
+            return found
+    return None
 
 
-def _is_file(rootfs: RootFS, path: str) -> bool:
+def _resolved_file(rootfs: RootFS, path: str) -> str | None:
     entry = rootfs.resolve(path)
-    return entry is not None and entry.type is EntryType.FILE
+    return entry.path if entry is not None and entry.type is EntryType.FILE else None

@@ -53,14 +53,26 @@ def test_machine_and_endianness_mismatches_are_named(tmp_path, cache_dir):
     assert audit_paths([mips], Arch.AARCH64).errors == [f"{mips}: machine mips, but the board is aarch64 (aarch64)"]
 
 
-def test_soft_float_arm_is_rejected_on_a_hard_float_board(tmp_path, cache_dir):
-    toolchain = find_toolchain()
-    (tmp_path / "m.c").write_text("double g(double x) { return x * 2; }\nint main(void) { return 0; }\n")
-    out = tmp_path / "soft"
+def test_a_library_with_another_float_abi_is_an_error(tmp_path, cache_dir):
+    """Soft-float code runs on the hard-float board, but cannot load a hard-float library."""
+    zig = find_toolchain().zig
     env = {"ZIG_GLOBAL_CACHE_DIR": str(cache_dir / "zig"), "ZIG_LOCAL_CACHE_DIR": str(tmp_path / "zl")}
-    run([toolchain.zig, "cc", "-target", "arm-linux-musleabi", "-mcpu=arm1176jzf_s", "-c", tmp_path / "m.c", "-o", out], env=env)
-    info = inspect_elf(str(out), out.read_bytes())
-    assert info.float_abi == "soft"
+    (tmp_path / "lib.c").write_text("double foo(double x) { return x * 2; }\n")
+    (tmp_path / "use.c").write_text("double foo(double); double bar(double x) { return foo(x) + 1; }\n")
+    cpu = "-mcpu=arm1176jzf_s"
+    run([zig, "cc", "-target", "arm-linux-musleabihf", cpu, "-shared", "-nostdlib", "-Wl,-soname,libfoo.so",
+         "lib.c", "-o", "libfoo.so"], cwd=tmp_path, env=env)
+    run([zig, "cc", "-target", "arm-linux-musleabi", cpu, "-shared", "-nostdlib", "-Wl,-soname,libuse.so",
+         "use.c", "-L.", "-lfoo", "-o", "libuse.so"], cwd=tmp_path, env=env)
+    rootfs = RootFS()
+    for name in ("libfoo.so", "libuse.so"):
+        rootfs.add_file(f"/usr/lib/{name}", (tmp_path / name).read_bytes())
+    report = audit_rootfs(rootfs, Arch.ARMV6)
+    use = next(f for f in report.files if f.path == "/usr/lib/libuse.so")
+    assert (use.float_abi, use.needed, use.missing) == ("soft", ["libfoo.so"], [])
+    assert report.errors == ["/usr/lib/libuse.so: soft-float, but libfoo.so (/usr/lib/libfoo.so) is hard-float"]
+    rootfs.remove("/usr/lib/libfoo.so")
+    assert audit_rootfs(rootfs, Arch.ARMV6).errors == ["/usr/lib/libuse.so: needs libfoo.so, which the image does not hold"]
 
 
 def test_malformed_and_foreign_files(tmp_path):
