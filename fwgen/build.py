@@ -280,7 +280,9 @@ def write_boot_initramfs(ctx: BuildContext) -> None:
     assert ctx.staging is not None and ctx.kernel is not None
     wanted = set(BOOT_INITRAMFS_PATHS)
     wanted.update(f"/lib/modules/{ctx.kernel.release}/{m.path}" for m in ctx.modules)
-    wanted.update(e.path for e in ctx.rootfs if e.type is EntryType.SYMLINK and e.target == "/bin/busybox")
+    busybox = ctx.rootfs.get("/bin/busybox")
+    wanted.update(e.path for e in ctx.rootfs
+                  if e.type is EntryType.SYMLINK and ctx.rootfs.resolve(e.path) is busybox)
     wanted.update(parent for path in list(wanted) for parent in _parents(path))
     boot = RootFS()
     for entry in ctx.rootfs:  # parents come first, so they keep their modes and owners
