@@ -75,7 +75,7 @@ def prepare_boot_disk(built: Path, disk: Path, *, fresh: bool = False) -> Path:
     fd, tmp = tempfile.mkstemp(dir=disk.parent, prefix=f".{disk.name}.", suffix=".tmp")
     try:
         with open(built, "rb") as src, os.fdopen(fd, "wb") as dst:
-            for chunk in iter(lambda: src.read(1 << 20), b""):
+            for chunk in iter(lambda: src.read(64 << 10), b""):
                 if chunk.count(0) == len(chunk):
                     dst.seek(len(chunk), os.SEEK_CUR)
                 else:
