@@ -85,6 +85,9 @@ class Check:
     kind "http": GET `path` from the host through the forwarded guest `port`;
       compare `status` and `contains`.
     kind "console": wait for a line containing `contains` on the console.
+    kind "tcp": connect to the forwarded guest `port`; the first line must start with `banner`.
+    kind "service": kill `service`'s process; a new one must run within `timeout` seconds.
+    kind "persist": write a token to `path`, reboot, and find it there again.
     """
 
     kind: str
@@ -97,6 +100,8 @@ class Check:
     status: int = 200
     exit: int = 0
     timeout: float = 30.0
+    service: str | None = None
+    banner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,8 @@ class Board:
     packages: tuple[str, ...] = ()  # installed with their dependencies
     exclude: tuple[str, ...] = ()  # never installed, even when something depends on them
     nodeps: tuple[str, ...] = ()  # installed without following their dependencies
-    overlays: tuple[str, ...] = ()
+    overlays: tuple[str, ...] = ()  # folders, in application order, dependencies first
+    variables: dict[str, str] = field(default_factory=dict)  # the board's overrides, as text
     outputs: tuple[str, ...] = ("initramfs",)
     disk: DiskSpec = field(default_factory=DiskSpec)
     qemu: QemuSpec | None = None

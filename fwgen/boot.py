@@ -12,6 +12,7 @@ from pathlib import Path
 from .board import Board
 from .checks import CheckResult, run_checks
 from .errors import BootError, UserError
+from .overlay import overlay_checks
 from .progress import QUIET, Progress
 from .qemu import BootSpec, Machine
 
@@ -110,7 +111,8 @@ def boot(
         machine.wait_for(READY_MARKER, timeout=board.qemu.timeout)
         ready = time.monotonic() - started
         progress.info(f"ready after {ready:.1f} s")
-        results = run_checks(machine, board.checks, progress=progress)
+        checks = [*board.checks, *overlay_checks(board)]
+        results = run_checks(machine, checks, progress=progress)
         if all(r.passed for r in results):
             machine.poweroff()
         return BootResult(board.name, ready, results, machine.console_log)

@@ -30,7 +30,7 @@ from .images.cpio import write_initramfs
 from .images.disk import Partition, write_disk_image
 from .images.squashfs import write_squashfs
 from .kernel import MODULE_LIST, Kernel, Module, install_modules, load_kernel, resolve_modules
-from .overlay import Overlay, apply_overlay, collect_overlays
+from .overlay import Layers, Overlay, apply_layers, collect_overlays, plan_layers, resolve_variables
 from .progress import QUIET, Progress
 from .rootfs import EntryType, RootFS
 
@@ -66,6 +66,7 @@ class BuildContext:
     kernel: Kernel | None = None
     modules: list[Module] = field(default_factory=list)
     overlays: list[Overlay] = field(default_factory=list)
+    layers: Layers = field(default_factory=Layers)
     staging: Path | None = None
     outputs: dict[str, Path] = field(default_factory=dict)
 
@@ -105,6 +106,8 @@ def build(
         compression=compression,
     )
     ctx.overlays = collect_overlays(board.overlays, ctx.overlay_dirs, board.source)
+    # The whole overlay stack is validated (templates, conflicts, owners) before anything is written.
+    ctx.layers = plan_layers(ctx.overlays, resolve_variables(board, ctx.overlays))
     outdir.parent.mkdir(parents=True, exist_ok=True)
     ctx.staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
     try:
@@ -123,7 +126,7 @@ def build(
 
 def fetch_board_packages(ctx: BuildContext) -> None:
     board = ctx.board
-    names = list(board.packages)
+    names = list(board.packages) + [p for p in ctx.layers.packages if p not in board.packages]
     if board.busybox.package:
         names.append(board.busybox.package)
     ctx.progress.step(f"resolving and fetching {len(names)} package(s) for {board.arch.value}")
@@ -178,9 +181,8 @@ def assemble_rootfs(ctx: BuildContext) -> None:
     if busybox is None or busybox.type is not EntryType.FILE:
         raise UserError("no /bin/busybox in the image: the board's busybox package did not provide it")
     install_busybox(rootfs, busybox.data, ctx.board.arch, provenance=busybox.provenance)
-    for overlay in ctx.overlays:
-        count = apply_overlay(rootfs, overlay)
-        ctx.progress.info(f"overlay {overlay.name}: {count} path(s)")
+    apply_layers(rootfs, ctx.layers)
+    ctx.progress.info(f"overlays {', '.join(o.name for o in ctx.overlays)}: {len(ctx.layers.entries)} path(s)")
     write_generated_files(ctx)
 
 
@@ -223,7 +225,8 @@ def write_boot_config(ctx: BuildContext) -> None:
 
 def select_kernel_modules(ctx: BuildContext) -> None:
     assert ctx.kernel is not None
-    ctx.modules = resolve_modules(ctx.kernel, [*ctx.board.kernel.modules, *_root_modules(ctx.board)])
+    ctx.modules = resolve_modules(ctx.kernel, [*ctx.board.kernel.modules, *ctx.layers.modules,
+                                               *_root_modules(ctx.board)])
     ctx.progress.step(
         f"kernel modules: {', '.join(m.name for m in ctx.modules) or 'none'}"
     )

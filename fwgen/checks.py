@@ -8,6 +8,7 @@ never an exception: `fwgen boot` reports every check.
 from __future__ import annotations
 
 import http.client
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -85,11 +86,81 @@ def check_console(machine: Machine, check: Check) -> str | None:
     return None
 
 
+def check_tcp(machine: Machine, check: Check) -> str | None:
+    """Connect through a forwarded port until the server's first line starts with the banner
+    (or, without one, until a connection is accepted and not closed at once)."""
+    assert check.port is not None
+    address = ("127.0.0.1", machine.host_port(check.port))
+    deadline = time.monotonic() + check.timeout * machine.timeout_factor
+    while True:
+        line, problem = _read_banner(address)
+        if problem is None and check.banner is not None and not line.startswith(check.banner):
+            problem = f"port {check.port}: expected a banner starting {check.banner!r}, got {_clip(line)!r}"
+        if problem is None or time.monotonic() >= deadline:
+            return problem
+        time.sleep(HTTP_RETRY_INTERVAL)
+
+
+def check_service(machine: Machine, check: Check) -> str | None:
+    """Kill a supervised service's process; the supervisor must run a new one in time.
+    `fwgen-service pid` (base overlay) reads the pid runsv or its shell fallback keeps."""
+    name = check.service
+    status, old = machine.run(f"fwgen-service pid {name}", timeout=10)
+    if status != 0 or not old.strip().isdigit():
+        return f"service {name} is not running (fwgen-service pid: {_clip(old) or 'nothing'})"
+    old = old.strip()
+    limit = max(1, round(check.timeout * machine.timeout_factor * 10))
+    script = (f"kill {old}; i=0; while [ $i -lt {limit} ]; do "
+              f"new=$(fwgen-service pid {name}) && [ \"$new\" != {old} ] && echo \"$new\" && exit 0; "
+              "i=$((i + 1)); sleep 0.1; done; exit 1")
+    status, new = machine.run(f"sh -c '{script}'", timeout=check.timeout + 10)
+    if status != 0:
+        return f"service {name}: killed pid {old}, no new process within {check.timeout:.0f} s"
+    return None
+
+
+def check_persist(machine: Machine, check: Check) -> str | None:
+    """Write a fresh token, reboot, and read it back: the data partition keeps changes."""
+    reboot = getattr(machine, "reboot", None)
+    if reboot is None:
+        return "this machine cannot reboot under the harness (no reboot support in fwgen.qemu)"
+    token = f"fwgen-persist-{time.time_ns()}"
+    status, output = machine.run(f"mkdir -p \"$(dirname {check.path})\" && echo {token} > {check.path} && sync",
+                                 timeout=check.timeout)
+    if status != 0:
+        return f"cannot write {check.path}: {_clip(output)!r}"
+    reboot()
+    status, output = machine.run(f"cat {check.path}", timeout=check.timeout)
+    return _compare_text(output, token, None, f"{check.path} after the reboot") if status == 0 else \
+        f"{check.path} is gone after the reboot ({_clip(output)!r})"
+
+
 _KINDS: dict[str, Callable[[Machine, Check], str | None]] = {
     "run": check_run,
     "http": check_http,
     "console": check_console,
+    "tcp": check_tcp,
+    "service": check_service,
+    "persist": check_persist,
 }
+
+
+def _read_banner(address: tuple[str, int]) -> tuple[str, str | None]:
+    """(first line, None), or ("", why) when no server answered on the forwarded port."""
+    try:
+        with socket.create_connection(address, timeout=5) as sock:
+            sock.settimeout(5)
+            data = b""
+            while b"\n" not in data and len(data) < 1024:
+                chunk = sock.recv(256)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as e:
+        return "", f"connect to 127.0.0.1:{address[1]}: {e}"
+    if not data:
+        return "", f"127.0.0.1:{address[1]}: connection closed without a banner"
+    return data.split(b"\n", 1)[0].decode(errors="replace").rstrip("\r"), None
 
 
 def _fetch(url: str) -> tuple[int | None, str, str | None]:

@@ -32,14 +32,18 @@ import fwgen
 from .arch import Arch
 from .board import Board, BusyboxSpec, Check, DiskSpec, Feed, KernelSpec, QemuProfile, QemuSpec
 from .errors import ConfigError, UserError
+from .overlay import variable_text
 
 SCHEMA_DIR = Path(__file__).parent / "schema"
-CHECK_KINDS = ("run", "http", "console")
+CHECK_KINDS = ("run", "http", "console", "tcp", "service", "persist")
 # Which optional keys each check kind understands (besides name and timeout).
 CHECK_OPTIONS = {
     "run": ("expect", "contains", "exit"),
     "http": ("port", "status", "contains"),
     "console": (),
+    "tcp": ("banner",),
+    "service": (),
+    "persist": (),
 }
 
 KeyPath = tuple[str | int, ...]
@@ -285,6 +289,10 @@ def _construct_mapping(loader, node: yaml.MappingNode, path: KeyPath, doc: Docum
 def load_schema(name: str) -> dict:
     """fwgen/schema/<name>.schema.json, checked against the Draft 2020-12 meta-schema."""
     schema = json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text(encoding="utf-8"))
+    # "x-import-defs": {"board": ["check"]} shares definitions between schema files without
+    # copying them: overlay.yaml checks are the board's checks.
+    for other, names in schema.get("x-import-defs", {}).items():
+        schema["$defs"].update({n: load_schema(other)["$defs"][n] for n in names})
     jsonschema.Draft202012Validator.check_schema(schema)
     return schema
 
@@ -466,7 +474,7 @@ def load_board(
     path = find_board(name_or_path, boards_dirs).resolve()
     doc = read_yaml(_display_path(path))
     validate(doc, "board")
-    _check_checks(doc)
+    check_checks(doc)
     data = apply_defaults(doc.data, load_schema("board"))
     qemu = _resolve_qemu(doc, data.get("qemu"), path, qemu_dirs)
     if qemu is not None and qemu.profile.arch.value != data["arch"]:
@@ -486,11 +494,12 @@ def load_board(
         packages=tuple(data["packages"]),
         exclude=tuple(data["exclude"]),
         nodeps=tuple(data["nodeps"]),
-        overlays=_resolve_overlays(doc, data["overlays"], path, overlay_dirs),
+        overlays=_resolve_overlay_stack(doc, data, path, overlay_dirs),
+        variables={k: variable_text(v) for k, v in data["variables"].items()},
         outputs=tuple(data["outputs"]),
         disk=DiskSpec(**data["disk"]),
         qemu=qemu,
-        checks=tuple(_build_check(item) for item in data["checks"]),
+        checks=tuple(build_check(item) for item in data["checks"]),
     )
 
 
@@ -569,13 +578,33 @@ def _resolve_overlays(doc: Document, names: list[str], board: Path, overlay_dirs
     return tuple(resolved)
 
 
-def _check_checks(doc: Document) -> None:
-    """Each check has exactly one kind and only the keys that kind understands."""
+def _resolve_overlay_stack(doc: Document, data: dict, board: Path, overlay_dirs) -> tuple[str, ...]:
+    """The board's overlays and their dependencies in application order, each overlay.yaml
+    validated; the board's variables must be ones its overlays declare, and the ports the
+    overlays' checks reach must be forwarded."""
+    from .overlay import check_ports, declared_variables, resolve_overlays
+
+    folders = _resolve_overlays(doc, data["overlays"], board, overlay_dirs)
+    overlays = resolve_overlays(folders, find_overlays(overlay_dirs, board))
+    known = declared_variables(overlays)
+    for name in data["variables"]:
+        if name not in known:
+            raise doc.error(("variables", name), f"no overlay of the board declares variable '{name}'",
+                            _did_you_mean(name, sorted(known), "variables"), at_key=True)
+    check_ports(overlays, (data.get("qemu") or {}).get("forward", []))
+    return tuple(str(o.path) for o in overlays)
+
+
+def check_checks(doc: Document, forward: Sequence[int] | None = None) -> None:
+    """Each check has exactly one kind and only the keys that kind understands, and every
+    port it reaches is in `forward` (the board's qemu.forward when None)."""
+    if forward is None:
+        forward = (doc.data.get("qemu") or {}).get("forward", [])
     for i, item in enumerate(doc.data.get("checks", [])):
         kinds = [k for k in CHECK_KINDS if k in item]
         if len(kinds) != 1:
             found = " and ".join(kinds) if kinds else "none"
-            raise doc.error(("checks", i), f"a check needs exactly one of run, http, console (found {found})",
+            raise doc.error(("checks", i), f"a check needs exactly one of {', '.join(CHECK_KINDS)} (found {found})",
                             "split it into one check per kind" if kinds else None)
         kind = kinds[0]
         allowed = {kind, "name", "timeout", *CHECK_OPTIONS[kind]}
@@ -586,19 +615,20 @@ def _check_checks(doc: Document) -> None:
         if kind == "http" and "port" not in item:
             raise doc.error(("checks", i), "http check needs 'port'",
                             "the guest TCP port, one of qemu.forward")
-        _check_forwarded(doc, i, item)
+        _check_forwarded(doc, i, item, forward)
 
 
-def _check_forwarded(doc: Document, index: int, item: dict) -> None:
-    if "port" not in item:
+def _check_forwarded(doc: Document, index: int, item: dict, forward: Sequence[int]) -> None:
+    key = "tcp" if "tcp" in item else "port"
+    if key not in item:
         return
-    forward = (doc.data.get("qemu") or {}).get("forward", [])
-    if item["port"] not in forward:
-        raise doc.error(("checks", index, "port"), f"port {item['port']} is not forwarded",
-                        "add it to qemu.forward")
+    if item[key] not in forward:
+        raise doc.error(("checks", index, key), f"port {item[key]} is not forwarded",
+                        "add it to the board's qemu.forward")
 
 
-def _build_check(item: dict) -> Check:
+def build_check(item: dict) -> Check:
+    """A Check from one validated `checks:` item (defaults applied)."""
     kind = next(k for k in CHECK_KINDS if k in item)
     argument = item[kind]
     default_name = f"{kind}: {argument}" + (f" (port {item['port']})" if kind == "http" else "")
@@ -606,8 +636,10 @@ def _build_check(item: dict) -> Check:
         kind=kind,
         name=item.get("name", default_name),
         command=argument if kind == "run" else None,
-        path=argument if kind == "http" else None,
-        port=item.get("port"),
+        path=argument if kind in ("http", "persist") else None,
+        port=argument if kind == "tcp" else item.get("port"),
+        service=argument if kind == "service" else None,
+        banner=item.get("banner"),
         expect=item.get("expect"),
         contains=argument if kind == "console" else item.get("contains"),
         status=item["status"],

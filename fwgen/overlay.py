@@ -1,110 +1,109 @@
-"""Service overlays: a folder with `overlay.yaml` and a `files/` tree, applied onto the rootfs.
+"""Service overlays: a folder with `overlay.yaml` and a `files/` tree, layered onto the rootfs.
 
-The file tree is read from the host without following symlinks: a symlink in an overlay
-becomes a symlink in the image. Owners and modes come from `overlay.yaml` (a git checkout
-cannot carry them); anything not listed is root-owned, 0755 if executable in the checkout,
-else 0644.
+A board is its overlays in order (each after the overlays it depends on); a later overlay wins,
+but two overlays supplying one path with different content is an error unless the later one
+declares `replaces: true` for it. Besides files, overlay.yaml declares packages, variables with
+defaults (a board overrides them), users and groups, supervised services, sysctl settings,
+kernel modules and boot checks; see fwgen/schema/overlay.schema.json.
+
+The file tree is read from the host without following symlinks: a symlink in an overlay becomes
+a symlink in the image. Owners and modes come from overlay.yaml (a git checkout cannot carry
+them); anything not listed is root-owned, 0755 if executable in the checkout, else 0644.
+Files ending in `.tmpl` are rendered with the variables (`{{ name }}`) and lose the suffix.
+
+Everything is planned before anything is written: `plan_layers` validates the whole stack and
+returns the entries, `apply_layers` adds them to a RootFS.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
+import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import yaml
-
+from . import __version__
+from .board import Check
 from .errors import ConfigError
-from .rootfs import Entry, EntryType, RootFS, normalize_path
+from .rootfs import Entry, EntryType, RootFS
 
-
-@dataclass(frozen=True)
-class FileAttributes:
-    mode: int | None = None
-    uid: int = 0
-    gid: int = 0
+TEMPLATE_SUFFIX = ".tmpl"
+# `{{ name }}`: the whole template language. Anything richer belongs in a script on the device.
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+SERVICE_DIR = "/etc/service"
+# Guest helper shipped by the base overlay: runs the supervisor, waits for dependencies,
+# switches users (see overlays/base/files/sbin/fwgen-service).
+SERVICE_HELPER = "/sbin/fwgen-service"
+ALL_PORTS = range(1, 65536)
 
 
 @dataclass(frozen=True)
 class Overlay:
+    """One loaded, validated overlay.yaml (defaults applied) and its folder."""
+
     name: str
     path: Path
+    doc: Any  # config.Document: positions for errors that come after validation
     description: str = ""
     depends: tuple[str, ...] = ()
-    files: dict[str, FileAttributes] = field(default_factory=dict)
+    packages: tuple[str, ...] = ()
+    variables: dict[str, Any] = field(default_factory=dict)  # name -> {"default": ..., ...}
+    files: dict[str, dict] = field(default_factory=dict)
+    users: dict[str, dict] = field(default_factory=dict)
+    groups: dict[str, dict] = field(default_factory=dict)
+    services: dict[str, dict] = field(default_factory=dict)
+    sysctl: dict[str, Any] = field(default_factory=dict)
+    modules: tuple[str, ...] = ()
+    checks: tuple[Check, ...] = ()
+
+    @property
+    def meta_file(self) -> str:
+        return str(self.doc.file)
+
+    def error(self, keypath: tuple, message: str, hint: str | None = None, *, at_key: bool = False) -> ConfigError:
+        return self.doc.error(keypath, message, hint, at_key=at_key)
 
 
 def load_overlay(path: Path) -> Overlay:
-    """Read `<path>/overlay.yaml`."""
-    meta_path = path / "overlay.yaml"
-    try:
-        meta = yaml.safe_load(meta_path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read overlay: {e}", file=str(meta_path)) from e
-    if not isinstance(meta, dict):
-        raise ConfigError("overlay.yaml must be a mapping", file=str(meta_path), line=1, column=1)
-    attributes = {}
-    for image_path, attrs in (meta.get("files") or {}).items():
-        attrs = attrs or {}
-        mode = attrs.get("mode")
-        attributes[normalize_path(image_path)] = FileAttributes(
-            mode=int(str(mode), 8) if mode is not None else None,
-            uid=int(attrs.get("uid", 0)),
-            gid=int(attrs.get("gid", 0)),
-        )
-    return Overlay(
-        name=path.name,
-        path=path,
-        description=str(meta.get("description", "")).strip(),
-        depends=tuple(meta.get("depends") or ()),
-        files=attributes,
+    """Read and validate `<path>/overlay.yaml`."""
+    from .config import apply_defaults, build_check, check_checks, load_schema, read_yaml, validate
+
+    doc = read_yaml(path / "overlay.yaml")
+    validate(doc, "overlay")
+    check_checks(doc, forward=ALL_PORTS)  # the board's forwards are checked by check_ports
+    data = apply_defaults(doc.data, load_schema("overlay"))
+    overlay = Overlay(
+        name=path.name, path=path, doc=doc,
+        description=data["description"].strip(),
+        depends=tuple(data["depends"]),
+        packages=tuple(data["packages"]),
+        variables=data["variables"],
+        files=data["files"],
+        users=data["users"],
+        groups=data["groups"],
+        services=data["services"],
+        sysctl=data["sysctl"],
+        modules=tuple(data["modules"]),
+        checks=tuple(build_check(item) for item in data["checks"]),
     )
+    for image_path in overlay.files:
+        if ".." in image_path.split("/"):
+            raise overlay.error(("files", image_path), f"'{image_path}' escapes the image root", at_key=True)
+    return overlay
 
 
-def apply_overlay(rootfs: RootFS, overlay: Overlay) -> int:
-    """Add the overlay's files/ tree to the rootfs (later overlays win). Returns the count."""
-    top = overlay.path / "files"
-    provenance = f"overlay:{overlay.name}"
-    count = 0
-    if not top.is_dir():
-        return 0
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
-        dirnames.sort()
-        for name in sorted(dirnames) + sorted(filenames):
-            host = Path(dirpath) / name
-            image_path = "/" + host.relative_to(top).as_posix()
-            rootfs.add(_entry_from_host(host, image_path, overlay, provenance))
-            count += 1
-    return count
+def resolve_overlays(folders: Sequence[str | Path], available: Mapping[str, Path]) -> list[Overlay]:
+    """The overlays in application order, each after the overlays it depends on.
 
-
-def _entry_from_host(host: Path, image_path: str, overlay: Overlay, provenance: str) -> Entry:
-    st = os.lstat(host)
-    attrs = overlay.files.get(image_path, FileAttributes())
-    if stat.S_ISLNK(st.st_mode):
-        return Entry(image_path, EntryType.SYMLINK, 0o777, target=os.readlink(host),
-                     uid=attrs.uid, gid=attrs.gid, provenance=provenance)
-    if stat.S_ISDIR(st.st_mode):
-        return Entry(image_path, EntryType.DIR, attrs.mode if attrs.mode is not None else 0o755,
-                     uid=attrs.uid, gid=attrs.gid, provenance=provenance)
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"{host}: only files, folders and symlinks may live in an overlay")
-    default_mode = 0o755 if st.st_mode & 0o111 else 0o644
-    return Entry(image_path, EntryType.FILE, attrs.mode if attrs.mode is not None else default_mode,
-                 uid=attrs.uid, gid=attrs.gid, data=host.read_bytes(), provenance=provenance)
-
-
-def collect_overlays(folders: Sequence[str], overlay_dirs: Sequence[Path], board_file: Path) -> list[Overlay]:
-    """The board's overlays in application order, each after the overlays it depends on.
-
-    `folders` are the board's overlays as config resolved them (folder paths); dependencies
-    in overlay.yaml are names looked up like the board's own.
+    `folders` are the board's overlays as config resolved them; dependencies in overlay.yaml
+    are names looked up in `available` (config.find_overlays).
     """
-    from .config import find_overlays
+    from .config import _did_you_mean
 
-    available = find_overlays(overlay_dirs, board_file)
     ordered: list[Overlay] = []
     done: set[Path] = set()
 
@@ -112,16 +111,516 @@ def collect_overlays(folders: Sequence[str], overlay_dirs: Sequence[Path], board
         if folder in done:
             return
         if folder.name in chain:
-            raise ConfigError("overlay dependency cycle: " + " -> ".join(chain + (folder.name,)))
+            raise ConfigError("overlay dependency cycle: " + " -> ".join((*chain, folder.name)),
+                              file=str(folder / "overlay.yaml"), keypath="depends")
         overlay = load_overlay(folder)
-        for name in overlay.depends:
+        for i, name in enumerate(overlay.depends):
             if name not in available:
-                raise ConfigError(f"depends on unknown overlay '{name}'", file=str(folder / "overlay.yaml"),
-                                  keypath="depends")
-            visit(available[name], chain + (folder.name,))
+                raise overlay.error(("depends", i), f"depends on unknown overlay '{name}'",
+                                    _did_you_mean(name, list(available), "overlays"))
+            visit(available[name], (*chain, folder.name))
         done.add(folder)
         ordered.append(overlay)
 
     for folder in folders:
         visit(Path(folder), ())
     return ordered
+
+
+def collect_overlays(folders: Sequence[str], overlay_dirs: Sequence[Path], board_file: Path) -> list[Overlay]:
+    """The board's overlays in application order (see resolve_overlays)."""
+    from .config import find_overlays
+
+    return resolve_overlays(folders, find_overlays(overlay_dirs, board_file))
+
+
+def overlay_checks(board) -> list[Check]:
+    """The checks of a loaded board's overlays (Board.overlays is already the whole stack, in
+    order), to run after the board's own."""
+    folders = [Path(folder) for folder in board.overlays]
+    stack = resolve_overlays(folders, {folder.name: folder for folder in folders})
+    return [check for overlay in stack for check in overlay.checks]
+
+
+def check_ports(overlays: Iterable[Overlay], forward: Sequence[int]) -> None:
+    """Every port an overlay's checks reach must be forwarded by the board."""
+    from .config import check_checks
+
+    for overlay in overlays:
+        if overlay.checks:
+            check_checks(overlay.doc, forward=forward)
+
+
+# ---------------------------------------------------------------------------------------------
+# Variables and templates
+
+
+def builtin_variables(board) -> dict[str, str]:
+    """The variables every template may use, whatever the overlays declare."""
+    return {"hostname": board.hostname, "board": board.name, "arch": board.arch.value,
+            "fwgen_version": __version__}
+
+
+def variable_text(value: Any) -> str:
+    """How a YAML value reads in a template: lists one item per line, booleans lower-case."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "\n".join(str(v) for v in value)
+    return str(value)
+
+
+def resolve_variables(board, overlays: Sequence[Overlay]) -> dict[str, str]:
+    """Built-ins, then the overlays' defaults, then the board's values (later wins).
+
+    A variable declared without a default and not set by the board stays undefined: using it
+    is an error that names the template and the variable.
+    """
+    values = builtin_variables(board)
+    for overlay in overlays:
+        for name, spec in overlay.variables.items():
+            if "default" in spec:
+                values[name] = variable_text(spec["default"])
+    values.update(board.variables)
+    return values
+
+
+def declared_variables(overlays: Sequence[Overlay]) -> set[str]:
+    names = {"hostname", "board", "arch", "fwgen_version"}
+    for overlay in overlays:
+        names.update(overlay.variables)
+    return names
+
+
+def render(text: str, variables: Mapping[str, str], *, file: str, line: int = 1, column: int = 1,
+           keypath: str | None = None) -> str:
+    """Replace every `{{ name }}` in `text`; an undefined name is a ConfigError at its place.
+
+    `line` and `column` say where `text` starts in `file` (a value inside overlay.yaml).
+    """
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name in variables:
+            return variables[name]
+        before = text[:match.start()]
+        at_line = line + before.count("\n")
+        at_column = (column if "\n" not in before else 1) + len(before.rsplit("\n", 1)[-1])
+        raise ConfigError(f"undefined variable '{name}'", file=file, line=at_line, column=at_column,
+                          keypath=keypath, hint="set it under the board's variables: or give it a "
+                          "default in the overlay's variables:")
+
+    return PLACEHOLDER.sub(substitute, text)
+
+
+def _render_value(overlay: Overlay, keypath: tuple, variables: Mapping[str, str]) -> str:
+    from .config import format_keypath
+
+    value = overlay.doc.data
+    for part in keypath:
+        value = value[part]
+    line, column = overlay.doc.position(keypath)
+    # A block scalar (`|`) starts on the line after its indicator.
+    if isinstance(value, str) and "\n" in value:
+        line, column = line + 1, 1
+    return render(str(value), variables, file=overlay.meta_file, line=line, column=column,
+                  keypath=format_keypath(keypath))
+
+
+# ---------------------------------------------------------------------------------------------
+# Accounts
+
+
+@dataclass
+class Accounts:
+    """Users and groups merged from every overlay, in declaration order."""
+
+    users: dict[str, dict] = field(default_factory=dict)  # name -> merged settings
+    groups: dict[str, int] = field(default_factory=dict)  # name -> gid
+    origin: dict[str, Overlay] = field(default_factory=dict)  # user -> overlay that declared it
+
+    def uid(self, name: str) -> int:
+        return self.users[name]["uid"]
+
+    def gid(self, user: str) -> int:
+        return self.groups[self.users[user]["group"]]
+
+
+def collect_accounts(overlays: Sequence[Overlay]) -> Accounts:
+    """Merge users and groups: a later overlay may add settings to a user, never change them."""
+    accounts = Accounts()
+    for overlay in overlays:
+        for name, spec in overlay.groups.items():
+            if accounts.groups.get(name, spec["gid"]) != spec["gid"]:
+                raise overlay.error(("groups", name, "gid"), f"group '{name}' already has gid "
+                                    f"{accounts.groups[name]}")
+            accounts.groups[name] = spec["gid"]
+        for name, spec in overlay.users.items():
+            _merge_user(accounts, overlay, name, spec)
+    for name, declared in accounts.users.items():
+        home = "/root" if name == "root" else f"/home/{name}"
+        user = accounts.users[name] = {"group": name, "home": home, "shell": "/bin/false", "gecos": name} | declared
+        overlay = accounts.origin[name]
+        if user["group"] not in accounts.groups:
+            if "group" in declared:
+                raise overlay.error(("users", name, "group"), f"unknown group '{user['group']}'",
+                                    "declare it under groups:")
+            accounts.groups[user["group"]] = user["uid"]
+        for i, group in enumerate(user.get("groups", [])):
+            if group not in accounts.groups:
+                raise overlay.error(("users", name, "groups", i), f"unknown group '{group}'")
+    return accounts
+
+
+def _merge_user(accounts: Accounts, overlay: Overlay, name: str, spec: dict) -> None:
+    if name not in accounts.users:
+        if "uid" not in spec:
+            raise overlay.error(("users", name), f"user '{name}' needs a uid",
+                                "only a later overlay adding keys to an existing user may omit it")
+        accounts.users[name] = {}
+        accounts.origin[name] = overlay
+    declared = accounts.users[name]
+    for key, value in spec.items():
+        if key in declared and declared[key] != value:
+            raise overlay.error(("users", name, key), f"user '{name}' already has {key} {declared[key]!r} "
+                                f"from overlay '{accounts.origin[name].name}'")
+        declared[key] = value
+    if "authorized_keys_file" in spec:
+        declared["authorized_keys_file"] = _inside(overlay, ("users", name, "authorized_keys_file"),
+                                                   spec["authorized_keys_file"])
+    if "authorized_keys" in spec or "authorized_keys_file" in spec:
+        declared["_keys_overlay"] = overlay
+
+
+def _inside(overlay: Overlay, keypath: tuple, relative: str) -> Path:
+    """A file named in overlay.yaml, which must lie inside the overlay folder (symlinks followed)."""
+    path = (overlay.path / relative).resolve()
+    if not path.is_relative_to(overlay.path.resolve()):
+        raise overlay.error(keypath, f"'{relative}' escapes the overlay folder")
+    if not path.is_file():
+        raise overlay.error(keypath, f"'{relative}' not found", f"looked for {path}")
+    return path
+
+
+def account_files(accounts: Accounts) -> dict[str, bytes]:
+    """/etc/passwd, /etc/group and /etc/shadow. No password is ever in clear: a hash or '!'."""
+    passwd, shadow = [], []
+    for name, user in sorted(accounts.users.items(), key=lambda item: item[1]["uid"]):
+        gid = accounts.groups[user["group"]]
+        passwd.append(f"{name}:x:{user['uid']}:{gid}:{user['gecos']}:{user['home']}:{user['shell']}")
+        # '!' locks the account: no password matches it (shadow(5)); key logins still work.
+        shadow.append(f"{name}:{user.get('password_hash', '!')}:0:0:99999:7:::")
+    members: dict[str, list[str]] = {}
+    for name, user in accounts.users.items():
+        for group in user.get("groups", []):
+            members.setdefault(group, []).append(name)
+    group = [f"{name}:x:{gid}:{','.join(members.get(name, []))}"
+             for name, gid in sorted(accounts.groups.items(), key=lambda item: item[1])]
+    return {"/etc/passwd": _lines(passwd), "/etc/group": _lines(group), "/etc/shadow": _lines(shadow)}
+
+
+def _lines(lines: list[str]) -> bytes:
+    return ("\n".join(lines) + "\n").encode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning the layers
+
+
+@dataclass
+class Layers:
+    """Everything the overlays add to an image, validated: entries with their layer, the
+    packages and boot modules they ask for, and their checks."""
+
+    entries: dict[str, Entry] = field(default_factory=dict)
+    rules: list[tuple[Overlay, str, dict]] = field(default_factory=list)  # files: rules for other paths
+    packages: list[str] = field(default_factory=list)
+    modules: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    accounts: Accounts = field(default_factory=Accounts)
+
+
+def plan_layers(overlays: Sequence[Overlay], variables: Mapping[str, str]) -> Layers:
+    """Validate the whole overlay stack and compute what it adds; nothing is written."""
+    layers = Layers(accounts=collect_accounts(overlays))
+    for overlay in overlays:
+        _add_tree(layers, overlay, variables)
+        layers.packages += [p for p in overlay.packages if p not in layers.packages]
+        layers.modules += [m for m in overlay.modules if m not in layers.modules]
+        layers.checks += overlay.checks
+        if overlay.sysctl:
+            _add_generated(layers, f"/etc/sysctl.d/50-{overlay.name}.conf", _sysctl_file(overlay), overlay)
+    for path, data in account_files(layers.accounts).items():
+        _add_generated(layers, path, data, None, mode=0o600 if path == "/etc/shadow" else 0o644)
+    _add_homes(layers, variables)
+    _add_services(layers, overlays, variables)
+    return layers
+
+
+def apply_layers(rootfs: RootFS, layers: Layers) -> None:
+    """Add the planned entries (later layers already won), then the owner and mode rules
+    for paths the overlays did not supply themselves (a package's folder, a generated one)."""
+    for entry in layers.entries.values():
+        rootfs.add(entry)
+    for overlay, path, rule in layers.rules:
+        entry = rootfs.get(path)
+        if entry is None:
+            raise overlay.error(("files", path), f"'{path}' is in no layer of the image", at_key=True)
+        rootfs.add(_with_rule(entry, rule, overlay, path, layers.accounts))
+
+
+def apply_overlay(rootfs: RootFS, overlay: Overlay, variables: Mapping[str, str] | None = None) -> int:
+    """Add one overlay on its own (no layering checks). Returns the count of paths."""
+    layers = Layers(accounts=collect_accounts([overlay]))
+    _add_tree(layers, overlay, variables or {})
+    for entry in layers.entries.values():
+        rootfs.add(entry)
+    return len(layers.entries)
+
+
+def _add_tree(layers: Layers, overlay: Overlay, variables: Mapping[str, str]) -> None:
+    top = overlay.path / "files"
+    supplied = set()
+    if top.is_dir():
+        for host, image_path in _walk(top):
+            entry = _entry_from_host(host, image_path, overlay, variables)
+            rule = overlay.files.get(entry.path)
+            if rule is not None:
+                entry = _with_rule(entry, rule, overlay, entry.path, layers.accounts)
+            _place(layers, entry, overlay, host, replaces=bool(rule and rule.get("replaces")))
+            supplied.add(entry.path)
+    for path, rule in overlay.files.items():
+        if path not in supplied:
+            _with_rule(Entry(path, EntryType.FILE, 0o644), rule, overlay, path, layers.accounts)  # validate now
+            layers.rules.append((overlay, path, rule))
+
+
+def _walk(top: Path) -> Iterable[tuple[Path, str]]:
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+        dirnames.sort()
+        for name in sorted(dirnames) + sorted(filenames):
+            host = Path(dirpath) / name
+            yield host, "/" + host.relative_to(top).as_posix()
+
+
+def _entry_from_host(host: Path, image_path: str, overlay: Overlay, variables: Mapping[str, str]) -> Entry:
+    st = os.lstat(host)
+    provenance = f"overlay:{overlay.name}"
+    if stat.S_ISLNK(st.st_mode):
+        target = os.readlink(host)
+        # An absolute target is a path in the image; a relative one must stay inside the tree.
+        if not target.startswith("/") and posixpath.normpath(
+                posixpath.join(posixpath.dirname(image_path), target)).startswith(("../", "/..")):
+            raise ConfigError(f"symlink to '{target}' points outside the overlay", file=str(host))
+        return Entry(image_path, EntryType.SYMLINK, 0o777, target=target, provenance=provenance)
+    if stat.S_ISDIR(st.st_mode):
+        return Entry(image_path, EntryType.DIR, 0o755, provenance=provenance)
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError("only files, folders and symlinks may live in an overlay", file=str(host))
+    mode = 0o755 if st.st_mode & 0o111 else 0o644
+    data = host.read_bytes()
+    if image_path.endswith(TEMPLATE_SUFFIX):
+        image_path = image_path.removesuffix(TEMPLATE_SUFFIX)
+        data = render(data.decode(), variables, file=str(host)).encode()
+    return Entry(image_path, EntryType.FILE, mode, data=data, provenance=provenance)
+
+
+def _with_rule(entry: Entry, rule: dict, overlay: Overlay, path: str, accounts: Accounts) -> Entry:
+    uid, gid = entry.uid, entry.gid
+    if "owner" in rule:
+        if rule["owner"] not in accounts.users:
+            raise overlay.error(("files", path, "owner"), f"owner '{rule['owner']}' names no user",
+                                "declare it under users: in this or an earlier overlay")
+        uid, gid = accounts.uid(rule["owner"]), accounts.gid(rule["owner"])
+    if "group" in rule:
+        if rule["group"] not in accounts.groups:
+            raise overlay.error(("files", path, "group"), f"group '{rule['group']}' names no group")
+        gid = accounts.groups[rule["group"]]
+    mode = int(rule["mode"], 8) if "mode" in rule else entry.mode
+    return Entry(entry.path, entry.type, mode, uid, gid, entry.mtime, entry.data, entry.target, entry.rdev,
+                 entry.provenance)
+
+
+def _place(layers: Layers, entry: Entry, overlay: Overlay, host: Path | None, *, replaces: bool) -> None:
+    earlier = layers.entries.get(entry.path)
+    if earlier is not None and earlier.type is EntryType.DIR and entry == _like(entry, earlier):
+        return  # the same folder again: it stays with the layer that first supplied it
+    if earlier is not None and not replaces and not _same(earlier, entry):
+        where = str(host) if host else overlay.meta_file
+        raise ConfigError(
+            f"{entry.path} is also supplied by {earlier.provenance} with different content",
+            file=where, line=1 if host and entry.type is EntryType.FILE else None,
+            hint=f"declare `files: {{{entry.path}: {{replaces: true}}}}` in {overlay.meta_file} "
+                 "if this overlay means to replace it")
+    layers.entries[entry.path] = entry
+
+
+def _like(entry: Entry, earlier: Entry) -> Entry:
+    return Entry(entry.path, earlier.type, earlier.mode, earlier.uid, earlier.gid, entry.mtime, entry.data,
+                 entry.target, entry.rdev, entry.provenance)
+
+
+def _same(a: Entry, b: Entry) -> bool:
+    if a.type is EntryType.DIR and b.type is EntryType.DIR:
+        return True  # folders merge; the later one's owner and mode win
+    return (a.type, a.data, a.target, a.mode, a.uid, a.gid) == (b.type, b.data, b.target, b.mode, b.uid, b.gid)
+
+
+def _add_generated(layers: Layers, path: str, data: bytes, overlay: Overlay | None, *, mode: int = 0o644,
+                   uid: int = 0, gid: int = 0) -> None:
+    provenance = f"overlay:{overlay.name}" if overlay else "fwgen:accounts"
+    entry = Entry(path, EntryType.FILE, mode, uid, gid, data=data, provenance=provenance)
+    _place(layers, entry, overlay or _NO_OVERLAY, None, replaces=False)
+
+
+def _sysctl_file(overlay: Overlay) -> bytes:
+    lines = [f"# sysctl settings of overlay {overlay.name} (applied by /etc/init.d/rcS)"]
+    lines += [f"{key} = {variable_text(value)}" for key, value in overlay.sysctl.items()]
+    return _lines(lines)
+
+
+def _add_homes(layers: Layers, variables: Mapping[str, str]) -> None:
+    """Home folders of users with SSH keys, and their ~/.ssh/authorized_keys (0600, theirs)."""
+    accounts = layers.accounts
+    for name, user in accounts.users.items():
+        overlay = user.get("_keys_overlay")
+        if overlay is None:
+            continue
+        if "authorized_keys_file" in user:
+            keys = user["authorized_keys_file"].read_text()
+        else:
+            keys = _render_value(overlay, ("users", name, "authorized_keys"), variables)
+        uid, gid = accounts.uid(name), accounts.gid(name)
+        provenance = f"overlay:{overlay.name}"
+        home = user["home"]
+        for path, mode in ((home, 0o700), (f"{home}/.ssh", 0o700)):
+            layers.entries[path] = Entry(path, EntryType.DIR, mode, uid, gid, provenance=provenance)
+        text = "".join(line.strip() + "\n" for line in keys.splitlines() if line.strip())
+        layers.entries[f"{home}/.ssh/authorized_keys"] = Entry(
+            f"{home}/.ssh/authorized_keys", EntryType.FILE, 0o600, uid, gid, data=text.encode(),
+            provenance=provenance)
+
+
+# ---------------------------------------------------------------------------------------------
+# Services
+
+
+def _add_services(layers: Layers, overlays: Sequence[Overlay], variables: Mapping[str, str]) -> None:
+    """/etc/service/<name>/run and log/run for every service: the run script waits for the
+    services it depends on, runs `setup`, then execs the daemon as its user; the log script
+    hands the daemon's output to syslog under the service's name."""
+    owners: dict[str, Overlay] = {}
+    for overlay in overlays:
+        for name in overlay.services:
+            if name in owners:
+                raise overlay.error(("services", name), f"service '{name}' is already declared by "
+                                    f"overlay '{owners[name].name}'", at_key=True)
+            owners[name] = overlay
+    for name, overlay in owners.items():
+        spec = {"user": "root", "depends": []} | overlay.services[name]
+        for i, dependency in enumerate(spec["depends"]):
+            if dependency not in owners:
+                raise overlay.error(("services", name, "depends", i), f"unknown service '{dependency}'")
+        if spec["user"] not in layers.accounts.users:
+            raise overlay.error(("services", name, "user"), f"user '{spec['user']}' names no user",
+                                "declare it under users:")
+        command = _render_value(overlay, ("services", name, "command"), variables)
+        setup = _render_value(overlay, ("services", name, "setup"), variables) if "setup" in spec else ""
+        folder = f"{SERVICE_DIR}/{name}"
+        _add_generated(layers, f"{folder}/run", _run_script(name, overlay, spec, command, setup), overlay, mode=0o755)
+        log = f"#!/bin/sh\n# The output of service {name} goes to syslog, tagged with its name.\nexec logger -t {name}\n"
+        _add_generated(layers, f"{folder}/log/run", log.encode(), overlay, mode=0o755)
+
+
+def _run_script(name: str, overlay: Overlay, spec: dict, command: str, setup: str) -> bytes:
+    lines = ["#!/bin/sh",
+             f"# Service {name} from overlay {overlay.name}, written by fwgen; supervised by runsv",
+             "# (or fwgen-service without runit), which starts it again whenever it exits.",
+             "exec 2>&1"]
+    if spec.get("depends"):
+        lines.append(f"{SERVICE_HELPER} need {' '.join(spec['depends'])} || exit 1")
+    if setup.strip():
+        lines.append(setup.rstrip())
+    runner = "exec" if spec["user"] == "root" else f"exec {SERVICE_HELPER} as {spec['user']}"
+    lines.append(f"{runner} {command.strip()}")
+    return _lines(lines)
+
+
+class _Nobody:
+    """Stands in for an overlay when fwgen itself generates a file (accounts)."""
+
+    name = "fwgen"
+    meta_file = "overlay.yaml"
+
+
+_NO_OVERLAY: Any = _Nobody()
+
+
+# ---------------------------------------------------------------------------------------------
+# Listing and scaffolding
+
+
+def list_layer_files(layers: Layers) -> list[tuple[str, str, str, str]]:
+    """(path, type, mode, layer) of every planned path, sorted: `fwgen show --files`."""
+    return [(e.path, e.type.value, f"{e.mode:04o}", e.provenance)
+            for e in sorted(layers.entries.values(), key=lambda e: e.path)]
+
+
+SCAFFOLD = '''\
+# Overlay {name}: what it adds to a board (see docs/vendors.md and
+# fwgen/schema/overlay.schema.json for every key). Use it from a board file:
+#   overlays: [base, network, {name}]
+description: {name} service
+# Overlays applied before this one.
+depends: [base]
+# Packages from the board's feeds (with their dependencies).
+packages: []
+# Variables for templates (files ending in .tmpl) and service commands: {{{{ name }}}}.
+# Built in: hostname, board, arch, fwgen_version. Boards override under `variables:`.
+variables:
+  {var}_port:
+    default: "8080"
+    description: TCP port the {name} service listens on
+# Owners and modes a git checkout cannot carry; `replaces: true` when this overlay
+# deliberately replaces a path an earlier overlay supplies.
+files:
+  /etc/{name}.conf: {{mode: "0644"}}
+# Accounts: never a password in clear (password_hash from `mkpasswd -m sha-512`, or locked).
+users: {{}}
+groups: {{}}
+# Supervised services: a foreground command, restarted when it dies, logged to syslog.
+services:
+  {name}:
+    command: httpd -f -p {{{{ {var}_port }}}} -h /srv/{name}
+    setup: mkdir -p /srv/{name} && echo "{name} on $(hostname)" > /srv/{name}/index.html
+    user: root
+    depends: []
+# Kernel settings and modules loaded at boot.
+sysctl: {{}}
+modules: []
+# Checks `fwgen boot` runs for every board that uses this overlay.
+checks:
+  - run: cat /etc/{name}.conf
+    contains: port
+  - service: {name}
+    timeout: 15
+'''
+
+
+def scaffold_overlay(name: str, folder: Path) -> Path:
+    """Create `<folder>/<name>/` with a commented overlay.yaml and a templated file; returns
+    the new overlay's folder. Refuses to touch an existing one."""
+    if not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
+        raise ConfigError(f"'{name}' is not an overlay name",
+                          hint="lower-case letters, digits, '_' and '-', starting with a letter")
+    target = folder / name
+    if target.exists():
+        raise ConfigError(f"{target} already exists", hint="pick another name or --dir")
+    staging = folder / f".{name}.tmp-{os.getpid()}"
+    (staging / "files" / "etc").mkdir(parents=True)
+    var = name.replace("-", "_")
+    (staging / "overlay.yaml").write_text(SCAFFOLD.format(name=name, var=var))
+    (staging / "files" / "etc" / f"{name}.conf.tmpl").write_text(
+        f"# {name} settings for {{{{ hostname }}}} (board {{{{ board }}}}), rendered by fwgen\n"
+        f"port={{{{ {var}_port }}}}\n")
+    os.replace(staging, target)
+    return target

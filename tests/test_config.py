@@ -68,8 +68,8 @@ def test_shipped_aarch64_board_in_full():
     assert board.feeds == (Feed("debian", "deb", "http://deb.debian.org/debian", "bookworm", ("main",)),)
     assert board.kernel.package == "linux-image-cloud-arm64"
     assert board.kernel.modules == ("virtio_mmio", "failover", "net_failover", "virtio_net")
-    assert [Path(o).name for o in board.overlays] == ["base", "httpd"]
-    assert board.qemu.profile.machine == "virt" and board.qemu.forward == (80,)
+    assert [Path(o).name for o in board.overlays] == ["base", "network", "httpd", "ssh"]
+    assert board.qemu.profile.machine == "virt" and board.qemu.forward == (80, 22)
     assert [c.name for c in board.checks] == ["run: uname -m", "run: cat /proc/cmdline", "http: / (port 80)"]
     assert board.checks[2] == Check(kind="http", name="http: / (port 80)", path="/", port=80,
                                     contains="fwgen", status=200)
