@@ -204,17 +204,52 @@ def boards(boards_dirs, as_json):
 @board_dirs_option
 @overlay_dirs_option
 @qemu_dirs_option
+@click.option("--files", "list_files", is_flag=True,
+              help="List every path the overlays supply, with the layer that supplied it.")
 @json_option
 @handle_errors
-def show(board_name, boards_dirs, overlay_dirs, qemu_dirs, as_json):
+def show(board_name, boards_dirs, overlay_dirs, qemu_dirs, list_files, as_json):
     """Print the fully resolved board (YAML, or JSON with --json)."""
     from .config import board_to_dict
 
-    data = board_to_dict(_load_board(board_name, boards_dirs, overlay_dirs, qemu_dirs))
+    board = _load_board(board_name, boards_dirs, overlay_dirs, qemu_dirs)
+    if list_files:
+        _show_files(board, overlay_dirs, as_json)
+        return
+    data = board_to_dict(board)
     if as_json:
         _emit_json(data)
     else:
         click.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
+
+
+def _show_files(board, overlay_dirs, as_json: bool) -> None:
+    from .overlay import collect_overlays, list_layer_files, plan_layers, resolve_variables
+
+    overlays = collect_overlays(board.overlays, list(overlay_dirs), board.source)
+    rows = list_layer_files(plan_layers(overlays, resolve_variables(board, overlays)))
+    if as_json:
+        _emit_json([{"path": p, "type": t, "mode": m, "layer": layer} for p, t, m, layer in rows])
+        return
+    width = max((len(p) for p, _, _, _ in rows), default=4)
+    for path, kind, mode, layer in rows:
+        click.echo(f"{path:{width}}  {kind:7} {mode}  {layer}")
+    click.echo("(packages, BusyBox links and fwgen's own files are listed in the build's manifest.json)")
+
+
+@main.command("new-overlay")
+@click.argument("name")
+@click.option("--dir", "folder", default="overlays", show_default=True,
+              type=click.Path(path_type=Path, file_okay=False), help="Folder to create NAME/ in.")
+@handle_errors
+def new_overlay(name, folder):
+    """Create a commented overlay NAME (overlay.yaml and a files/ tree) to start from."""
+    from .overlay import scaffold_overlay
+
+    folder.mkdir(parents=True, exist_ok=True)
+    created = scaffold_overlay(name, folder)
+    click.echo(f"created overlay {name} in {created}/: edit overlay.yaml, then add '{name}' to a "
+               f"board's overlays (with --overlays-dir {folder} when it is outside the board's folder)")
 
 
 @main.command()

@@ -72,7 +72,7 @@ def load_overlay(path: Path) -> Overlay:
     """Read and validate `<path>/overlay.yaml`."""
     from .config import apply_defaults, build_check, check_checks, load_schema, read_yaml, validate
 
-    doc = read_yaml(path / "overlay.yaml")
+    doc = read_yaml(shown_path(path / "overlay.yaml"))
     validate(doc, "overlay")
     check_checks(doc, forward=ALL_PORTS)  # the board's forwards are checked by check_ports
     data = apply_defaults(doc.data, load_schema("overlay"))
@@ -94,6 +94,13 @@ def load_overlay(path: Path) -> Overlay:
         if ".." in image_path.split("/"):
             raise overlay.error(("files", image_path), f"'{image_path}' escapes the image root", at_key=True)
     return overlay
+
+
+def shown_path(path: Path) -> Path:
+    """`path` relative to the working folder when inside it: shorter error messages."""
+    from .config import _display_path
+
+    return _display_path(Path(path).absolute())
 
 
 def resolve_overlays(folders: Sequence[str | Path], available: Mapping[str, Path]) -> list[Overlay]:
@@ -408,19 +415,19 @@ def _entry_from_host(host: Path, image_path: str, overlay: Overlay, variables: M
     if stat.S_ISLNK(st.st_mode):
         target = os.readlink(host)
         # An absolute target is a path in the image; a relative one must stay inside the tree.
-        if not target.startswith("/") and posixpath.normpath(
-                posixpath.join(posixpath.dirname(image_path), target)).startswith(("../", "/..")):
-            raise ConfigError(f"symlink to '{target}' points outside the overlay", file=str(host))
+        inside = posixpath.normpath(posixpath.join(posixpath.dirname(image_path).lstrip("/"), target))
+        if not target.startswith("/") and (inside == ".." or inside.startswith("../")):
+            raise ConfigError(f"symlink to '{target}' points outside the overlay", file=str(shown_path(host)))
         return Entry(image_path, EntryType.SYMLINK, 0o777, target=target, provenance=provenance)
     if stat.S_ISDIR(st.st_mode):
         return Entry(image_path, EntryType.DIR, 0o755, provenance=provenance)
     if not stat.S_ISREG(st.st_mode):
-        raise ConfigError("only files, folders and symlinks may live in an overlay", file=str(host))
+        raise ConfigError("only files, folders and symlinks may live in an overlay", file=str(shown_path(host)))
     mode = 0o755 if st.st_mode & 0o111 else 0o644
     data = host.read_bytes()
     if image_path.endswith(TEMPLATE_SUFFIX):
         image_path = image_path.removesuffix(TEMPLATE_SUFFIX)
-        data = render(data.decode(), variables, file=str(host)).encode()
+        data = render(data.decode(), variables, file=str(shown_path(host))).encode()
     return Entry(image_path, EntryType.FILE, mode, data=data, provenance=provenance)
 
 
@@ -445,7 +452,7 @@ def _place(layers: Layers, entry: Entry, overlay: Overlay, host: Path | None, *,
     if earlier is not None and earlier.type is EntryType.DIR and entry == _like(entry, earlier):
         return  # the same folder again: it stays with the layer that first supplied it
     if earlier is not None and not replaces and not _same(earlier, entry):
-        where = str(host) if host else overlay.meta_file
+        where = str(shown_path(host)) if host else overlay.meta_file
         raise ConfigError(
             f"{entry.path} is also supplied by {earlier.provenance} with different content",
             file=where, line=1 if host and entry.type is EntryType.FILE else None,
