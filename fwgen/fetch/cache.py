@@ -4,6 +4,7 @@ Layout under the root (FWGEN_CACHE, else ~/.cache/fwgen):
     sha256/<aa>/<hash>    verified files, named by their SHA-256 (packages, indexes)
     url/<aa>/<hash>       files fetched without a known hash (InRelease), by SHA-256 of the URL
     locks/<key>.lock      one flock(2) lock per entry, so concurrent builds never interleave
+    derived/<aa>/<hash>.<kind>  files computed from a verified file (a parsed index), by its hash
 Downloads go to a temporary file in the entry's folder and are renamed into place only after
 size and hash verify, so the cache never holds a partial or a wrong file.
 """
@@ -67,6 +68,42 @@ class Cache:
     def path_for(self, sha256: str) -> Path:
         """Where the verified file with this SHA-256 lives (whether or not it is there yet)."""
         return self.root / "sha256" / sha256[:2] / sha256
+
+    @classmethod
+    def holding(cls, path: Path) -> Cache | None:
+        """The cache that keeps `path` as one of its content-addressed files, or None."""
+        path = Path(path)
+        folder = path.parent
+        if folder.parent.name == "sha256" and len(path.name) == 64 and folder.name == path.name[:2]:
+            return cls(folder.parent.parent)
+        return None
+
+    def derived_path(self, sha256: str, kind: str) -> Path:
+        """Where a file derived from the verified file `sha256` is kept (a parsed index, a
+        re-compressed archive member). `kind` names what it is and its format version, so a
+        reader that changes its format never reads an older one: "deb-index.v1.json"."""
+        return self.root / "derived" / sha256[:2] / f"{sha256}.{kind}"
+
+    @staticmethod
+    def store_derived(path: Path, data: bytes) -> None:
+        """Write a derived file atomically (a temporary file, then a rename).
+
+        A derived file is only a shortcut, so a cache that cannot take it (full, read-only)
+        costs time on the next build, not this build.
+        """
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name[:16]}.", suffix=".part", dir=path.parent)
+        except OSError:
+            return
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(tmp_name, path)
+        except OSError:
+            pass
+        finally:
+            Path(tmp_name).unlink(missing_ok=True)
 
     def fetch(
         self, url: str, *, sha256: str | None, size: int | None, progress: Progress = QUIET
