@@ -501,3 +501,21 @@ def test_kernel_reads_our_image(disk_board, tmp_path, compression, block_size):
         assert guest("stat -c '%F' /rom/stress-fifo") == "fifo"
         assert guest("cat /rom/stress-link") == "7"
         machine.poweroff()
+
+
+@needs_squashfs_tools
+def test_pack_directory_keeps_non_utf8_names_and_reports_unreadable_folders(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    raw = b"caf\xe9-latin1"  # not UTF-8: must be stored as these bytes
+    (src / os.fsdecode(raw)).write_bytes(b"latin\n")
+    os.symlink(os.fsdecode(raw), os.path.join(src, "link"))
+    image = tmp_path / "names.sqfs"
+    write_squashfs(pack_directory(src, all_root=True), image, mtime=MTIME)
+    out = tmp_path / "out"
+    run(["unsquashfs", "-d", out, image])
+    assert sorted(os.listdir(os.fsencode(out))) == [raw, b"link"]
+    assert os.readlink(os.path.join(os.fsencode(out), b"link")) == raw
+    assert read_squashfs(image).read_file("/" + os.fsdecode(raw)) == b"latin\n"
+    with pytest.raises(UserError, match=r"cannot read .*/missing: No such file or directory"):
+        pack_directory(tmp_path / "missing", all_root=True)

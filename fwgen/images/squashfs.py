@@ -78,7 +78,7 @@ class _Tree:
             if p != "/":
                 self.children[posixpath.dirname(p)].append(p)
         for names in self.children.values():
-            names.sort(key=lambda p: posixpath.basename(p).encode())
+            names.sort(key=lambda p: _encode(posixpath.basename(p)))
         self.order = self._post_order()
         self.number = {p: i + 1 for i, p in enumerate(self.order)}
         ids = sorted({e.uid for e in self.entries.values()} | {e.gid for e in self.entries.values()})
@@ -339,7 +339,7 @@ class _ImageWriter:
         elif kind is EntryType.FILE:
             record = self._file_inode(entry)
         elif kind is EntryType.SYMLINK:
-            target = entry.target.encode()
+            target = _encode(entry.target)
             record = self._header(entry, L.SYMLINK) + _SYMLINK.build(
                 {"nlink": 1, "symlink_size": len(target)}) + target
         elif kind in (EntryType.CHARDEV, EntryType.BLOCKDEV):
@@ -373,7 +373,7 @@ class _ImageWriter:
         listing_block, listing_offset = self.directories.position()
         listing_start = self.directories.uncompressed_size()
         listing, index = _build_listing(
-            [(posixpath.basename(c).encode(), self.tree.entries[c].type, self.tree.number[c], self.refs[c])
+            [(_encode(posixpath.basename(c)), self.tree.entries[c].type, self.tree.number[c], self.refs[c])
              for c in children]
         )
         self.directories.append(listing)
@@ -438,6 +438,11 @@ def _build_listing(children: list[tuple[bytes, EntryType, int, int]]) -> tuple[b
     return bytes(out), index
 
 
+def _encode(name: str) -> bytes:
+    # Host names that are not UTF-8 arrive as surrogate escapes (os.fsdecode); store their bytes.
+    return name.encode("utf-8", "surrogateescape")
+
+
 # Compiled once: construct's compiled parsers/builders are several times faster.
 _HEADER = L.INODE_HEADER.compile()
 _DIR = L.DIR_INODE.compile()
@@ -458,6 +463,13 @@ def pack_directory(src: Path, *, all_root: bool = False) -> RootFS:
     Owners, modes, mtimes and device numbers are kept (owners become 0:0 with `all_root`).
     """
     src = Path(src)
+    try:
+        return _pack(src, all_root)
+    except OSError as e:
+        raise UserError(f"cannot read {e.filename or src}: {e.strerror}") from e
+
+
+def _pack(src: Path, all_root: bool) -> RootFS:
     top = os.lstat(src)
     if not stat.S_ISDIR(top.st_mode):
         raise UserError(f"{src}: not a directory")
