@@ -104,6 +104,12 @@ class SquashfsImage:
         if isinstance(self._data, mmap.mmap):
             self._data.close()
 
+    def __enter__(self) -> SquashfsImage:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # -- superblock and tables ----------------------------------------------------------
     def _parse_superblock(self):
         if len(self._data) < L.SUPERBLOCK_SIZE:
