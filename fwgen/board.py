@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .arch import Arch
+from .dtb import Fixup
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,17 @@ class DiskSpec:
 
 
 @dataclass(frozen=True)
+class SdcardSpec:
+    """The `sdcard` output (Raspberry Pi): FAT32 boot partition, then root and data from `disk`."""
+
+    boot_size: int = 64  # MiB
+    firmware_dir: str = "/usr/lib/raspi-firmware"  # moved out of the root into the boot partition
+    firmware: tuple[str, ...] = ("bootcode.bin", "start.elf", "fixup.dat")
+    dtb: str | None = None  # file name in the kernel package
+    config: str = ""  # extra config.txt lines
+
+
+@dataclass(frozen=True)
 class QemuProfile:
     """A QEMU machine from qemu/*.yaml."""
 
@@ -66,6 +78,7 @@ class QemuProfile:
     nic: str | None = None
     args: tuple[str, ...] = ()
     source: Path | None = None
+    dtb_fixups: tuple[Fixup, ...] = ()  # applied to a copy of the board's DTB, for emulation only
 
 
 @dataclass(frozen=True)
@@ -121,5 +134,6 @@ class Board:
     variables: dict[str, str] = field(default_factory=dict)  # the board's overrides, as text
     outputs: tuple[str, ...] = ("initramfs",)
     disk: DiskSpec = field(default_factory=DiskSpec)
+    sdcard: SdcardSpec = field(default_factory=SdcardSpec)
     qemu: QemuSpec | None = None
     checks: tuple[Check, ...] = ()

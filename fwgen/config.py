@@ -30,7 +30,18 @@ import yaml
 import fwgen
 
 from .arch import Arch
-from .board import Board, BusyboxSpec, Check, DiskSpec, Feed, KernelSpec, QemuProfile, QemuSpec
+from .board import (
+    Board,
+    BusyboxSpec,
+    Check,
+    DiskSpec,
+    Feed,
+    KernelSpec,
+    QemuProfile,
+    QemuSpec,
+    SdcardSpec,
+)
+from .dtb import Fixup
 from .errors import ConfigError, UserError
 from .overlay import variable_text
 
@@ -452,6 +463,11 @@ def read_qemu_profile(path: Path) -> QemuProfile:
         nic=data["nic"],
         args=tuple(data["args"]),
         source=path,
+        dtb_fixups=tuple(
+            Fixup(f["node"], set=tuple((k, tuple(v)) for k, v in f.get("set", {}).items()),
+                  delete=tuple(f.get("delete", ())))
+            for f in data["dtb_fixups"]
+        ),
     )
 
 
@@ -498,6 +514,7 @@ def load_board(
         variables={k: variable_text(v) for k, v in data["variables"].items()},
         outputs=tuple(data["outputs"]),
         disk=DiskSpec(**data["disk"]),
+        sdcard=SdcardSpec(**dict(data["sdcard"], firmware=tuple(data["sdcard"]["firmware"]))),
         qemu=qemu,
         checks=tuple(build_check(item) for item in data["checks"]),
     )
