@@ -312,5 +312,43 @@ def verify(path, keys_dirs, as_json):
         sys.exit(2)
 
 
+@main.command()
+@click.argument("src", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--comp", type=click.Choice(["gzip", "xz", "zstd"]), default="gzip", show_default=True)
+@click.option("--block-size", type=int, default=131072, show_default=True)
+@click.option("--all-root", is_flag=True, help="Make every entry owned by root (as mksquashfs -all-root).")
+@handle_errors
+def squashfs(src, out, comp, block_size, all_root):
+    """Pack a host folder into a squashfs image (never following its symlinks)."""
+    from .images.squashfs import pack_directory, write_squashfs
+
+    rootfs = pack_directory(src, all_root=all_root)
+    write_squashfs(rootfs, out, compression=comp, block_size=block_size, mtime=_epoch() or 0)
+    click.echo(f"{out}: {len(rootfs)} entries, {out.stat().st_size:,} bytes")
+
+
+@main.command()
+@click.argument("image", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--extract", "extract_path", help="Write this file of the image to stdout.")
+@json_option
+@handle_errors
+def inspect(image, extract_path, as_json):
+    """List a squashfs image or an initramfs (modes, owners, sizes, link targets)."""
+    from .images.inspect import list_image, read_image_file
+
+    if extract_path:
+        sys.stdout.buffer.write(read_image_file(image, extract_path))
+        return
+    kind, rows = list_image(image)
+    if as_json:
+        _emit_json({"image": str(image), "kind": kind, "entries": rows})
+        return
+    for r in rows:
+        owner = f"{r['uid']}/{r['gid']}"
+        target = f" -> {r['target']}" if r["target"] else ""
+        click.echo(f"{r['mode']} {owner:>11} {r['size']:>10} {r['path']}{target}")
+
+
 if __name__ == "__main__":
     main()
