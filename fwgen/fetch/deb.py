@@ -368,13 +368,19 @@ def _gc_paused() -> Iterator[None]:
     # Building an index allocates a million small objects that form no cycles; the cyclic
     # collector, triggered by the allocations, rescans the growing index again and again and
     # costs more than the work itself (1.0 of 2.3 s parsing Debian main, 1.0 of 1.4 s reading
-    # the parsed index back). Nothing in between needs collecting.
+    # the parsed index back). Nothing made in between needs collecting. The index then lives
+    # as long as the process (memoized), so it is frozen out of the collector's sight: each
+    # later collection would rescan it, which costs ~1 s over a build (PackageIndex alone is
+    # made three times). The collection before it keeps older garbage from being frozen too.
     enabled = gc.isenabled()
+    if enabled:
+        gc.collect()
     gc.disable()
     try:
         yield
     finally:
         if enabled:
+            gc.freeze()
             gc.enable()
 
 
