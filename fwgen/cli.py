@@ -153,15 +153,18 @@ def build(board_name, boards_dirs, overlay_dirs, qemu_dirs, out_root, compressio
 @out_option
 @click.option("--timeout-factor", type=float, default=None,
               help="Multiply every boot and check timeout (slow machines); default FWGEN_TIMEOUT_FACTOR or 1.")
+@click.option("--fresh-disk", is_flag=True,
+              help="Start from a fresh copy of the built disk image (forget what earlier boots wrote).")
 @json_option
 @handle_errors
-def boot(board_name, boards_dirs, overlay_dirs, qemu_dirs, out_root, timeout_factor, as_json):
+def boot(board_name, boards_dirs, overlay_dirs, qemu_dirs, out_root, timeout_factor, fresh_disk, as_json):
     """Boot a built board under QEMU and run its checks."""
     from .boot import boot as boot_board
 
     board = _load_board(board_name, boards_dirs, overlay_dirs, qemu_dirs)
     factor = timeout_factor or float(os.environ.get("FWGEN_TIMEOUT_FACTOR", "1"))
-    result = boot_board(board, out_root / board.name, timeout_factor=factor, progress=_progress(as_json))
+    result = boot_board(board, out_root / board.name, timeout_factor=factor, fresh_disk=fresh_disk,
+                        progress=_progress(as_json))
     if as_json:
         _emit_json({
             "board": board.name, "passed": result.passed, "ready_seconds": round(result.ready_seconds, 2),

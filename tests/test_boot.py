@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import json
+import time
+import urllib.error
 import urllib.request
 
 import pytest
 from buildutil import REPO, run_fwgen
-from fwgen.qemu import Machine
 
 from fwgen.boot import READY_MARKER, boot_spec_for
 from fwgen.config import load_board
+from fwgen.qemu import Machine
 
 pytestmark = [pytest.mark.network, pytest.mark.qemu, pytest.mark.slow]
+
+
+def fetch_page(url: str, attempts: int = 20) -> tuple[int, str]:
+    """GET with retries: httpd is a supervised service that may start just after the ready line."""
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(url, timeout=20) as response:
+                return response.status, response.read().decode()
+        except (ConnectionError, urllib.error.URLError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +48,8 @@ def test_guest_reports_ready_runs_commands_and_serves_http(out_root):
         assert (status, output.strip()) == (0, "aarch64")
         status, _ = machine.run("test -e /nonexistent")
         assert status == 1
-        with urllib.request.urlopen(f"http://127.0.0.1:{machine.host_port(80)}/", timeout=20) as response:
-            body = response.read().decode()
-        assert response.status == 200
+        status, body = fetch_page(f"http://127.0.0.1:{machine.host_port(80)}/")
+        assert status == 200
         assert "fwgen-aarch64" in body and "board: qemu-aarch64" in body
         machine.poweroff()
     log = (out_root / "machine" / "console.log").read_text(errors="replace")
