@@ -11,7 +11,9 @@ from pathlib import Path
 
 from .board import Board
 from .checks import CheckResult, run_checks
+from .dtb import DeviceTree, apply_fixups
 from .errors import BootError, UserError
+from .images.sdcard import read_boot_files
 from .overlay import overlay_checks
 from .progress import QUIET, Progress
 from .qemu import BootSpec, Machine
@@ -21,6 +23,9 @@ READY_MARKER = "fwgen: ready"
 # image stays as the manifest describes it, and a rebuild (which replaces the output folder)
 # starts from a fresh copy.
 BOOT_DISK = "boot/disk.img"
+BOOT_SDCARD = "boot/sdcard.img"
+# What the Raspberry Pi firmware would have loaded, read out of the SD card's FAT partition.
+FROM_SDCARD = "boot/from-sdcard"
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,8 @@ def boot_spec_for(board: Board, outdir: Path, *, fresh_disk: bool = False) -> Bo
         raise UserError(f"{board.source}: board has no qemu section, it cannot be booted under QEMU")
     manifest = json.loads(manifest_path.read_text())
     outputs = manifest["outputs"]
+    if "sdcard" in outputs:
+        return sdcard_boot_spec(board, outdir, outdir / outputs["sdcard"]["file"], fresh=fresh_disk)
     initrd = outdir / outputs["initramfs"]["file"] if "initramfs" in outputs else None
     drives: tuple[Path, ...] = ()
     if "disk" in outputs:
@@ -63,6 +70,43 @@ def boot_spec_for(board: Board, outdir: Path, *, fresh_disk: bool = False) -> Bo
         drives=drives,
         persistent=True,
     )
+
+
+def sdcard_boot_spec(board: Board, outdir: Path, built: Path, *, fresh: bool = False) -> BootSpec:
+    """Boot an SD-card board as its firmware would: kernel, initramfs, DTB and command line
+    come out of the card's FAT partition (config.txt says which files), not from the build
+    folder. The profile's DTB fix-ups change a copy, for emulation only."""
+    assert board.qemu is not None
+    card = prepare_boot_disk(built, outdir / BOOT_SDCARD, fresh=fresh)
+    files = read_boot_files(card)
+    folder = outdir / FROM_SDCARD
+    folder.mkdir(parents=True, exist_ok=True)
+    kernel = _write_file(folder / "kernel.img", files.kernel)
+    initrd = _write_file(folder / "initramfs", files.initramfs) if files.initramfs else None
+    dtb = None
+    if files.dtb is not None:
+        tree = DeviceTree.parse(files.dtb, where=f"{card}: {files.dtb_name}")
+        apply_fixups(tree, board.qemu.profile.dtb_fixups)
+        dtb = _write_file(folder / (files.dtb_name or "board.dtb"), tree.to_bytes())
+    return BootSpec(
+        profile=board.qemu.profile,
+        kernel=kernel,
+        initrd=initrd,
+        dtb=dtb,
+        append=files.cmdline,
+        memory=board.qemu.memory,
+        forward=board.qemu.forward,
+        sd_card=card,
+        persistent=True,
+    )
+
+
+def _write_file(path: Path, data: bytes) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return path
 
 
 def prepare_boot_disk(built: Path, disk: Path, *, fresh: bool = False) -> Path:

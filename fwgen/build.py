@@ -28,16 +28,18 @@ from .fetch import FetchedPackage, fetch_packages, install_package, read_package
 from .fetch.cache import Cache
 from .images.cpio import write_initramfs
 from .images.disk import Partition, write_disk_image
+from .images.sdcard import INITRAMFS_NAME, KERNEL_NAME, check_boot_size, config_txt, write_sdcard
 from .images.squashfs import write_squashfs
 from .kernel import MODULE_LIST, Kernel, Module, install_modules, load_kernel, resolve_modules
 from .overlay import Layers, Overlay, apply_layers, collect_overlays, plan_layers, resolve_variables
 from .progress import QUIET, Progress
-from .rootfs import EntryType, RootFS
+from .rootfs import Entry, EntryType, RootFS
 
 KERNEL_FILE = "kernel"
 INITRAMFS_FILE = "initramfs.cpio.gz"
 SQUASHFS_FILE = "rootfs.squashfs"
 DISK_FILE = "disk.img"
+SDCARD_FILE = "sdcard.img"
 MANIFEST_FILE = "manifest.json"
 # Read by /init (a shell script sources it) and by /sbin/factory-reset.
 BOOT_CONF = "/etc/fwgen/boot.conf"
@@ -64,6 +66,7 @@ class BuildContext:
     packages: list[FetchedPackage] = field(default_factory=list)
     kernel_package: FetchedPackage | None = None
     kernel: Kernel | None = None
+    kernel_entries: list[Entry] = field(default_factory=list)  # the kernel's files (DTBs)
     modules: list[Module] = field(default_factory=list)
     overlays: list[Overlay] = field(default_factory=list)
     layers: Layers = field(default_factory=Layers)
@@ -153,6 +156,7 @@ def fetch_kernel(ctx: BuildContext) -> None:
         entries = list(read_package_entries(fetched.path))
         if any(e.path.startswith("/boot/vmlinu") for e in entries):
             ctx.kernel_package = fetched
+            ctx.kernel_entries = entries
             ctx.kernel = load_kernel(entries, source=f"deb:{fetched.package.name}")
             ctx.progress.info(f"kernel {ctx.kernel.release} from {fetched.package.name} {fetched.package.version}")
             return
@@ -204,7 +208,7 @@ def write_generated_files(ctx: BuildContext) -> None:
         f"FWGEN_ARCH={board.arch.value}\nBUILD_ID={ctx.epoch}\n"
     )
     rootfs.add_file("/etc/os-release", os_release.encode(), **generated)
-    if "disk" in board.outputs:
+    if _has_disk_root(board):
         write_boot_config(ctx)
 
 
@@ -214,10 +218,12 @@ def write_boot_config(ctx: BuildContext) -> None:
     disk, generated = ctx.board.disk, {"provenance": "fwgen"}
     for directory in ("/rom", "/overlay"):
         ctx.rootfs.add_dir(directory, 0o755, **generated)
-    data = disk.partition(2) if disk.data_size else ""
+    # An SD card's first partition is the FAT boot partition: root and data come after it.
+    first = 2 if "sdcard" in ctx.board.outputs else 1
+    data = disk.partition(first + 1) if disk.data_size else ""
     conf = (
         f"# How /init mounts the root of board {ctx.board.name}: written by fwgen.\n"
-        f"ROOT={disk.partition(1)}\nROOT_TYPE=squashfs\n"
+        f"ROOT={disk.partition(first)}\nROOT_TYPE=squashfs\n"
         f"DATA={data}\nDATA_TYPE={DATA_FS_TYPE}\nRESET_MARKER={RESET_MARKER}\n"
     )
     ctx.rootfs.add_file(BOOT_CONF, conf.encode(), 0o644, **generated)
@@ -236,9 +242,14 @@ def select_kernel_modules(ctx: BuildContext) -> None:
 def _root_modules(board: Board) -> list[str]:
     """Filesystems /init needs for a disk root (built-in ones are skipped by the resolver).
     The disk controller's driver is the board's to name: it differs per machine."""
-    if "disk" not in board.outputs:
+    if not _has_disk_root(board):
         return []
     return ["squashfs", "overlay"] + ([DATA_FS_TYPE] if board.disk.data_size else [])
+
+
+def _has_disk_root(board: Board) -> bool:
+    """The root is a squashfs partition on a disk (or an SD card), not the initramfs."""
+    return "disk" in board.outputs or "sdcard" in board.outputs
 
 
 def write_images(ctx: BuildContext) -> None:
@@ -247,7 +258,9 @@ def write_images(ctx: BuildContext) -> None:
     kernel_path = ctx.staging / KERNEL_FILE
     kernel_path.write_bytes(ctx.kernel.image)
     ctx.outputs["kernel"] = kernel_path
-    if "disk" in ctx.board.outputs:
+    if "sdcard" in ctx.board.outputs:
+        write_sdcard_image(ctx)
+    elif "disk" in ctx.board.outputs:
         write_disk(ctx)
         write_boot_initramfs(ctx)
     elif "initramfs" in ctx.board.outputs:
@@ -275,6 +288,59 @@ def write_disk(ctx: BuildContext) -> None:
     else:
         squashfs.unlink()
     ctx.progress.info(f"disk {path.stat().st_size // MIB} MiB: root {root_size // MIB} MiB, data {disk.data_size} MiB")
+
+
+def write_sdcard_image(ctx: BuildContext) -> None:
+    """The Raspberry Pi SD card: the boot firmware moves out of the root filesystem into the
+    FAT boot partition, with config.txt, cmdline.txt, kernel, DTB and boot initramfs; then
+    the squashfs root and the data partition."""
+    assert ctx.staging is not None and ctx.kernel is not None
+    board, spec = ctx.board, ctx.board.sdcard
+    boot_files = _take_firmware(ctx)
+    squashfs = ctx.staging / SQUASHFS_FILE
+    write_squashfs(ctx.rootfs, squashfs, compression=ctx.compression, mtime=ctx.epoch, progress=ctx.progress)
+    write_boot_initramfs(ctx)
+    boot_files[KERNEL_NAME] = ctx.kernel.image
+    boot_files[INITRAMFS_NAME] = ctx.outputs["initramfs"].read_bytes()
+    if spec.dtb:
+        boot_files[spec.dtb] = _read_dtb(ctx, spec.dtb)
+    boot_files["config.txt"] = config_txt(board.name, dtb=spec.dtb, extra=spec.config).encode()
+    boot_files["cmdline.txt"] = f"{board.kernel.cmdline} rdinit=/init".strip().encode() + b"\n"
+    check_boot_size(spec.boot_size, boot_files)
+    path = ctx.staging / SDCARD_FILE
+    size = write_sdcard(path, boot_files=boot_files, root=squashfs, boot_size=spec.boot_size * MIB,
+                        data_size=board.disk.data_size * MIB, mtime=ctx.epoch, progress=ctx.progress)
+    ctx.outputs["sdcard"] = path
+    if "squashfs" in board.outputs:
+        ctx.outputs["squashfs"] = squashfs
+    else:
+        squashfs.unlink()
+    ctx.progress.info(f"sdcard {size // MIB} MiB: boot {spec.boot_size} MiB ({len(boot_files)} files), "
+                      f"root {squashfs.name if squashfs.exists() else 'squashfs'}")
+
+
+def _take_firmware(ctx: BuildContext) -> dict[str, bytes]:
+    spec = ctx.board.sdcard
+    files = {}
+    for name in spec.firmware:
+        entry = ctx.rootfs.resolve(f"{spec.firmware_dir}/{name}")
+        if entry is None or entry.type is not EntryType.FILE:
+            raise UserError(f"{ctx.board.source}: sdcard firmware {spec.firmware_dir}/{name} is in no package",
+                            "add the firmware package (raspi-firmware) to packages and nodeps")
+        files[name] = entry.data
+    ctx.rootfs.remove(spec.firmware_dir)
+    return files
+
+
+def _read_dtb(ctx: BuildContext, name: str) -> bytes:
+    """The DTB from the kernel package: /usr/lib/linux-image-<release>/ (Debian) or /boot/dtbs/."""
+    assert ctx.kernel is not None
+    places = (f"/usr/lib/linux-image-{ctx.kernel.release}/", "/boot/dtbs/", "/boot/")
+    for entry in ctx.kernel_entries:
+        if entry.type is EntryType.FILE and entry.path.startswith(places) and entry.path.endswith("/" + name):
+            return entry.data
+    raise UserError(f"{ctx.board.source}: sdcard.dtb {name} is not in the kernel package",
+                    f"looked in {', '.join(places)}")
 
 
 def write_boot_initramfs(ctx: BuildContext) -> None:

@@ -110,7 +110,7 @@ def _drive_args(spec: BootSpec) -> list[str]:
         args += ["-drive", f"file={_drive_path(drive)},if=none,id=d{index},format=raw{snapshot}",
                  "-device", f"{spec.profile.disk},drive=d{index}"]
     if spec.sd_card:
-        args += ["-drive", f"file={_drive_path(spec.sd_card)},if=sd,format=raw,snapshot=on"]
+        args += ["-drive", f"file={_drive_path(spec.sd_card)},if=sd,format=raw{snapshot}"]
     return args
 
 
