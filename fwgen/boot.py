@@ -150,8 +150,9 @@ def boot(
     progress.step(f"booting {board.name} in {spec.profile.binary}")
     started = time.monotonic()
     with Machine(spec, workdir, timeout_factor=timeout_factor, progress=progress) as machine:
-        machine.start()
         assert board.qemu is not None
+        machine.ready_marker, machine.ready_timeout = READY_MARKER, board.qemu.timeout
+        machine.start()
         machine.wait_for(READY_MARKER, timeout=board.qemu.timeout)
         ready = time.monotonic() - started
         progress.info(f"ready after {ready:.1f} s")

@@ -240,6 +240,10 @@ class Machine:
         self._tokens = 0
         self._shell_ready = False
         self._send_lock = threading.Lock()
+        self._launches = 0
+        # What a reboot waits for before the machine counts as up again (set by the caller).
+        self.ready_marker: str | None = None
+        self.ready_timeout = 120.0
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -266,7 +270,9 @@ class Machine:
         log.debug("+ %s", shlex.join(self.argv))
         (self.workdir / "qemu.argv").write_text(shlex.join(self.argv) + "\n")
         self._text, self._cursor, self._eof, self._shell_ready = "", 0, False, False
-        self._log = open(self.console_log, "wb")
+        # A reboot starts QEMU again: its console goes on in the same log.
+        self._log = open(self.console_log, "ab" if self._launches else "wb")
+        self._launches += 1
         with open(self.stderr_log, "wb") as stderr:
             try:
                 self._proc = subprocess.Popen(
@@ -527,6 +533,15 @@ class Machine:
         if code != 0:
             raise self._error(f"QEMU exited with code {code} after 'poweroff -f'" + (
                 f": {self._stderr_tail()}" if self._stderr_tail() else ""))
+
+    def reboot(self) -> float:
+        """A cold reboot: power off, start QEMU again on the same drives, wait for the ready
+        marker. Returns the seconds to ready. Drives must be persistent for writes to survive."""
+        if self.ready_marker is None:
+            raise BootError(f"{self.spec.profile.name}: reboot needs the machine's ready marker")
+        self.poweroff()
+        self.start()
+        return self.wait_for(self.ready_marker, self.ready_timeout)
 
 
 # -- no QEMU outlives fwgen ----------------------------------------------------------------
