@@ -47,7 +47,7 @@ def test_neon_code_is_rejected_on_the_armv6_board(tmp_path, cache_dir):
 def test_machine_and_endianness_mismatches_are_named(tmp_path, cache_dir):
     mips = compile_object(tmp_path, cache_dir, Arch.MIPS)
     info = audit_paths([mips], Arch.MIPS).files[0]
-    assert (info.machine, info.endian, info.cpu_arch, info.mips_abi) == ("mips", "big", "mips32", "o32")
+    assert (info.machine, info.endian, info.cpu_arch, info.mips_abi) == ("mips", "big", "mips32r2", "o32")
     assert audit_paths([mips], Arch.MIPS).errors == []
     assert audit_paths([mips], Arch.MIPSEL).errors == [f"{mips}: big-endian, but the board is little-endian"]
     assert audit_paths([mips], Arch.AARCH64).errors == [f"{mips}: machine mips, but the board is aarch64 (aarch64)"]
