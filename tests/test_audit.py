@@ -60,10 +60,11 @@ def test_a_library_with_another_float_abi_is_an_error(tmp_path, cache_dir):
     (tmp_path / "lib.c").write_text("double foo(double x) { return x * 2; }\n")
     (tmp_path / "use.c").write_text("double foo(double); double bar(double x) { return foo(x) + 1; }\n")
     cpu = "-mcpu=arm1176jzf_s"
-    run([zig, "cc", "-target", "arm-linux-musleabihf", cpu, "-shared", "-nostdlib", "-Wl,-soname,libfoo.so",
-         "lib.c", "-o", "libfoo.so"], cwd=tmp_path, env=env)
-    run([zig, "cc", "-target", "arm-linux-musleabi", cpu, "-shared", "-nostdlib", "-Wl,-soname,libuse.so",
-         "use.c", "-L.", "-lfoo", "-o", "libuse.so"], cwd=tmp_path, env=env)
+    # Compile, then link with zig's bare LLD: `zig cc -shared` would build compiler_rt first.
+    run([zig, "cc", "-target", "arm-linux-musleabihf", cpu, "-c", "lib.c", "-o", "lib.o"], cwd=tmp_path, env=env)
+    run([zig, "ld.lld", "-shared", "-soname", "libfoo.so", "lib.o", "-o", "libfoo.so"], cwd=tmp_path, env=env)
+    run([zig, "cc", "-target", "arm-linux-musleabi", cpu, "-c", "use.c", "-o", "use.o"], cwd=tmp_path, env=env)
+    run([zig, "ld.lld", "-shared", "-soname", "libuse.so", "use.o", "libfoo.so", "-o", "libuse.so"], cwd=tmp_path, env=env)
     rootfs = RootFS()
     for name in ("libfoo.so", "libuse.so"):
         rootfs.add_file(f"/usr/lib/{name}", (tmp_path / name).read_bytes())
