@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
+from .audit import audit_rootfs
 from .board import Board
-from .busybox import install_busybox
+from .busybox import DEFAULT_SOURCE, BusyboxSource, build_busybox, install_busybox
 from .config import board_digest
 from .errors import UserError
 from .fetch import FetchedPackage, fetch_packages, install_package, read_package_entries
@@ -53,6 +54,13 @@ BOOT_INITRAMFS_PATHS = ("/init", "/bin/busybox", MODULE_LIST, BOOT_CONF, "/dev/c
 MIB = 1 << 20
 
 
+@dataclass(frozen=True)
+class BuiltBusybox:
+    version: str
+    binary: bytes
+    cache_key: str  # what identifies the build: source, patches, config, target, toolchain
+
+
 @dataclass
 class BuildContext:
     board: Board
@@ -67,9 +75,11 @@ class BuildContext:
     kernel_package: FetchedPackage | None = None
     kernel: Kernel | None = None
     kernel_entries: list[Entry] = field(default_factory=list)  # the kernel's files (DTBs)
+    boot_firmware: dict[str, bytes] = field(default_factory=dict)  # for the SD card's boot partition
     modules: list[Module] = field(default_factory=list)
     overlays: list[Overlay] = field(default_factory=list)
     layers: Layers = field(default_factory=Layers)
+    busybox: BuiltBusybox | None = None
     staging: Path | None = None
     outputs: dict[str, Path] = field(default_factory=dict)
 
@@ -116,7 +126,10 @@ def build(
     try:
         fetch_board_packages(ctx)
         fetch_kernel(ctx)
+        build_board_busybox(ctx)
         assemble_rootfs(ctx)
+        take_boot_firmware(ctx)
+        audit_elf_files(ctx)
         select_kernel_modules(ctx)
         write_images(ctx)
         manifest = write_manifest(ctx)
@@ -172,6 +185,24 @@ def _kernel_dependency(fetched: FetchedPackage) -> str:
     raise UserError(f"{fetched.package.name} holds no kernel image and depends on no linux-image package")
 
 
+def build_board_busybox(ctx: BuildContext) -> None:
+    """Build the board's static musl BusyBox (or find it in the cache), unless the board
+    takes BusyBox from a package."""
+    spec = ctx.board.busybox
+    if spec.package is not None:
+        return
+    source = DEFAULT_SOURCE
+    if spec.version is not None:
+        assert spec.sha256 is not None  # the schema requires them together
+        source = BusyboxSource(spec.version, spec.sha256, spec.urls or tuple(
+            url.replace(DEFAULT_SOURCE.version, spec.version) for url in DEFAULT_SOURCE.urls))
+    elif spec.urls:
+        source = BusyboxSource(DEFAULT_SOURCE.version, DEFAULT_SOURCE.sha256, spec.urls)
+    path = build_busybox(ctx.board.arch, source=source, fragments=spec.config,
+                         cache_root=ctx.cache.root, progress=ctx.progress)
+    ctx.busybox = BuiltBusybox(source.version, path.read_bytes(), path.parent.name)
+
+
 def assemble_rootfs(ctx: BuildContext) -> None:
     """Packages first, then BusyBox's applet links, overlays in order, generated files last."""
     rootfs = ctx.rootfs
@@ -181,10 +212,14 @@ def assemble_rootfs(ctx: BuildContext) -> None:
     if ctx.source_date_epoch is None:
         # A deterministic default for SOURCE_DATE_EPOCH: the newest file the packages bring.
         ctx.source_date_epoch = max((e.mtime or 0 for e in rootfs), default=0)
-    busybox = rootfs.get("/bin/busybox")
-    if busybox is None or busybox.type is not EntryType.FILE:
-        raise UserError("no /bin/busybox in the image: the board's busybox package did not provide it")
-    install_busybox(rootfs, busybox.data, ctx.board.arch, provenance=busybox.provenance)
+    if ctx.busybox is not None:
+        install_busybox(rootfs, ctx.busybox.binary, ctx.board.arch,
+                        provenance=f"busybox:{ctx.busybox.version}-musl")
+    else:
+        busybox = rootfs.get("/bin/busybox")
+        if busybox is None or busybox.type is not EntryType.FILE:
+            raise UserError(f"no /bin/busybox in the image: package {ctx.board.busybox.package} did not provide it")
+        install_busybox(rootfs, busybox.data, ctx.board.arch, provenance=busybox.provenance)
     apply_layers(rootfs, ctx.layers)
     ctx.progress.info(f"overlays {', '.join(o.name for o in ctx.overlays)}: {len(ctx.layers.entries)} path(s)")
     write_generated_files(ctx)
@@ -227,6 +262,16 @@ def write_boot_config(ctx: BuildContext) -> None:
         f"DATA={data}\nDATA_TYPE={DATA_FS_TYPE}\nRESET_MARKER={RESET_MARKER}\n"
     )
     ctx.rootfs.add_file(BOOT_CONF, conf.encode(), 0o644, **generated)
+
+
+def audit_elf_files(ctx: BuildContext) -> None:
+    """Every ELF file must fit the board (machine, endianness, float ABI, CPU architecture)
+    and find its libraries inside the image."""
+    report = audit_rootfs(ctx.rootfs, ctx.board.arch)
+    ctx.progress.step(f"audited {len(report.files)} ELF file(s) for {ctx.board.arch.value}")
+    if report.errors:
+        more = f" (and {len(report.errors) - 1} more: fwgen audit lists them)" if len(report.errors) > 1 else ""
+        raise UserError(f"ELF audit failed: {report.errors[0]}{more}")
 
 
 def select_kernel_modules(ctx: BuildContext) -> None:
@@ -296,7 +341,7 @@ def write_sdcard_image(ctx: BuildContext) -> None:
     the squashfs root and the data partition."""
     assert ctx.staging is not None and ctx.kernel is not None
     board, spec = ctx.board, ctx.board.sdcard
-    boot_files = _take_firmware(ctx)
+    boot_files = dict(ctx.boot_firmware)
     squashfs = ctx.staging / SQUASHFS_FILE
     write_squashfs(ctx.rootfs, squashfs, compression=ctx.compression, mtime=ctx.epoch, progress=ctx.progress)
     write_boot_initramfs(ctx)
@@ -319,7 +364,11 @@ def write_sdcard_image(ctx: BuildContext) -> None:
                       f"root {squashfs.name if squashfs.exists() else 'squashfs'}")
 
 
-def _take_firmware(ctx: BuildContext) -> dict[str, bytes]:
+def take_boot_firmware(ctx: BuildContext) -> None:
+    """An SD-card board's boot firmware (VideoCore code, not the board's CPU's) moves out of
+    the root filesystem, before the ELF audit, into the files of the FAT boot partition."""
+    if "sdcard" not in ctx.board.outputs:
+        return
     spec = ctx.board.sdcard
     files = {}
     for name in spec.firmware:
@@ -329,7 +378,8 @@ def _take_firmware(ctx: BuildContext) -> dict[str, bytes]:
                             "add the firmware package (raspi-firmware) to packages and nodeps")
         files[name] = entry.data
     ctx.rootfs.remove(spec.firmware_dir)
-    return files
+    ctx.boot_firmware = files
+    ctx.progress.info(f"boot firmware: {', '.join(files)} from {spec.firmware_dir}")
 
 
 def _read_dtb(ctx: BuildContext, name: str) -> bytes:
@@ -387,6 +437,7 @@ def write_manifest(ctx: BuildContext) -> dict:
             "kernel": dict(_package_record(ctx.kernel_package), release=ctx.kernel.release,
                            image=ctx.kernel.image_path),
             "kernel_modules": [m.name for m in ctx.modules],
+            "busybox": _busybox_record(ctx),
             "overlays": [{"name": o.name, "path": str(o.path)} for o in ctx.overlays],
             "excluded": list(board.exclude),
             "nodeps": list(board.nodeps),
@@ -413,6 +464,13 @@ def publish_outputs(ctx: BuildContext) -> None:
     os.replace(ctx.staging, ctx.outdir)
     if previous is not None:
         shutil.rmtree(previous, ignore_errors=True)
+
+
+def _busybox_record(ctx: BuildContext) -> dict:
+    if ctx.busybox is None:
+        return {"package": ctx.board.busybox.package}
+    return {"version": ctx.busybox.version, "libc": "musl", "build": ctx.busybox.cache_key,
+            "sha256": hashlib.sha256(ctx.busybox.binary).hexdigest(), "size": len(ctx.busybox.binary)}
 
 
 def _package_record(fetched: FetchedPackage) -> dict:
