@@ -35,7 +35,14 @@ class KernelSpec:
 
 @dataclass(frozen=True)
 class BusyboxSpec:
-    package: str | None = "busybox-static"  # stand-in package until fwgen builds BusyBox
+    """fwgen builds a static musl BusyBox from pinned source unless `package` names one to take
+    from the feeds instead (Debian's glibc-static `busybox-static`, say)."""
+
+    package: str | None = None
+    version: str | None = None  # None: fwgen's pinned default release
+    sha256: str | None = None  # of the source tarball; required with `version`
+    urls: tuple[str, ...] = ()  # mirrors tried in order; empty: the default release's mirrors
+    config: tuple[Path, ...] = ()  # Kconfig fragments applied after defconfig, in order
 
 
 @dataclass(frozen=True)

@@ -506,7 +506,7 @@ def load_board(
         hostname=data["hostname"],
         feeds=tuple(_build_feed(doc, i, feed, path) for i, feed in enumerate(data["feeds"])),
         kernel=_build_kernel(doc, data["kernel"], path),
-        busybox=BusyboxSpec(package=data["busybox"]["package"]),
+        busybox=_build_busybox(doc, data["busybox"], path),
         packages=tuple(data["packages"]),
         exclude=tuple(data["exclude"]),
         nodeps=tuple(data["nodeps"]),
@@ -543,6 +543,18 @@ def _build_feed(doc: Document, index: int, feed: dict, board: Path) -> Feed:
     )
     return Feed(name=feed["name"], type=feed["type"], url=feed["url"], suite=feed["suite"],
                 components=tuple(feed["components"]), keys=keys)
+
+
+def _build_busybox(doc: Document, busybox: dict, board: Path) -> BusyboxSpec:
+    config = tuple(_relative_file(doc, ("busybox", "config", i), name, board)
+                   for i, name in enumerate(busybox["config"]))
+    return BusyboxSpec(
+        package=busybox["package"],
+        version=busybox.get("version"),
+        sha256=busybox.get("sha256"),
+        urls=tuple(busybox.get("urls", ())),
+        config=tuple(p for p in config if p is not None),
+    )
 
 
 def _build_kernel(doc: Document, kernel: dict, board: Path) -> KernelSpec:

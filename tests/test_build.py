@@ -31,16 +31,18 @@ def test_build_writes_kernel_initramfs_and_manifest(built):
         assert len(data) == info["size"]
     assert summary["outputs"] == manifest["outputs"]
     packages = {p["name"]: p for p in manifest["inputs"]["packages"]}
-    assert "busybox-static" in packages
-    assert packages["busybox-static"]["url"].startswith("http://deb.debian.org/debian/pool/")
-    assert len(packages["busybox-static"]["sha256"]) == 64
+    assert "dropbear-bin" in packages and "busybox-static" not in packages
+    assert packages["dropbear-bin"]["url"].startswith("http://deb.debian.org/debian/pool/")
+    assert len(packages["dropbear-bin"]["sha256"]) == 64
+    busybox = manifest["inputs"]["busybox"]
+    assert busybox["libc"] == "musl" and busybox["version"] == "1.35.0"
     kernel = manifest["inputs"]["kernel"]
     assert kernel["name"].startswith("linux-image-6.") and kernel["name"].endswith("-cloud-arm64")
     assert kernel["release"] in kernel["name"]
     assert manifest["inputs"]["kernel_modules"][-1] == "virtio_net"
     assert len(manifest["board"]["sha256"]) == 64
     assert manifest["files"]["/init"] == "overlay:base"
-    assert manifest["files"]["/bin/busybox"] == "deb:busybox-static"
+    assert manifest["files"]["/bin/busybox"] == "busybox:1.35.0-musl"
 
 
 def test_gnu_cpio_lists_a_root_owned_initramfs_with_device_nodes(built):

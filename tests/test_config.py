@@ -68,7 +68,7 @@ def test_shipped_aarch64_board_in_full():
     assert board.feeds == (Feed("debian", "deb", "http://deb.debian.org/debian", "bookworm", ("main",)),)
     assert board.kernel.package == "linux-image-cloud-arm64"
     assert board.kernel.modules == ("virtio_mmio", "failover", "net_failover", "virtio_net")
-    assert [Path(o).name for o in board.overlays] == ["base", "network", "httpd", "ssh"]
+    assert [Path(o).name for o in board.overlays] == ["base", "network", "httpd", "ssh", "ntp", "watchdog"]
     assert board.qemu.profile.machine == "virt" and board.qemu.forward == (80, 22)
     assert [c.name for c in board.checks] == ["run: uname -m", "run: cat /proc/cmdline", "http: / (port 80)"]
     assert board.checks[2] == Check(kind="http", name="http: / (port 80)", path="/", port=80,
@@ -240,7 +240,7 @@ checks: [{run: "true"}, {console: "login:"}]
     assert board.name == "tiny" and board.description == "" and board.hostname == "fwgen"
     assert board.feeds[0].suite == "bookworm" and board.feeds[0].components == ("main",)
     assert board.kernel == KernelSpec(package=None)
-    assert board.busybox == BusyboxSpec(package="busybox-static")
+    assert board.busybox == BusyboxSpec()  # fwgen builds its own musl BusyBox
     assert board.outputs == ("initramfs",)
     assert board.qemu.forward == () and board.qemu.timeout == 120.0 and board.qemu.memory is None
     assert board.checks[0] == Check(kind="run", name="run: true", command="true", exit=0, timeout=30.0)
@@ -318,3 +318,19 @@ def test_list_boards_survives_a_broken_board(tmp_path):
     assert "unreadable" in listed["broken"]
     with pytest.raises(ConfigError, match=r"broken.yaml:2:1: YAML syntax error"):
         load_board("broken", boards_dirs=[tmp_path])
+
+
+def test_busybox_version_needs_its_sha256_and_fragments_resolve_beside_the_board(tmp_path):
+    (tmp_path / "extra.config").write_text("CONFIG_FEATURE_EDITING_HISTORY=32\n")
+    path = write(tmp_path / "bb.yaml", """\
+arch: armv7
+busybox:
+  version: 1.36.1
+  config: [extra.config]
+""")
+    with pytest.raises(ConfigError, match=r"bb\.yaml:3:3: busybox"):
+        load_board(path)
+    path.write_text(path.read_text().replace("  config:", "  sha256: " + "ab" * 32 + "\n  config:"))
+    board = load_board(path)
+    assert board.busybox.version == "1.36.1" and board.busybox.sha256 == "ab" * 32
+    assert board.busybox.config == ((tmp_path / "extra.config").resolve(),)
