@@ -402,12 +402,15 @@ def encode_parsed_index(packages: Sequence[Package]) -> bytes:
 
     Feed name and base URL are left out (they come from the board, not the file). Relations
     and alternatives groups repeat a lot, so each is stored once and referred to by number.
+    Relations are told apart by identity, not equality: parse_relation memoizes, so equal
+    ones are mostly the same object, and hashing a dataclass by its fields is slow (1 s for
+    Debian main). An equal relation stored twice only costs a few bytes.
     """
-    relations: dict[Relation, int] = {}
+    relations: dict[int, tuple[int, Relation]] = {}
     groups: dict[tuple[int, ...], int] = {}
 
     def relation_ids(items: Iterable[Relation]) -> list[int]:
-        return [relations.setdefault(r, len(relations)) for r in items]
+        return [relations.setdefault(id(r), (len(relations), r))[0] for r in items]
 
     def group_ids(items: Iterable[AlternativesGroup]) -> list[int]:
         return [groups.setdefault(tuple(relation_ids(g)), len(groups)) for g in items]
@@ -420,7 +423,7 @@ def encode_parsed_index(packages: Sequence[Package]) -> bytes:
     ]
     body = json.dumps(
         {
-            "relations": [[r.name, r.op, r.version, r.arch_qualifier] for r in relations],
+            "relations": [[r.name, r.op, r.version, r.arch_qualifier] for _, r in relations.values()],
             "groups": list(groups),
             "packages": rows,
         },
