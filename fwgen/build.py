@@ -10,14 +10,18 @@ the end, so a failed build never leaves a half-written output folder.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import posixpath
 import shutil
+import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import zstandard
 
 from . import __version__
 from .audit import audit_rootfs
@@ -31,7 +35,16 @@ from .images.cpio import write_initramfs
 from .images.disk import Partition, write_disk_image
 from .images.sdcard import INITRAMFS_NAME, KERNEL_NAME, check_boot_size, config_txt, write_sdcard
 from .images.squashfs import write_squashfs
-from .kernel import MODULE_LIST, Kernel, Module, install_modules, load_kernel, resolve_modules
+from .kernel import (
+    IMAGE_NAME,
+    MODULE_LIST,
+    MODULE_TREE,
+    Kernel,
+    Module,
+    install_modules,
+    load_kernel,
+    resolve_modules,
+)
 from .overlay import Layers, Overlay, apply_layers, collect_overlays, plan_layers, resolve_variables
 from .progress import QUIET, Progress
 from .rootfs import Entry, EntryType, RootFS
@@ -157,8 +170,11 @@ def fetch_kernel(ctx: BuildContext) -> None:
     are host tooling an embedded image does not want), following a metapackage such as
     linux-image-cloud-arm64 to the package that holds the image."""
     spec = ctx.board.kernel
+    if spec.image is not None:
+        load_vendor_kernel(ctx)
+        return
     if spec.package is None:
-        raise UserError(f"{ctx.board.source}: kernel.package is required (vendor kernel files come later)")
+        raise UserError(f"{ctx.board.source}: kernel: give a package, or an image (and modules_from)")
     name = spec.package
     for _ in range(4):
         ctx.progress.step(f"fetching kernel package {name}")
@@ -175,6 +191,53 @@ def fetch_kernel(ctx: BuildContext) -> None:
             return
         name = _kernel_dependency(fetched)
     raise UserError(f"kernel package {spec.package} leads to no kernel image")
+
+
+def load_vendor_kernel(ctx: BuildContext) -> None:
+    """A kernel given as files (a vendor's BSP): `kernel.image` and optionally
+    `kernel.modules_from`, a folder or tarball laid out as `make modules_install
+    INSTALL_MOD_PATH=<dir>` leaves it (lib/modules/<release>/...) or holding the contents of
+    /lib/modules (<release>/...). The release comes from the image's banner or file name."""
+    spec = ctx.board.kernel
+    assert spec.image is not None
+    ctx.progress.step(f"loading vendor kernel {spec.image.name}")
+    name = spec.image.name if IMAGE_NAME.match(spec.image.name) else "vmlinuz"
+    entries = [Entry(f"/boot/{name}", EntryType.FILE, 0o644, data=spec.image.read_bytes(), provenance="vendor")]
+    if spec.modules_from is not None:
+        entries += _read_vendor_modules(spec.modules_from)
+    ctx.kernel_entries = entries
+    ctx.kernel = load_kernel(entries, source=f"vendor:{spec.image}")
+    ctx.progress.info(f"kernel {ctx.kernel.release} from {spec.image}, {len(ctx.kernel.modules)} module(s)")
+
+
+def _read_vendor_modules(source: Path) -> list[Entry]:
+    files = _read_tree(source) if source.is_dir() else _read_tarball(source)
+    entries = []
+    for relative, data in files:
+        path = relative.lstrip("./")
+        at = path.find("lib/modules/")
+        path = "/" + path[at:] if at >= 0 else f"/lib/modules/{path}"
+        entries.append(Entry(path, EntryType.FILE, 0o644, data=data, provenance="vendor"))
+    if not any(MODULE_TREE.match(e.path) for e in entries):
+        raise UserError(f"{source}: no kernel modules found", "expected lib/modules/<release>/... or <release>/...")
+    return entries
+
+
+def _read_tree(folder: Path) -> list[tuple[str, bytes]]:
+    return [(p.relative_to(folder).as_posix(), p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()]
+
+
+def _read_tarball(path: Path) -> list[tuple[str, bytes]]:
+    """Regular files of a tar archive (plain, gzip, xz, bzip2 or zstd)."""
+    raw = path.read_bytes()
+    if raw[:4] == b"\x28\xb5\x2f\xfd":  # zstd frame magic; tarfile cannot read zstd itself
+        raw = zstandard.ZstdDecompressor().decompressobj().decompress(raw)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:*") as tar:
+            return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]  # type: ignore[union-attr]
+    except tarfile.TarError as e:
+        raise UserError(f"{path}: not a readable tar archive ({e})") from e
 
 
 def _kernel_dependency(fetched: FetchedPackage) -> str:
@@ -425,7 +488,7 @@ def _round_up(value: int, unit: int) -> int:
 
 
 def write_manifest(ctx: BuildContext) -> dict:
-    assert ctx.staging is not None and ctx.kernel is not None and ctx.kernel_package is not None
+    assert ctx.staging is not None and ctx.kernel is not None
     board = ctx.board
     manifest = {
         "fwgen": __version__,
@@ -434,8 +497,7 @@ def write_manifest(ctx: BuildContext) -> dict:
         "source_date_epoch": ctx.epoch,
         "inputs": {
             "packages": [_package_record(p) for p in ctx.packages],
-            "kernel": dict(_package_record(ctx.kernel_package), release=ctx.kernel.release,
-                           image=ctx.kernel.image_path),
+            "kernel": dict(_kernel_record(ctx), release=ctx.kernel.release, image=ctx.kernel.image_path),
             "kernel_modules": [m.name for m in ctx.modules],
             "busybox": _busybox_record(ctx),
             "overlays": [{"name": o.name, "path": str(o.path)} for o in ctx.overlays],
@@ -471,6 +533,19 @@ def _busybox_record(ctx: BuildContext) -> dict:
         return {"package": ctx.board.busybox.package}
     return {"version": ctx.busybox.version, "libc": "musl", "build": ctx.busybox.cache_key,
             "sha256": hashlib.sha256(ctx.busybox.binary).hexdigest(), "size": len(ctx.busybox.binary)}
+
+
+def _kernel_record(ctx: BuildContext) -> dict:
+    if ctx.kernel_package is not None:
+        return _package_record(ctx.kernel_package)
+    spec = ctx.board.kernel
+    assert spec.image is not None
+    record = {"vendor_image": str(spec.image), "sha256": _sha256_file(spec.image)}
+    if spec.modules_from is not None:
+        record["modules_from"] = str(spec.modules_from)
+        if spec.modules_from.is_file():
+            record["modules_sha256"] = _sha256_file(spec.modules_from)
+    return record
 
 
 def _package_record(fetched: FetchedPackage) -> dict:
