@@ -92,8 +92,7 @@ def tree_size(src: Path) -> tuple[int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tree", type=Path, action="append", help="a host folder (repeatable)")
-    parser.add_argument("--initramfs", type=Path, default=DEFAULT_INITRAMFS,
-                        help="a gzip initramfs to unpack and use as a tree")
+    parser.add_argument("--initramfs", type=Path, help="a gzip initramfs to unpack and use as a tree")
     parser.add_argument("--compression", action="append", choices=list(COMPRESSORS))
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
@@ -103,10 +102,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-initramfs-") as tmp:
         trees = list(args.tree or [])
-        if not trees:
-            if args.initramfs.exists():
-                trees.append(unpack_initramfs(args.initramfs, Path(tmp) / "initramfs"))
-            trees += [Path("/usr/lib/python3.11"), Path("/usr/lib/python3.11/email")]
+        initramfs = args.initramfs
+        if not trees and initramfs is None:
+            initramfs = DEFAULT_INITRAMFS if DEFAULT_INITRAMFS.exists() else None
+            trees = [Path("/usr/lib/python3.11"), Path("/usr/lib/python3.11/email")]
+        if initramfs is not None:
+            trees.insert(0, unpack_initramfs(initramfs, Path(tmp) / "initramfs"))
         print(f"{'tree':<34} {'comp':<5} {'fwgen B':>11} {'cpio B':>11} {'size':>6} "
               f"{'fwgen s':>8} {'cpio s':>8} {'time':>6} {'cpu':>6}")
         for src in trees:
