@@ -17,6 +17,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import zstandard
 from test_fetch_cache import Server
 from test_fetch_deb import add_member, build_deb, build_tar
 from test_fetch_repo import LocalRepo
@@ -86,7 +87,7 @@ def test_parsed_index_is_written_then_read_instead_of_parsing(server, cache, tmp
     expected = fresh_parse(repo, index)
     first = load_index([repo.feed()], Arch.AARCH64, cache=cache)
     assert first.packages == expected
-    assert parsed_file(cache, index).read_bytes().startswith(b"fwgen-deb-index 1 ")
+    assert parsed_file(cache, index).read_bytes().startswith(b"fwgen-deb-index %d " % deb.PARSED_INDEX_VERSION)
 
     deb._read_packages_file.cache_clear()
 
@@ -110,22 +111,32 @@ def test_parsed_index_holds_no_feed_name_or_url(server, cache, tmp_path):
     load_index([repo.feed()], Arch.AARCH64, cache=cache)
     packages = deb.read_parsed_index(parsed_file(cache, index), feed="other", base_url="http://mirror")
     assert {(p.feed, p.base_url) for p in packages} == {("other", "http://mirror")}
-    assert b"local" not in parsed_file(cache, index).read_bytes()
+    assert b"local" not in json_of(parsed_file(cache, index).read_bytes())
+
+
+def json_of(data: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().decompress(data.partition(b"\n")[2])
+
+
+def with_good_checksum(body: bytes) -> bytes:
+    return b"fwgen-deb-index %d %s\n%s" % (deb.PARSED_INDEX_VERSION, sha256(body).encode(), body)
 
 
 def flip_body_byte(data: bytes) -> bytes:
-    at = data.index(b"libtiny1")
-    return data[:at] + b"L" + data[at + 1:]
+    at = data.index(b"\n") + (len(data) - data.index(b"\n")) // 2
+    return data[:at] + bytes([data[at] ^ 1]) + data[at + 1:]
 
 
 def other_version(data: bytes) -> bytes:
     header, _, body = data.partition(b"\n")
-    return header.replace(b"fwgen-deb-index 1 ", b"fwgen-deb-index 0 ") + b"\n" + body
+    version = b" %d " % deb.PARSED_INDEX_VERSION
+    return header.replace(version, b" %d " % (deb.PARSED_INDEX_VERSION - 1)) + b"\n" + body
 
 
-def wrong_shape_with_good_checksum(data: bytes) -> bytes:
+def other_content(data: bytes) -> bytes:
+    # Someone else's JSON under a valid header: what the decoder does not expect is refused.
     body = b'{"relations":[],"groups":[],"packages":[["tiny","1"]]}'
-    return b"fwgen-deb-index 1 " + sha256(body).encode() + b"\n" + body
+    return with_good_checksum(zstandard.ZstdCompressor().compress(body))
 
 
 DAMAGES = {
@@ -133,8 +144,9 @@ DAMAGES = {
     "truncated": lambda d: d[: len(d) // 2],
     "empty": lambda d: b"",
     "other-version": other_version,
-    "not-json": lambda d: b"fwgen-deb-index 1 " + sha256(b"{oops").encode() + b"\n{oops",
-    "wrong-shape": wrong_shape_with_good_checksum,
+    "not-zstd": lambda d: with_good_checksum(json_of(d)),
+    "not-json": lambda d: with_good_checksum(zstandard.ZstdCompressor().compress(b"{oops")),
+    "wrong-shape": other_content,
 }
 
 
