@@ -353,5 +353,48 @@ def inspect(image, extract_path, as_json):
         click.echo(f"{r['mode']} {owner:>11} {r['size']:>10} {r['path']}{target}")
 
 
+@main.command("busybox")
+@click.option("--arch", "arch_name", required=True, help="Target architecture (armv6, armv7, aarch64, mips, mipsel).")
+@click.option("--config", "fragments", multiple=True, type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="A Kconfig fragment applied after defconfig (repeatable, in order).")
+@click.option("--out", "out_file", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Where to write the binary.")
+@json_option
+@handle_errors
+def busybox_command(arch_name, fragments, out_file, as_json):
+    """Build a static musl BusyBox (cached, checked under qemu-user) and write it to OUT."""
+    from .arch import Arch
+    from .busybox import build_busybox, export_busybox
+
+    arch = Arch.from_name(arch_name)
+    binary = build_busybox(arch, fragments=list(fragments), cache_root=_cache().root,
+                           progress=_progress(as_json))
+    export_busybox(binary, out_file)
+    if as_json:
+        _emit_json({"arch": arch.value, "out": str(out_file), "size": out_file.stat().st_size,
+                    "build": binary.parent.name})
+    else:
+        click.echo(f"{out_file}: busybox for {arch.value}, {out_file.stat().st_size:,} bytes")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
+@click.option("--arch", "arch_name", help="Check that every ELF file fits this architecture.")
+@json_option
+@handle_errors
+def audit(paths, arch_name, as_json):
+    """Report every ELF file of files, folders or images: machine, ABI, libc, libraries, hardening."""
+    from .arch import Arch
+    from .audit import audit_paths
+
+    report = audit_paths(list(paths), Arch.from_name(arch_name) if arch_name else None)
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        click.echo(report.to_text())
+    if report.errors:
+        sys.exit(2)
+
+
 if __name__ == "__main__":
     main()
