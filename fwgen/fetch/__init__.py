@@ -5,31 +5,33 @@
     for package in fetched:
         install_package(rootfs, package)
 
-Formats live behind `fetch.backend.Backend` (deb now; apk and ipk register the same way);
-nothing outside this package knows which format a package came from.
+Formats live behind `fetch.backend.Backend` (deb, apk, ipk); nothing outside this package
+knows which format a package came from. One board may mix feeds of several formats: each
+requested package comes from the first feed that has it and its dependencies from feeds of
+the same format (`resolve_packages`).
 """
 
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..arch import Arch
 from ..board import Feed
-from ..errors import UserError
+from ..errors import ResolveError, UserError
 from ..progress import QUIET, Progress
 from ..rootfs import Entry, EntryType, RootFS
 from .backend import Backend, backend_for_file, get_backend, register_backend
 from .cache import Cache
 from .package import Package, PackageIndex, Relation
-from .resolver import ExcludedDependency, Resolution, resolve
+from .resolver import ExcludedDependency, Resolution, name_matches, resolve
 
 __all__ = [
     "Backend", "Cache", "ExcludedDependency", "FetchedPackage", "Package", "PackageIndex",
-    "Relation", "Resolution", "fetch_packages", "install_package", "load_index",
+    "Relation", "Resolution", "fetch_packages", "group_feeds", "install_package", "load_index",
     "read_package_entries", "register_backend", "resolve", "resolve_packages",
 ]
 
@@ -48,13 +50,15 @@ def load_index(
     """Fetch and verify every feed's index for `arch` and merge them into one PackageIndex.
 
     All feeds must share one format (one version ordering); among equal versions the
-    earlier feed wins.
+    earlier feed wins. A board mixing formats resolves through `resolve_packages`, which
+    loads one index per format.
     """
     if not feeds:
         raise UserError("no package feeds configured", "add a feed to the board's `feeds`")
     types = {feed.type for feed in feeds}
     if len(types) > 1:
-        raise UserError(f"feeds mix package formats ({', '.join(sorted(types))}); use one per board")
+        raise UserError(f"feeds mix package formats ({', '.join(sorted(types))}): one index holds one format",
+                        "resolve_packages resolves mixed feeds format by format")
     backend = get_backend(feeds[0].type)
     cache = cache or Cache.default()
     packages: list[Package] = []
@@ -68,7 +72,16 @@ def load_index(
         native_arch=backend.arch_name(arch),
         neutral_arch=backend.neutral_arch,
         feeds=tuple(feed.name for feed in feeds),
+        bare_provides_need_priority=getattr(backend, "bare_provides_need_priority", False),
     )
+
+
+def group_feeds(feeds: Sequence[Feed]) -> list[list[Feed]]:
+    """The feeds grouped by format, each group in feed order, groups in order of their first feed."""
+    groups: dict[str, list[Feed]] = {}
+    for feed in feeds:
+        groups.setdefault(feed.type, []).append(feed)
+    return list(groups.values())
 
 
 def resolve_packages(
@@ -78,15 +91,78 @@ def resolve_packages(
     *,
     exclude: Collection[str] = (),
     nodeps: Collection[str] = (),
+    pins: Mapping[str, str] | None = None,
     cache: Cache | None = None,
     progress: Progress = QUIET,
 ) -> Resolution:
-    """Resolve `names` with their dependencies over the feeds' verified indexes."""
-    index = load_index(feeds, arch, cache=cache, progress=progress)
-    resolution = resolve(index, names, exclude=exclude, nodeps=nodeps)
+    """Resolve `names` with their dependencies over the feeds' verified indexes.
+
+    Feeds of several formats can be mixed. Each requested name comes from the first feed, in
+    feed order, that has it (or from the feed `pins` names for it), and its dependencies are
+    resolved among the feeds of that feed's format only: a Debian glibc binary is never
+    satisfied by an Alpine musl library. Indexes are loaded format by format, only as far as
+    needed to place every name. With one format, every name is resolved in it.
+
+    For formats with `install_if` (Alpine), packages whose conditions the resolution meets
+    are added with their dependencies, as apk does; packages taken without dependencies
+    (`nodeps`) trigger none.
+    """
+    if not feeds:
+        raise UserError("no package feeds configured", "add a feed to the board's `feeds`")
+    pins = dict(pins or {})
+    feed_type = {feed.name: feed.type for feed in feeds}
+    for name, feed_name in pins.items():
+        if feed_name not in feed_type:
+            raise UserError(f"package {name} is pinned to feed '{feed_name}', which the board does not have",
+                            f"feeds: {', '.join(feed_type)}")
+    groups = group_feeds(feeds)
+    unplaced = list(dict.fromkeys(names))
+    parts: list[Resolution] = []
+    for group in groups:
+        if not unplaced:
+            break
+        index = load_index(group, arch, cache=cache, progress=progress)
+        if len(groups) == 1:
+            placed = unplaced
+        else:
+            placed = [n for n in unplaced if feed_type.get(pins.get(n, ""), group[0].type) == group[0].type
+                      and (n in pins or index.offers(n))]
+        unplaced = [n for n in unplaced if n not in placed]
+        if placed:
+            group_pins = {n: pins[n] for n in placed if n in pins}
+            parts.append(_resolve_with_install_if(index, group[0].type, placed, exclude, nodeps, group_pins))
+    if unplaced:
+        raise ResolveError(f"cannot install {unplaced[0]}: no package {unplaced[0]} in "
+                           f"{', '.join(f.name for f in feeds)}")
+    resolution = Resolution(
+        [p for part in parts for p in part.packages],
+        [e for part in parts for e in part.excluded],
+        [n for part in parts for n in part.nodeps],
+    )
     for skipped in resolution.excluded:
         progress.info(f"excluded: {skipped} (not installed)")
     return resolution
+
+
+def _resolve_with_install_if(
+    index: PackageIndex, feed_type: str, names: list[str], exclude: Collection[str],
+    nodeps: Collection[str], pins: Mapping[str, str],
+) -> Resolution:
+    resolution = resolve(index, names, exclude=exclude, nodeps=nodeps, pins=pins)
+    additions = getattr(get_backend(feed_type), "install_if_additions", None)
+    if additions is None:
+        return resolution
+    while True:
+        # apk: install_if "triggers the installation of the package once all the listed
+        # dependencies are installed"; a package taken without dependencies triggers nothing.
+        chosen = [p for p in resolution.packages if p.name not in resolution.nodeps]
+        present = {p.name for p in resolution.packages}
+        added = [p.name for p in additions(index.packages, chosen)
+                 if p.name not in present and not name_matches(p.name, exclude)]
+        if not added:
+            return resolution
+        names = [*names, *added]
+        resolution = resolve(index, names, exclude=exclude, nodeps=nodeps, pins=pins)
 
 
 def download_packages(
@@ -116,16 +192,18 @@ def fetch_packages(
     *,
     exclude: Collection[str] = (),
     nodeps: Collection[str] = (),
+    pins: Mapping[str, str] | None = None,
     cache: Cache | None = None,
     progress: Progress = QUIET,
     jobs: int = 4,
 ) -> list[FetchedPackage]:
-    """Resolve `names` with their dependencies over the feeds' verified indexes, download
-    every package in parallel into the cache, verify size+SHA-256, return them in install
-    order (dependencies first)."""
+    """Resolve `names` with their dependencies over the feeds' verified indexes (feeds of
+    several formats mix as `resolve_packages` says, Alpine's install_if included), download
+    every package in parallel into the cache, verify it, return them in install order
+    (dependencies first)."""
     cache = cache or Cache.default()
     resolution = resolve_packages(
-        feeds, arch, names, exclude=exclude, nodeps=nodeps, cache=cache, progress=progress
+        feeds, arch, names, exclude=exclude, nodeps=nodeps, pins=pins, cache=cache, progress=progress
     )
     return download_packages(resolution.packages, cache=cache, progress=progress, jobs=jobs)
 

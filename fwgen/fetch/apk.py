@@ -515,6 +515,7 @@ def package_from_entry(entry: ApkIndexEntry, *, feed: str, base_url: str, source
         provides=tuple(provides),
         conflicts=tuple(_relation_of(d) for d in depends if d.conflict),
         source=entry.origin or None,
+        provider_priority=entry.provider_priority or 0,
     )
 
 
@@ -529,6 +530,8 @@ class ApkBackend:
 
     name = "apk"
     neutral_arch = "noarch"
+    # "A bare provide is virtual and is only auto-selected when the provider has k: priority."
+    bare_provides_need_priority = True
 
     def __init__(self) -> None:
         self._keys: dict[str, RsaKey] = {}

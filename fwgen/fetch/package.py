@@ -55,6 +55,9 @@ class Package:
     essential: bool = False
     priority: str | None = None
     source: str | None = None
+    # Alpine's `k:`: among providers of one name the highest wins; with a format whose bare
+    # (unversioned) provides are virtual, only a provider with a priority is auto-selected.
+    provider_priority: int = 0
 
     @property
     def url(self) -> str:
@@ -73,7 +76,9 @@ class PackageIndex:
     """Every package the feeds offer for one architecture, with the format's version rules.
 
     `native_arch` is the format's name for the target architecture ("arm64"); packages of
-    `neutral_arch` ("all") install on any architecture.
+    `neutral_arch` ("all") install on any architecture. `bare_provides_need_priority`: the
+    format treats an unversioned provide as virtual, auto-selected only from a provider with a
+    provider priority (Alpine); Debian picks any provider.
     """
 
     packages: list[Package]
@@ -82,6 +87,7 @@ class PackageIndex:
     native_arch: str
     neutral_arch: str = "all"
     feeds: tuple[str, ...] = ()
+    bare_provides_need_priority: bool = False
     by_name: dict[str, list[Package]] = field(default_factory=dict, init=False)
     providers: dict[str, list[tuple[Package, Relation]]] = field(default_factory=dict, init=False)
 
@@ -97,4 +103,11 @@ class PackageIndex:
             # Newest first; among equal versions the earlier feed wins (stable sort).
             candidates.sort(key=newest_first)
         for provided in self.providers.values():
-            provided.sort(key=lambda pair: (pair[0].name, newest_first(pair[0])))
+            # The highest provider priority first (all 0 outside Alpine), then by name, newest first.
+            provided.sort(key=lambda pair: (-pair[0].provider_priority, pair[0].name, newest_first(pair[0])))
+
+    def offers(self, name: str) -> bool:
+        """Whether a package of this architecture (or a neutral one) is, or provides, `name`."""
+        fits = (self.native_arch, self.neutral_arch)
+        return any(p.arch in fits for p in self.by_name.get(name, ())) or any(
+            p.arch in fits for p, _ in self.providers.get(name, ()))

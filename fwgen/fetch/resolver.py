@@ -3,7 +3,9 @@
 The resolver picks one version per package name, greedily and deterministically: for each
 dependency it keeps a package already chosen when one satisfies it, otherwise it tries the
 alternatives in the order written (`a | b` prefers a), each alternative's candidates newest
-first, real packages before providers of a virtual name. When a choice leads to a dead end
+first, real packages before providers of a virtual name, providers with the highest provider
+priority first. Where the format says so (Alpine), a bare virtual provide is satisfied only by
+a provider that is already chosen or has a provider priority. When a choice leads to a dead end
 (missing dependency, conflict) it backtracks to the next candidate. The first (deepest) failure
 is reported with the chain of packages that led to it.
 """
@@ -11,7 +13,7 @@ is reported with the chain of packages that led to it.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cmp_to_key
 
@@ -55,21 +57,26 @@ def resolve(
     *,
     exclude: Collection[str] = (),
     nodeps: Collection[str] = (),
+    pins: Mapping[str, str] | None = None,
 ) -> Resolution:
     """Resolve `names` and their dependencies over `index`.
 
+    `pins` maps a requested name to the feed it must come from (its dependencies may come
+    from any feed of the index).
     `exclude`: names never installed; a dependency naming one counts as satisfied and is
     reported in `Resolution.excluded`. `nodeps`: names installed without their dependencies.
     Both take shell-style patterns too (`linux-image-*-cloud-arm64`), so a board can name a
     kernel package whose ABI number changes with every update.
     Raises ResolveError explaining the chain when no consistent choice exists.
     """
-    return _Resolver(index, frozenset(exclude), frozenset(nodeps)).run(names)
+    return _Resolver(index, frozenset(exclude), frozenset(nodeps), dict(pins or {})).run(names)
 
 
 class _Resolver:
-    def __init__(self, index: PackageIndex, exclude: frozenset[str], nodeps: frozenset[str]) -> None:
+    def __init__(self, index: PackageIndex, exclude: frozenset[str], nodeps: frozenset[str],
+                 pins: dict[str, str]) -> None:
         self.index = index
+        self.pins = pins
         self.exclude = _Names(exclude)
         self.nodeps = _Names(nodeps)
         self.state = _State()
@@ -79,16 +86,17 @@ class _Resolver:
         for name in names:
             if name in self.exclude:
                 raise ResolveError(f"cannot install {name}: it is also listed in exclude")
-            self._satisfy(None, (Relation(name),), [])
+            self._satisfy(None, (Relation(name),), [], feed=self.pins.get(name))
         order = self._install_order(names)
         taken = [name for name in order if name in self.nodeps]
         return Resolution([self.state.selected[n] for n in order], self.state.excluded, taken)
 
     # -- choosing ---------------------------------------------------------------------------
-    def _satisfy(self, dependent: Package | None, group: AlternativesGroup, chain: list[str]) -> None:
+    def _satisfy(self, dependent: Package | None, group: AlternativesGroup, chain: list[str],
+                 feed: str | None = None) -> None:
         selected = self.state.selected
         for relation in group:
-            for candidate in self._candidates(relation):
+            for candidate in self._candidates(relation, auto=False, feed=feed):
                 if selected.get(candidate.name) is candidate:
                     self._link(dependent, candidate)
                     return
@@ -99,7 +107,7 @@ class _Resolver:
                 return
         failures: list[ResolveError] = []
         for relation in group:
-            for candidate in self._candidates(relation):
+            for candidate in self._candidates(relation, feed=feed):
                 if candidate.name in self.exclude or candidate.name in selected:
                     continue
                 saved = self.state.copy()
@@ -113,6 +121,9 @@ class _Resolver:
                 return
         if failures:
             raise failures[0]
+        if feed is not None and self._candidates(group[0]):
+            raise ResolveError(f"cannot install {group[0].name}: feed {feed} has no such package",
+                               f"it is in {', '.join(sorted({p.feed for p in self._candidates(group[0])}))}")
         raise ResolveError(self._explain(dependent, group, chain))
 
     def _install(self, package: Package, chain: list[str]) -> None:
@@ -129,7 +140,10 @@ class _Resolver:
         if dependent is not None and dependency.name != dependent.name:
             self.state.edges[dependent.name].append(dependency.name)
 
-    def _candidates(self, relation: Relation) -> list[Package]:
+    def _candidates(self, relation: Relation, *, auto: bool = True, feed: str | None = None) -> list[Package]:
+        """Packages that satisfy `relation`; with `auto`, only those the resolver may choose
+        by itself (apk: "a bare provide is virtual and is only auto-selected when the
+        provider has `k:` priority")."""
         index = self.index
         found = [
             p
@@ -140,12 +154,14 @@ class _Resolver:
         for provider, provided in index.providers.get(relation.name, ()):
             if not self._arch_fits(provider, relation) or provider in found:
                 continue
+            if auto and provided.op is None and index.bare_provides_need_priority and provider.provider_priority <= 0:
+                continue
             # Debian Policy 7.5: a versioned dependency is satisfied only by a versioned provide.
             if relation.op is None or (
                 provided.op == "=" and index.satisfies(provided.version or "", relation.op, relation.version or "")
             ):
                 found.append(provider)
-        return found
+        return found if feed is None else [p for p in found if p.feed == feed]
 
     def _arch_fits(self, package: Package, relation: Relation) -> bool:
         if package.arch not in (self.index.native_arch, self.index.neutral_arch):
@@ -205,6 +221,11 @@ class _Resolver:
             arches = ", ".join(sorted({p.arch for p in same_name}))
             return f"{relation.name} exists only for {arches}"
         if relation.name in index.providers:
+            providers = [p for p, _ in index.providers[relation.name] if self._arch_fits(p, relation)]
+            if providers and relation.op is None and not self._candidates(relation):
+                names = ", ".join(sorted({p.name for p in providers}))
+                return (f"{relation.name} is virtual and none of its providers ({names}) has a provider "
+                        "priority: name one in the board's packages")
             return f"no provider of {relation.name} satisfies {relation}"
         return f"no package {relation.name} in {self.feeds}"
 
@@ -234,10 +255,15 @@ class _Resolver:
     def _root_name(self, requested: str) -> str:
         if requested in self.state.selected:
             return requested
-        for candidate in self._candidates(Relation(requested)):
+        for candidate in self._candidates(Relation(requested), auto=False):
             if self.state.selected.get(candidate.name) is candidate:
                 return candidate.name
         return requested
+
+
+def name_matches(name: str, names: Collection[str]) -> bool:
+    """Whether `name` is one of `names` or matches one of their shell-style patterns."""
+    return name in _Names(frozenset(names))
 
 
 class _Names:
