@@ -14,7 +14,7 @@ from .dtb import Fixup
 
 @dataclass(frozen=True)
 class Feed:
-    """A package repository. `type` names the backend: deb (now), apk and ipk (later)."""
+    """A package repository. `type` names the backend: deb (Debian), apk (Alpine), ipk (OpenWrt)."""
 
     name: str
     type: str
@@ -135,6 +135,7 @@ class Board:
     kernel: KernelSpec = field(default_factory=lambda: KernelSpec(package=None))
     busybox: BusyboxSpec = field(default_factory=BusyboxSpec)
     packages: tuple[str, ...] = ()  # installed with their dependencies
+    package_feeds: dict[str, str] = field(default_factory=dict)  # package -> the feed it is pinned to
     exclude: tuple[str, ...] = ()  # never installed, even when something depends on them
     nodeps: tuple[str, ...] = ()  # installed without following their dependencies
     overlays: tuple[str, ...] = ()  # folders, in application order, dependencies first

@@ -161,7 +161,7 @@ def fetch_board_packages(ctx: BuildContext) -> None:
     ctx.progress.step(f"resolving and fetching {len(names)} package(s) for {board.arch.value}")
     ctx.packages = fetch_packages(
         board.feeds, board.arch, names, exclude=board.exclude, nodeps=board.nodeps,
-        cache=ctx.cache, progress=ctx.progress,
+        pins=board.package_feeds, cache=ctx.cache, progress=ctx.progress,
     )
 
 
@@ -550,7 +550,9 @@ def _kernel_record(ctx: BuildContext) -> dict:
 
 def _package_record(fetched: FetchedPackage) -> dict:
     p = fetched.package
-    return {"name": p.name, "version": p.version, "arch": p.arch, "sha256": p.sha256,
+    return {"name": p.name, "version": p.version, "arch": p.arch, "feed": p.feed,
+            # An APKINDEX lists no file hash (its C: identity was checked): hash the verified file.
+            "sha256": p.sha256 or _sha256_file(fetched.path),
             "size": p.size, "url": p.url}
 
 

@@ -507,7 +507,8 @@ def load_board(
         feeds=tuple(_build_feed(doc, i, feed, path) for i, feed in enumerate(data["feeds"])),
         kernel=_build_kernel(doc, data["kernel"], path),
         busybox=_build_busybox(doc, data["busybox"], path),
-        packages=tuple(data["packages"]),
+        packages=tuple(p if isinstance(p, str) else p["name"] for p in data["packages"]),
+        package_feeds=_pinned_feeds(doc, data),
         exclude=tuple(data["exclude"]),
         nodeps=tuple(data["nodeps"]),
         overlays=_resolve_overlay_stack(doc, data, path, overlay_dirs),
@@ -543,6 +544,20 @@ def _build_feed(doc: Document, index: int, feed: dict, board: Path) -> Feed:
     )
     return Feed(name=feed["name"], type=feed["type"], url=feed["url"], suite=feed["suite"],
                 components=tuple(feed["components"]), keys=keys)
+
+
+def _pinned_feeds(doc: Document, data: dict) -> dict[str, str]:
+    """`packages` items written `{name, feed}`: package name -> feed name, checked."""
+    feeds = [feed["name"] for feed in data["feeds"]]
+    pinned: dict[str, str] = {}
+    for i, item in enumerate(data["packages"]):
+        if isinstance(item, str):
+            continue
+        if item["feed"] not in feeds:
+            raise doc.error(("packages", i, "feed"), f"unknown feed '{item['feed']}'",
+                            _did_you_mean(item["feed"], feeds, "feeds") or f"feeds: {', '.join(feeds) or 'none'}")
+        pinned[item["name"]] = item["feed"]
+    return pinned
 
 
 def _build_busybox(doc: Document, busybox: dict, board: Path) -> BusyboxSpec:
