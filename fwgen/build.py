@@ -261,7 +261,9 @@ def build_board_busybox(ctx: BuildContext) -> None:
             url.replace(DEFAULT_SOURCE.version, spec.version) for url in DEFAULT_SOURCE.urls))
     elif spec.urls:
         source = BusyboxSource(DEFAULT_SOURCE.version, DEFAULT_SOURCE.sha256, spec.urls)
-    path = build_busybox(ctx.board.arch, source=source, fragments=spec.config,
+    # The board's fragments first, then what its overlays need (later wins, as for files).
+    fragments = [*spec.config, *(f for f in ctx.layers.busybox_config if f not in spec.config)]
+    path = build_busybox(ctx.board.arch, source=source, fragments=fragments,
                          cache_root=ctx.cache.root, progress=ctx.progress)
     ctx.busybox = BuiltBusybox(source.version, path.read_bytes(), path.parent.name)
 

@@ -58,6 +58,7 @@ class Overlay:
     services: dict[str, dict] = field(default_factory=dict)
     sysctl: dict[str, Any] = field(default_factory=dict)
     modules: tuple[str, ...] = ()
+    busybox_config: tuple[Path, ...] = ()  # Kconfig fragments the overlay's services need
     checks: tuple[Check, ...] = ()
 
     @property
@@ -88,12 +89,24 @@ def load_overlay(path: Path) -> Overlay:
         services=data["services"],
         sysctl=data["sysctl"],
         modules=tuple(data["modules"]),
+        busybox_config=tuple(_overlay_file(doc, path, ("busybox_config", i), name)
+                             for i, name in enumerate(data["busybox_config"])),
         checks=tuple(build_check(item) for item in data["checks"]),
     )
     for image_path in overlay.files:
         if ".." in image_path.split("/"):
             raise overlay.error(("files", image_path), f"'{image_path}' escapes the image root", at_key=True)
     return overlay
+
+
+def _overlay_file(doc: Any, folder: Path, keypath: tuple, name: str) -> Path:
+    """A file the overlay names, which must lie inside the overlay folder."""
+    resolved = (folder / name).resolve()
+    if not resolved.is_relative_to(folder.resolve()):
+        raise doc.error(keypath, f"'{name}' escapes the overlay folder")
+    if not resolved.is_file():
+        raise doc.error(keypath, f"{name} not found", f"looked for {resolved}")
+    return resolved
 
 
 def shown_path(path: Path) -> Path:
@@ -342,6 +355,7 @@ class Layers:
     rules: list[tuple[Overlay, str, dict]] = field(default_factory=list)  # files: rules for other paths
     packages: list[str] = field(default_factory=list)
     modules: list[str] = field(default_factory=list)
+    busybox_config: list[Path] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     accounts: Accounts = field(default_factory=Accounts)
 
@@ -353,6 +367,7 @@ def plan_layers(overlays: Sequence[Overlay], variables: Mapping[str, str]) -> La
         _add_tree(layers, overlay, variables)
         layers.packages += [p for p in overlay.packages if p not in layers.packages]
         layers.modules += [m for m in overlay.modules if m not in layers.modules]
+        layers.busybox_config += [f for f in overlay.busybox_config if f not in layers.busybox_config]
         layers.checks += overlay.checks
         if overlay.sysctl:
             _add_generated(layers, f"/etc/sysctl.d/50-{overlay.name}.conf", _sysctl_file(overlay), overlay)

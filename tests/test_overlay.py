@@ -241,3 +241,27 @@ def test_new_overlay_scaffold_loads_and_is_used_by_a_board(tmp_path):
     result = run_fwgen("new-overlay", "other", "--dir", str(tmp_path / "overlays"), cache=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "overlays/other/overlay.yaml").is_file()
+
+
+def test_overlays_extend_the_busybox_configuration_in_stack_order(tmp_path):
+    from fwgen.config import load_board
+    from fwgen.overlay import collect_overlays, plan_layers, resolve_variables
+
+    board = load_board("qemu-aarch64")
+    overlays = collect_overlays(board.overlays, [], board.source)
+    layers = plan_layers(overlays, resolve_variables(board, overlays))
+    names = [(p.parent.name, p.read_text().split("\n")[1]) for p in layers.busybox_config]
+    assert names == [("httpd", "CONFIG_HTTPD=y"), ("ntp", "CONFIG_NTPD=y"),
+                     ("watchdog", "CONFIG_WATCHDOG=y")]
+
+
+def test_a_busybox_fragment_outside_the_overlay_folder_is_refused(tmp_path):
+    from fwgen.errors import ConfigError
+    from fwgen.overlay import load_overlay
+
+    (tmp_path / "outside.config").write_text("CONFIG_NTPD=y\n")
+    folder = tmp_path / "sneaky"
+    folder.mkdir()
+    (folder / "overlay.yaml").write_text("description: x\nbusybox_config: [../outside.config]\n")
+    with pytest.raises(ConfigError, match=r"overlay.yaml:2:\d+: busybox_config\[0\]: '../outside.config' escapes"):
+        load_overlay(folder)
