@@ -534,8 +534,10 @@ class ApkBackend:
     bare_provides_need_priority = True
 
     def __init__(self) -> None:
-        self._keys: dict[str, RsaKey] = {}
-        self.identities: dict[str, str] = {}  # package URL -> C: identity from a verified index
+        # package URL -> (C: identity, the keys its feed trusts), from a verified index. Each
+        # package is checked with its own feed's keys: two feeds may hold keys of one file name.
+        self.listed: dict[str, tuple[str, dict[str, RsaKey]]] = {}
+        self._verified_with: dict[Path, dict[str, RsaKey]] = {}  # cached file -> the keys it verified with
         self.install_if: dict[tuple[str, str], tuple[ApkDependency, ...]] = {}
         self.provider_priority: dict[tuple[str, str], int] = {}
 
@@ -555,9 +557,7 @@ class ApkBackend:
 
     def keys_for(self, feed: Feed) -> dict[str, RsaKey]:
         """The keys a feed trusts: its `keys` (files or folders), else the shipped Alpine keys."""
-        keys = load_rsa_keys(feed.keys or (SHIPPED_KEYS,))
-        self._keys.update({k: v for k, v in keys.items() if k not in self._keys})
-        return keys
+        return load_rsa_keys(feed.keys or (SHIPPED_KEYS,))
 
     def load_index(self, feed: Feed, arch: Arch, cache: Cache, progress: Progress) -> list[Package]:
         keys = self.keys_for(feed)
@@ -574,7 +574,7 @@ class ApkBackend:
                 if not entry.installable:
                     continue
                 package = package_from_entry(entry, feed=feed.name, base_url=folder, source=url)
-                self.identities[package.url] = entry.identity
+                self.listed[package.url] = (entry.identity, keys)
                 self._record_extras(entry, url)
                 packages.append(package)
         return packages
@@ -626,20 +626,22 @@ class ApkBackend:
         The cache cannot address it by SHA-256 (APKINDEX has none), so it is kept by URL; a
         file that fails any check is removed from the cache before the error is raised.
         """
-        identity = self.identities.get(package.url)
-        if identity is None:
+        if package.url not in self.listed:
             raise UserError(f"{package.url}: not listed by any verified APKINDEX")
+        identity, keys = self.listed[package.url]
         local = cache.fetch(package.url, sha256=None, size=package.size, progress=progress)
         try:
-            read_apk(local.read_bytes(), self._keys, package.url, identity=identity)
+            read_apk(local.read_bytes(), keys, package.url, identity=identity)
         except (IntegrityError, FormatError):
             local.unlink(missing_ok=True)
             raise
+        self._verified_with[local] = keys
         return local
 
     def read_entries(self, path: Path) -> Iterator[Entry]:
-        """The verified data entries of an .apk (its signature checked with the known keys)."""
-        keys = self._keys or load_rsa_keys((SHIPPED_KEYS,))
+        """The verified data entries of an .apk, its signature checked with the keys of the
+        feed it was fetched from (the shipped Alpine keys for a file fetched otherwise)."""
+        keys = self._verified_with.get(path) or load_rsa_keys((SHIPPED_KEYS,))
         return iter(read_apk(path.read_bytes(), keys, str(path)).entries)
 
 
