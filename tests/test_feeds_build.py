@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -75,8 +76,12 @@ def _alpine_packages(signer: RsaSigner) -> list:
 
 
 def _openwrt_packages() -> list[tuple[IpkSpec, bytes]]:
+    # Content-addressed caching would serve an identical .ipk from an earlier run without
+    # asking the feed: a build id makes every generated feed's package new.
+    build_id = FileSpec("./usr/share/owrt-tool.id", os.urandom(8).hex().encode())
     specs = [
         IpkSpec("owrt-tool", "1.0-1", OPENWRT_ARCH, [
+            build_id,
             FileSpec("./usr", kind="dir", mode=0o755), FileSpec("./usr/sbin", kind="dir", mode=0o755),
             FileSpec("./usr/sbin/owrt-tool", b"#!/bin/sh\necho openwrt\n", mode=0o750, gid=5),
             FileSpec("./usr/sbin/owrt", kind="symlink", target="owrt-tool", mode=0o777),
@@ -284,6 +289,7 @@ def write_board(folder: Path, feeds: Feeds, url: str, *, name: str = BOARD) -> P
         "packages": ["fwgen-hello", "docs", "owrt-tool", {"name": "common", "feed": "openwrt-local"}],
         "overlays": ["base", "network", "ssh"],
         "outputs": ["initramfs"],
+        "qemu": {"profile": "virt-aarch64", "forward": [22]},
     }
     path = folder / f"{name}.yaml"
     path.write_text(json.dumps(board, indent=2))  # JSON is YAML
@@ -341,10 +347,10 @@ def test_gnu_cpio_agrees_on_modes_and_owners(built):
 def test_manifest_records_each_packages_feed(built):
     built, feeds = built
     manifest = json.loads((built / "manifest.json").read_text())
-    feeds = {p["name"]: p["feed"] for p in manifest["inputs"]["packages"]}
-    assert feeds["fwgen-hello"] == feeds["fwgen-hello-doc"] == feeds["greet-high"] == "alpine-local"
-    assert feeds["owrt-tool"] == feeds["common"] == "openwrt-local"
-    assert feeds["dropbear-bin"] == feeds["libc6"] == "debian"
+    feed_of = {p["name"]: p["feed"] for p in manifest["inputs"]["packages"]}
+    assert feed_of["fwgen-hello"] == feed_of["fwgen-hello-doc"] == feed_of["greet-high"] == "alpine-local"
+    assert feed_of["owrt-tool"] == feed_of["common"] == "openwrt-local"
+    assert feed_of["dropbear-bin"] == feed_of["libc6"] == "debian"
     assert manifest["inputs"]["kernel"]["feed"] == "debian"
     records = {p["name"]: p for p in manifest["inputs"]["packages"]}
     hello = records["fwgen-hello"]
