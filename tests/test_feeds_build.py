@@ -446,3 +446,16 @@ def test_example_boards_are_not_listed_among_the_boards(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "qemu-aarch64" in result.stdout
     assert not any(p.stem in result.stdout for p in EXAMPLES)
+
+
+def test_router_example_without_its_key_stops_before_fetching(tmp_path):
+    out = tmp_path / "out"
+    result = run_fwgen("build", "--board", "boards/examples/router-openwrt.yaml", "--out", str(out),
+                       cache=tmp_path / "cache")
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("fwgen: error: feed 'openwrt-base': no usign keys in ")
+    assert last.endswith("boards/examples/keys/openwrt (OpenWrt signs feeds with usign: add the release's public "
+                         "key file, from OpenWrt's keyring or the vendor, to the feed's keys)")
+    assert not out.exists() or list(out.iterdir()) == []
+    assert not (tmp_path / "cache" / "url").exists(), "nothing was downloaded"

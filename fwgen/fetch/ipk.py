@@ -277,7 +277,10 @@ class IpkBackend:
     def load_index(self, feed: Feed, arch: Arch, cache: Cache, progress: Progress) -> list[Package]:
         keys = load_feed_keys(feed)
         if not keys:
-            raise UserError(f"feed '{feed.name}': no usign keys", "name the feed's public key files in its 'keys'")
+            where = ", ".join(str(k) for k in feed.keys) or "the feed's 'keys' (none given)"
+            raise UserError(f"feed '{feed.name}': no usign keys in {where}",
+                            "OpenWrt signs feeds with usign: add the release's public key file, "
+                            "from OpenWrt's keyring or the vendor, to the feed's keys")
         packages: list[Package] = []
         for folder in feed_folders(feed, self.arch_name(arch)):
             text = self._fetch_verified(folder, keys, cache, progress)
