@@ -69,6 +69,8 @@ def boot_spec_for(board: Board, outdir: Path, *, fresh_disk: bool = False) -> Bo
         forward=board.qemu.forward,
         drives=drives,
         persistent=True,
+        ready_marker=READY_MARKER,
+        ready_timeout=board.qemu.timeout,
     )
 
 
@@ -98,6 +100,8 @@ def sdcard_boot_spec(board: Board, outdir: Path, built: Path, *, fresh: bool = F
         forward=board.qemu.forward,
         sd_card=card,
         persistent=True,
+        ready_marker=READY_MARKER,
+        ready_timeout=board.qemu.timeout,
     )
 
 
@@ -151,7 +155,6 @@ def boot(
     started = time.monotonic()
     with Machine(spec, workdir, timeout_factor=timeout_factor, progress=progress) as machine:
         assert board.qemu is not None
-        machine.ready_marker, machine.ready_timeout = READY_MARKER, board.qemu.timeout
         machine.start()
         machine.wait_for(READY_MARKER, timeout=board.qemu.timeout)
         ready = time.monotonic() - started

@@ -68,6 +68,8 @@ class BootSpec:
     sd_card: Path | None = None  # raspi0 style (-drive if=sd)
     forward: tuple[int, ...] = ()  # guest TCP ports -> free ports on 127.0.0.1
     extra_args: tuple[str, ...] = ()
+    ready_marker: str | None = None  # the line that says the guest is up (what reboot() waits for)
+    ready_timeout: float = 120.0
 
 
 def qemu_argv(spec: BootSpec, host_ports: Mapping[int, int] | None = None) -> list[str]:
@@ -241,9 +243,6 @@ class Machine:
         self._shell_ready = False
         self._send_lock = threading.Lock()
         self._launches = 0
-        # What a reboot waits for before the machine counts as up again (set by the caller).
-        self.ready_marker: str | None = None
-        self.ready_timeout = 120.0
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -537,11 +536,11 @@ class Machine:
     def reboot(self) -> float:
         """A cold reboot: power off, start QEMU again on the same drives, wait for the ready
         marker. Returns the seconds to ready. Drives must be persistent for writes to survive."""
-        if self.ready_marker is None:
-            raise BootError(f"{self.spec.profile.name}: reboot needs the machine's ready marker")
+        if self.spec.ready_marker is None:
+            raise BootError(f"{self.spec.profile.name}: reboot needs the boot spec's ready marker")
         self.poweroff()
         self.start()
-        return self.wait_for(self.ready_marker, self.ready_timeout)
+        return self.wait_for(self.spec.ready_marker, self.spec.ready_timeout)
 
 
 # -- no QEMU outlives fwgen ----------------------------------------------------------------
