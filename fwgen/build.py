@@ -186,7 +186,7 @@ def fetch_kernel(ctx: BuildContext) -> None:
         if any(e.path.startswith("/boot/vmlinu") for e in entries):
             ctx.kernel_package = fetched
             ctx.kernel_entries = entries
-            ctx.kernel = load_kernel(entries, source=f"deb:{fetched.package.name}")
+            ctx.kernel = load_kernel(entries, source=f"{fetched.package.format}:{fetched.package.name}")
             ctx.progress.info(f"kernel {ctx.kernel.release} from {fetched.package.name} {fetched.package.version}")
             return
         name = _kernel_dependency(fetched)
