@@ -37,8 +37,9 @@ from ..arch import Arch
 from ..board import Feed
 from ..errors import FormatError, IntegrityError, UserError
 from ..progress import Progress
-from ..rootfs import Entry, EntryType, normalize_path
+from ..rootfs import Entry
 from . import apkversion
+from .archive import entry_from_tar_member
 from .backend import register_backend
 from .cache import Cache
 from .package import Package, Relation
@@ -424,35 +425,8 @@ def _data_entries(members: list[TarMember], name: str, provenance: str) -> Itera
 
 def _entry_of(member: TarMember, files: dict[str, bytes], name: str, provenance: str) -> Entry | None:
     info = member.info
-    where = f"{name}: offset {info.offset:#x}: {info.name}"
-    try:
-        path = normalize_path(info.name)
-    except UserError as e:
-        raise FormatError(f"{where}: {e.message}") from e
-    if path == "/":
-        return None
-    common = dict(mode=info.mode & 0o7777, uid=info.uid, gid=info.gid, mtime=int(info.mtime), provenance=provenance)
-    if info.isreg():
-        _check_sha1(info, member.data, where)
-        files[path] = member.data
-        return Entry(path, EntryType.FILE, data=member.data, **common)
-    if info.issym():
-        _check_sha1(info, info.linkname.encode(), where)
-        return Entry(path, EntryType.SYMLINK, target=info.linkname, **common)
-    if info.isdir():
-        return Entry(path, EntryType.DIR, **common)
-    if info.islnk():
-        target = normalize_path(info.linkname)
-        if target not in files:
-            raise FormatError(f"{where}: hard link to {info.linkname}, not an earlier file")
-        files[path] = files[target]
-        return Entry(path, EntryType.FILE, data=files[target], **common)
-    if info.ischr() or info.isblk():
-        kind = EntryType.CHARDEV if info.ischr() else EntryType.BLOCKDEV
-        return Entry(path, kind, rdev=(info.devmajor, info.devminor), **common)
-    if info.isfifo():
-        return Entry(path, EntryType.FIFO, **common)
-    raise FormatError(f"{where}: unsupported tar entry type {info.type!r}")
+    return entry_from_tar_member(info, member.data, files, f"{name}: offset {info.offset:#x}: {info.name}",
+                                 provenance=provenance, check=_check_sha1)
 
 
 def _check_sha1(info: tarfile.TarInfo, content: bytes, where: str) -> None:

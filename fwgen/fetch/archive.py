@@ -10,7 +10,7 @@ import gzip
 import io
 import lzma
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,34 +118,55 @@ def read_tar_entries(data: bytes, source: str) -> Iterator[Entry]:
 def _entry_from_tarinfo(
     tar: tarfile.TarFile, info: tarfile.TarInfo, files: dict[str, bytes], source: str
 ) -> Entry | None:
-    try:
-        path = normalize_path(info.name)
-    except UserError as e:
-        raise FormatError(f"{source}: offset {info.offset:#x}: {e.message}") from e
-    if path == "/":
-        return None
-    common = dict(mode=info.mode & 0o7777, uid=info.uid, gid=info.gid, mtime=int(info.mtime))
+    content = b""
     if info.isreg():
         extracted = tar.extractfile(info)
         content = extracted.read() if extracted else b""
         if len(content) != info.size:
             raise FormatError(f"{source}: offset {info.offset_data:#x}: {info.name} is truncated")
+    return entry_from_tar_member(info, content, files, f"{source}: offset {info.offset:#x}: {info.name}")
+
+
+def entry_from_tar_member(
+    info: tarfile.TarInfo,
+    content: bytes,
+    files: dict[str, bytes],
+    where: str,
+    *,
+    provenance: str = "",
+    check: Callable[[tarfile.TarInfo, bytes, str], None] | None = None,
+) -> Entry | None:
+    """The rootfs Entry for one tar member (None for the archive's own "./").
+
+    `content` is a regular file's data; `files` maps the regular files seen so far, so a hard
+    link becomes a copy of its earlier target. `check(info, content, where)` verifies what a
+    format records per member (apk's SHA-1 of a file or a symlink target)."""
+    try:
+        path = normalize_path(info.name)
+    except UserError as e:
+        raise FormatError(f"{where}: {e.message}") from e
+    if path == "/":
+        return None
+    common = dict(mode=info.mode & 0o7777, uid=info.uid, gid=info.gid, mtime=int(info.mtime),
+                  provenance=provenance)
+    if info.isreg():
+        if check:
+            check(info, content, where)
         files[path] = content
         return Entry(path, EntryType.FILE, data=content, **common)
     if info.isdir():
         return Entry(path, EntryType.DIR, **common)
     if info.issym():
+        if check:
+            check(info, info.linkname.encode(), where)
         return Entry(path, EntryType.SYMLINK, target=info.linkname, **common)
     if info.islnk():
         try:
             target = normalize_path(info.linkname)
         except UserError as e:
-            raise FormatError(f"{source}: offset {info.offset:#x}: {e.message}") from e
+            raise FormatError(f"{where}: {e.message}") from e
         if target not in files:
-            raise FormatError(
-                f"{source}: offset {info.offset:#x}: hard link {info.name} to {info.linkname}, "
-                "which is not an earlier regular file"
-            )
+            raise FormatError(f"{where}: hard link to {info.linkname}, which is not an earlier regular file")
         files[path] = files[target]
         return Entry(path, EntryType.FILE, data=files[target], **common)
     if info.ischr() or info.isblk():
@@ -153,7 +174,7 @@ def _entry_from_tarinfo(
         return Entry(path, kind, rdev=(info.devmajor, info.devminor), **common)
     if info.isfifo():
         return Entry(path, EntryType.FIFO, **common)
-    raise FormatError(f"{source}: offset {info.offset:#x}: {info.name}: unsupported tar type {info.type!r}")
+    raise FormatError(f"{where}: unsupported tar entry type {info.type!r}")
 
 
 def read_member_tar(path: Path, data: bytes, members: list[ArMember], stem: str) -> Iterator[Entry]:
