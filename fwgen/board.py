@@ -138,6 +138,7 @@ class Board:
     package_feeds: dict[str, str] = field(default_factory=dict)  # package -> the feed it is pinned to
     exclude: tuple[str, ...] = ()  # never installed, even when something depends on them
     nodeps: tuple[str, ...] = ()  # installed without following their dependencies
+    exclude_paths: tuple[str, ...] = ()  # package files left out of the image (schema has the defaults)
     overlays: tuple[str, ...] = ()  # folders, in application order, dependencies first
     variables: dict[str, str] = field(default_factory=dict)  # the board's overrides, as text
     outputs: tuple[str, ...] = ("initramfs",)

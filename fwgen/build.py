@@ -9,6 +9,7 @@ the end, so a failed build never leaves a half-written output folder.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import io
 import json
@@ -18,6 +19,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,6 +95,7 @@ class BuildContext:
     overlays: list[Overlay] = field(default_factory=list)
     layers: Layers = field(default_factory=Layers)
     busybox: BuiltBusybox | None = None
+    pruned: dict[str, int] = field(default_factory=dict)  # exclude_paths pattern -> paths removed
     staging: Path | None = None
     outputs: dict[str, Path] = field(default_factory=dict)
 
@@ -274,6 +277,9 @@ def assemble_rootfs(ctx: BuildContext) -> None:
     ctx.progress.step(f"assembling the root filesystem from {len(ctx.packages)} package(s)")
     for fetched in ctx.packages:
         install_package(rootfs, fetched)
+    ctx.pruned = prune_package_files(rootfs, ctx.board.exclude_paths)
+    if ctx.pruned:
+        ctx.progress.info(f"left out {sum(ctx.pruned.values())} package file(s) matching exclude_paths")
     if ctx.source_date_epoch is None:
         # A deterministic default for SOURCE_DATE_EPOCH: the newest file the packages bring.
         ctx.source_date_epoch = max((e.mtime or 0 for e in rootfs), default=0)
@@ -288,6 +294,21 @@ def assemble_rootfs(ctx: BuildContext) -> None:
     apply_layers(rootfs, ctx.layers)
     ctx.progress.info(f"overlays {', '.join(o.name for o in ctx.overlays)}: {len(ctx.layers.entries)} path(s)")
     write_generated_files(ctx)
+
+
+def prune_package_files(rootfs: RootFS, patterns: Sequence[str]) -> dict[str, int]:
+    """Remove what the packages installed under `patterns` (documentation, translations...);
+    a directory goes only once it is empty. Returns how many paths each pattern removed."""
+    removed = dict.fromkeys(patterns, 0)
+    for entry in sorted(rootfs, key=lambda e: e.path, reverse=True):  # contents before folders
+        pattern = next((p for p in patterns if fnmatch.fnmatchcase(entry.path, p)), None)
+        if pattern is None or entry.path == "/":
+            continue
+        if entry.type is EntryType.DIR and rootfs.children(entry.path):
+            continue
+        rootfs.remove(entry.path)
+        removed[pattern] += 1
+    return {p: n for p, n in removed.items() if n}
 
 
 def write_generated_files(ctx: BuildContext) -> None:
@@ -505,6 +526,7 @@ def write_manifest(ctx: BuildContext) -> dict:
             "overlays": [{"name": o.name, "path": str(o.path)} for o in ctx.overlays],
             "excluded": list(board.exclude),
             "nodeps": list(board.nodeps),
+            "excluded_paths": ctx.pruned,
         },
         "outputs": {
             name: {"file": path.name, "sha256": _sha256_file(path), "size": path.stat().st_size}

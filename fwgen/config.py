@@ -511,6 +511,7 @@ def load_board(
         package_feeds=_pinned_feeds(doc, data),
         exclude=tuple(data["exclude"]),
         nodeps=tuple(data["nodeps"]),
+        exclude_paths=tuple(data["exclude_paths"]),
         overlays=_resolve_overlay_stack(doc, data, path, overlay_dirs),
         variables={k: variable_text(v) for k, v in data["variables"].items()},
         outputs=tuple(data["outputs"]),

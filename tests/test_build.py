@@ -41,6 +41,7 @@ def test_build_writes_kernel_initramfs_and_manifest(built):
     assert kernel["release"] in kernel["name"]
     assert manifest["inputs"]["kernel_modules"][-1] == "virtio_net"
     assert len(manifest["board"]["sha256"]) == 64
+    assert manifest["inputs"]["excluded_paths"]["/usr/lib/*/gconv/*"] > 50
     assert manifest["files"]["/init"] == "overlay:base"
     assert manifest["files"]["/bin/busybox"] == "busybox:1.35.0-musl"
 
@@ -59,6 +60,8 @@ def test_gnu_cpio_lists_a_root_owned_initramfs_with_device_nodes(built):
     assert lines["dev/null"].startswith("crw-rw-rw-")
     assert "bin/sh" in lines and "-> " in lines["bin/sh"]
     assert all(" root " in line for line in listing.splitlines()), "every entry is root-owned"
+    assert not [name for name in lines if "/gconv/" in name or name.startswith("usr/share/man/")]
+    assert any(name.startswith("usr/share/doc/") and name.endswith("/copyright") for name in lines)
     modules = [name for name in lines if name.endswith(".ko")]
     assert any(name.endswith("/virtio_net.ko") for name in modules)
 
