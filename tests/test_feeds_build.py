@@ -63,7 +63,7 @@ def _alpine_packages(signer: RsaSigner) -> list:
                 provides=["cmd:greet"], provider_priority=10),
         ApkSpec("greet-high", "1-r0", "aarch64", [FileSpec("usr/bin/greet-high", b"high", mode=0o755)],
                 provides=["cmd:greet"], provider_priority=20),
-        ApkSpec("fwgen-hello-doc", "1.0-r0", "noarch", [FileSpec("usr/share/doc/hello/README", b"read me")],
+        ApkSpec("fwgen-hello-doc", "1.0-r0", "noarch", [FileSpec("usr/share/hello/README", b"read me")],
                 depends=["doc-base"], install_if=["fwgen-hello=1.0-r0", "docs"]),
         ApkSpec("doc-base", "1-r0", "noarch", [FileSpec("usr/share/doc/.base", b"")]),
         ApkSpec("docs", "1-r0", "noarch", [FileSpec("etc/docs-wanted", b"yes\n")]),
@@ -324,7 +324,7 @@ def test_mixed_board_image_holds_every_feeds_files_with_their_modes(built):
     assert members["etc/hello.conf"].mode == 0o100600
     assert (members["var/lib/hello"].mode, members["var/lib/hello"].uid, members["var/lib/hello"].gid) == (0o40700, 100, 101)
     assert members["usr/bin/greet-high"].mode == 0o100755 and "usr/bin/greet-low" not in members
-    assert members["usr/share/doc/hello/README"].data == b"read me"  # install_if
+    assert members["usr/share/hello/README"].data == b"read me"  # install_if
     tool = members["usr/sbin/owrt-tool"]
     assert (tool.mode, tool.gid) == (0o100750, 5)
     assert members["usr/sbin/owrt"].data == b"owrt-tool"  # a symlink's data is its target
