@@ -48,6 +48,8 @@ def test_board_builds_boots_and_passes_its_checks(board, out_root, cache_dir):
     assert any(root in (c.command or "") and "squashfs" in (c.command or "") for c in declared.values())
     assert any(name.startswith("http:") for name in checks)
     assert len(checks) >= 4
+    if board == "rpi-zero":  # issue 6: base, network, httpd, ssh and ntp, proven on the Pi too
+        assert {"tcp: 22", "service: dropbear", "service: httpd", "service: ntpd"} <= set(checks)
     console = (out_root / board / "boot" / "console.log").read_text(errors="replace")
     assert "fwgen: ready" in console
     assert f"root is {root} (squashfs" in console
