@@ -34,6 +34,16 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("fwgen-cache")
 
 
+@pytest.fixture
+def server():
+    """A scripted HTTP server on 127.0.0.1 (tests/localhttp.py), closed after the test."""
+    from localhttp import Server
+
+    srv = Server()
+    yield srv
+    srv.close()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """In CI (CI=true) a skipped `network` or `qemu` test is a failure, not a skip."""

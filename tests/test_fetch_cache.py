@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import multiprocessing
-import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from localhttp import content_files, send
 
 from fwgen.errors import FetchError, IntegrityError
 from fwgen.fetch.cache import Cache
@@ -19,63 +17,9 @@ PAYLOAD = b"fwgen payload " * 5000
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
-class Server:
-    """An HTTP server on 127.0.0.1 whose routes are functions of the request count."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, Callable[[http.server.BaseHTTPRequestHandler, int], None]] = {}
-        self.hits: dict[str, int] = {}
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's name)
-                count = server.hits.get(self.path, 0) + 1
-                server.hits[self.path] = count
-                route = server.routes.get(self.path)
-                if route is None:
-                    self.send_error(404)
-                    return
-                route(self, count)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def serve(self, path: str, body: bytes) -> None:
-        self.routes[path] = lambda handler, _count: send(handler, body)
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def send(handler, body: bytes, status: int = 200, length: int | None = None) -> None:
-    handler.send_response(status)
-    handler.send_header("Content-Length", str(len(body) if length is None else length))
-    handler.end_headers()
-    handler.wfile.write(body)
-    handler.wfile.flush()
-    handler.close_connection = True
-
-
-@pytest.fixture
-def server():
-    srv = Server()
-    yield srv
-    srv.close()
-
-
 @pytest.fixture
 def cache(tmp_path) -> Cache:
     return Cache(tmp_path / "cache", attempts=3, backoff=0.01, timeout=10)
-
-
-def cached_files(cache: Cache) -> list[Path]:
-    return sorted(p for p in (cache.root / "sha256").rglob("*") if p.is_file()) if (cache.root / "sha256").exists() else []
 
 
 def test_fetch_verifies_and_stores_by_content(server, cache):
@@ -112,7 +56,7 @@ def test_404_fails_after_retries_with_one_line(server, cache):
         cache.fetch(f"{server.url}/missing.deb", sha256=PAYLOAD_SHA, size=1)
     assert str(caught.value) == f"{server.url}/missing.deb: HTTP 404 Not Found (gave up after 3 attempts)"
     assert server.hits["/missing.deb"] == 3
-    assert cached_files(cache) == []
+    assert content_files(cache) == []
 
 
 def test_truncated_body_is_retried_then_succeeds(server, cache):
@@ -131,7 +75,7 @@ def test_always_truncated_body_gives_clear_fetch_error(server, cache):
     server.routes["/pkg.deb"] = lambda h, _c: send(h, PAYLOAD[:1000], length=len(PAYLOAD))
     with pytest.raises(FetchError, match=r"/pkg.deb: truncated body: 1000 of 70000 bytes \(gave up after 3 attempts\)"):
         cache.fetch(f"{server.url}/pkg.deb", sha256=PAYLOAD_SHA, size=len(PAYLOAD))
-    assert cached_files(cache) == []
+    assert content_files(cache) == []
     assert not [p for p in cache.root.rglob("*.part")]
 
 

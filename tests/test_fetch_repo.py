@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pysequoia
 import pytest
-from test_fetch_cache import Server
+from localhttp import Server, content_files
 from test_fetch_deb import add_member, build_deb, build_tar
 
 from fwgen.arch import Arch
@@ -74,20 +74,8 @@ class LocalRepo:
 
 
 @pytest.fixture
-def server():
-    srv = Server()
-    yield srv
-    srv.close()
-
-
-@pytest.fixture
 def cache(tmp_path) -> Cache:
     return Cache(tmp_path / "cache", attempts=2, backoff=0.01, timeout=10)
-
-
-def content_files(cache: Cache) -> list[Path]:
-    folder = cache.root / "sha256"
-    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
 def test_fetch_and_install_from_a_signed_local_repository(server, cache, tmp_path):

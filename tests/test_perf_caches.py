@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from test_fetch_cache import Server
+from localhttp import Server
 from test_fetch_deb import add_member, build_deb, build_tar
 from test_fetch_repo import LocalRepo
 
@@ -31,13 +31,6 @@ from fwgen.kernel import find_modinfo_section, read_modinfo, read_modinfo_sectio
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture
-def server():
-    srv = Server()
-    yield srv
-    srv.close()
 
 
 @pytest.fixture
