@@ -12,7 +12,7 @@ from pathlib import Path
 from .board import Board
 from .checks import CheckResult, run_checks
 from .dtb import DeviceTree, apply_fixups
-from .errors import BootError, UserError
+from .errors import UserError
 from .images.sdcard import read_boot_files
 from .overlay import overlay_checks
 from .progress import QUIET, Progress
@@ -166,4 +166,4 @@ def boot(
         return BootResult(board.name, ready, results, machine.console_log)
 
 
-__all__ = ["BootError", "BootResult", "boot", "boot_spec_for", "prepare_boot_disk", "READY_MARKER"]
+__all__ = ["BootResult", "boot", "boot_spec_for", "prepare_boot_disk", "READY_MARKER"]

@@ -390,15 +390,6 @@ def apply_layers(rootfs: RootFS, layers: Layers) -> None:
         rootfs.add(_with_rule(entry, rule, overlay, path, layers.accounts))
 
 
-def apply_overlay(rootfs: RootFS, overlay: Overlay, variables: Mapping[str, str] | None = None) -> int:
-    """Add one overlay on its own (no layering checks). Returns the count of paths."""
-    layers = Layers(accounts=collect_accounts([overlay]))
-    _add_tree(layers, overlay, variables or {})
-    for entry in layers.entries.values():
-        rootfs.add(entry)
-    return len(layers.entries)
-
-
 def _add_tree(layers: Layers, overlay: Overlay, variables: Mapping[str, str]) -> None:
     top = overlay.path / "files"
     supplied = set()
