@@ -18,7 +18,7 @@ from pathlib import Path
 
 from construct import Const, ConstructError, Int32ub, Struct
 
-from .errors import FormatError, UserError
+from .errors import FormatError, UserError, parse_error
 
 __all__ = ["DeviceTree", "Node", "read_dtb", "apply_fixups", "Fixup"]
 
@@ -103,7 +103,7 @@ class DeviceTree:
         try:
             header = Header.parse(data)
         except ConstructError as e:
-            raise FormatError(f"{where}: header at 0x0: not a flattened device tree ({e})") from e
+            raise parse_error(f"{where}: header at 0x0", "not a flattened device tree", e) from e
         if header.totalsize > len(data):
             raise FormatError(f"{where}: header says {header.totalsize} bytes, the file has {len(data)}")
         if header.last_comp_version > VERSION:

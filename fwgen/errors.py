@@ -7,6 +7,14 @@ Library code never calls `sys.exit()`.
 
 from __future__ import annotations
 
+import struct
+
+from construct import ConstructError
+
+# What a construct parser raises on bad bytes: its own errors, and struct.error from a
+# compiled parser reading past the end of its buffer.
+PARSE_ERRORS = (ConstructError, struct.error)
+
 
 class FwgenError(Exception):
     """Base of every error fwgen raises on purpose."""
@@ -94,3 +102,24 @@ class BootError(FwgenError):
     def __init__(self, message: str, console_tail: str = "", hint: str | None = None) -> None:
         super().__init__(message, hint)
         self.console_tail = console_tail
+
+
+def describe_parse_error(error: Exception) -> str:
+    """A construct error on one line: "field -> subfield: what went wrong".
+
+    construct puts "Error in path (parsing) -> header -> c_mode" on a line of its own and
+    compiled parsers raise bare struct.error or message-less errors; a user sees one line.
+    """
+    if isinstance(error, struct.error):
+        return f"truncated ({error})"
+    where, _, what = str(error).partition("\n")
+    for prefix in ("Error in path (parsing) -> ", "Error in path (building) -> "):
+        where = where.removeprefix(prefix)
+    text = f"{where}: {what}" if what else where
+    return " ".join(text.split()) or error.__class__.__name__
+
+
+def parse_error(where: str, what: str, error: Exception) -> FormatError:
+    """The one wrapping of a construct error: `where` names the file and offset, `what` the
+    structure being read (`/tmp/x.deb: offset 0x8: bad ar member header: ar_fmag: ...`)."""
+    return FormatError(f"{where}: {what}: {describe_parse_error(error)}")

@@ -28,7 +28,7 @@ from construct import ConstructError
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from .errors import FormatError, UserError
+from .errors import FormatError, UserError, parse_error
 from .rootfs import Entry, EntryType, RootFS
 
 # /lib/modules/<release>/... (Debian up to bookworm) or /usr/lib/modules/<release>/... (merged /usr).
@@ -246,7 +246,7 @@ def read_modinfo_section(data: bytes, *, where: str = "module") -> bytes:
         section = ELFFile(io.BytesIO(data)).get_section_by_name(".modinfo")
         raw = section.data() if section is not None else None
     except (ELFError, ConstructError, ValueError) as e:
-        raise FormatError(f"{where}: not an ELF kernel module: {e}") from e
+        raise parse_error(where, "not an ELF kernel module", e) from e
     if raw is None:
         raise FormatError(f"{where}: no .modinfo section (not a kernel module?)")
     return raw

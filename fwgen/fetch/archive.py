@@ -17,7 +17,7 @@ from pathlib import Path
 import construct as c
 import zstandard
 
-from ..errors import FormatError, UserError
+from ..errors import FormatError, UserError, parse_error
 from ..rootfs import Entry, EntryType, normalize_path
 
 AR_MAGIC = b"!<arch>\n"
@@ -57,7 +57,7 @@ def list_ar_members(data: bytes, source: str) -> list[ArMember]:
             header = ArHeader.parse(data[offset : offset + AR_HEADER_SIZE])
             size = int(header.ar_size.strip())
         except (c.ConstructError, ValueError, UnicodeDecodeError) as e:
-            raise FormatError(f"{source}: offset {offset:#x}: bad ar member header: {e}") from e
+            raise parse_error(f"{source}: offset {offset:#x}", "bad ar member header", e) from e
         start = offset + AR_HEADER_SIZE
         if start + size > len(data):
             raise FormatError(

@@ -22,7 +22,7 @@ from construct import Bytes, Const, ConstructError, Struct
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ..errors import FormatError, IntegrityError
+from ..errors import FormatError, IntegrityError, parse_error
 
 ALGORITHM = b"Ed"
 
@@ -75,7 +75,7 @@ def parse_public_key(text: str, name: str = "<key>") -> UsignKey:
     try:
         parsed = PUBLIC_KEY.parse(payload)
     except ConstructError as e:
-        raise FormatError(f"{name}: not an Ed25519 usign key: {e}") from e
+        raise parse_error(name, "not an Ed25519 usign key", e) from e
     return UsignKey(parsed.fingerprint, Ed25519PublicKey.from_public_bytes(parsed.pubkey), comment, name)
 
 
@@ -89,7 +89,7 @@ def parse_signature(text: str | bytes, name: str = "<signature>") -> UsignSignat
     try:
         parsed = SIGNATURE.parse(payload)
     except ConstructError as e:
-        raise FormatError(f"{name}: not an Ed25519 usign signature: {e}") from e
+        raise parse_error(name, "not an Ed25519 usign signature", e) from e
     return UsignSignature(parsed.fingerprint, parsed.sig, comment)
 
 

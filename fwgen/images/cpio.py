@@ -24,7 +24,7 @@ from typing import BinaryIO
 import zstandard
 from construct import Adapter, Bytes, ConstructError, OneOf, Padding, Struct, this
 
-from ..errors import FormatError, UserError
+from ..errors import FormatError, UserError, parse_error
 from ..rootfs import Entry, EntryType, RootFS
 
 NEWC_MAGIC = b"070701"
@@ -180,7 +180,7 @@ def _build_member(name: str, header: dict[str, int], data: bytes) -> bytes:
     try:
         return NEWC_MEMBER.build({"header": header, "name": raw_name, "data": data})
     except ConstructError as e:
-        raise FormatError(f"initramfs: {name}: {e}") from e
+        raise parse_error(f"initramfs: {name}", "cannot write member", e) from e
 
 
 def _encode_text(path: str, what: str, text: str) -> bytes:
@@ -305,7 +305,7 @@ def _read_archive(data: bytes, offset: int, source: str) -> tuple[list[CpioMembe
         try:
             raw = NEWC_MEMBER.parse_stream(stream)
         except ConstructError as e:
-            raise FormatError(f"{source}: member at 0x{start:x}: {_describe(e)}") from e
+            raise parse_error(f"{source}: member at 0x{start:x}", "bad newc member", e) from e
         member = _member_of(raw, start, source)
         if member.name == TRAILER:
             return members, stream.tell()
@@ -337,10 +337,3 @@ def _member_of(raw, offset: int, source: str) -> CpioMember:
         data=raw.data,
         offset=offset,
     )
-
-
-def _describe(error: ConstructError) -> str:
-    # construct says "Error in path (parsing) -> header -> c_mode" on a line of its own.
-    where, _, what = str(error).partition("\n")
-    where = where.replace("Error in path (parsing) -> ", "")
-    return f"{where}: {what}" if what else where

@@ -44,7 +44,7 @@ from construct import (
     Struct,
 )
 
-from ..errors import FormatError, UserError
+from ..errors import FormatError, UserError, parse_error
 
 __all__ = ["FatLayout", "FatVolume", "plan_layout", "read_fat", "write_fat", "write_fat_image"]
 
@@ -501,7 +501,7 @@ class FatVolume:
         try:
             boot = BootSector.parse(raw)
         except ConstructError as e:
-            raise FormatError(f"{where}: boot sector at {offset:#x}: not a FAT boot sector ({e})") from e
+            raise parse_error(f"{where}: boot sector at {offset:#x}", "not a FAT boot sector", e) from e
         if boot.BPB_BytsPerSec != SECTOR or boot.BPB_FATSz16 != 0 or boot.BPB_FATSz32 == 0:
             raise FormatError(f"{where}: boot sector at {offset:#x}: not FAT32 with 512-byte sectors")
         self.layout = FatLayout(boot.BPB_TotSec32, boot.BPB_SecPerClus, boot.BPB_FATSz32, boot.BPB_RsvdSecCnt)

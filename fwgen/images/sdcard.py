@@ -20,7 +20,7 @@ from pathlib import Path
 
 from construct import ConstructError
 
-from ..errors import FormatError, UserError
+from ..errors import FormatError, UserError, parse_error
 from ..progress import QUIET, Progress
 from .disk import MBR, Partition, write_disk_image
 from .fat import FatVolume, write_fat
@@ -129,7 +129,7 @@ def _first_partition_offset(f, image: Path) -> int:
     try:
         mbr = MBR.parse(f.read(512))
     except ConstructError as e:
-        raise FormatError(f"{image}: sector 0: no MBR ({e})") from e
+        raise parse_error(f"{image}: sector 0", "no MBR", e) from e
     first = mbr.partitions[0]
     if first.type not in (FAT32_LBA, 0x0B, 0x0E, 0x06):
         raise FormatError(f"{image}: partition 1 has type {first.type:#04x}, not FAT",

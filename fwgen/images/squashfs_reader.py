@@ -14,7 +14,7 @@ from pathlib import Path
 
 from construct import ConstructError
 
-from ..errors import FormatError
+from ..errors import PARSE_ERRORS, FormatError, parse_error
 from ..rootfs import Entry, EntryType, RootFS
 from . import squashfs_layout as L
 
@@ -217,8 +217,8 @@ class SquashfsImage:
                 inode.blocks = self._block_list(pos, body)
             elif kind == L.LDIR:
                 inode.index = self._dir_index(pos, body.i_count)
-        except ConstructError as e:
-            raise FormatError(f"{where}: truncated inode ({e.__class__.__name__})") from None
+        except PARSE_ERRORS as e:
+            raise parse_error(where, "bad inode", e) from None
         return inode
 
     def _block_list(self, pos: int, body) -> tuple[int, ...]:
@@ -259,16 +259,22 @@ class SquashfsImage:
         if end > len(self._dirs):
             raise FormatError(f"{where}: listing of {path} runs past the table end")
         while pos < end:
-            header = _DIR_HEADER.parse(self._dirs[pos:pos + 12])
+            header = self._parse_dir(_DIR_HEADER, pos, 12, where, path)
             pos += 12
             if header.count >= L.MAX_DIR_HEADER_ENTRIES:
                 raise FormatError(f"{where}: directory header of {path} claims {header.count + 1} entries")
             for _ in range(header.count + 1):
-                entry = _DIR_ENTRY.parse(self._dirs[pos:pos + 8 + 257])
+                entry = self._parse_dir(_DIR_ENTRY, pos, 8 + 257, where, path)
                 pos += 8 + len(entry.name)
                 if b"/" in entry.name or entry.name in (b".", b".."):
                     raise FormatError(f"{where}: bad name {entry.name!r} in {path}")
                 yield entry.name, L.inode_ref(header.start_block, entry.offset)
+
+    def _parse_dir(self, struct, pos: int, size: int, where: str, path: str):
+        try:
+            return struct.parse(self._dirs[pos:pos + size])
+        except PARSE_ERRORS as e:
+            raise parse_error(where, f"bad listing of {path}", e) from None
 
     def _walk(self) -> Iterator[SquashfsEntry]:
         stack = [("/", self.superblock.root_inode, 0)]
