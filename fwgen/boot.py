@@ -24,6 +24,8 @@ READY_MARKER = "fwgen: ready"
 # starts from a fresh copy.
 BOOT_DISK = "boot/disk.img"
 BOOT_SDCARD = "boot/sdcard.img"
+# A squashfs output alone is a root for flashing: the kernel has nothing to mount it from.
+BOOTABLE_OUTPUTS = frozenset({"initramfs", "disk", "sdcard"})
 # What the Raspberry Pi firmware would have loaded, read out of the SD card's FAT partition.
 FROM_SDCARD = "boot/from-sdcard"
 
@@ -54,6 +56,9 @@ def boot_spec_for(board: Board, outdir: Path, *, fresh_disk: bool = False) -> Bo
         raise UserError(f"{board.source}: board has no qemu section, it cannot be booted under QEMU")
     manifest = json.loads(manifest_path.read_text())
     outputs = manifest["outputs"]
+    if not BOOTABLE_OUTPUTS & set(outputs):
+        raise UserError(f"{board.source}: outputs {', '.join(board.outputs)}: nothing QEMU can boot",
+                        f"add one of {', '.join(sorted(BOOTABLE_OUTPUTS))} to outputs")
     if "sdcard" in outputs:
         return sdcard_boot_spec(board, outdir, outdir / outputs["sdcard"]["file"], fresh=fresh_disk)
     initrd = outdir / outputs["initramfs"]["file"] if "initramfs" in outputs else None

@@ -394,10 +394,24 @@ def write_images(ctx: BuildContext) -> None:
     elif "disk" in ctx.board.outputs:
         write_disk(ctx)
         write_boot_initramfs(ctx)
-    elif "initramfs" in ctx.board.outputs:
-        path = ctx.staging / INITRAMFS_FILE
-        write_initramfs(ctx.rootfs, path, compression=ctx.compression, mtime=ctx.epoch)
-        ctx.outputs["initramfs"] = path
+    else:
+        if "initramfs" in ctx.board.outputs:
+            path = ctx.staging / INITRAMFS_FILE
+            write_initramfs(ctx.rootfs, path, compression=ctx.compression, mtime=ctx.epoch)
+            ctx.outputs["initramfs"] = path
+        if "squashfs" in ctx.board.outputs:
+            write_root_squashfs(ctx)
+
+
+def write_root_squashfs(ctx: BuildContext) -> Path:
+    """The whole root filesystem as squashfs: an output of its own when the board asks for
+    one, else only the content of a disk's or SD card's root partition."""
+    assert ctx.staging is not None
+    path = ctx.staging / SQUASHFS_FILE
+    write_squashfs(ctx.rootfs, path, compression=ctx.compression, mtime=ctx.epoch, progress=ctx.progress)
+    if "squashfs" in ctx.board.outputs:
+        ctx.outputs["squashfs"] = path
+    return path
 
 
 def write_disk(ctx: BuildContext) -> None:
@@ -405,8 +419,7 @@ def write_disk(ctx: BuildContext) -> None:
     /init formats on first boot. The squashfs file is kept only when asked for as an output."""
     assert ctx.staging is not None
     disk = ctx.board.disk
-    squashfs = ctx.staging / SQUASHFS_FILE
-    write_squashfs(ctx.rootfs, squashfs, compression=ctx.compression, mtime=ctx.epoch, progress=ctx.progress)
+    squashfs = write_root_squashfs(ctx)
     root_size = _round_up(squashfs.stat().st_size + disk.root_slack * MIB, MIB)
     partitions = [Partition("root", 0x83, squashfs, root_size)]
     if disk.data_size:
@@ -414,9 +427,7 @@ def write_disk(ctx: BuildContext) -> None:
     path = ctx.staging / DISK_FILE
     write_disk_image(path, partitions, progress=ctx.progress)
     ctx.outputs["disk"] = path
-    if "squashfs" in ctx.board.outputs:
-        ctx.outputs["squashfs"] = squashfs
-    else:
+    if "squashfs" not in ctx.board.outputs:
         squashfs.unlink()
     ctx.progress.info(f"disk {path.stat().st_size // MIB} MiB: root {root_size // MIB} MiB, data {disk.data_size} MiB")
 
@@ -428,8 +439,7 @@ def write_sdcard_image(ctx: BuildContext) -> None:
     assert ctx.staging is not None and ctx.kernel is not None
     board, spec = ctx.board, ctx.board.sdcard
     boot_files = dict(ctx.boot_firmware)
-    squashfs = ctx.staging / SQUASHFS_FILE
-    write_squashfs(ctx.rootfs, squashfs, compression=ctx.compression, mtime=ctx.epoch, progress=ctx.progress)
+    squashfs = write_root_squashfs(ctx)
     write_boot_initramfs(ctx)
     boot_files[KERNEL_NAME] = ctx.kernel.image
     boot_files[INITRAMFS_NAME] = ctx.outputs["initramfs"].read_bytes()
@@ -442,9 +452,7 @@ def write_sdcard_image(ctx: BuildContext) -> None:
     size = write_sdcard(path, boot_files=boot_files, root=squashfs, boot_size=spec.boot_size * MIB,
                         data_size=board.disk.data_size * MIB, mtime=ctx.epoch, progress=ctx.progress)
     ctx.outputs["sdcard"] = path
-    if "squashfs" in board.outputs:
-        ctx.outputs["squashfs"] = squashfs
-    else:
+    if "squashfs" not in board.outputs:
         squashfs.unlink()
     ctx.progress.info(f"sdcard {size // MIB} MiB: boot {spec.boot_size} MiB ({len(boot_files)} files), "
                       f"root {squashfs.name if squashfs.exists() else 'squashfs'}")

@@ -339,6 +339,11 @@ def _translate(doc: Document, error: jsonschema.exceptions.ValidationError, root
         return doc.error((*path, again), f"lists {_show(value[again])} twice")
     if keyword == "enum":
         noun = subschema.get("x-noun", "value")
+        known = ", ".join(str(v) for v in rule)
+        planned = subschema.get("x-not-implemented", {})
+        if value in planned:  # named in the docs or by other tools: say why, not "unknown"
+            return doc.error(path, f"{noun} {_show(value)} ({planned[value]}) is not implemented yet",
+                             f"fwgen writes: {known}")
         return doc.error(path, f"unknown {noun} {_show(value)}",
                          _did_you_mean(str(value), [str(v) for v in rule], "known"))
     return doc.error(path, _plain_words(keyword, rule, value, subschema))

@@ -7,7 +7,7 @@ import json
 import subprocess
 
 import pytest
-from buildutil import run_fwgen
+from buildutil import REPO, run_fwgen
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -77,3 +77,27 @@ def test_rebuild_gives_a_byte_identical_initramfs(built, tmp_path, cache_dir):
             assert json.loads(first)["outputs"] == json.loads(second)["outputs"]
         else:
             assert first == second, f"{name} differs between two builds of the same inputs"
+
+
+def test_squashfs_output_alone_is_written_and_cannot_be_booted(tmp_path, cache_dir):
+    from fwgen.images.squashfs import read_squashfs
+
+    text = (REPO / "boards" / "qemu-aarch64.yaml").read_text()
+    board = tmp_path / "sqfs-only.yaml"
+    board.write_text(text.replace("name: qemu-aarch64", "name: sqfs-only")
+                     .replace("outputs: [initramfs]", "outputs: [squashfs]"))
+    result = run_fwgen("build", "--board", str(board), "--out", str(tmp_path / "out"), cache=cache_dir)
+    assert result.returncode == 0, result.stderr
+    outdir = tmp_path / "out" / "sqfs-only"
+    manifest = json.loads((outdir / "manifest.json").read_text())
+    assert sorted(manifest["outputs"]) == ["kernel", "squashfs"]
+    image = outdir / manifest["outputs"]["squashfs"]["file"]
+    assert hashlib.sha256(image.read_bytes()).hexdigest() == manifest["outputs"]["squashfs"]["sha256"]
+    listing = subprocess.run(["unsquashfs", "-lls", str(image)], capture_output=True, text=True, check=True).stdout
+    assert "squashfs-root/bin/busybox" in listing and "squashfs-root/usr/sbin/dropbear" in listing
+    root = read_squashfs(image)
+    assert set(manifest["files"]) == {entry.path for entry in root.to_rootfs()}
+    booted = run_fwgen("boot", "--board", str(board), "--out", str(tmp_path / "out"), cache=cache_dir)
+    assert booted.returncode == 2
+    assert booted.stderr.strip().endswith(
+        "sqfs-only.yaml: outputs squashfs: nothing QEMU can boot (add one of disk, initramfs, sdcard to outputs)")
