@@ -12,7 +12,7 @@ from pathlib import Path
 from .board import Board
 from .checks import CheckResult, run_checks
 from .dtb import DeviceTree, apply_fixups
-from .errors import UserError
+from .errors import UserError, writing
 from .images.sdcard import read_boot_files
 from .overlay import overlay_checks
 from .progress import QUIET, Progress
@@ -153,7 +153,8 @@ def boot(
     """Boot the board's build, wait for the ready line, run every check, power off.
 
     `fresh_disk`: forget what earlier boots wrote to the board's disk (see `boot_spec_for`)."""
-    spec = boot_spec_for(board, outdir, fresh_disk=fresh_disk)
+    with writing(outdir / "boot", f"the boot copy of {board.name}'s disk"):
+        spec = boot_spec_for(board, outdir, fresh_disk=fresh_disk)
     workdir = outdir / "boot"
     workdir.mkdir(exist_ok=True)
     progress.step(f"booting {board.name} in {spec.profile.binary}")

@@ -30,7 +30,7 @@ from .audit import audit_rootfs
 from .board import Board
 from .busybox import DEFAULT_SOURCE, BusyboxSource, build_busybox, install_busybox
 from .config import board_digest
-from .errors import UserError
+from .errors import UserError, writing
 from .fetch import FetchedPackage, fetch_packages, install_package, read_package_entries
 from .fetch.cache import Cache
 from .images.cpio import write_initramfs
@@ -140,16 +140,18 @@ def build(
     outdir.parent.mkdir(parents=True, exist_ok=True)
     ctx.staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
     try:
-        fetch_board_packages(ctx)
-        fetch_kernel(ctx)
-        build_board_busybox(ctx)
-        assemble_rootfs(ctx)
-        take_boot_firmware(ctx)
-        audit_elf_files(ctx)
+        with writing(cache.root, f"the package and BusyBox cache for board {board.name}"):
+            fetch_board_packages(ctx)
+            fetch_kernel(ctx)
+            build_board_busybox(ctx)
+            assemble_rootfs(ctx)
+            take_boot_firmware(ctx)
+            audit_elf_files(ctx)
         select_kernel_modules(ctx)
-        write_images(ctx)
-        manifest = write_manifest(ctx)
-        publish_outputs(ctx)
+        with writing(ctx.staging, f"the outputs of board {board.name}"):
+            write_images(ctx)
+            manifest = write_manifest(ctx)
+            publish_outputs(ctx)
     finally:
         if ctx.staging.exists():
             shutil.rmtree(ctx.staging)

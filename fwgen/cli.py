@@ -18,7 +18,7 @@ import click
 import yaml
 
 from . import __version__
-from .errors import BootError, FwgenError
+from .errors import BootError, FwgenError, host_file_error, writing
 
 pass_state = click.make_pass_decorator(dict, ensure=True)
 
@@ -43,6 +43,13 @@ def handle_errors(command):
             return command(*args, **kwargs)
         except FwgenError as e:
             _fail(e, verbose)
+        except OSError as e:
+            error = host_file_error(e)
+            if error is None:
+                raise
+            if verbose:
+                traceback.print_exception(e)
+            _fail(error, verbose=False)
         except KeyboardInterrupt:
             click.echo("fwgen: interrupted", err=True)
             sys.exit(130)
@@ -284,8 +291,12 @@ def fetch(arch_name, packages, dest, mirror, suite, components, exclude, nodeps,
     for f in fetched:
         target = dest / Path(f.package.url).name
         tmp = target.with_name(target.name + ".tmp")
-        shutil.copyfile(f.path, tmp)
-        os.replace(tmp, target)
+        with writing(target, f"a copy of package {f.package.name}"):
+            try:
+                shutil.copyfile(f.path, tmp)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
         records.append({"name": f.package.name, "version": f.package.version, "arch": f.package.arch,
                         "sha256": f.package.sha256, "file": str(target)})
     if as_json:
@@ -327,7 +338,8 @@ def squashfs(src, out, comp, block_size, all_root):
     from .images.squashfs import pack_directory, write_squashfs
 
     rootfs = pack_directory(src, all_root=all_root)
-    write_squashfs(rootfs, out, compression=comp, block_size=block_size, mtime=_epoch() or 0)
+    with writing(out, f"the squashfs image of {src}"):
+        write_squashfs(rootfs, out, compression=comp, block_size=block_size, mtime=_epoch() or 0)
     click.echo(f"{out}: {len(rootfs)} entries, {out.stat().st_size:,} bytes")
 
 
@@ -369,7 +381,8 @@ def busybox_command(arch_name, fragments, out_file, as_json):
     arch = Arch.from_name(arch_name)
     binary = build_busybox(arch, fragments=list(fragments), cache_root=_cache().root,
                            progress=_progress(as_json))
-    export_busybox(binary, out_file)
+    with writing(out_file, f"busybox for {arch.value}"):
+        export_busybox(binary, out_file)
     if as_json:
         _emit_json({"arch": arch.value, "out": str(out_file), "size": out_file.stat().st_size,
                     "build": binary.parent.name})

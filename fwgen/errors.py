@@ -7,7 +7,11 @@ Library code never calls `sys.exit()`.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import struct
+from collections.abc import Iterator
 
 from construct import ConstructError
 
@@ -94,6 +98,43 @@ class RunError(FwgenError):
             + (f": {stderr_tail}" if stderr_tail else "")
         )
         self.argv, self.returncode, self.stderr_tail = argv, returncode, stderr_tail
+
+
+class StorageError(UserError):
+    """A host file or folder cannot be used: the disk is full or read-only, the name is too
+    long, permission is denied. Names the path (and what was being written); nothing
+    half-written stays behind, as every writer works atomically."""
+
+
+# The errors a full or read-only disk gives, whichever write hit it.
+STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                  errno.EFBIG: "file too large for the filesystem", errno.EROFS: "read-only filesystem"}
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike[str], what: str) -> Iterator[None]:
+    """Turn a full (or read-only) disk under the block into a one-line StorageError naming the
+    file (the one the OSError names, else `path`) and `what` was being written."""
+    try:
+        yield
+    except OSError as e:
+        reason = STORAGE_ERRNOS.get(e.errno or 0)
+        if reason is None:
+            raise
+        where = os.fsdecode(e.filename) if e.filename else os.fspath(path)
+        raise StorageError(f"{where}: {reason} while writing {what}") from e
+
+
+def host_file_error(error: OSError) -> StorageError | None:
+    """The one-line StorageError for an OSError that names a host path (ENAMETOOLONG on an
+    --out folder, EACCES on a board file...); None when it names none (a bug, not the user's)."""
+    if not error.filename:
+        return None
+    where = os.fsdecode(error.filename)
+    if error.filename2:
+        where += f" -> {os.fsdecode(error.filename2)}"
+    reason = STORAGE_ERRNOS.get(error.errno or 0) or (error.strerror or str(error)).lower()
+    return StorageError(f"{where}: {reason}")
 
 
 class BootError(FwgenError):

@@ -196,12 +196,20 @@ class RootFS:
                     base = posixpath.dirname(candidate)
                     target = entry.target if entry.target.startswith("/") else posixpath.join(base, entry.target)
                     rest = "/".join(parts[i + 1 :])
-                    path = normalize_path(posixpath.join(target, rest) if rest else target)
+                    path = _follow(entry, posixpath.join(target, rest) if rest else target)
                     break
                 current = candidate
             else:
                 return self.entries.get(current)
         return None
+
+
+def _follow(link: Entry, path: str) -> str:
+    try:
+        return normalize_path(path)
+    except UserError:
+        where = f"{link.provenance}: " if link.provenance else ""
+        raise UserError(f"{where}symlink {link.path} -> {link.target} climbs above /") from None
 
 
 def _sort_key(path: str) -> tuple[str, ...]:

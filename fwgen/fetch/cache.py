@@ -23,7 +23,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import FetchError, IntegrityError
+from ..errors import FetchError, IntegrityError, writing
 from ..progress import QUIET, Progress
 
 _CHUNK = 1 << 16
@@ -125,7 +125,8 @@ class Cache:
         with self._locked(dest.name):
             if self._reusable(dest, sha256, size):
                 return dest
-            self._download(url, dest, sha256=sha256, size=size, progress=progress)
+            with writing(dest, f"the download of {url}"):
+                self._download(url, dest, sha256=sha256, size=size, progress=progress)
         return dest
 
     # -- internals -------------------------------------------------------------------------

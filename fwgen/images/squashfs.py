@@ -368,13 +368,20 @@ class _ImageWriter:
             "fragment": info.fragment, "offset": info.fragment_offset, "xattr": 0xFFFFFFFF,
         }) + block_list
 
+    def _child_name(self, path: str) -> bytes:
+        name = _encode(posixpath.basename(path))
+        if len(name) > L.MAX_NAME:
+            provenance = self.tree.entries[path].provenance
+            raise UserError(f"squashfs: {path!r}{f' (from {provenance})' if provenance else ''}: file name too "
+                            f"long ({len(name)} bytes; squashfs stores at most {L.MAX_NAME})")
+        return name
+
     def _directory_inode(self, entry: Entry) -> bytes:
         children = self.tree.children[entry.path]
         listing_block, listing_offset = self.directories.position()
         listing_start = self.directories.uncompressed_size()
         listing, index = _build_listing(
-            [(_encode(posixpath.basename(c)), self.tree.entries[c].type, self.tree.number[c], self.refs[c])
-             for c in children]
+            [(self._child_name(c), self.tree.entries[c].type, self.tree.number[c], self.refs[c]) for c in children]
         )
         self.directories.append(listing)
         index_records = b"".join(
@@ -415,8 +422,6 @@ def _build_listing(children: list[tuple[bytes, EntryType, int, int]]) -> tuple[b
     count = base = block = 0
     anchor = 0
     for name, kind, number, ref in children:
-        if len(name) > 256:
-            raise UserError(f"file name too long for squashfs ({len(name)} bytes): {name[:40]!r}...")
         entry_size = L.DIR_ENTRY_SIZE + len(name)
         crosses = len(out) + L.DIR_HEADER_SIZE + entry_size - anchor > L.METADATA_SIZE
         if (header_at < 0 or count == L.MAX_DIR_HEADER_ENTRIES or ref >> 16 != block

@@ -178,6 +178,8 @@ DIR_ENTRY = Struct(
 DIR_HEADER_SIZE = 12
 DIR_ENTRY_SIZE = 8  # without the name
 MAX_DIR_HEADER_ENTRIES = 256
+# SQUASHFS_NAME_LEN (fs/squashfs/squashfs_fs.h): the kernel refuses longer names.
+MAX_NAME = 256
 
 FRAGMENT_ENTRY = Struct("start_block" / Int64ul, "size" / Int32ul, "unused" / Int32ul)
 
