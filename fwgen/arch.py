@@ -59,11 +59,22 @@ class Arch(enum.Enum):
         for arch in cls:
             if arch.value == name:
                 return arch
+        raise UserError(f"unknown architecture '{name}'", cls.hint_for(name))
+
+    @classmethod
+    def hint_for(cls, name: str) -> str:
+        """What to write instead of `name`: fwgen's name for an arch other tools call `name`,
+        a word that fwgen does not build for it, else the closest fwgen name."""
+        known = ", ".join(a.value for a in cls)
+        if name.lower() in _OTHER_NAMES:
+            arch, what = _OTHER_NAMES[name.lower()]
+            if arch is None:
+                return f"{what} is not an architecture fwgen builds for; it builds for {known}"
+            return f"fwgen calls it '{arch.value}' ('{name}' is {what})"
         import difflib
 
         close = difflib.get_close_matches(name, [a.value for a in cls], n=1)
-        hint = f"did you mean '{close[0]}'?" if close else "known: " + ", ".join(a.value for a in cls)
-        raise UserError(f"unknown architecture '{name}'", hint)
+        return f"did you mean '{close[0]}'?" if close else f"known: {known}"
 
     @classmethod
     def from_debian(cls, name: str) -> Arch:
@@ -72,6 +83,45 @@ class Arch(enum.Enum):
             if arch.debian == name:
                 return arch
         raise UserError(f"no fwgen architecture uses the Debian port '{name}'")
+
+
+# Names that other tools (Debian ports, Go/Docker, uname -m, Alpine, OpenWrt, LLVM triples)
+# give an architecture -> fwgen's arch, or None where fwgen does not build for it; then what
+# the name means, for the message.
+_OTHER_NAMES: dict[str, tuple[Arch | None, str]] = {
+    "arm64": (Arch.AARCH64, "the Debian, Go and Docker name"),
+    "armhf": (Arch.ARMV7, "Debian's ARMv7 hard-float port; Alpine's armhf is fwgen's armv6"),
+    "armv7l": (Arch.ARMV7, "what uname -m prints"),
+    "armv7hf": (Arch.ARMV7, "ARMv7 hard-float"),
+    "armv7a": (Arch.ARMV7, "the ARM architecture profile"),
+    "armel": (Arch.ARMV6, "Debian's soft-float ARM EABI port, which fwgen's armv6 boards install"),
+    "armv6l": (Arch.ARMV6, "what uname -m prints"),
+    "armv6hf": (Arch.ARMV6, "ARMv6 hard-float"),
+    "armeb": (None, "big-endian 32-bit ARM"),
+    "aarch64_be": (None, "big-endian 64-bit ARM"),
+    "mipsle": (Arch.MIPSEL, "the Go name"),
+    "mipsel_24kc": (Arch.MIPSEL, "an OpenWrt package arch"),
+    "mipseb": (Arch.MIPS, "big-endian MIPS"),
+    "mips_24kc": (Arch.MIPS, "an OpenWrt package arch"),
+    "mips64le": (Arch.MIPS64EL, "the Go name"),
+    "mips64": (None, "big-endian 64-bit MIPS"),
+    "amd64": (None, "x86-64"),
+    "x86_64": (None, "x86-64"),
+    "x64": (None, "x86-64"),
+    "i386": (None, "32-bit x86"),
+    "i686": (None, "32-bit x86"),
+    "x86": (None, "32-bit x86"),
+    "powerpc": (None, "32-bit PowerPC"),
+    "ppc": (None, "32-bit PowerPC"),
+    "ppc64": (None, "64-bit PowerPC"),
+    "ppc64le": (None, "little-endian 64-bit PowerPC"),
+    "ppc64el": (None, "little-endian 64-bit PowerPC"),
+    "riscv64": (None, "64-bit RISC-V"),
+    "riscv32": (None, "32-bit RISC-V"),
+    "s390x": (None, "IBM Z"),
+    "loongarch64": (None, "LoongArch"),
+    "loong64": (None, "LoongArch"),
+}
 
 
 #            debian      alpine     openwrt                      machine     cls end       float   cpu   qemu-system             qemu-user              ucpu       zig target               zig cpu flags                  uname -m   linux

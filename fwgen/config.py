@@ -344,8 +344,9 @@ def _translate(doc: Document, error: jsonschema.exceptions.ValidationError, root
         if value in planned:  # named in the docs or by other tools: say why, not "unknown"
             return doc.error(path, f"{noun} {_show(value)} ({planned[value]}) is not implemented yet",
                              f"fwgen writes: {known}")
-        return doc.error(path, f"unknown {noun} {_show(value)}",
-                         _did_you_mean(str(value), [str(v) for v in rule], "known"))
+        hint = (Arch.hint_for(str(value)) if noun == "arch"  # the Arch table knows other tools' names
+                else _did_you_mean(str(value), [str(v) for v in rule], "known"))
+        return doc.error(path, f"unknown {noun} {_show(value)}", hint)
     return doc.error(path, _plain_words(keyword, rule, value, subschema))
 
 

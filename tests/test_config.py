@@ -82,6 +82,27 @@ def test_invalid_corpus_is_large_enough():
     assert len(INVALID) >= 15
 
 
+@pytest.mark.parametrize(("name", "hint"), [
+    ("arm64", "fwgen calls it 'aarch64'"),
+    ("armhf", "fwgen calls it 'armv7' ('armhf' is Debian's ARMv7 hard-float port; Alpine's armhf is fwgen's armv6)"),
+    ("armel", "fwgen calls it 'armv6'"),
+    ("mips64le", "fwgen calls it 'mips64el' ('mips64le' is the Go name)"),
+    ("mipsle", "fwgen calls it 'mipsel'"),
+    ("x86_64", "x86-64 is not an architecture fwgen builds for"),
+    ("i386", "32-bit x86 is not an architecture fwgen builds for"),
+    ("powerpc", "32-bit PowerPC is not an architecture fwgen builds for"),
+    ("riscv64", "64-bit RISC-V is not an architecture fwgen builds for"),
+    ("armv7l", "fwgen calls it 'armv7'"),
+])
+def test_other_tools_arch_names_are_answered_with_fwgens(tmp_path, name, hint):
+    board = write(tmp_path / "b.yaml", f"arch: {name}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_board(board)
+    assert f"b.yaml:1:7: arch: unknown arch '{name}' ({hint}" in str(caught.value)
+    with pytest.raises(UserError, match=re.escape(hint)):
+        Arch.from_name(name)
+
+
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
 def test_invalid_board(path, monkeypatch):
     text = path.read_text()
