@@ -71,6 +71,16 @@ class SdcardSpec:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Bounds on what packages unpack to, in MiB (the decompressed bytes of their data
+    archives): a package beyond either is refused, naming it. The loader fills in the image
+    bound's default (the guest RAM of a board whose root is its initramfs)."""
+
+    package_size: int = 1024
+    image_size: int = 2048
+
+
+@dataclass(frozen=True)
 class QemuProfile:
     """A QEMU machine from qemu/*.yaml."""
 
@@ -146,3 +156,4 @@ class Board:
     sdcard: SdcardSpec = field(default_factory=SdcardSpec)
     qemu: QemuSpec | None = None
     checks: tuple[Check, ...] = ()
+    limits: Limits = field(default_factory=Limits)

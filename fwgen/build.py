@@ -31,7 +31,13 @@ from .board import Board
 from .busybox import DEFAULT_SOURCE, BusyboxSource, build_busybox, install_busybox
 from .config import board_digest
 from .errors import UserError, writing
-from .fetch import FetchedPackage, fetch_packages, install_package, read_package_entries
+from .fetch import (
+    FetchedPackage,
+    UnpackBudget,
+    fetch_packages,
+    install_package,
+    read_fetched_entries,
+)
 from .fetch.cache import Cache
 from .images.cpio import write_initramfs
 from .images.disk import Partition, write_disk_image
@@ -187,7 +193,7 @@ def fetch_kernel(ctx: BuildContext) -> None:
             ctx.board.feeds, ctx.board.arch, [name], nodeps=[name], cache=ctx.cache,
             progress=ctx.progress,
         )
-        entries = list(read_package_entries(fetched.path))
+        entries = read_fetched_entries(fetched, package_budget(ctx.board))
         if any(e.path.startswith("/boot/vmlinu") for e in entries):
             ctx.kernel_package = fetched
             ctx.kernel_entries = entries
@@ -277,8 +283,10 @@ def assemble_rootfs(ctx: BuildContext) -> None:
     """Packages first, then BusyBox's applet links, overlays in order, generated files last."""
     rootfs = ctx.rootfs
     ctx.progress.step(f"assembling the root filesystem from {len(ctx.packages)} package(s)")
+    limits = ctx.board.limits
+    image = UnpackBudget(limits.image_size * MIB, f"limits.image_size ({limits.image_size} MiB)")
     for fetched in ctx.packages:
-        install_package(rootfs, fetched)
+        install_package(rootfs, fetched, package_budget(ctx.board, image))
     ctx.pruned = prune_package_files(rootfs, ctx.board.exclude_paths)
     if ctx.pruned:
         ctx.progress.info(f"left out {sum(ctx.pruned.values())} package file(s) matching exclude_paths")
@@ -296,6 +304,13 @@ def assemble_rootfs(ctx: BuildContext) -> None:
     apply_layers(rootfs, ctx.layers)
     ctx.progress.info(f"overlays {', '.join(o.name for o in ctx.overlays)}: {len(ctx.layers.entries)} path(s)")
     write_generated_files(ctx)
+
+
+def package_budget(board: Board, image: UnpackBudget | None = None) -> UnpackBudget:
+    """What one package may unpack to: the board's package bound, within what is left of
+    the image's."""
+    size = board.limits.package_size
+    return UnpackBudget(size * MIB, f"limits.package_size ({size} MiB)", parent=image)
 
 
 def prune_package_files(rootfs: RootFS, patterns: Sequence[str]) -> dict[str, int]:

@@ -37,6 +37,7 @@ from .board import (
     DiskSpec,
     Feed,
     KernelSpec,
+    Limits,
     QemuProfile,
     QemuSpec,
     SdcardSpec,
@@ -525,7 +526,18 @@ def load_board(
         sdcard=SdcardSpec(**dict(data["sdcard"], firmware=tuple(data["sdcard"]["firmware"]))),
         qemu=qemu,
         checks=tuple(build_check(item) for item in data["checks"]),
+        limits=_build_limits(data["limits"], data["outputs"], qemu),
     )
+
+
+def _build_limits(limits: dict, outputs: list[str], qemu: QemuSpec | None) -> Limits:
+    """The board's limits, the image bound defaulting to the guest RAM of an initramfs root."""
+    image_size = limits.get("image_size")
+    if image_size is None:
+        disk_root = "disk" in outputs or "sdcard" in outputs
+        ram = (qemu.memory or qemu.profile.memory) if qemu is not None else None
+        image_size = ram if ram and not disk_root else Limits.image_size
+    return Limits(package_size=limits["package_size"], image_size=image_size)
 
 
 def _display_path(path: Path) -> Path:

@@ -75,6 +75,17 @@ class IntegrityError(UserError):
     """A signature or hash does not verify: the input is refused."""
 
 
+class LimitError(UserError):
+    """Input beyond a configured bound (a package that unpacks to more than the board allows).
+
+    `where` is the file inside the archive, `bound` the limit it broke ("limits.image_size
+    (512 MiB)"), so a caller that knows the package can say which one it was."""
+
+    def __init__(self, where: str, bound: str) -> None:
+        super().__init__(f"{where}: unpacks to more than {bound}")
+        self.where, self.bound = where, bound
+
+
 class FetchError(UserError):
     """A download failed after its retries (dead mirror, 404, truncated body)."""
 

@@ -21,9 +21,10 @@ from pathlib import Path
 
 from ..arch import Arch
 from ..board import Feed
-from ..errors import ResolveError, UserError
+from ..errors import LimitError, ResolveError, UserError
 from ..progress import QUIET, Progress
 from ..rootfs import Entry, EntryType, RootFS
+from .archive import UnpackBudget
 from .backend import Backend, backend_for_file, get_backend, register_backend
 from .cache import Cache
 from .package import Package, PackageIndex, Relation
@@ -32,7 +33,8 @@ from .resolver import ExcludedDependency, Resolution, name_matches, resolve
 __all__ = [
     "Backend", "Cache", "ExcludedDependency", "FetchedPackage", "Package", "PackageIndex",
     "Relation", "Resolution", "fetch_packages", "group_feeds", "install_package", "load_index",
-    "read_package_entries", "register_backend", "resolve", "resolve_packages",
+    "read_fetched_entries", "read_package_entries", "register_backend", "resolve", "resolve_packages",
+    "UnpackBudget",
 ]
 
 
@@ -208,20 +210,37 @@ def fetch_packages(
     return download_packages(resolution.packages, cache=cache, progress=progress, jobs=jobs)
 
 
-def read_package_entries(path: Path) -> Iterator[Entry]:
-    """Every data entry of the package file at `path`, in archive order (format sniffed)."""
-    return backend_for_file(Path(path)).read_entries(Path(path))
+def read_package_entries(path: Path, budget: UnpackBudget | None = None) -> Iterator[Entry]:
+    """Every data entry of the package file at `path`, in archive order (format sniffed),
+    refused (LimitError) once it unpacks to more than `budget` (default: 1 GiB)."""
+    return backend_for_file(Path(path)).read_entries(Path(path), budget)
 
 
-def install_package(rootfs: RootFS, fetched: FetchedPackage) -> None:
+def read_fetched_entries(fetched: FetchedPackage, budget: UnpackBudget | None = None) -> list[Entry]:
+    """The data entries of a fetched package; a LimitError names the package and its feed."""
+    try:
+        return list(read_package_entries(fetched.path, budget))
+    except LimitError as e:
+        p = fetched.package
+        raise LimitError(f"package {p.name} {p.version} (feed {p.feed}): {_member_of(e.where)}", e.bound) from e
+
+
+def _member_of(where: str) -> str:
+    # The reader says "<cache file>: <member> at 0x..: offset 0x..: <path>"; the package's
+    # name replaces the cache file's, which means nothing to the reader of the message.
+    return where.split(": ", 1)[1] if ": " in where else where
+
+
+def install_package(rootfs: RootFS, fetched: FetchedPackage, budget: UnpackBudget | None = None) -> None:
     """Extract the package's data into the in-memory rootfs, provenance f"deb:{name}".
-    No maintainer scripts are run.
+    No maintainer scripts are run. What it unpacks to is charged to `budget` (a package
+    budget whose parent is the image's, say); beyond it, LimitError naming the package.
 
     Like dpkg, a directory the rootfs already has as a symlink to a directory (merged /usr:
     /bin -> usr/bin) is followed, not replaced.
     """
     provenance = f"{fetched.package.format}:{fetched.package.name}"
-    for entry in read_package_entries(fetched.path):
+    for entry in read_fetched_entries(fetched, budget):
         path = _follow_directory_links(rootfs, entry.path)
         existing = rootfs.get(path)
         if entry.type is EntryType.DIR and existing is not None:

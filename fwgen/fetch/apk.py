@@ -39,7 +39,7 @@ from ..errors import FormatError, IntegrityError, UserError
 from ..progress import Progress
 from ..rootfs import Entry
 from . import apkversion
-from .archive import entry_from_tar_member
+from .archive import UnpackBudget, open_decompressed, read_tar_stream
 from .backend import register_backend
 from .cache import Cache
 from .package import Package, Relation
@@ -49,6 +49,7 @@ SHIPPED_KEYS = Path(__file__).resolve().parent.parent / "keys" / "alpine"
 SIGNATURE_HASHES = {"RSA": hashes.SHA1, "RSA256": hashes.SHA256, "RSA512": hashes.SHA512}
 MAX_SIGNATURE_SIZE = 64 * 1024
 CHECKSUM_PAX = "APK-TOOLS.checksum.SHA1"
+_INFLATE_CHUNK = 1 << 20
 
 
 # -- gzip streams -------------------------------------------------------------------------
@@ -61,24 +62,40 @@ class GzipStream:
     data: bytes
 
 
-def split_gzip_streams(blob: bytes, name: str) -> list[GzipStream]:
-    """The concatenated gzip members of `blob`, each with its exact compressed byte range."""
+def split_gzip_streams(blob: bytes, name: str, *, count: int | None = None,
+                       budget: UnpackBudget | None = None) -> list[GzipStream]:
+    """The concatenated gzip members of `blob` (the first `count` of them, or all), each with
+    its exact compressed byte range; together they may unpack to no more than `budget`."""
+    budget = (budget or UnpackBudget.default()).headroom()
     streams: list[GzipStream] = []
     offset = 0
-    while offset < len(blob):
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip header and trailer
-        try:
-            data = inflater.decompress(blob[offset:]) + inflater.flush()
-        except zlib.error as e:
-            raise FormatError(f"{name}: offset {offset:#x}: bad gzip stream {len(streams) + 1}: {e}") from e
-        if not inflater.eof:
-            raise FormatError(f"{name}: offset {offset:#x}: gzip stream {len(streams) + 1} is truncated")
-        end = len(blob) - len(inflater.unused_data)
+    while offset < len(blob) and (count is None or len(streams) < count):
+        data, end = _inflate_stream(blob, offset, f"{name}: offset {offset:#x}: gzip stream {len(streams) + 1}", budget)
         streams.append(GzipStream(offset, end, data))
         offset = end
     if not streams:
         raise FormatError(f"{name}: offset 0x0: empty file")
     return streams
+
+
+def _inflate_stream(blob: bytes, offset: int, where: str, budget: UnpackBudget) -> tuple[bytes, int]:
+    """The gzip member at `offset` inflated, a chunk at a time so that a bomb is refused by
+    `budget` before it is held, and the offset just past it."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip header and trailer
+    pending, parts = memoryview(blob)[offset:], []
+    try:
+        while not inflater.eof:
+            part = inflater.decompress(pending, _INFLATE_CHUNK)
+            budget.charge(len(part), where)
+            parts.append(part)
+            pending = inflater.unconsumed_tail
+            if not pending and len(part) < _INFLATE_CHUNK:
+                break  # input used up and nothing held back: done, or truncated
+    except zlib.error as e:
+        raise FormatError(f"{where}: bad gzip stream: {e}") from e
+    if not inflater.eof:
+        raise FormatError(f"{where}: truncated gzip stream")
+    return b"".join(parts), len(blob) - len(inflater.unused_data)
 
 
 # -- tar members ---------------------------------------------------------------------------
@@ -179,8 +196,9 @@ def verify_signatures(signatures: list[Signature], message: bytes, keys: dict[st
     raise IntegrityError(f"{name}: {detail}")
 
 
-def _signed_parts(blob: bytes, name: str) -> tuple[list[Signature], list[GzipStream]]:
-    streams = split_gzip_streams(blob, name)
+def _signed_parts(blob: bytes, name: str, *, count: int | None = None,
+                  budget: UnpackBudget | None = None) -> tuple[list[Signature], list[GzipStream]]:
+    streams = split_gzip_streams(blob, name, count=count, budget=budget)
     signatures = read_signatures(streams[0], name) if _is_signature_stream(streams[0]) else []
     if not signatures:
         raise IntegrityError(f"{name}: not signed (first gzip stream holds no .SIGN.* file)")
@@ -383,15 +401,19 @@ def read_apk(
     *,
     identity: str | None = None,
     provenance: str = "",
+    budget: UnpackBudget | None = None,
 ) -> ApkPackage:
-    """Verify an .apk (signature, index identity, datahash, per-file SHA-1) and read it.
+    """Verify an .apk (signature, index identity, datahash, per-file SHA-1) and read it, the
+    data stream decompressed as it is read and charged to `budget`.
 
     Nothing is returned unless every check passes.
     """
-    signatures, rest = _signed_parts(blob, name)
-    if len(rest) < 2:
-        raise FormatError(f"{name}: offset {rest[0].end:#x}: no data stream after the control stream")
-    control_stream, data_streams = rest[0], rest[1:]
+    # Only the signature and control streams are split off; the data stream(s) that follow
+    # are read as one stream, never held decompressed.
+    signatures, rest = _signed_parts(blob, name, count=2, budget=budget)
+    control_stream, data_start = rest[0], rest[0].end
+    if data_start >= len(blob):
+        raise FormatError(f"{name}: offset {data_start:#x}: no data stream after the control stream")
     control_bytes = blob[control_stream.start : control_stream.end]
     actual = identity_of(control_bytes)
     if identity is not None and actual != identity:
@@ -401,32 +423,18 @@ def read_apk(
     if ".PKGINFO" not in files:
         raise FormatError(f"{name}: control stream has no .PKGINFO")
     pkginfo = parse_pkginfo(_decode(files[".PKGINFO"], f"{name}: .PKGINFO"), f"{name}: .PKGINFO")
-    data_bytes = blob[data_streams[0].start :]
+    data_bytes = blob[data_start:]
     datahash = pkginfo.get("datahash", [None])[0]
     if datahash is not None:
         key = verify_signatures(signatures, control_bytes, keys, name)
         if hashlib.sha256(data_bytes).hexdigest() != datahash.lower():
-            raise IntegrityError(f"{name}: offset {data_streams[0].start:#x}: data stream does not match datahash {datahash}")
+            raise IntegrityError(f"{name}: offset {data_start:#x}: data stream does not match datahash {datahash}")
     else:
         # Legacy packages: "the signature covers streams 2 and 3".
         key = verify_signatures(signatures, control_bytes + data_bytes, keys, name)
-    raw = b"".join(stream.data for stream in data_streams)
-    entries = list(_data_entries(read_tar(raw, f"{name}: data stream"), name, provenance))
+    stream = open_decompressed(data_bytes, "gz", f"{name}: data stream")
+    entries = list(read_tar_stream(stream, f"{name}: data stream", budget, provenance=provenance, check=_check_sha1))
     return ApkPackage(pkginfo, actual, key, control, entries)
-
-
-def _data_entries(members: list[TarMember], name: str, provenance: str) -> Iterator[Entry]:
-    files: dict[str, bytes] = {}
-    for member in members:
-        entry = _entry_of(member, files, name, provenance)
-        if entry is not None:
-            yield entry
-
-
-def _entry_of(member: TarMember, files: dict[str, bytes], name: str, provenance: str) -> Entry | None:
-    info = member.info
-    return entry_from_tar_member(info, member.data, files, f"{name}: offset {info.offset:#x}: {info.name}",
-                                 provenance=provenance, check=_check_sha1)
 
 
 def _check_sha1(info: tarfile.TarInfo, content: bytes, where: str) -> None:
@@ -612,11 +620,11 @@ class ApkBackend:
         self._verified_with[local] = keys
         return local
 
-    def read_entries(self, path: Path) -> Iterator[Entry]:
+    def read_entries(self, path: Path, budget: UnpackBudget | None = None) -> Iterator[Entry]:
         """The verified data entries of an .apk, its signature checked with the keys of the
         feed it was fetched from (the shipped Alpine keys for a file fetched otherwise)."""
         keys = self._verified_with.get(path) or load_rsa_keys((SHIPPED_KEYS,))
-        return iter(read_apk(path.read_bytes(), keys, str(path)).entries)
+        return iter(read_apk(path.read_bytes(), keys, str(path), budget=budget).entries)
 
 
 register_backend(ApkBackend())

@@ -10,14 +10,16 @@ import gzip
 import io
 import lzma
 import tarfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import construct as c
 import zstandard
 
-from ..errors import FormatError, UserError, parse_error
+from ..errors import FormatError, LimitError, UserError, parse_error
 from ..rootfs import Entry, EntryType, normalize_path
 
 AR_MAGIC = b"!<arch>\n"
@@ -70,61 +72,200 @@ def list_ar_members(data: bytes, source: str) -> list[ArMember]:
     return members
 
 
-def decompress(data: bytes, compression: str, source: str) -> bytes:
-    """Decompress a whole member by its suffix: "", "gz", "xz", "bz2", "zst"."""
-    try:
-        match compression:
-            case "":
-                return data
-            case "gz":
-                return gzip.decompress(data)
-            case "xz" | "lzma":
-                return lzma.decompress(data)
-            case "bz2":
-                return bz2.decompress(data)
-            case "zst":
-                # Streaming reader: zstd frames made by dpkg need not declare their size.
-                with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
-                    return reader.read()
-    except (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError, ValueError) as e:
-        raise FormatError(f"{source}: cannot decompress ({compression}): {e}") from e
+MIB = 1 << 20
+# The board file's limits.package_size default (the schema documents it): Debian's largest
+# kernel packages unpack to a few hundred MiB.
+DEFAULT_PACKAGE_SIZE = 1024 * MIB
+_CHUNK = 1 << 20
+_DECOMPRESS_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error, zstandard.ZstdError, ValueError)
+
+
+class UnpackBudget:
+    """How many bytes archives may still unpack to; beyond it they are refused (LimitError).
+
+    `what` names the bound for the message ("limits.package_size (1024 MiB)"). A package's
+    budget has the image's as its `parent`: every byte charged counts against both, and the
+    refusal names whichever is exceeded first."""
+
+    def __init__(self, limit: int, what: str, parent: UnpackBudget | None = None) -> None:
+        self.limit, self.what, self.parent, self.used = limit, what, parent, 0
+
+    @classmethod
+    def default(cls) -> UnpackBudget:
+        return cls(DEFAULT_PACKAGE_SIZE, f"the default package limit ({DEFAULT_PACKAGE_SIZE // MIB} MiB)")
+
+    def _chain(self) -> Iterator[UnpackBudget]:
+        budget: UnpackBudget | None = self
+        while budget is not None:
+            yield budget
+            budget = budget.parent
+
+    def check(self, size: int, where: str) -> None:
+        """Refuse if `size` more bytes would not fit (without charging them), naming the
+        tightest bound."""
+        binding = self._binding()
+        if size > binding.limit - binding.used:
+            raise LimitError(where, binding.what)
+
+    def _binding(self) -> UnpackBudget:
+        return min(self._chain(), key=lambda b: b.limit - b.used)
+
+    def charge(self, size: int, where: str) -> None:
+        self.check(size, where)
+        for budget in self._chain():
+            budget.used += size
+
+    def headroom(self) -> UnpackBudget:
+        """A detached budget of what is left here: bounds a copy or a container without
+        charging the package twice for the same bytes."""
+        binding = self._binding()
+        return UnpackBudget(binding.limit - binding.used, binding.what)
+
+
+def open_decompressed(data: bytes, compression: str, source: str) -> BinaryIO:
+    """A stream of `data` decompressed by its suffix: "", "gz", "xz", "bz2", "zst".
+
+    Nothing is decompressed until it is read: a reader bounds what it takes with a budget."""
+    raw = io.BytesIO(data)
+    match compression:
+        case "":
+            return raw
+        case "gz":
+            return gzip.GzipFile(fileobj=raw, mode="rb")
+        case "xz" | "lzma":
+            return lzma.LZMAFile(raw)
+        case "bz2":
+            return bz2.BZ2File(raw)
+        case "zst":
+            # Streaming reader: zstd frames made by dpkg need not declare their size.
+            return zstandard.ZstdDecompressor().stream_reader(raw)  # type: ignore[return-value]
     raise FormatError(f"{source}: unknown compression '{compression}'")
 
 
-def read_tar_entries(data: bytes, source: str) -> Iterator[Entry]:
-    """Every entry of an uncompressed tar archive as an Entry, in archive order.
+def decompress(data: bytes, compression: str, source: str, budget: UnpackBudget | None = None) -> bytes:
+    """Decompress a whole member by its suffix, refused (LimitError) beyond `budget`, which
+    is not charged: what it bounds is read again, and charged, by its reader."""
+    reader = BoundedReader(open_decompressed(data, compression, source),
+                           (budget or UnpackBudget.default()).headroom(), source)
+    return reader.read()
+
+
+class BoundedReader:
+    """A forward-only view of a decompressing stream for tarfile: every byte read is charged
+    to `budget`, and decompression errors become FormatError naming `source`."""
+
+    def __init__(self, stream: BinaryIO, budget: UnpackBudget, source: str) -> None:
+        self._stream, self._budget, self._source = stream, budget, source
+        self.position = 0
+        self.last_read = (0, b"")  # (offset, bytes) of the latest read: tarfile's final header
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(_CHUNK), b""))
+        parts = []
+        start = self.position
+        while size > 0:
+            chunk = self._read_chunk(min(size, _CHUNK))
+            if not chunk:
+                break
+            parts.append(chunk)
+            size -= len(chunk)
+        data = b"".join(parts)
+        self.last_read = (start, data)
+        return data
+
+    def _read_chunk(self, size: int) -> bytes:
+        try:
+            chunk = self._stream.read(size)
+        except _DECOMPRESS_ERRORS as e:
+            raise FormatError(f"{self._source}: cannot decompress at decompressed offset "
+                              f"{self.position:#x}: {e}") from e
+        self._budget.charge(len(chunk), self._source)
+        self.position += len(chunk)
+        return chunk
+
+    def tell(self) -> int:
+        return self.position
+
+    def seekable(self) -> bool:
+        return True  # forward only: what tarfile's reading in order asks for
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = offset if whence == io.SEEK_SET else self.position + offset
+        if whence not in (io.SEEK_SET, io.SEEK_CUR) or target < self.position:
+            raise FormatError(f"{self._source}: offset {self.position:#x}: tar member out of order")
+        while self.position < target and self.read(min(target - self.position, _CHUNK)):
+            pass
+        return self.position
+
+
+def read_tar_entries(data: bytes, source: str, budget: UnpackBudget | None = None) -> Iterator[Entry]:
+    """Every entry of an uncompressed tar archive held in `data` (see read_tar_stream)."""
+    return read_tar_stream(io.BytesIO(data), source, budget)
+
+
+def read_tar_stream(
+    stream: BinaryIO,
+    source: str,
+    budget: UnpackBudget | None = None,
+    *,
+    provenance: str = "",
+    check: Callable[[tarfile.TarInfo, bytes, str], None] | None = None,
+) -> Iterator[Entry]:
+    """Every entry of the tar archive `stream` yields (decompressing as it goes) as an Entry,
+    in archive order, the decompressed bytes charged to `budget` (the default package limit
+    when None) as they are read, so a decompression bomb is refused before it fills memory.
 
     Hard links become copies of the file they link to; "./usr/bin/x" becomes "/usr/bin/x";
     the archive's own root ("./") is skipped; a path escaping the root is a FormatError.
+    `check` as for entry_from_tar_member.
     """
+    budget = budget or UnpackBudget.default()
+    reader = BoundedReader(stream, budget, source)
     files: dict[str, bytes] = {}
     offset = 0  # of the tar header being read, for the error message
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        with tarfile.open(fileobj=reader, mode="r:") as tar:  # type: ignore[call-overload]
             for info in tar:
                 offset = info.offset
-                entry = _entry_from_tarinfo(tar, info, files, source)
+                where = f"{source}: offset {info.offset:#x}: {info.name}"
+                content = _read_member_content(tar, info, budget, source, where)
+                entry = entry_from_tar_member(info, content, files, where, provenance=provenance, check=check)
                 if entry is not None:
                     yield entry
                 offset = tar.offset
     except tarfile.TarError as e:
         raise FormatError(f"{source}: tar offset {offset:#x}: bad tar archive: {e}") from e
+    _check_tar_end(reader, offset, source)
+
+
+def _read_member_content(tar: tarfile.TarFile, info: tarfile.TarInfo, budget: UnpackBudget,
+                         source: str, where: str) -> bytes:
+    if not info.isreg():
+        return b""
+    # Refused on the header's word, before a byte of it is held: a bomb declares its size.
+    budget.check(info.size, where)
+    if info.issparse():
+        # No package format writes sparse members (dpkg refuses them); their holes would
+        # unpack to bytes no stream ever carried.
+        raise FormatError(f"{where}: sparse tar member (no package format has them)")
+    extracted = tar.extractfile(info)
+    content = extracted.read() if extracted else b""
+    if len(content) != info.size:
+        raise FormatError(f"{source}: offset {info.offset_data:#x}: {info.name} is truncated")
+    return content
+
+
+def _check_tar_end(reader: BoundedReader, offset: int, source: str) -> None:
     # tarfile stops quietly at a damaged or truncated header after the first one; what
-    # follows the last member must be the end-of-archive zero blocks and nothing else.
-    if data[offset:].strip(b"\0"):
-        raise FormatError(f"{source}: tar offset {offset:#x}: damaged or truncated tar header")
-
-
-def _entry_from_tarinfo(
-    tar: tarfile.TarFile, info: tarfile.TarInfo, files: dict[str, bytes], source: str
-) -> Entry | None:
-    content = b""
-    if info.isreg():
-        extracted = tar.extractfile(info)
-        content = extracted.read() if extracted else b""
-        if len(content) != info.size:
-            raise FormatError(f"{source}: offset {info.offset_data:#x}: {info.name} is truncated")
-    return entry_from_tar_member(info, content, files, f"{source}: offset {info.offset:#x}: {info.name}")
+    # follows the last member must be the end-of-archive zero blocks and nothing else. The
+    # header tarfile stopped at is its latest read, which began at `offset`.
+    start, last = reader.last_read
+    tail = last[offset - start:] if start <= offset else b"\xff"
+    while tail:
+        if tail.strip(b"\0"):
+            raise FormatError(f"{source}: tar offset {offset:#x}: damaged or truncated tar header")
+        tail = reader.read(_CHUNK)
 
 
 def entry_from_tar_member(
@@ -177,13 +318,15 @@ def entry_from_tar_member(
     raise FormatError(f"{where}: unsupported tar entry type {info.type!r}")
 
 
-def read_member_tar(path: Path, data: bytes, members: list[ArMember], stem: str) -> Iterator[Entry]:
-    """The entries of the ar member `stem`.tar[.gz|.xz|.bz2|.zst] (a deb's data or control)."""
+def read_member_tar(path: Path, data: bytes, members: list[ArMember], stem: str,
+                    budget: UnpackBudget | None = None) -> Iterator[Entry]:
+    """The entries of the ar member `stem`.tar[.gz|.xz|.bz2|.zst] (a deb's data or control),
+    decompressed as they are read and charged to `budget`."""
     for member in members:
         base, _, suffix = member.name.partition(".tar")
         if base != stem or (suffix and not suffix.startswith(".")):
             continue
         source = f"{path}: {member.name} at {member.offset:#x}"
-        raw = decompress(data[member.offset : member.offset + member.size], suffix.lstrip("."), source)
-        return read_tar_entries(raw, source)
+        stream = open_decompressed(data[member.offset : member.offset + member.size], suffix.lstrip("."), source)
+        return read_tar_stream(stream, source, budget)
     raise FormatError(f"{path}: no {stem}.tar member (members: {', '.join(m.name for m in members)})")

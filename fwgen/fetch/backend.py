@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ..board import Feed
     from ..progress import Progress
     from ..rootfs import Entry
+    from .archive import UnpackBudget
     from .cache import Cache
     from .package import Package
 
@@ -42,8 +43,10 @@ class Backend(Protocol):
     def recognizes(self, head: bytes) -> bool:
         """Whether a package file starting with `head` (at least 16 bytes) is this format."""
 
-    def read_entries(self, path: Path) -> Iterator[Entry]:
-        """Every entry of the package's data, in archive order, paths normalized."""
+    def read_entries(self, path: Path, budget: UnpackBudget | None = None) -> Iterator[Entry]:
+        """Every entry of the package's data, in archive order, paths normalized; what it
+        unpacks to is charged to `budget` (the default package limit when None) as it is
+        decompressed, refused with LimitError beyond it."""
 
 
 _BACKENDS: dict[str, Backend] = {}

@@ -36,6 +36,7 @@ from . import debversion
 from .archive import (
     AR_MAGIC,
     ArMember,
+    UnpackBudget,
     decompress,
     list_ar_members,
     read_member_tar,
@@ -272,7 +273,7 @@ class DebBackend:
             raise
         return parse_release(text.decode("utf-8", "replace"), url)
 
-    def read_entries(self, path: Path) -> Iterator[Entry]:
+    def read_entries(self, path: Path, budget: UnpackBudget | None = None) -> Iterator[Entry]:
         data = path.read_bytes()
         members = list_ar_members(data, str(path))
         if not members or members[0].name != "debian-binary":
@@ -283,8 +284,9 @@ class DebBackend:
         cache = Cache.holding(path)
         member = _data_member(members)
         if cache is not None and member is not None and _worth_transcoding(member):
-            return read_tar_entries(_read_transcoded_tar(cache, path, data, member), _member_source(path, member))
-        return read_member_tar(path, data, members, "data")
+            tar = _read_transcoded_tar(cache, path, data, member, budget)
+            return read_tar_entries(tar, _member_source(path, member), budget)
+        return read_member_tar(path, data, members, "data", budget)
 
 
 # -- the transcoded data.tar cache ----------------------------------------------------------
@@ -314,13 +316,14 @@ def _member_source(path: Path, member: ArMember) -> str:
     return f"{path}: {member.name} at {member.offset:#x}"
 
 
-def _read_transcoded_tar(cache: Cache, path: Path, data: bytes, member: ArMember) -> bytes:
+def _read_transcoded_tar(cache: Cache, path: Path, data: bytes, member: ArMember,
+                         budget: UnpackBudget | None) -> bytes:
     copy = cache.derived_path(hashlib.sha256(data).hexdigest(), _TRANSCODED_KIND)
     tar = _read_zstd_file(copy)
     if tar is None:
         compression = member.name.partition(".tar")[2].lstrip(".")
         raw = data[member.offset : member.offset + member.size]
-        tar = decompress(raw, compression, _member_source(path, member))
+        tar = decompress(raw, compression, _member_source(path, member), budget)
         compressor = zstandard.ZstdCompressor(level=1, write_checksum=True, write_content_size=True)
         Cache.store_derived(copy, compressor.compress(tar))
     return tar

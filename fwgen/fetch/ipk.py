@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import re
-import tarfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,9 +28,9 @@ from ..arch import Arch
 from ..board import Feed
 from ..errors import FormatError, IntegrityError, UserError
 from ..progress import Progress
-from ..rootfs import Entry
+from ..rootfs import Entry, EntryType
 from . import debversion, usign
-from .archive import AR_MAGIC, list_ar_members, read_tar_entries
+from .archive import AR_MAGIC, UnpackBudget, list_ar_members, open_decompressed, read_tar_stream
 from .backend import register_backend
 from .cache import Cache
 from .package import AlternativesGroup, Package, Relation
@@ -148,13 +146,14 @@ class IpkMembers:
     container: str  # "tar.gz" (OpenWrt) or "ar"
 
 
-def split_ipk(blob: bytes, name: str) -> IpkMembers:
-    """The members of an .ipk, in either the OpenWrt gzip-tar layout or the ar layout."""
+def split_ipk(blob: bytes, name: str, budget: UnpackBudget | None = None) -> IpkMembers:
+    """The members of an .ipk, in either the OpenWrt gzip-tar layout or the ar layout; the
+    gzip-tar container may unpack to no more than `budget` allows."""
     if blob.startswith(AR_MAGIC):
         found = {m.name: blob[m.offset : m.offset + m.size] for m in list_ar_members(blob, name)}
         container = "ar"
     elif blob[:2] == GZIP_MAGIC:
-        found = _outer_tar_members(blob, name)
+        found = _outer_tar_members(blob, name, (budget or UnpackBudget.default()).headroom())
         container = "tar.gz"
     else:
         raise FormatError(f"{name}: offset 0x0: not an .ipk (magic {blob[:8]!r})")
@@ -166,30 +165,19 @@ def split_ipk(blob: bytes, name: str) -> IpkMembers:
     return IpkMembers(found["debian-binary"], found["control.tar.gz"], found["data.tar.gz"], container)
 
 
-def _outer_tar_members(blob: bytes, name: str) -> dict[str, bytes]:
-    found: dict[str, bytes] = {}
-    try:
-        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
-            for info in tar:
-                if info.isreg():
-                    extracted = tar.extractfile(info)
-                    found[info.name.removeprefix("./")] = extracted.read() if extracted else b""
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise FormatError(f"{name}: bad gzip-tar container: {e}") from e
-    return found
+def _outer_tar_members(blob: bytes, name: str, budget: UnpackBudget) -> dict[str, bytes]:
+    stream = open_decompressed(blob, "gz", name)
+    return {entry.path.lstrip("/"): entry.data
+            for entry in read_tar_stream(stream, f"{name}: gzip-tar container", budget) if entry.type is EntryType.FILE}
 
 
-def _inflate(data: bytes, name: str) -> bytes:
-    try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as e:
-        raise FormatError(f"{name}: cannot decompress: {e}") from e
+def _read_inner_tar(data: bytes, name: str, budget: UnpackBudget | None = None) -> Iterator[Entry]:
+    return read_tar_stream(open_decompressed(data, "gz", name), name, budget)
 
 
 def read_control(members: IpkMembers, name: str) -> dict[str, str]:
     """The `control` file of an .ipk's control.tar.gz."""
-    raw = _inflate(members.control_tar_gz, f"{name}: control.tar.gz")
-    for entry in read_tar_entries(raw, f"{name}: control.tar.gz"):
+    for entry in _read_inner_tar(members.control_tar_gz, f"{name}: control.tar.gz"):
         if entry.path == "/control":
             stanzas = parse_stanzas(entry.data.decode("utf-8", "replace"), f"{name}: control")
             if len(stanzas) != 1:
@@ -198,11 +186,11 @@ def read_control(members: IpkMembers, name: str) -> dict[str, str]:
     raise FormatError(f"{name}: control.tar.gz has no control file")
 
 
-def read_ipk_entries(blob: bytes, name: str, *, provenance: str = "") -> list[Entry]:
-    """Every entry of an .ipk's data.tar.gz."""
-    members = split_ipk(blob, name)
-    raw = _inflate(members.data_tar_gz, f"{name}: data.tar.gz")
-    entries = list(read_tar_entries(raw, f"{name}: data.tar.gz"))
+def read_ipk_entries(blob: bytes, name: str, *, provenance: str = "",
+                     budget: UnpackBudget | None = None) -> list[Entry]:
+    """Every entry of an .ipk's data.tar.gz, decompressed as read and charged to `budget`."""
+    members = split_ipk(blob, name, budget)
+    entries = list(_read_inner_tar(members.data_tar_gz, f"{name}: data.tar.gz", budget))
     if provenance:
         from dataclasses import replace
 
@@ -299,8 +287,8 @@ class IpkBackend:
             index.unlink(missing_ok=True)
             raise
 
-    def read_entries(self, path: Path) -> Iterator[Entry]:
-        return iter(read_ipk_entries(path.read_bytes(), str(path)))
+    def read_entries(self, path: Path, budget: UnpackBudget | None = None) -> Iterator[Entry]:
+        return iter(read_ipk_entries(path.read_bytes(), str(path), budget=budget))
 
 
 register_backend(IpkBackend())
