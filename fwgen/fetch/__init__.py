@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..arch import Arch
 from ..board import Feed
-from ..errors import LimitError, ResolveError, UserError
+from ..errors import FormatError, IntegrityError, LimitError, ResolveError, UserError
 from ..progress import QUIET, Progress
 from ..rootfs import Entry, EntryType, RootFS
 from .archive import UnpackBudget
@@ -217,12 +217,19 @@ def read_package_entries(path: Path, budget: UnpackBudget | None = None) -> Iter
 
 
 def read_fetched_entries(fetched: FetchedPackage, budget: UnpackBudget | None = None) -> list[Entry]:
-    """The data entries of a fetched package; a LimitError names the package and its feed."""
+    """Every data entry of a fetched package, read by the backend of the format its index
+    gave it. An error names the package, its feed and its file, not the cache's hash name."""
+    package = fetched.package
     try:
-        return list(read_package_entries(fetched.path, budget))
+        return list(get_backend(package.format).read_entries(fetched.path, budget))
     except LimitError as e:
-        p = fetched.package
-        raise LimitError(f"package {p.name} {p.version} (feed {p.feed}): {_member_of(e.where)}", e.bound) from e
+        raise LimitError(f"package {package.name} {package.version} (feed {package.feed}): {_member_of(e.where)}",
+                         e.bound) from e
+    except (FormatError, IntegrityError) as e:
+        # The backends name the file they read, here the cache's content-addressed path;
+        # the offsets after it still hold for the package's own file name.
+        detail = e.message.replace(str(fetched.path), posixpath.basename(package.filename))
+        raise type(e)(f"package {package.name} {package.version} (feed {package.feed}): {detail}", e.hint) from e
 
 
 def _member_of(where: str) -> str:

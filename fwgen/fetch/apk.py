@@ -40,7 +40,7 @@ from ..progress import Progress
 from ..rootfs import Entry
 from . import apkversion
 from .archive import UnpackBudget, open_decompressed, read_tar_stream
-from .backend import register_backend
+from .backend import FileHead, register_backend
 from .cache import Cache
 from .package import Package, Relation
 
@@ -445,15 +445,9 @@ def _check_sha1(info: tarfile.TarInfo, content: bytes, where: str) -> None:
         raise IntegrityError(f"{where}: content does not match {CHECKSUM_PAX}={recorded}")
 
 
-def recognizes(head: bytes) -> bool:
-    """Whether a file starting with `head` is an apk v2 package or index (gzip + `.SIGN.`)."""
-    if head[:2] != b"\x1f\x8b":
-        return False
-    try:
-        inflated = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head)
-    except zlib.error:
-        return False
-    return inflated.startswith(b".SIGN.")
+def recognizes(head: FileHead) -> bool:
+    """Whether a file with this head is an apk v2 package or index (gzip + `.SIGN.`)."""
+    return head.inflated.startswith(b".SIGN.")
 
 
 def compare_versions(a: str, b: str) -> int:
@@ -534,7 +528,7 @@ class ApkBackend:
     def satisfies(self, version: str, op: str, wanted: str) -> bool:
         return apkversion.satisfies(version, op, wanted)
 
-    def recognizes(self, head: bytes) -> bool:
+    def recognizes(self, head: FileHead) -> bool:
         return recognizes(head)
 
     def keys_for(self, feed: Feed) -> dict[str, RsaKey]:

@@ -6,11 +6,13 @@ nothing outside `fwgen.fetch` does.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from ..errors import UserError
+from ..errors import FormatError, UserError
 
 if TYPE_CHECKING:
     from ..arch import Arch
@@ -40,13 +42,64 @@ class Backend(Protocol):
     def satisfies(self, version: str, op: str, wanted: str) -> bool:
         """Whether `version` satisfies the relation `op wanted`."""
 
-    def recognizes(self, head: bytes) -> bool:
-        """Whether a package file starting with `head` (at least 16 bytes) is this format."""
+    def recognizes(self, head: FileHead) -> bool:
+        """Whether a package file whose first bytes are `head` is this format."""
 
     def read_entries(self, path: Path, budget: UnpackBudget | None = None) -> Iterator[Entry]:
         """Every entry of the package's data, in archive order, paths normalized; what it
         unpacks to is charged to `budget` (the default package limit when None) as it is
         decompressed, refused with LimitError beyond it."""
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+HEAD_BYTES = 4096  # of the file itself
+INFLATED_BYTES = 512  # of a gzip file's decompressed stream: one whole tar header
+MAX_HEAD_INPUT = 1 << 16  # compressed bytes read at most to inflate that much
+
+
+@dataclass(frozen=True)
+class FileHead:
+    """What format sniffing looks at: a file's first bytes and, when the file is gzip, the
+    first bytes of its decompressed stream.
+
+    The formats inside gzip (an OpenWrt .ipk's tar, an .apk's signature tar) show only in the
+    first tar header, 512 bytes of output. How much input those take depends on the deflate
+    blocks: the first 64 bytes of a real OpenWrt .ipk (gzip -6, a dynamic Huffman block)
+    decompress to nothing at all, so input is read until the output is there.
+    """
+
+    raw: bytes
+    inflated: bytes = b""
+
+
+def read_head(path: Path) -> FileHead:
+    """The FileHead of the file at `path`: every format check reads its file through this."""
+    with open(path, "rb") as f:
+        raw = f.read(HEAD_BYTES)
+        inflated = _inflate_head(raw, f) if raw[:2] == GZIP_MAGIC else b""
+    return FileHead(raw, inflated)
+
+
+def _inflate_head(raw: bytes, rest: BinaryIO) -> bytes:
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out, pending, read = b"", raw, len(raw)
+    try:
+        while len(out) < INFLATED_BYTES:
+            # max_length keeps a decompression bomb from growing the output past one header.
+            out += inflater.decompress(pending, INFLATED_BYTES - len(out))
+            pending = inflater.unconsumed_tail
+            if inflater.eof:
+                break
+            if not pending:
+                if read >= MAX_HEAD_INPUT:
+                    break
+                pending = rest.read(HEAD_BYTES)
+                read += len(pending)
+                if not pending:
+                    break
+    except zlib.error:
+        pass  # a damaged stream: sniff what came out before the damage
+    return out
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -68,17 +121,19 @@ def get_backend(type_name: str) -> Backend:
         raise UserError(f"unknown feed type '{type_name}' (known: {known})") from None
 
 
+def backend_for_head(head: FileHead) -> Backend | None:
+    """The backend whose archive format a file with this head is, or None."""
+    _load_builtin_backends()
+    return next((b for b in _BACKENDS.values() if b.recognizes(head)), None)
+
+
 def backend_for_file(path: Path) -> Backend:
     """The backend whose archive format `path` is, recognised by its first bytes."""
-    _load_builtin_backends()
-    with open(path, "rb") as f:
-        head = f.read(64)
-    for backend in _BACKENDS.values():
-        if backend.recognizes(head):
-            return backend
-    from ..errors import FormatError
-
-    raise FormatError(f"{path}: offset 0x0: not a package of any known format ({head[:8]!r})")
+    head = read_head(path)
+    backend = backend_for_head(head)
+    if backend is None:
+        raise FormatError(f"{path}: offset 0x0: not a package of any known format ({head.raw[:8]!r})")
+    return backend
 
 
 def _load_builtin_backends() -> None:

@@ -42,7 +42,7 @@ from .archive import (
     read_member_tar,
     read_tar_entries,
 )
-from .backend import register_backend
+from .backend import FileHead, register_backend
 from .cache import Cache
 from .package import AlternativesGroup, Package, Relation
 
@@ -241,8 +241,8 @@ class DebBackend:
     def satisfies(self, version: str, op: str, wanted: str) -> bool:
         return debversion.satisfies(version, op, wanted)
 
-    def recognizes(self, head: bytes) -> bool:
-        return head.startswith(AR_MAGIC)
+    def recognizes(self, head: FileHead) -> bool:
+        return head.raw.startswith(AR_MAGIC)
 
     def load_index(self, feed: Feed, arch: Arch, cache: Cache, progress: Progress) -> list[Package]:
         debarch = self.arch_name(arch)

@@ -31,27 +31,31 @@ from ..progress import Progress
 from ..rootfs import Entry, EntryType
 from . import debversion, usign
 from .archive import AR_MAGIC, UnpackBudget, list_ar_members, open_decompressed, read_tar_stream
-from .backend import register_backend
+from .backend import GZIP_MAGIC, FileHead, register_backend
 from .cache import Cache
 from .package import AlternativesGroup, Package, Relation
-
-GZIP_MAGIC = b"\x1f\x8b"
 
 
 # -- control syntax -------------------------------------------------------------------------
 def parse_stanzas(text: str, name: str) -> list[dict[str, str]]:
-    """The paragraphs of a `Packages` or `control` file; continuation lines start with a space."""
+    """The paragraphs of a `Packages` or `control` file; continuation lines start with a space.
+
+    Only an empty line ends a paragraph: OpenWrt writes a description's blank line as a
+    single space (opkg reads it as part of the field), and its feeds' `Packages` have them.
+    """
     stanzas: list[dict[str, str]] = []
     fields: dict[str, str] = {}
     key = None
     for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
+        if not line:
             if fields:
                 stanzas.append(fields)
             fields, key = {}, None
             continue
         if line[0] in " \t":
             if key is None:
+                if not line.strip():
+                    continue  # whitespace between paragraphs
                 raise FormatError(f"{name}:{number}: continuation line outside a field")
             fields[key] += "\n" + line.strip()
             continue
@@ -207,15 +211,10 @@ def check_size_and_hash(blob: bytes, size: int, sha256: str, name: str) -> None:
         raise IntegrityError(f"{name}: SHA-256 {actual} differs from the index's SHA256sum {sha256}")
 
 
-def recognizes(head: bytes) -> bool:
-    """Whether a file starting with `head` is an OpenWrt .ipk (gzip-tar of ./debian-binary)."""
-    if head[:2] != GZIP_MAGIC:
-        return False
-    try:
-        inflated = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head)
-    except zlib.error:
-        return False
-    return inflated[:100].rstrip(b"\0") in (b"./debian-binary", b"debian-binary")
+def recognizes(head: FileHead) -> bool:
+    """Whether a file with this head is an OpenWrt .ipk (gzip-tar whose first member is
+    debian-binary). The ar-style .ipk is a .deb by its bytes."""
+    return head.inflated[:100].rstrip(b"\0") in (b"./debian-binary", b"debian-binary")
 
 
 # -- the backend -----------------------------------------------------------------------------
@@ -259,7 +258,7 @@ class IpkBackend:
     def satisfies(self, version: str, op: str, wanted: str) -> bool:
         return debversion.satisfies(version, op, wanted)
 
-    def recognizes(self, head: bytes) -> bool:
+    def recognizes(self, head: FileHead) -> bool:
         return recognizes(head)
 
     def load_index(self, feed: Feed, arch: Arch, cache: Cache, progress: Progress) -> list[Package]:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from ..errors import FormatError, IntegrityError
 from . import apk, ipk, usign
-from .archive import AR_MAGIC, list_ar_members
+from .archive import list_ar_members
+from .backend import backend_for_head, read_head
 
 
 @dataclass(frozen=True)
@@ -42,20 +43,21 @@ def verify_file(path: Path, keys_dirs: list[Path] | tuple[Path, ...] = ()) -> Ve
 
 
 def identify(path: Path) -> str:
-    """The kind of package or index file `path` is, from its name and first bytes."""
+    """The kind of package or index file `path` is, from its name and first bytes (sniffed
+    as the build sniffs package files: `backend.read_head`)."""
     if path.name in ("Packages", "Packages.gz", "Packages.sig"):
         return "opkg Packages"
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    if head.startswith(b"-----BEGIN PGP SIGNED MESSAGE-----"):
+    head = read_head(path)
+    if head.raw.startswith(b"-----BEGIN PGP SIGNED MESSAGE-----"):
         return "InRelease"
-    if head.startswith(AR_MAGIC):
-        return "ipk" if path.suffix == ".ipk" else "deb"
-    if apk.recognizes(head):
-        return "APKINDEX" if _holds_apkindex(path) else "apk"
-    if ipk.recognizes(head):
-        return "ipk"
-    raise FormatError(f"{path}: offset 0x0: not a package or index fwgen knows ({head[:8]!r})")
+    backend = backend_for_head(head)
+    if backend is None:
+        raise FormatError(f"{path}: offset 0x0: not a package or index fwgen knows ({head.raw[:8]!r})")
+    if backend.name == "deb" and path.suffix == ".ipk":
+        return "ipk"  # the older ar-style .ipk has a .deb's container
+    if backend.name == "apk" and _holds_apkindex(path):
+        return "APKINDEX"
+    return backend.name
 
 
 def _holds_apkindex(path: Path) -> bool:
