@@ -77,3 +77,33 @@ def test_signature_by_another_key_number_is_refused(signer, tmp_path):
 def test_malformed_signature_files(text, message):
     with pytest.raises(FormatError, match=message):
         usign.parse_signature(text, "Packages.sig")
+
+
+
+@pytest.mark.parametrize(("feed", "key_id"), [
+    ("openwrt-core-mvebu", "d95e275d41a63bff"),
+    ("openwrt-simonsmh-mt7621", "12bd84d19e263f64"),
+])
+def test_verify_trusts_a_usign_key_given_as_a_file(samples, feed, key_id, tmp_path):
+    from buildutil import run_fwgen
+
+    folder = samples / feed
+    stanzas = (folder / "Packages").read_text().count("\nPackage: ") + 1
+    result = run_fwgen("verify", str(folder / "Packages"), "--keys", str(folder / key_id), cache=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == f"opkg Packages: OK (key {key_id}): Packages: {stanzas} packages (usign Ed25519)"
+    listed = sorted(folder.glob("*.ipk"))[0]
+    result = run_fwgen("verify", str(listed), "--keys", str(folder / key_id), cache=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(f"ipk: OK (key {key_id}): ")
+    assert "match the signed Packages beside it" in result.stdout
+
+
+def test_a_key_file_named_on_its_own_must_be_a_usign_key(samples, tmp_path):
+    rsa = tmp_path / "alpine.rsa.pub"
+    rsa.write_text("-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----\n")
+    with pytest.raises(FormatError, match=r"alpine\.rsa\.pub: not a usign file"):
+        usign.load_keys([rsa])
+    # In a folder it is skipped, beside a key file named on its own.
+    key = samples / "openwrt-core-mvebu" / "d95e275d41a63bff"
+    assert list(usign.load_keys([tmp_path, key])) == ["d95e275d41a63bff"]

@@ -233,12 +233,7 @@ def feed_folders(feed: Feed, arch_name: str) -> list[str]:
 
 def load_feed_keys(feed: Feed) -> dict[str, usign.UsignKey]:
     """The usign keys a feed trusts: the files and folders its `keys` name."""
-    files = [Path(p) for p in feed.keys if Path(p).is_file()]
-    keys = usign.load_keys([Path(p) for p in feed.keys if Path(p).is_dir()])
-    for file in files:
-        key = usign.parse_public_key(file.read_text(errors="replace"), str(file))
-        keys.setdefault(key.key_id, key)
-    return keys
+    return usign.load_keys([Path(p) for p in feed.keys])
 
 
 class IpkBackend:

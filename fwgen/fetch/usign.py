@@ -93,20 +93,34 @@ def parse_signature(text: str | bytes, name: str = "<signature>") -> UsignSignat
     return UsignSignature(parsed.fingerprint, parsed.sig, comment)
 
 
-def load_keys(dirs: list[Path] | tuple[Path, ...]) -> dict[str, UsignKey]:
-    """Every usign public key in `dirs`, by key id. Files that are not usign keys are skipped."""
+def load_keys(paths: list[Path] | tuple[Path, ...]) -> dict[str, UsignKey]:
+    """Every usign public key in `paths`, by key id.
+
+    A folder may hold other files (opkg's keys folder, a folder of RSA keys): they are
+    skipped. A file named on its own must be a usign key: a FormatError says why not.
+    """
     keys: dict[str, UsignKey] = {}
-    for directory in dirs:
-        if not Path(directory).is_dir():
-            continue
-        for path in sorted(Path(directory).iterdir()):
-            if not path.is_file() or path.stat().st_size > 4096:
-                continue
-            try:
-                key = parse_public_key(path.read_text(errors="replace"), str(path))
-            except FormatError:
-                continue
+    for path in map(Path, paths):
+        if path.is_file():
+            key = parse_public_key(path.read_text(errors="replace"), str(path))
             keys.setdefault(key.key_id, key)
+            continue
+        for key in _keys_in_folder(path):
+            keys.setdefault(key.key_id, key)
+    return keys
+
+
+def _keys_in_folder(folder: Path) -> list[UsignKey]:
+    if not folder.is_dir():
+        return []
+    keys = []
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.stat().st_size > 4096:
+            continue
+        try:
+            keys.append(parse_public_key(path.read_text(errors="replace"), str(path)))
+        except FormatError:
+            continue
     return keys
 
 
