@@ -22,6 +22,7 @@ class Feed:
     suite: str = "bookworm"
     components: tuple[str, ...] = ("main",)
     keys: tuple[Path, ...] = ()  # extra trusted keys; empty = the keys fwgen ships for the type
+    where: str = field(default="", compare=False)  # "boards/x.yaml:8:5", for errors only
 
 
 @dataclass(frozen=True)

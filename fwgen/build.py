@@ -143,8 +143,9 @@ def build(
     ctx.overlays = collect_overlays(board.overlays, ctx.overlay_dirs, board.source)
     # The whole overlay stack is validated (templates, conflicts, owners) before anything is written.
     ctx.layers = plan_layers(ctx.overlays, resolve_variables(board, ctx.overlays))
-    outdir.parent.mkdir(parents=True, exist_ok=True)
+    created = make_folders(outdir.parent)
     ctx.staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
+    published = False
     try:
         with writing(cache.root, f"the package and BusyBox cache for board {board.name}"):
             fetch_board_packages(ctx)
@@ -158,10 +159,33 @@ def build(
             write_images(ctx)
             manifest = write_manifest(ctx)
             publish_outputs(ctx)
+            published = True
     finally:
         if ctx.staging.exists():
             shutil.rmtree(ctx.staging)
+        if not published:  # a failed build leaves no trace, not even an empty out/
+            remove_empty_folders(created)
     return BuildResult(board.name, outdir, manifest, time.monotonic() - started)
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents; return the ones created, deepest first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        path.mkdir(exist_ok=True)
+    return missing
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove `folders` (deepest first) as long as they are empty: another build may share them."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def fetch_board_packages(ctx: BuildContext) -> None:

@@ -561,8 +561,9 @@ def _build_feed(doc: Document, index: int, feed: dict, board: Path) -> Feed:
     keys = tuple(
         _relative_file(doc, ("feeds", index, "keys", k), key, board) for k, key in enumerate(feed["keys"])
     )
+    line, column = doc.position(("feeds", index))
     return Feed(name=feed["name"], type=feed["type"], url=feed["url"], suite=feed["suite"],
-                components=tuple(feed["components"]), keys=keys)
+                components=tuple(feed["components"]), keys=keys, where=f"{doc.file}:{line}:{column}")
 
 
 def _pinned_feeds(doc: Document, data: dict) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -51,12 +52,27 @@ def test_hash_mismatch_raises_and_leaves_nothing(server, cache):
     assert leftovers == []
 
 
-def test_404_fails_after_retries_with_one_line(server, cache):
+@pytest.mark.parametrize(("status", "reason"), [
+    (400, "Bad Request"), (401, "Unauthorized"), (403, "Forbidden"), (404, "Not Found"), (410, "Gone"),
+])
+def test_a_definite_client_error_fails_at_once_with_one_line(server, cache, status, reason):
+    server.routes["/missing.deb"] = lambda h, _c: h.send_error(status)
     with pytest.raises(FetchError) as caught:
         cache.fetch(f"{server.url}/missing.deb", sha256=PAYLOAD_SHA, size=1)
-    assert str(caught.value) == f"{server.url}/missing.deb: HTTP 404 Not Found (gave up after 3 attempts)"
-    assert server.hits["/missing.deb"] == 3
+    assert str(caught.value) == f"{server.url}/missing.deb: HTTP {status} {reason} (a definite answer: not retried)"
+    assert server.hits["/missing.deb"] == 1
     assert content_files(cache) == []
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+def test_a_status_that_may_pass_is_retried_with_backoff(server, cache, status):
+    server.routes["/pkg.deb"] = lambda h, _c: h.send_error(status)
+    cache.backoff = 0.05
+    started = time.monotonic()
+    with pytest.raises(FetchError, match=rf"/pkg.deb: HTTP {status} .*\(gave up after 3 attempts\)"):
+        cache.fetch(f"{server.url}/pkg.deb", sha256=PAYLOAD_SHA, size=len(PAYLOAD))
+    assert server.hits["/pkg.deb"] == 3
+    assert time.monotonic() - started >= 0.05 + 0.1  # slept 0.05 s, then twice that
 
 
 def test_truncated_body_is_retried_then_succeeds(server, cache):

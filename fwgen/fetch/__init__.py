@@ -13,6 +13,7 @@ the same format (`resolve_packages`).
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from ..arch import Arch
 from ..board import Feed
-from ..errors import FormatError, IntegrityError, LimitError, ResolveError, UserError
+from ..errors import FetchError, FormatError, IntegrityError, LimitError, ResolveError, UserError
 from ..progress import QUIET, Progress
 from ..rootfs import Entry, EntryType, RootFS
 from .archive import UnpackBudget
@@ -66,7 +67,8 @@ def load_index(
     packages: list[Package] = []
     for feed in feeds:
         progress.step(f"index of {feed.name} ({feed.url} {feed.suite}, {backend.arch_name(arch)})")
-        packages += backend.load_index(feed, arch, cache, progress)
+        with naming_feed(feed):
+            packages += backend.load_index(feed, arch, cache, progress)
     return PackageIndex(
         packages,
         satisfies=backend.satisfies,
@@ -167,20 +169,39 @@ def _resolve_with_install_if(
         resolution = resolve(index, names, exclude=exclude, nodeps=nodeps, pins=pins)
 
 
+@contextlib.contextmanager
+def naming_feed(feed: Feed | None, package: Package | None = None) -> Iterator[None]:
+    """A FetchError inside names the feed (and its place in the board file) and the package,
+    not only the URL: a mirror's 404 says which `feeds:` entry to look at."""
+    try:
+        yield
+    except FetchError as e:
+        where = f"{feed.where}: " if feed is not None and feed.where else ""
+        name = feed.name if feed is not None else package.feed if package is not None else None
+        what = f"feed {name}: " if name else ""
+        if package is not None:
+            what += f"package {package.name} {package.version}: "
+        raise FetchError(f"{where}{what}{e.message}", e.hint) from e
+
+
 def download_packages(
-    packages: Sequence[Package], *, cache: Cache | None = None, progress: Progress = QUIET, jobs: int = 4
+    packages: Sequence[Package], *, feeds: Sequence[Feed] = (), cache: Cache | None = None,
+    progress: Progress = QUIET, jobs: int = 4,
 ) -> list[FetchedPackage]:
-    """Download `packages` in parallel into the cache, verified; same order as given."""
+    """Download `packages` in parallel into the cache, verified; same order as given.
+    `feeds` (those the packages came from) only make errors name the feed's place."""
     cache = cache or Cache.default()
+    by_name = {feed.name: feed for feed in feeds}
     total = sum(p.size for p in packages)
     progress.step(f"fetching {len(packages)} packages ({total / 1048576:.1f} MiB)")
 
     def fetch_one(package: Package) -> FetchedPackage:
         # A backend whose index carries no SHA-256 (APKINDEX) verifies packages its own way.
         custom = getattr(get_backend(package.format), "fetch_package", None)
-        if custom is not None:
-            return FetchedPackage(package, custom(package, cache, progress))
-        path = cache.fetch(package.url, sha256=package.sha256, size=package.size, progress=progress)
+        with naming_feed(by_name.get(package.feed), package):
+            if custom is not None:
+                return FetchedPackage(package, custom(package, cache, progress))
+            path = cache.fetch(package.url, sha256=package.sha256, size=package.size, progress=progress)
         return FetchedPackage(package, path)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -207,7 +228,7 @@ def fetch_packages(
     resolution = resolve_packages(
         feeds, arch, names, exclude=exclude, nodeps=nodeps, pins=pins, cache=cache, progress=progress
     )
-    return download_packages(resolution.packages, cache=cache, progress=progress, jobs=jobs)
+    return download_packages(resolution.packages, feeds=feeds, cache=cache, progress=progress, jobs=jobs)
 
 
 def read_package_entries(path: Path, budget: UnpackBudget | None = None) -> Iterator[Entry]:

@@ -7,6 +7,13 @@ Layout under the root (FWGEN_CACHE, else ~/.cache/fwgen):
     derived/<aa>/<hash>.<kind>  files computed from a verified file (a parsed index), by its hash
 Downloads go to a temporary file in the entry's folder and are renamed into place only after
 size and hash verify, so the cache never holds a partial or a wrong file.
+
+Retry policy (one for every download): a failure that may pass is retried with exponential
+backoff (1 s, 2 s, 4 s ... `attempts` tries in all): HTTP 408, 429 and 5xx, a refused or
+reset connection, a timeout, a truncated body, a size other than the index says (a mirror in
+mid-sync). Any other HTTP 4xx (400, 401, 403, 404, 410 ...) is the server's definite answer
+about that URL: it fails at once, and a wrong SHA-256 too. A mirror sync takes minutes, not
+the seconds of the backoff, so a 404 is not retried either.
 """
 
 from __future__ import annotations
@@ -28,6 +35,10 @@ from ..progress import QUIET, Progress
 
 _CHUNK = 1 << 16
 _USER_AGENT = "fwgen/0.1 (+https://github.com/fwgen)"
+
+
+# The HTTP statuses that may pass (the module docstring has the whole policy).
+RETRIED_STATUSES = frozenset({408, 429})
 
 
 class _Retry(Exception):
@@ -207,10 +218,9 @@ class Cache:
                 if announced is not None and received != int(announced):
                     raise _Retry(f"truncated body: {received} of {announced} bytes")
         except urllib.error.HTTPError as e:
-            if e.code >= 500 or e.code in (404, 408, 429):
-                # 404 too: during a mirror sync an index may name a file not there yet.
+            if e.code >= 500 or e.code in RETRIED_STATUSES:
                 raise _Retry(f"HTTP {e.code} {e.reason}") from e
-            raise FetchError(f"{url}: HTTP {e.code} {e.reason}") from e
+            raise FetchError(f"{url}: HTTP {e.code} {e.reason} (a definite answer: not retried)") from e
         except http.client.IncompleteRead as e:
             raise _Retry(f"truncated body: {len(e.partial) + received} bytes then the connection closed") from e
         except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException) as e:
