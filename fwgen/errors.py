@@ -20,6 +20,12 @@ from construct import ConstructError
 PARSE_ERRORS = (ConstructError, struct.error)
 
 
+def quoted(name: str) -> str:
+    """`name` (a path or a package name from outside input) fit for a one-line message:
+    itself when printable, else its Python repr, newlines and escape bytes escaped."""
+    return name if name.isprintable() else repr(name)
+
+
 class FwgenError(Exception):
     """Base of every error fwgen raises on purpose."""
 

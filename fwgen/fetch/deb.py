@@ -29,7 +29,7 @@ import zstandard
 
 from ..arch import Arch
 from ..board import Feed
-from ..errors import FormatError, IntegrityError, UserError
+from ..errors import FormatError, IntegrityError, UserError, quoted
 from ..progress import Progress
 from ..rootfs import Entry
 from . import debversion
@@ -168,10 +168,10 @@ def parse_packages(text: str, *, feed: str, base_url: str, source: str) -> list[
                 )
             )
         except KeyError as e:
-            name = fields.get("Package", "?")
+            name = quoted(fields.get("Package", "?"))
             raise FormatError(f"{source}: package {name}: missing field {e.args[0]}") from e
         except (ValueError, FormatError) as e:
-            name = fields.get("Package", "?")
+            name = quoted(fields.get("Package", "?"))
             raise FormatError(f"{source}: package {name}: {e}") from e
     return packages
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..arch import Arch
 from ..board import Feed
-from ..errors import FormatError, IntegrityError, UserError
+from ..errors import FormatError, IntegrityError, UserError, quoted
 from ..progress import Progress
 from ..rootfs import Entry, EntryType
 from . import debversion, usign
@@ -92,7 +92,7 @@ def parse_relations(text: str, where: str) -> tuple[AlternativesGroup, ...]:
 
 def package_from_stanza(fields: dict[str, str], *, feed: str, base_url: str, source: str) -> Package:
     """One `Packages` stanza as a Package; FormatError naming the package and field."""
-    where = f"{source}: package {fields.get('Package', '?')}"
+    where = f"{source}: package {quoted(fields.get('Package', '?'))}"
     try:
         conflicts = parse_relations(fields.get("Conflicts", ""), where) + parse_relations(fields.get("Breaks", ""), where)
         return Package(
