@@ -241,22 +241,19 @@ def read_fetched_entries(fetched: FetchedPackage, budget: UnpackBudget | None = 
     """Every data entry of a fetched package, read by the backend of the format its index
     gave it. An error names the package, its feed and its file, not the cache's hash name."""
     package = fetched.package
+    named = f"package {package.name} {package.version} (feed {package.feed})"
     try:
         return list(get_backend(package.format).read_entries(fetched.path, budget))
     except LimitError as e:
-        raise LimitError(f"package {package.name} {package.version} (feed {package.feed}): {_member_of(e.where)}",
-                         e.bound) from e
+        raise LimitError(f"{named}: {_own_name(e.where, fetched)}", e.bound) from e
     except (FormatError, IntegrityError) as e:
-        # The backends name the file they read, here the cache's content-addressed path;
-        # the offsets after it still hold for the package's own file name.
-        detail = e.message.replace(str(fetched.path), posixpath.basename(package.filename))
-        raise type(e)(f"package {package.name} {package.version} (feed {package.feed}): {detail}", e.hint) from e
+        raise type(e)(f"{named}: {_own_name(e.message, fetched)}", e.hint) from e
 
 
-def _member_of(where: str) -> str:
-    # The reader says "<cache file>: <member> at 0x..: offset 0x..: <path>"; the package's
-    # name replaces the cache file's, which means nothing to the reader of the message.
-    return where.split(": ", 1)[1] if ": " in where else where
+def _own_name(detail: str, fetched: FetchedPackage) -> str:
+    # The backends name the file they read, here the cache's content-addressed path;
+    # the offsets after it still hold for the package's own file name.
+    return detail.replace(str(fetched.path), posixpath.basename(fetched.package.filename))
 
 
 def install_package(rootfs: RootFS, fetched: FetchedPackage, budget: UnpackBudget | None = None) -> None:
