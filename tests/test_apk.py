@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,43 @@ def test_changed_real_index_is_refused(samples, keys):
     for offset in (streams[0].start + 20, streams[1].start + 40, len(blob) // 2, len(blob) - 3):
         with pytest.raises(UserError):
             apk.read_apkindex(_flip(blob, offset), keys)
+
+
+SIGNATURE_FAILED = re.compile(
+    r"APKINDEX: FAILED: .*APKINDEX.tar.gz: (RSA signature by (?P<key>alpine-devel@\S+\.rsa\.pub) does not verify"
+    r"|signature( by (?P<named>alpine-devel@\S+\.rsa\.pub))? FAILED: "
+    r"the signature stream at offset 0x0 is damaged \([a-z ]+\))$")
+
+
+@pytest.mark.parametrize(("sample", "signer"), [
+    ("alpine-aarch64-3.13.4/APKINDEX.tar.gz", "alpine-devel@lists.alpinelinux.org-58199dcc.rsa.pub"),
+    (INDEX, "alpine-devel@lists.alpinelinux.org-6165ee59.rsa.pub"),
+])
+def test_a_changed_byte_anywhere_in_a_real_index_is_a_signature_failure(samples, tmp_path, sample, signer):
+    blob = (samples / sample).read_bytes()
+    signature, index = apk.split_gzip_streams(blob, sample)
+    offsets = {
+        "signature stream's deflate data": signature.start + 20,
+        "middle of the signature stream": (signature.start + signature.end) // 2,
+        "signature stream's CRC-32": signature.end - 6,
+        "index stream's gzip header": index.start + 4,
+        "index stream's first block": index.start + 20,
+        "middle of the index stream": (index.start + index.end) // 2,
+        "index stream's length": index.end - 2,
+    }
+    for where, offset in offsets.items():
+        path = tmp_path / "APKINDEX.tar.gz"
+        path.write_bytes(_flip(blob, offset))
+        line = str(verify_file(path))
+        match = SIGNATURE_FAILED.match(line)
+        assert match, f"{where} (offset {offset:#x}): {line}"
+        named = match["key"] or match["named"]
+        # Damage near the start of the signature stream may leave even the key's name unreadable.
+        assert named == signer or (named is None and offset == signature.start + 20), f"{where}: {line}"
+        if offset >= index.start:  # the signature itself reads fine and fails
+            assert match["key"] == signer, f"{where}: {line}"
+        with pytest.raises(IntegrityError):
+            apk.read_apkindex(path.read_bytes(), apk.load_rsa_keys([apk.SHIPPED_KEYS]), sample)
 
 
 def test_untrusted_key_is_refused(samples, keys):

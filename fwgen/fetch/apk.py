@@ -40,7 +40,7 @@ from ..progress import Progress
 from ..rootfs import Entry
 from . import apkversion
 from .archive import UnpackBudget, open_decompressed, read_tar_stream
-from .backend import FileHead, register_backend
+from .backend import FileHead, head_of, register_backend
 from .cache import Cache
 from .package import Package, Relation
 
@@ -63,12 +63,13 @@ class GzipStream:
 
 
 def split_gzip_streams(blob: bytes, name: str, *, count: int | None = None,
-                       budget: UnpackBudget | None = None) -> list[GzipStream]:
-    """The concatenated gzip members of `blob` (the first `count` of them, or all), each with
-    its exact compressed byte range; together they may unpack to no more than `budget`."""
+                       budget: UnpackBudget | None = None, start: int = 0) -> list[GzipStream]:
+    """The concatenated gzip members of `blob` from offset `start` (the first `count` of
+    them, or all), each with its exact compressed byte range; together they may unpack to no
+    more than `budget`."""
     budget = (budget or UnpackBudget.default()).headroom()
     streams: list[GzipStream] = []
-    offset = 0
+    offset = start
     while offset < len(blob) and (count is None or len(streams) < count):
         data, end = _inflate_stream(blob, offset, f"{name}: offset {offset:#x}: gzip stream {len(streams) + 1}", budget)
         streams.append(GzipStream(offset, end, data))
@@ -198,13 +199,36 @@ def verify_signatures(signatures: list[Signature], message: bytes, keys: dict[st
 
 def _signed_parts(blob: bytes, name: str, *, count: int | None = None,
                   budget: UnpackBudget | None = None) -> tuple[list[Signature], list[GzipStream]]:
-    streams = split_gzip_streams(blob, name, count=count, budget=budget)
-    signatures = read_signatures(streams[0], name) if _is_signature_stream(streams[0]) else []
+    signatures, signed_from = read_signature_stream(blob, name, budget)
+    rest = count - 1 if count is not None else None
+    return signatures, split_gzip_streams(blob, name, count=rest, budget=budget, start=signed_from)
+
+
+def read_signature_stream(blob: bytes, name: str,
+                          budget: UnpackBudget | None = None) -> tuple[list[Signature], int]:
+    """The signatures in the first gzip stream and the offset where the signed bytes begin.
+
+    A damaged signature stream is a failed signature (IntegrityError naming the key, where
+    its name can still be read), not a gzip error: the file is refused either way."""
+    try:
+        [stream] = split_gzip_streams(blob, name, count=1, budget=budget)
+        signatures = read_signatures(stream, name) if _is_signature_stream(stream) else []
+    except FormatError as e:
+        by, damage = _signer_named(blob), e.message.rsplit(": ", 1)[-1]  # zlib's or tarfile's words
+        raise IntegrityError(f"{name}: signature{f' by {by}' if by else ''} FAILED: "
+                             f"the signature stream at offset 0x0 is damaged ({damage})") from e
     if not signatures:
         raise IntegrityError(f"{name}: not signed (first gzip stream holds no .SIGN.* file)")
-    if len(streams) < 2:
-        raise FormatError(f"{name}: offset {streams[0].end:#x}: nothing follows the signature")
-    return signatures, streams[1:]
+    if stream.end >= len(blob):
+        raise FormatError(f"{name}: offset {stream.end:#x}: nothing follows the signature")
+    return signatures, stream.end
+
+
+def _signer_named(blob: bytes) -> str | None:
+    """The key a damaged signature stream names in its first tar header, if that inflates."""
+    header = head_of(blob).inflated[:100].rstrip(b"\0")
+    m = re.fullmatch(rb"\.SIGN\.[A-Z0-9]+\.(.+)", header)
+    return m.group(1).decode(errors="replace") if m else None
 
 
 def _is_signature_stream(stream: GzipStream) -> bool:
@@ -313,10 +337,11 @@ class ApkIndex:
 
 def read_apkindex(blob: bytes, keys: dict[str, RsaKey], name: str = "APKINDEX.tar.gz") -> ApkIndex:
     """Verify a signed APKINDEX.tar.gz and parse it completely."""
-    signatures, rest = _signed_parts(blob, name)
-    # The signature covers the compressed bytes of everything after the signature stream.
-    key = verify_signatures(signatures, blob[rest[0].start :], keys, name)
-    raw = b"".join(stream.data for stream in rest)
+    signatures, signed_from = read_signature_stream(blob, name)
+    # The signature covers the compressed bytes of everything after the signature stream:
+    # checked before they are inflated, so a changed byte is a failed signature.
+    key = verify_signatures(signatures, blob[signed_from:], keys, name)
+    raw = b"".join(stream.data for stream in split_gzip_streams(blob, name, start=signed_from))
     files = {m.name: m.data for m in read_tar(raw, f"{name}: index stream")}
     if "APKINDEX" not in files:
         raise FormatError(f"{name}: no APKINDEX file in the index stream (found {sorted(files)})")

@@ -6,6 +6,7 @@ nothing outside `fwgen.fetch` does.
 
 from __future__ import annotations
 
+import io
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -77,6 +78,13 @@ def read_head(path: Path) -> FileHead:
     with open(path, "rb") as f:
         raw = f.read(HEAD_BYTES)
         inflated = _inflate_head(raw, f) if raw[:2] == GZIP_MAGIC else b""
+    return FileHead(raw, inflated)
+
+
+def head_of(blob: bytes) -> FileHead:
+    """The FileHead of a file already in memory."""
+    raw = blob[:HEAD_BYTES]
+    inflated = _inflate_head(raw, io.BytesIO(blob[HEAD_BYTES:])) if raw[:2] == GZIP_MAGIC else b""
     return FileHead(raw, inflated)
 
 

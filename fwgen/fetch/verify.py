@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import FormatError, IntegrityError
 from . import apk, ipk, usign
 from .archive import list_ar_members
-from .backend import backend_for_head, read_head
+from .backend import backend_for_head, head_of, read_head
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ def identify(path: Path) -> str:
     as the build sniffs package files: `backend.read_head`)."""
     if path.name in ("Packages", "Packages.gz", "Packages.sig"):
         return "opkg Packages"
+    if "APKINDEX" in path.name and path.name.endswith(".tar.gz"):
+        return "APKINDEX"  # by name too: a damaged one must still fail as a signature
     head = read_head(path)
     if head.raw.startswith(b"-----BEGIN PGP SIGNED MESSAGE-----"):
         return "InRelease"
@@ -61,8 +63,14 @@ def identify(path: Path) -> str:
 
 
 def _holds_apkindex(path: Path) -> bool:
-    streams = apk.split_gzip_streams(path.read_bytes(), str(path))
-    return len(streams) == 2 and any(m.name == "APKINDEX" for m in apk.read_tar(streams[1].data, str(path)))
+    """An index's signed tar starts with DESCRIPTION or APKINDEX, a package's with .PKGINFO;
+    only the head of it is inflated."""
+    blob = path.read_bytes()
+    try:
+        _, signed_from = apk.read_signature_stream(blob, str(path))
+    except (IntegrityError, FormatError):
+        return False  # read_apk says what is wrong with it
+    return head_of(blob[signed_from:]).inflated[:100].rstrip(b"\0") in (b"DESCRIPTION", b"APKINDEX")
 
 
 def _rsa_keys(keys_dirs: tuple[Path, ...]) -> dict[str, apk.RsaKey]:
