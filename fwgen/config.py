@@ -153,8 +153,8 @@ def list_boards(boards_dirs: Sequence[Path] = ()) -> list[tuple[str, Path, str]]
 def _peek_description(path: Path) -> str:
     """The description without validating: `fwgen boards` lists broken boards too."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        data = read_yaml(path).data
+    except ConfigError:
         return "(unreadable: run `fwgen show` on it)"
     if isinstance(data, dict) and isinstance(data.get("description"), str):
         return data["description"]
@@ -214,16 +214,40 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
+# Limits on what a board, overlay or profile file may be. Real files are a few KiB, a dozen
+# levels deep and a few hundred values; these bounds refuse hostile files (a billion-laughs
+# alias bomb, 500 nested lists, a 50 MB list) in milliseconds instead of exhausting memory,
+# the recursion limit or the user's patience.
+MAX_FILE_BYTES = 1024 * 1024
+MAX_DEPTH = 64
+MAX_VALUES = 50_000  # values after expanding aliases (`*x` copies its anchor's whole tree)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with the nesting of composed nodes bounded: its composer
+    recurses once per level, and Python's stack ends near 300 levels."""
+
+    def __init__(self, text: str, file: str) -> None:
+        super().__init__(text)
+        self.file, self.depth = file, 0
+
+    def compose_node(self, parent, index):
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                line, column = _mark(self.peek_event())
+                raise ConfigError(f"nested more than {MAX_DEPTH} levels deep", file=self.file,
+                                  line=line, column=column)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
 def read_yaml(path: Path) -> Document:
     """Parse one YAML document, keeping the position of every key, value and list item."""
     file = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
-        raise ConfigError("file not found", file=file) from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read: {e}", file=file) from e
-    loader = yaml.SafeLoader(text)
+    text = _read_text(path, file)
+    loader = _BoundedLoader(text, file)
     try:
         root = loader.get_single_node()
         if root is None:
@@ -236,6 +260,21 @@ def read_yaml(path: Path) -> Document:
     finally:
         loader.dispose()
     return dataclasses.replace(doc, data=data)
+
+
+def _read_text(path: Path, file: str) -> str:
+    """The file's text, refused unread beyond MAX_FILE_BYTES (a FIFO or /dev/zero included)."""
+    try:
+        with open(path, "rb") as stream:
+            raw = stream.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise ConfigError(f"larger than {MAX_FILE_BYTES // 1024} KiB, too large for a settings file",
+                              file=file)
+        return raw.decode("utf-8")
+    except FileNotFoundError as e:
+        raise ConfigError("file not found", file=file) from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read: {e}", file=file) from e
 
 
 def _yaml_error(file: str, e: yaml.MarkedYAMLError) -> ConfigError:
@@ -258,6 +297,11 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, doc: Doc
     doc.values[path] = _mark(node)
     if id(node) in parents:  # `a: &x [*x]` refers to itself: no finite value
         raise doc.error(path, "alias refers to itself")
+    if len(doc.values) > MAX_VALUES:
+        raise doc.error(path, f"more than {MAX_VALUES} values once aliases are expanded",
+                        "an alias copies its anchor's whole value; this file multiplies them")
+    if len(path) > MAX_DEPTH:  # aliases nest anchors inside anchors beyond what was composed
+        raise doc.error(path, f"nested more than {MAX_DEPTH} levels deep once aliases are expanded")
     parents = (*parents, id(node))
     if isinstance(node, yaml.SequenceNode):
         return [_construct(loader, item, (*path, i), doc, parents) for i, item in enumerate(node.value)]
