@@ -111,7 +111,9 @@ class CpioMember:
 
     @property
     def target(self) -> str:
-        """A symlink's target (its data)."""
+        """A symlink's target (its data); "" for every other type, whose data is content."""
+        if self.type is not EntryType.SYMLINK:
+            return ""
         return self.data.decode("utf-8", "surrogateescape")
 
 

@@ -27,7 +27,7 @@ def list_image(path: Path) -> tuple[str, list[dict]]:
         return "squashfs", rows
     members = read_initramfs(path)
     rows = [_row("/" + m.name.lstrip("./") if m.name != "." else "/", m.type, m.permissions, m.uid,
-                 m.gid, len(m.data) if m.type in (EntryType.FILE, EntryType.SYMLINK) else 0, m.target or "", m.rdev)
+                 m.gid, len(m.data) if m.type in (EntryType.FILE, EntryType.SYMLINK) else 0, m.target, m.rdev)
             for m in members]
     return "initramfs", rows
 
