@@ -24,7 +24,6 @@ import posixpath
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
@@ -33,10 +32,9 @@ from elftools.elf.sections import ARMAttributesSection, SymbolTableSection
 
 from .arch import EM_AARCH64, EM_ARM, EM_MIPS, Arch
 from .errors import UserError
+from .fetch.cache import Cache, discard_damaged
+from .progress import QUIET, Progress
 from .rootfs import EntryType, RootFS
-
-if TYPE_CHECKING:
-    from .fetch.cache import Cache
 
 ELF_MAGIC = b"\x7fELF"
 MACHINES = {EM_ARM: "arm", EM_AARCH64: "aarch64", EM_MIPS: "mips", 3: "x86", 62: "x86_64", 243: "riscv"}
@@ -149,15 +147,17 @@ class AuditReport:
 # -- entry points -----------------------------------------------------------------------------
 
 
-def audit_rootfs(rootfs: RootFS, arch: Arch | None, *, cache: Cache | None = None) -> AuditReport:
+def audit_rootfs(
+    rootfs: RootFS, arch: Arch | None, *, cache: Cache | None = None, progress: Progress = QUIET
+) -> AuditReport:
     """Audit every ELF file of `rootfs` against `arch` (None: report only, no fit checks).
 
     With a `cache`, what `inspect_elf` reads from a file is kept by the file's SHA-256, so a
-    rebuild only parses the ELF files that changed."""
+    rebuild only parses the ELF files that changed (`progress` hears of damaged entries)."""
     report = AuditReport()
     for entry in rootfs:
         if entry.type is EntryType.FILE and entry.data[:4] == ELF_MAGIC:
-            info = _inspect_cached(entry.path, entry.data, cache)
+            info = _inspect_cached(entry.path, entry.data, cache, progress)
             if info.foreign is False and arch is not None:
                 info.errors += fit_errors(info, arch)
             report.files.append(info)
@@ -252,27 +252,32 @@ def load_image(path: Path) -> RootFS:
 # -- one file ---------------------------------------------------------------------------------
 
 
-# Bump when inspect_elf learns something new: older cached readings are then not used.
-INSPECT_VERSION = 1
+# Bump when inspect_elf learns something new, or the stored form changes: older cached
+# readings are then not used (v2: stored with a SHA-256 header, Cache.store_checked).
+INSPECT_VERSION = 2
 
 
-def _inspect_cached(path: str, data: bytes, cache: Cache | None) -> ElfInfo:
+def _inspect_cached(path: str, data: bytes, cache: Cache | None, progress: Progress) -> ElfInfo:
     """inspect_elf, remembered in the cache by content. A reading depends on the bytes and on
-    whether the path is firmware's; a damaged or foreign-shaped cache file is ignored."""
+    whether the path is firmware's; a damaged or foreign-shaped cache file is discarded with
+    a warning and the file read again."""
     if cache is None:
         return inspect_elf(path, data)
     digest = hashlib.sha256(data).hexdigest()
     kind = f"elf-audit.v{INSPECT_VERSION}{'.foreign' if path.startswith(FOREIGN_PREFIXES) else ''}.json"
     stored = cache.derived_path(digest, kind)
-    try:
-        fields = json.loads(stored.read_bytes())
-        if fields.get("sha256") == digest:
-            fields.pop("sha256")
-            return ElfInfo(**dict(fields, path=path))
-    except (OSError, ValueError, TypeError):
-        pass
+    blob = cache.read_checked(stored, progress)
+    if blob is not None:
+        try:
+            fields = json.loads(blob)
+            if fields.pop("sha256") == digest:
+                return ElfInfo(**dict(fields, path=path))
+            problem = "a reading of another file"
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            problem = f"not a reading ({e})"
+        discard_damaged(stored, problem, "reading the ELF file again", progress)
     info = inspect_elf(path, data)
-    cache.store_derived(stored, json.dumps(dict(asdict(info), sha256=digest)).encode())
+    cache.store_checked(stored, json.dumps(dict(asdict(info), sha256=digest)).encode())
     return info
 
 

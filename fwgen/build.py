@@ -394,7 +394,7 @@ def write_boot_config(ctx: BuildContext) -> None:
 def audit_elf_files(ctx: BuildContext) -> None:
     """Every ELF file must fit the board (machine, endianness, float ABI, CPU architecture)
     and find its libraries inside the image."""
-    report = audit_rootfs(ctx.rootfs, ctx.board.arch, cache=ctx.cache)
+    report = audit_rootfs(ctx.rootfs, ctx.board.arch, cache=ctx.cache, progress=ctx.progress)
     ctx.progress.step(f"audited {len(report.files)} ELF file(s) for {ctx.board.arch.value}")
     if report.errors:
         more = f" (and {len(report.errors) - 1} more: fwgen audit lists them)" if len(report.errors) > 1 else ""

@@ -44,6 +44,17 @@ class Progress:
     def info(self, message: str) -> None:
         self._emit(f"  {message}", final=True)
 
+    def warn(self, message: str) -> None:
+        """Something went wrong and was mended (a damaged cache entry recomputed): one line,
+        shown even when progress is off (`--json`), on stderr, because it explains lost time
+        and may point at a failing disk."""
+        if self.enabled:
+            self._emit(f"warning: {message}", final=True)
+            return
+        with self._lock:
+            sys.stderr.write(f"warning: {message}\n")
+            sys.stderr.flush()
+
     def _emit(self, text: str, *, final: bool) -> None:
         if not self.enabled:
             return

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from fwgen import audit
 from fwgen.arch import Arch
-from fwgen.audit import audit_rootfs
+from fwgen.audit import INSPECT_VERSION, audit_rootfs
 from fwgen.fetch.cache import Cache
 from fwgen.rootfs import RootFS
 
@@ -24,24 +27,29 @@ def tiny_elf_rootfs() -> RootFS:
     return rootfs
 
 
-def test_readings_are_reused_and_damaged_ones_are_ignored(tmp_path):
+def test_readings_are_reused_and_damaged_ones_are_ignored(tmp_path, monkeypatch):
     cache = Cache(tmp_path)
     first = audit_rootfs(tiny_elf_rootfs(), Arch.AARCH64, cache=cache)
-    stored = list((tmp_path / "derived").rglob("*.elf-audit.v1.json"))
+    stored = list((tmp_path / "derived").rglob(f"*.elf-audit.v{INSPECT_VERSION}.json"))
     assert len(stored) == 1
     assert [f.machine for f in first.files] == ["aarch64"]
 
-    # A reading is used as stored: change it and the audit reports the change.
-    reading = json.loads(stored[0].read_text())
-    stored[0].write_text(json.dumps(dict(reading, machine="tampered")))
-    assert audit_rootfs(tiny_elf_rootfs(), Arch.AARCH64, cache=cache).files[0].machine == "tampered"
+    # A kept reading is used: the ELF file is not parsed again.
+    monkeypatch.setattr(audit, "inspect_elf", lambda *a: pytest.fail("parsed a file whose reading is kept"))
+    assert [f.machine for f in audit_rootfs(tiny_elf_rootfs(), Arch.AARCH64, cache=cache).files] == ["aarch64"]
+    monkeypatch.undo()
 
-    # A damaged or mislabelled file is ignored and rewritten from the ELF file itself.
-    for damage in (b"{not json", json.dumps(dict(reading, sha256="0" * 64)).encode()):
+    # A damaged, edited or mislabelled file is discarded and rewritten from the ELF file itself.
+    good = stored[0].read_bytes()
+    reading = json.loads(good.partition(b"\n")[2])
+    for damage in (b"{not json", good.replace(b"aarch64", b"tampered"),
+                   json.dumps(dict(reading, machine="tampered")).encode()):
         stored[0].write_bytes(damage)
-        again = audit_rootfs(tiny_elf_rootfs(), Arch.AARCH64, cache=cache)
-        assert [f.machine for f in again.files] == ["aarch64"]
-        assert json.loads(stored[0].read_text())["sha256"] == reading["sha256"]
+        assert [f.machine for f in audit_rootfs(tiny_elf_rootfs(), Arch.AARCH64, cache=cache).files] == ["aarch64"]
+        assert stored[0].read_bytes() == good
+    Cache.store_checked(stored[0], json.dumps(dict(reading, sha256="0" * 64, machine="other")).encode())
+    assert [f.machine for f in audit_rootfs(tiny_elf_rootfs(), Arch.AARCH64, cache=cache).files] == ["aarch64"]
+    assert stored[0].read_bytes() == good
 
 
 def test_audit_without_a_cache_writes_nothing(tmp_path):

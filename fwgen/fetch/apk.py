@@ -569,7 +569,7 @@ class ApkBackend:
             try:
                 index = read_apkindex(local.read_bytes(), keys, url)
             except (IntegrityError, FormatError):
-                local.unlink(missing_ok=True)  # never keep a refused index
+                cache.forget(local)  # never keep a refused index
                 raise
             for entry in index.entries:
                 if not entry.installable:
@@ -634,7 +634,7 @@ class ApkBackend:
         try:
             read_apk(local.read_bytes(), keys, package.url, identity=identity)
         except (IntegrityError, FormatError):
-            local.unlink(missing_ok=True)
+            cache.forget(local)
             raise
         self._verified_with[local] = keys
         return local

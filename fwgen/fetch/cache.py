@@ -3,6 +3,7 @@
 Layout under the root (FWGEN_CACHE, else ~/.cache/fwgen):
     sha256/<aa>/<hash>    verified files, named by their SHA-256 (packages, indexes)
     url/<aa>/<hash>       files fetched without a known hash (InRelease), by SHA-256 of the URL
+    url-sha256/<aa>/<hash>  the SHA-256 each of those had when it was downloaded
     locks/<key>.lock      one flock(2) lock per entry, so concurrent builds never interleave
     derived/<aa>/<hash>.<kind>  files computed from a verified file (a parsed index), by its hash
 Downloads go to a temporary file in the entry's folder and are renamed into place only after
@@ -14,6 +15,11 @@ reset connection, a timeout, a truncated body, a size other than the index says 
 mid-sync). Any other HTTP 4xx (400, 401, 403, 404, 410 ...) is the server's definite answer
 about that URL: it fails at once, and a wrong SHA-256 too. A mirror sync takes minutes, not
 the seconds of the backoff, so a 404 is not retried either.
+
+Every entry is checked again when it is read: a file against its name or recorded SHA-256,
+a derived file against the hash in its header. A damaged entry is removed with a one-line
+warning (`discard_damaged`) and computed again, so damage costs time, never a wrong result
+or a build that keeps failing.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import fcntl
 import hashlib
 import http.client
 import os
+import shutil
 import tempfile
 import time
 import urllib.error
@@ -35,6 +42,7 @@ from ..progress import QUIET, Progress
 
 _CHUNK = 1 << 16
 _USER_AGENT = "fwgen/0.1 (+https://github.com/fwgen)"
+_CHECKED_MAGIC = b"fwgen-checked sha256 "
 
 
 # The HTTP statuses that may pass (the module docstring has the whole policy).
@@ -116,6 +124,29 @@ class Cache:
         finally:
             Path(tmp_name).unlink(missing_ok=True)
 
+    @staticmethod
+    def store_checked(path: Path, data: bytes) -> None:
+        """Write a derived file with a header holding the SHA-256 of `data` (see read_checked)."""
+        header = _CHECKED_MAGIC + hashlib.sha256(data).hexdigest().encode() + b"\n"
+        Cache.store_derived(path, header + data)
+
+    @staticmethod
+    def read_checked(path: Path, progress: Progress = QUIET) -> bytes | None:
+        """The data of a file written by store_checked, or None if there is none. A file whose
+        data no longer matches its header is discarded with a warning: the caller recomputes."""
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            discard_damaged(path, f"unreadable ({e.strerror})", "computing it again", progress)
+            return None
+        header, _, data = blob.partition(b"\n")
+        if header != _CHECKED_MAGIC + hashlib.sha256(data).hexdigest().encode():
+            discard_damaged(path, "content does not match the SHA-256 in its header", "computing it again", progress)
+            return None
+        return data
+
     def fetch(
         self, url: str, *, sha256: str | None, size: int | None, progress: Progress = QUIET
     ) -> Path:
@@ -134,7 +165,7 @@ class Cache:
             dest = self.root / "url" / key[:2] / key
         dest.parent.mkdir(parents=True, exist_ok=True)
         with self._locked(dest.name):
-            if self._reusable(dest, sha256, size):
+            if self._reusable(dest, sha256, size, progress):
                 return dest
             with writing(dest, f"the download of {url}"):
                 self._download(url, dest, sha256=sha256, size=size, progress=progress)
@@ -152,18 +183,46 @@ class Cache:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _reusable(self, dest: Path, sha256: str | None, size: int | None) -> bool:
+    def _reusable(self, dest: Path, sha256: str | None, size: int | None, progress: Progress) -> bool:
         try:
             st = dest.stat()
         except FileNotFoundError:
             return False
         if sha256 is None:
-            return time.time() - st.st_mtime < self.unhashed_ttl
-        if (size is not None and st.st_size != size) or _hash_file(dest) != sha256:
-            # Someone damaged the cache behind our back: drop the file and fetch it again.
-            dest.unlink(missing_ok=True)
-            return False
-        return True
+            if time.time() - st.st_mtime >= self.unhashed_ttl:
+                return False
+            sha256 = self._recorded_hash(dest)
+            if sha256 is None:  # kept by an older fwgen, or its record is gone: fetch it again
+                return False
+        if size is not None and st.st_size != size:
+            problem = f"{st.st_size} bytes, expected {size}"
+        elif (actual := _hash_file(dest)) != sha256:
+            problem = f"SHA-256 {actual}, expected {sha256}"
+        else:
+            return True
+        discard_damaged(dest, problem, "downloading it again", progress)
+        return False
+
+    def forget(self, path: Path) -> None:
+        """Remove a file fetched into the cache that its caller refused (a bad signature), with
+        its record: the next fetch asks the server again."""
+        path.unlink(missing_ok=True)
+        if path.parent.parent.name == "url":
+            self._record_path(path).unlink(missing_ok=True)
+
+    def _record_path(self, dest: Path) -> Path:
+        return self.root / "url-sha256" / dest.parent.name / dest.name
+
+    def _recorded_hash(self, dest: Path) -> str | None:
+        try:
+            text = self._record_path(dest).read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return text if len(text) == 64 else None
+
+    def _record_hash(self, dest: Path, digest: str) -> None:
+        # Written like a derived file: a record the cache cannot take costs a download later.
+        self.store_derived(self._record_path(dest), digest.encode() + b"\n")
 
     def _download(
         self, url: str, dest: Path, *, sha256: str | None, size: int | None, progress: Progress
@@ -196,6 +255,10 @@ class Cache:
                     f"{url}: SHA-256 mismatch: expected {sha256}, got {digest}",
                     "the file was refused and nothing was cached",
                 )
+            if sha256 is None:
+                # Recorded first: a crash between the two renames leaves a mismatch, which
+                # costs a download, never a damaged file taken for a good one.
+                self._record_hash(dest, digest)
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
@@ -227,6 +290,19 @@ class Cache:
             reason = getattr(e, "reason", e)
             raise _Retry(f"connection failed: {reason}") from e
         return digest.hexdigest(), received
+
+
+def discard_damaged(entry: Path, problem: str, remedy: str, progress: Progress = QUIET) -> None:
+    """Remove a damaged cache entry (a file or a folder), saying so in one line that names it.
+
+    The caller holds the entry's lock, or the entry is only ever replaced whole by a rename.
+    """
+    progress.warn(f"damaged cache entry {entry}: {problem}; discarded, {remedy}")
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):  # a read-only cache: the entry is ignored, not fixed
+            entry.unlink(missing_ok=True)
 
 
 def _hash_file(path: Path) -> str:

@@ -43,7 +43,7 @@ from .archive import (
     read_tar_entries,
 )
 from .backend import FileHead, register_backend
-from .cache import Cache
+from .cache import Cache, discard_damaged
 from .package import AlternativesGroup, Package, Relation
 
 KEYS_DIR = Path(__file__).resolve().parent.parent / "keys"
@@ -269,7 +269,7 @@ class DebBackend:
             text = verify_clearsigned(local.read_bytes(), load_certs(feed.keys), url)
         except IntegrityError:
             # Never keep a refused index: the next run must ask the mirror again.
-            local.unlink(missing_ok=True)
+            cache.forget(local)
             raise
         return parse_release(text.decode("utf-8", "replace"), url)
 
@@ -294,7 +294,8 @@ class DebBackend:
 # kernel's is 20 MB of xz, 104 MB of tar, ~1.5 s of lzma. The cache keeps such a tar again,
 # compressed with zstd (level 1, about 3 times xz's size, read back in ~0.2 s), named by the
 # SHA-256 of the .deb it came from. The zstd frame carries its content size and an XXH64
-# checksum, so a damaged or truncated copy is noticed, ignored and written again.
+# checksum, so a damaged or truncated copy is noticed, discarded (with a warning) and written
+# again.
 _TRANSCODE_MIN_SIZE = 1 << 20  # compressed bytes (libc6: 2.2 MB of xz, 0.17 s); smaller ones are quick
 _TRANSCODED_KIND = "data.tar.v1.zst"
 
@@ -330,15 +331,24 @@ def _read_transcoded_tar(cache: Cache, path: Path, data: bytes, member: ArMember
 
 
 def _read_zstd_file(path: Path) -> bytes | None:
-    """The content of a one-frame zstd file, or None if it is missing, damaged or truncated."""
+    """The content of a one-frame zstd file, or None if it is missing; a damaged or truncated
+    one is discarded with a warning."""
     try:
         blob = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        discard_damaged(path, f"unreadable ({e.strerror})", "decompressing the package again")
+        return None
+    try:
         reader = zstandard.ZstdDecompressor().decompressobj()
         content = reader.decompress(blob)
-    except (OSError, zstandard.ZstdError):
+    except zstandard.ZstdError as e:
+        discard_damaged(path, f"not valid zstd ({e})", "decompressing the package again")
         return None
     complete = reader.eof and not reader.unused_data
     if not complete or zstandard.frame_content_size(blob) != len(content):
+        discard_damaged(path, "truncated or followed by other data", "decompressing the package again")
         return None
     return content
 
@@ -359,6 +369,7 @@ def _read_packages_file(
     # parse back from `parsed`, the cache file derived from it.
     with _gc_paused():
         packages = read_parsed_index(parsed, feed=feed, base_url=base)
+        # A damaged parse was discarded with a warning: parse the verified index again.
         if packages is None:
             text = _decompress_index(local.read_bytes(), path, url)
             packages = parse_packages(text, feed=feed, base_url=base, source=url)
@@ -392,8 +403,9 @@ def _gc_paused() -> Iterator[None]:
 # needs it. The parse is kept in the cache beside the verified Packages file, named by that
 # file's SHA-256 (Cache.derived_path), so it can only ever describe that exact file. The
 # file starts with a header line that names its format and the SHA-256 of the body after
-# it, JSON compressed with zstd (level 1: 21 MB of JSON become 6 MB, 0.05 s to read); a file that is damaged, truncated, of another format or unreadable is ignored
-# and rewritten, never half-trusted. Bump PARSED_INDEX_VERSION whenever parse_packages or
+# it, JSON compressed with zstd (level 1: 21 MB of JSON become 6 MB, 0.05 s to read); a file
+# that is damaged, truncated, of another format or unreadable is discarded with a warning and
+# rewritten, never half-trusted. Bump PARSED_INDEX_VERSION whenever parse_packages or
 # this layout changes what a Package holds.
 PARSED_INDEX_VERSION = 2
 PARSED_INDEX_KIND = f"deb-index.v{PARSED_INDEX_VERSION}.json.zst"
@@ -438,20 +450,26 @@ def encode_parsed_index(packages: Sequence[Package]) -> bytes:
 
 
 def read_parsed_index(path: Path, *, feed: str, base_url: str) -> list[Package] | None:
-    """The packages in a parsed-index cache file, or None when it is missing, damaged or of
-    another format version (the caller then parses the Packages file again)."""
+    """The packages in a parsed-index cache file, or None when it is missing. One that is
+    damaged or of another format version is discarded with a warning, and None returned (the
+    caller then parses the Packages file again)."""
     try:
         data = path.read_bytes()
-    except OSError:
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        discard_damaged(path, f"unreadable ({e.strerror})", "parsing the index again")
         return None
     header, _, body = data.partition(b"\n")
     expected = b"%s %d %s" % (_PARSED_INDEX_MAGIC, PARSED_INDEX_VERSION, hashlib.sha256(body).hexdigest().encode())
     if header != expected:
+        discard_damaged(path, "header does not match the content", "parsing the index again")
         return None
     try:
         document = json.loads(zstandard.ZstdDecompressor().decompress(body))
         return _decode_parsed_index(document, feed, base_url)
-    except (zstandard.ZstdError, ValueError, TypeError, IndexError, KeyError):
+    except (zstandard.ZstdError, ValueError, TypeError, IndexError, KeyError) as e:
+        discard_damaged(path, f"not a parsed index ({type(e).__name__}: {e})", "parsing the index again")
         return None
 
 

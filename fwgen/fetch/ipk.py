@@ -277,8 +277,8 @@ class IpkBackend:
             return verify_index(index.read_bytes(), signature.read_bytes(), keys, f"{folder}/Packages").text
         except (IntegrityError, FormatError):
             # Never keep a refused index: the next run must ask the feed again.
-            signature.unlink(missing_ok=True)
-            index.unlink(missing_ok=True)
+            cache.forget(signature)
+            cache.forget(index)
             raise
 
     def read_entries(self, path: Path, budget: UnpackBudget | None = None) -> Iterator[Entry]:
