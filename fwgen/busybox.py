@@ -7,13 +7,17 @@ with the applet links the binary itself lists.
 Cache layout under `cache_root`:
     sha256/..                        the source tarball, in fwgen.fetch's download cache
     busybox/<key>/busybox            the published binary, with its .config and build.log
+    busybox/<key>/build.json         what it was built from, and the binary's SHA-256
     busybox/<key>.lock               flock held while <key> is built
     busybox/trees/<tree>/            the patched source tree per (source, target, toolchain),
                                      kept so a changed fragment recompiles only what it affects
+    busybox/trees/<tree>/manifest.json  the SHA-256 of every file of src/ and zig-local/
     busybox/failed/<key>.log         the full log of the last failed build
     zig/                             ZIG_GLOBAL_CACHE_DIR: zig's musl and compiler_rt per target
 The key hashes everything that decides the binary: source, patches, configuration, target
 and toolchain version. A key that exists is a finished, verified build: nothing compiles.
+Both are checked when reused: the binary against the SHA-256 in build.json, the tree against
+its manifest. A damaged one is discarded with a warning and made again.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from .arch import Arch
 from .busybox_download import download_source
 from .busybox_toolchain import Toolchain, find_toolchain
 from .errors import ConfigError, FwgenError, ToolMissingError
+from .fetch.cache import discard_damaged
 from .progress import QUIET, Progress
 from .rootfs import EntryType, RootFS
 from .run import run, tool_env
@@ -104,24 +109,19 @@ def build_busybox(
     published = root / key / "busybox"
     (root / "trees").mkdir(parents=True, exist_ok=True)
     with _locked(root / f"{key}.lock"):
-        if published.is_file():
+        if published.is_file() and _published_intact(root / key, progress):
             progress.step(f"busybox {source.version} for {arch.value}: cached ({key})")
             return published
         tarball = download_source(source, Path(cache_root), progress)
         progress.step(f"building busybox {source.version} for {arch.value} (zig {toolchain.version})")
         tree_root = root / "trees" / tree_key(arch, source, patches, toolchain)
         with _locked(tree_root.with_name(tree_root.name + ".lock")):
-            tree = _prepare_tree(tarball, tree_root, source, patches)
+            tree = _prepare_tree(tarball, tree_root, source, patches, progress)
             make = _make_command(toolchain, arch, tree_root / "bin", jobs)
             env = _build_env(Path(cache_root), tree_root)
-            try:
+            with _changing(tree_root):
                 _configure(tree, make, env, fragments=list(zip((BASE_FRAGMENT, *fragments), fragment_texts, strict=True)))
                 _compile(tree, make, env, tree_root / "build.log", root / "failed" / f"{key}.log", arch, progress)
-            except FwgenError:
-                raise  # Kbuild recovers from a failed configure or compile: keep the objects
-            except BaseException:
-                shutil.rmtree(tree_root, ignore_errors=True)  # interrupted: the next build starts clean
-                raise
             meta = _describe(arch, source, toolchain, fragments, tree / "busybox")
             _verify_and_publish(tree, tree_root / "build.log", root / key, arch, meta, progress)
     progress.info(f"busybox for {arch.value}: {published.stat().st_size} bytes")
@@ -267,16 +267,20 @@ def _patches_for(source: BusyboxSource) -> list[Path]:
     return sorted(PATCHES.glob(f"{source.version}-*.patch"))
 
 
-def _prepare_tree(tarball: Path, tree_root: Path, source: BusyboxSource, patches: Sequence[Path]) -> Path:
+def _prepare_tree(tarball: Path, tree_root: Path, source: BusyboxSource, patches: Sequence[Path], progress: Progress) -> Path:
     """The patched source tree in `tree_root`, unpacked once and kept between builds.
 
     Kbuild records which CONFIG_ symbols each object depends on (fixdep), so a build with a
     changed fragment recompiles only the affected files. The tree is unpacked into a temporary
-    folder and renamed into place, so a half-unpacked tree is never reused.
+    folder and renamed into place, so a half-unpacked tree is never reused; a kept tree that
+    no longer matches its manifest is discarded with a warning and unpacked again.
     """
     tree = tree_root / "src" / f"busybox-{source.version}"
-    if (tree_root / "ready").is_file():
-        return tree
+    if tree_root.exists():
+        problem = _tree_damage(tree_root)
+        if problem is None:
+            return tree
+        discard_damaged(tree_root, problem, "unpacking the source again (a full build)", progress)
     shutil.rmtree(tree_root, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{tree_root.name}-", dir=tree_root.parent))
     try:
@@ -285,11 +289,95 @@ def _prepare_tree(tarball: Path, tree_root: Path, source: BusyboxSource, patches
         if not (tmp / "src" / tree.name / "Makefile").is_file():
             raise BusyboxBuildError(f"{source.filename}: no {tree.name}/Makefile inside")
         _apply_patches(tmp / "src" / tree.name, patches)
-        (tmp / "ready").write_text("unpacked and patched\n")
+        _write_manifest(tmp)
         os.replace(tmp, tree_root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return tree
+
+
+# -- the kept tree's manifest -----------------------------------------------------------------
+# The SHA-256 of every file (the target of every symlink) under src/ and zig-local/, which
+# is what make and zig read. bin/ (the toolchain wrappers) and build.log are rewritten by
+# every build. Hashing the ~5,000 files (25-30 MB) of a built tree takes about 0.4 s, paid
+# only by builds that compile.
+_MANIFEST = "manifest.json"
+_MANIFEST_FOLDERS = ("src", "zig-local")
+
+
+def _tree_files(tree_root: Path) -> dict[str, str]:
+    files = {}
+    for folder in _MANIFEST_FOLDERS:
+        for dirpath, _, names in os.walk(tree_root / folder):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                rel = os.path.relpath(path, tree_root)
+                if os.path.islink(path):
+                    files[rel] = "-> " + os.readlink(path)
+                else:
+                    with open(path, "rb") as f:
+                        files[rel] = hashlib.file_digest(f, "sha256").hexdigest()
+    return files
+
+
+def _write_manifest(tree_root: Path) -> None:
+    manifest = tree_root / _MANIFEST
+    tmp = manifest.with_name(manifest.name + ".part")
+    tmp.write_text(json.dumps(_tree_files(tree_root), sort_keys=True, indent=0) + "\n")
+    os.replace(tmp, manifest)
+
+
+def _tree_damage(tree_root: Path) -> str | None:
+    """What differs between a kept tree and its manifest (None: nothing)."""
+    try:
+        recorded = json.loads((tree_root / _MANIFEST).read_text())
+    except FileNotFoundError:
+        return "no manifest (an interrupted build, or made by an older fwgen)"
+    except (OSError, ValueError) as e:
+        return f"unreadable manifest ({e})"
+    if not isinstance(recorded, dict):
+        return "unreadable manifest (not an object)"
+    found = _tree_files(tree_root)
+    if missing := sorted(recorded.keys() - found.keys()):
+        return f"{len(missing)} file(s) missing, first {missing[0]}"
+    if extra := sorted(found.keys() - recorded.keys()):
+        return f"{len(extra)} file(s) not in the manifest, first {extra[0]}"
+    if changed := sorted(rel for rel, digest in found.items() if recorded[rel] != digest):
+        return f"{len(changed)} file(s) changed, first {changed[0]}"
+    return None
+
+
+@contextmanager
+def _changing(tree_root: Path) -> Iterator[None]:
+    """Kbuild is about to change the kept tree: its manifest is dropped until make has
+    finished, so a tree left by a killed build is never taken for a consistent one."""
+    (tree_root / _MANIFEST).unlink(missing_ok=True)
+    try:
+        yield
+    except FwgenError:
+        _write_manifest(tree_root)  # Kbuild recovers from a failed configure or compile: keep the objects
+        raise
+    except BaseException:
+        shutil.rmtree(tree_root, ignore_errors=True)  # interrupted: the next build starts clean
+        raise
+    _write_manifest(tree_root)
+
+
+def _published_intact(entry: Path, progress: Progress) -> bool:
+    """Whether a published build's binary still matches the SHA-256 and size in its
+    build.json; if not, the entry is discarded with a warning (the caller builds again)."""
+    try:
+        meta = json.loads((entry / "build.json").read_text())
+        expected = (meta["sha256"], meta["size"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        problem = f"build.json unreadable ({type(e).__name__}: {e})"
+    else:
+        data = (entry / "busybox").read_bytes()
+        if (hashlib.sha256(data).hexdigest(), len(data)) == expected:
+            return True
+        problem = "busybox does not match the SHA-256 in build.json"
+    discard_damaged(entry, problem, "building it again", progress)
+    return False
 
 
 def _apply_patches(tree: Path, patches: Sequence[Path]) -> None:
