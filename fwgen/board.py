@@ -95,6 +95,7 @@ class QemuProfile:
     disk: str | None = None
     nic: str | None = None
     args: tuple[str, ...] = ()
+    firmware: tuple[str, ...] = ()  # files QEMU loads from its search path (-L): BIOS, option ROMs
     source: Path | None = None
     dtb_fixups: tuple[Fixup, ...] = ()  # applied to a copy of the board's DTB, for emulation only
 

@@ -513,6 +513,7 @@ def read_qemu_profile(path: Path) -> QemuProfile:
         disk=data["disk"],
         nic=data["nic"],
         args=tuple(data["args"]),
+        firmware=tuple(data["firmware"]),
         source=path,
         dtb_fixups=tuple(
             Fixup(f["node"], set=tuple((k, tuple(v)) for k, v in f.get("set", {}).items()),

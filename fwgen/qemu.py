@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,14 +26,14 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
 from .board import QemuProfile
 from .errors import BootError, ToolMissingError, UserError
 from .progress import QUIET, Progress
-from .run import PACKAGE_OF, tool_env
+from .run import PACKAGE_OF, run, tool_env
 
 log = logging.getLogger("fwgen.qemu")
 
@@ -126,11 +127,90 @@ def _network_args(spec: BootSpec, host_ports: Mapping[int, int]) -> list[str]:
     if not nic:
         if spec.forward:
             raise UserError(f"QEMU profile {spec.profile.name} has no network device to forward ports through")
-        return []
+        # Without any network option some machines add a default NIC (malta: pcnet, whose
+        # option ROM efi-pcnet.rom a minimal QEMU install lacks).
+        return ["-nic", "none"]
     netdev = "user,id=n0" + "".join(
         f",hostfwd=tcp:127.0.0.1:{host_ports[port]}-:{port}" for port in spec.forward
     )
     return ["-netdev", netdev, "-device", f"{nic},netdev=n0"]
+
+
+# Which Debian package ships QEMU's own ROM files, by name prefix (for the "missing" hint).
+FIRMWARE_PACKAGES = (("vgabios-", "seabios"), ("bios", "seabios"), ("efi-", "ipxe-qemu"), ("pxe-", "ipxe-qemu"))
+
+
+def firmware_search_path(binary: str, args: tuple[str, ...] = ()) -> list[Path]:
+    """The folders `binary` searches for firmware, in order, with the `-L` folders in `args`
+    first (what `-L help` prints)."""
+    given = [arg for option, arg in zip(args, args[1:], strict=False) if option == "-L"]
+    listed = run([binary, *(part for folder in given for part in ("-L", folder)), "-L", "help"]).stdout.decode()
+    return [Path(line) for line in listed.splitlines() if line.strip()]
+
+
+def locate_firmware(profile: QemuProfile) -> dict[str, Path]:
+    """Where QEMU finds each firmware file `profile` declares.
+
+    Raises ToolMissingError naming the files it lacks and the packages that ship them, before
+    QEMU would stop with `failed to find romfile`."""
+    if not profile.firmware:
+        return {}
+    folders = firmware_search_path(profile.binary, profile.args)
+    found: dict[str, Path] = {}
+    for name in profile.firmware:
+        hits = [folder / name for folder in folders if (folder / name).is_file()]
+        if hits:
+            found[name] = hits[0]
+    missing = [name for name in profile.firmware if name not in found]
+    if missing:
+        packages = sorted({next((pkg for prefix, pkg in FIRMWARE_PACKAGES if name.startswith(prefix)),
+                                "the package that ships it") for name in missing})
+        raise ToolMissingError(
+            f"{profile.source or profile.name}: firmware {', '.join(missing)} not found in "
+            f"{profile.binary}'s search path ({', '.join(map(str, folders))})",
+            f"install {', '.join(packages)}")
+    return found
+
+
+def confine_firmware(profile: QemuProfile, folder: Path) -> QemuProfile:
+    """`profile` changed so that its QEMU finds the firmware the profile declares and nothing
+    else: what a minimal QEMU install (no seabios, no ipxe-qemu) offers a profile that
+    declares what it needs.
+
+    QEMU searches the `-L` folders, then folders relative to its own executable (Debian's
+    `<bin>/../share/qemu`, `../share/seabios`, `../lib/ipxe/qemu`). A copy of the binary in
+    `folder/bin` (a copy: QEMU finds itself through /proc/self/exe, which resolves symlinks)
+    has none of those, and `-L folder/firmware` holds copies of the declared files only. A
+    ROM the profile uses without declaring it then stops QEMU at start, whatever firmware
+    the host has installed. Raises BootError when this QEMU searches fixed folders that exist.
+    """
+    found = locate_firmware(profile)
+    binary = shutil.which(profile.binary)
+    if binary is None:
+        raise ToolMissingError(f"{profile.binary} not found", f"install {PACKAGE_OF.get(profile.binary, profile.binary)}")
+    bindir, firmware_dir = folder / "bin", folder / "firmware"
+    bindir.mkdir(parents=True, exist_ok=True)
+    firmware_dir.mkdir(parents=True, exist_ok=True)
+    private = bindir / Path(binary).name
+    shutil.copy2(binary, private)
+    for name, path in found.items():
+        shutil.copyfile(path, firmware_dir / name)
+    confined = replace(profile, binary=str(private), args=("-L", str(firmware_dir), *_without_search_folders(profile.args)))
+    leaks = [p for p in firmware_search_path(confined.binary, confined.args) if p != firmware_dir and p.exists()]
+    if leaks:
+        raise BootError(f"{binary} searches {', '.join(map(str, leaks))} wherever it runs from: "
+                        "its firmware cannot be confined to what the profile declares")
+    return confined
+
+
+def _without_search_folders(args: tuple[str, ...]) -> tuple[str, ...]:
+    kept: list[str] = []
+    for arg in args:
+        if kept and kept[-1] == "-L":
+            kept.pop()
+        else:
+            kept.append(arg)
+    return tuple(kept)
 
 
 def pick_free_ports(count: int) -> list[int]:
@@ -256,6 +336,7 @@ class Machine:
         """Start QEMU. Retries with new host ports if QEMU loses the race for one."""
         if self.returncode is None and self._proc is not None:
             raise BootError(f"{self.spec.profile.name}: QEMU is already running (pid {self._proc.pid})")
+        locate_firmware(self.spec.profile)
         self.workdir.mkdir(parents=True, exist_ok=True)
         for attempt in range(3):
             self._ports = dict(zip(self.spec.forward, pick_free_ports(len(self.spec.forward)), strict=True))
@@ -576,4 +657,5 @@ def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-__all__ = ["BootSpec", "Machine", "Reply", "command_line", "parse_reply", "pick_free_ports", "qemu_argv"]
+__all__ = ["BootSpec", "Machine", "Reply", "command_line", "confine_firmware", "firmware_search_path",
+           "locate_firmware", "parse_reply", "pick_free_ports", "qemu_argv"]

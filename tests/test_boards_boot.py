@@ -6,10 +6,11 @@ rpi-zero boots its SD-card image: kernel, DTB, initramfs and cmdline come out of
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
-from buildutil import REPO, run_fwgen
+from buildutil import REPO, boot_with_declared_firmware_only, run_fwgen
 
 from fwgen.config import load_board
 
@@ -55,6 +56,49 @@ def test_board_builds_boots_and_passes_its_checks(board, out_root, cache_dir):
     assert f"root is {root} (squashfs" in console
     sizes = {name: o["size"] for name, o in manifest["outputs"].items()}
     print(f"{board}: build {build_seconds:.1f} s, ready after {report['ready_seconds']:.1f} s, sizes {sizes}")
+
+
+# The firmware guard boots every QEMU profile through a board built here, except virt-aarch64:
+# its board, qemu-aarch64, is built and guarded in test_boot.py.
+GUARDED_ELSEWHERE = {"virt-aarch64"}
+
+
+def test_every_qemu_profile_has_a_firmware_guard_boot():
+    profiles = {path.stem for path in (REPO / "qemu").glob("*.yaml")}
+    guarded = {load_board(board).qemu.profile.name for board in BOARDS}
+    assert guarded | GUARDED_ELSEWHERE == profiles
+
+
+@pytest.mark.parametrize("board", sorted(BOARDS))
+def test_board_boots_with_only_its_profiles_firmware(board, out_root, cache_dir, tmp_path):
+    """A minimal QEMU install (apt --no-install-recommends: no seabios, no ipxe-qemu) has no
+    ROM files: the board must boot with QEMU finding only what its profile declares."""
+    if not (out_root / board / "manifest.json").exists():
+        built = run_fwgen("build", "--board", board, "--out", str(out_root), cache=cache_dir)
+        assert built.returncode == 0, built.stderr
+    seconds = boot_with_declared_firmware_only(board, out_root / board, tmp_path)
+    print(f"{board}: ready after {seconds:.1f} s with only the declared firmware")
+
+
+def test_the_firmware_guard_stops_malta_at_an_undeclared_rom(out_root, cache_dir, tmp_path):
+    """The guard bites: malta's default VGA and a PCI NIC with its option ROM stop the
+    confined QEMU at start, naming the ROM."""
+    from dataclasses import replace
+
+    from fwgen.boot import READY_MARKER, boot_spec_for
+    from fwgen.errors import BootError
+    from fwgen.qemu import Machine, confine_firmware
+
+    if not (out_root / "qemu-mips" / "manifest.json").exists():
+        built = run_fwgen("build", "--board", "qemu-mips", "--out", str(out_root), cache=cache_dir)
+        assert built.returncode == 0, built.stderr
+    spec = boot_spec_for(load_board("qemu-mips"), out_root / "qemu-mips", fresh_disk=True)
+    for change, rom in (({"args": ()}, "vgabios-cirrus.bin"), ({"nic": "virtio-net-pci"}, "efi-virtio.rom")):
+        profile = confine_firmware(replace(spec.profile, **change), tmp_path / rom)
+        with Machine(replace(spec, profile=profile), tmp_path / rom) as machine:
+            machine.start()
+            with pytest.raises(BootError, match=f'failed to find romfile "{re.escape(rom)}"'):
+                machine.wait_for(READY_MARKER, timeout=30)
 
 
 def test_rpi_zero_boots_what_its_fat_partition_says(out_root, cache_dir):

@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from buildutil import REPO, run_fwgen
+from buildutil import REPO, boot_with_declared_firmware_only, run_fwgen
 
 from fwgen.boot import READY_MARKER, boot_spec_for
 from fwgen.config import load_board
@@ -75,3 +75,9 @@ def test_a_failing_check_fails_the_boot_with_exit_1(out_root, cache_dir, tmp_pat
     failed = [c for c in report["checks"] if not c["passed"]]
     assert [c["name"] for c in failed] == ["run: uname -m"]
     assert "aarch64" in failed[0]["detail"]
+
+
+def test_guest_boots_with_only_its_profiles_firmware(out_root, tmp_path):
+    """virt-aarch64's part of the firmware guard (tests/test_boards_boot.py has the others)."""
+    seconds = boot_with_declared_firmware_only("qemu-aarch64", out_root / "qemu-aarch64", tmp_path)
+    print(f"qemu-aarch64: ready after {seconds:.1f} s with only the declared firmware")

@@ -34,6 +34,9 @@ from fwgen.qemu import (
     BootSpec,
     Machine,
     command_line,
+    confine_firmware,
+    firmware_search_path,
+    locate_firmware,
     parse_reply,
     pick_free_ports,
     qemu_argv,
@@ -215,6 +218,53 @@ def test_free_ports_are_distinct_and_bindable():
     for port in ports:
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
+
+
+def test_argv_without_a_nic_asks_for_none(profile, tmp_path):
+    """Malta adds a pcnet NIC (needing efi-pcnet.rom) when no network option is given."""
+    argv = qemu_argv(BootSpec(replace(profile, nic=None), tmp_path / "Image"))
+    assert argv[argv.index("-nic") + 1] == "none" and "-netdev" not in argv
+
+
+# -- firmware: what QEMU may load besides the kernel -------------------------------------------
+
+needs_qemu_mips = pytest.mark.skipif(shutil.which("qemu-system-mipsel") is None,
+                                     reason="qemu-system-mipsel not installed")
+
+
+@needs_qemu_mips
+def test_declared_firmware_missing_is_named_with_its_package(tmp_path):
+    malta = load_qemu_profile("malta-mipsel", [REPO / "qemu"])
+    declared = replace(malta, firmware=("vgabios-fwgen-test.bin", "efi-fwgen-test.rom"),
+                       args=("-L", str(tmp_path), *malta.args))
+    with pytest.raises(ToolMissingError) as e:
+        with Machine(BootSpec(declared, tmp_path / "vmlinux"), tmp_path / "m") as machine:
+            machine.start()
+    assert "malta-mipsel.yaml: firmware vgabios-fwgen-test.bin, efi-fwgen-test.rom not found" in str(e.value)
+    assert str(tmp_path) in str(e.value) and e.value.hint == "install ipxe-qemu, seabios"
+    assert not (tmp_path / "m").exists(), "QEMU was not started"
+    (tmp_path / "vgabios-fwgen-test.bin").write_bytes(b"vga")
+    (tmp_path / "efi-fwgen-test.rom").write_bytes(b"rom")
+    assert locate_firmware(declared) == {"vgabios-fwgen-test.bin": tmp_path / "vgabios-fwgen-test.bin",
+                                         "efi-fwgen-test.rom": tmp_path / "efi-fwgen-test.rom"}
+
+
+@needs_qemu_mips
+def test_confined_qemu_searches_only_the_declared_files(tmp_path):
+    roms = tmp_path / "roms"
+    roms.mkdir()
+    (roms / "vgabios-fwgen-test.bin").write_bytes(b"vga")
+    (roms / "undeclared.rom").write_bytes(b"x")
+    malta = load_qemu_profile("malta-mipsel", [REPO / "qemu"])
+    declared = replace(malta, firmware=("vgabios-fwgen-test.bin",), args=("-L", str(roms), *malta.args))
+    confined = confine_firmware(declared, tmp_path / "confined")
+    firmware = tmp_path / "confined" / "firmware"
+    assert confined.args == ("-L", str(firmware), "-vga", "none")
+    assert Path(confined.binary).read_bytes() == Path(shutil.which("qemu-system-mipsel")).read_bytes()
+    assert sorted(p.name for p in firmware.iterdir()) == ["vgabios-fwgen-test.bin"]
+    search = firmware_search_path(confined.binary, confined.args)
+    assert search[0] == firmware and len(search) > 1
+    assert not [p for p in search[1:] if p.exists()], search  # the host's ROM folders are out of reach
 
 
 # -- a real guest ----------------------------------------------------------------------------
