@@ -18,6 +18,7 @@ import enum
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 
 import jsonschema
 import jsonschema.exceptions
+import jsonschema.validators
 import yaml
 
 import fwgen
@@ -358,12 +360,44 @@ def validate(doc: Document, schema_name: str) -> None:
     schema = load_schema(schema_name)
     if not isinstance(doc.data, dict):
         raise doc.error((), f"the top level must be a mapping of settings, not {_describe(doc.data)}")
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _Validator(schema)
     # Sorted by position so that among equally relevant errors the first in the file wins.
     errors = sorted(validator.iter_errors(doc.data), key=lambda e: doc.position(tuple(e.absolute_path)))
     best = jsonschema.exceptions.best_match(errors)
     if best is not None:
         raise _translate(doc, best, schema)
+
+
+def _ecma_pattern(validator, pattern: str, instance: Any, schema: dict):
+    """The `pattern` keyword with JSON Schema's meaning of `$`: the end of the string.
+
+    Schema patterns are ECMA-262 regular expressions, where `$` matches only at the end;
+    Python's also matches before a final newline, so 'root\\n' passed '^[a-z_]+$' and a
+    value meant for one line of /etc/passwd could start another."""
+    if validator.is_type(instance, "string") and not schema_regex(pattern).search(instance):
+        yield jsonschema.exceptions.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@functools.cache
+def schema_regex(pattern: str) -> re.Pattern[str]:
+    """`pattern` with every `$` anchor (not escaped, not in a [class]) made `\\Z`."""
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if char == "[":
+            in_class = True
+        elif char == "]":
+            in_class = False
+        out.append("\\Z" if char == "$" and not in_class else char)
+        i += 1
+    return re.compile("".join(out))
+
+
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _ecma_pattern})
 
 
 def _translate(doc: Document, error: jsonschema.exceptions.ValidationError, root: dict) -> ConfigError:
@@ -434,7 +468,8 @@ def _describe(value: Any) -> str:
 
 
 def _show(value: Any) -> str:
-    return f"'{value}'" if isinstance(value, str) else repr(value)
+    # repr() escapes line breaks and control characters: an error stays on one line.
+    return f"'{value}'" if isinstance(value, str) and value.isprintable() else repr(value)
 
 
 def _resolve(schema: dict, root: dict) -> dict:
@@ -551,7 +586,7 @@ def load_board(
                         f"but the board is {data['arch']}",
                         "pick a profile for the board's arch")
     return Board(
-        name=data.get("name", path.stem),
+        name=_board_name(doc, data, path),
         arch=Arch.from_name(data["arch"]),
         source=path,
         description=data["description"],
@@ -583,6 +618,17 @@ def _build_limits(limits: dict, outputs: list[str], qemu: QemuSpec | None) -> Li
         ram = (qemu.memory or qemu.profile.memory) if qemu is not None else None
         image_size = ram if ram and not disk_root else Limits.image_size
     return Limits(package_size=limits["package_size"], image_size=image_size)
+
+
+def _board_name(doc: Document, data: dict, path: Path) -> str:
+    """`name:`, else the file's name, which must then be a name too (it reaches os-release)."""
+    if "name" in data:
+        return data["name"]
+    rule = load_schema("board")["properties"]["name"]
+    if not schema_regex(rule["pattern"]).search(path.stem):
+        raise doc.error((), f"the file name {path.stem!r} is not {rule['x-pattern-help']}",
+                        "rename the file or set name:")
+    return path.stem
 
 
 def _display_path(path: Path) -> Path:

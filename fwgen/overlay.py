@@ -487,7 +487,7 @@ def _add_generated(layers: Layers, path: str, data: bytes, overlay: Overlay | No
 
 def _sysctl_file(overlay: Overlay) -> bytes:
     lines = [f"# sysctl settings of overlay {overlay.name} (applied by /etc/init.d/rcS)"]
-    lines += [f"{key} = {variable_text(value)}" for key, value in overlay.sysctl.items()]
+    lines += [f"{key} = {variable_text(value).strip()}" for key, value in overlay.sysctl.items()]
     return _lines(lines)
 
 
@@ -537,11 +537,21 @@ def _add_services(layers: Layers, overlays: Sequence[Overlay], variables: Mappin
             raise overlay.error(("services", name, "user"), f"user '{spec['user']}' names no user",
                                 "declare it under users:")
         command = _render_value(overlay, ("services", name, "command"), variables)
+        _check_one_line(overlay, ("services", name, "command"), command)
         setup = _render_value(overlay, ("services", name, "setup"), variables) if "setup" in spec else ""
         folder = f"{SERVICE_DIR}/{name}"
         _add_generated(layers, f"{folder}/run", _run_script(name, overlay, spec, command, setup), overlay, mode=0o755)
         log = f"#!/bin/sh\n# The output of service {name} goes to syslog, tagged with its name.\nexec logger -t {name}\n"
         _add_generated(layers, f"{folder}/log/run", log.encode(), overlay, mode=0o755)
+
+
+def _check_one_line(overlay: Overlay, keypath: tuple, text: str) -> None:
+    """The schema checked the value as written; a variable may still bring a line break."""
+    from .config import load_schema, schema_regex
+
+    rule = load_schema("overlay")["$defs"]["one_line"]
+    if not schema_regex(rule["pattern"]).search(text):
+        raise overlay.error(keypath, f"{text!r} is not {rule['x-pattern-help']} once its variables are filled in")
 
 
 def _run_script(name: str, overlay: Overlay, spec: dict, command: str, setup: str) -> bytes:

@@ -355,3 +355,11 @@ busybox:
     board = load_board(path)
     assert board.busybox.version == "1.36.1" and board.busybox.sha256 == "ab" * 32
     assert board.busybox.config == ((tmp_path / "extra.config").resolve(),)
+
+
+def test_board_named_by_a_file_name_with_a_line_break_is_refused(tmp_path):
+    """Without `name:` the file's name becomes the board's name, which reaches /etc/os-release."""
+    path = write(tmp_path / "evil\nFWGEN_BOARD=other.yaml", "arch: aarch64\n")
+    with pytest.raises(ConfigError, match=r"the file name 'evil\\nFWGEN_BOARD=other' is not letters, digits"):
+        load_board(path)
+    assert load_board(write(tmp_path / "fine.yaml", "arch: aarch64\n")).name == "fine"

@@ -59,10 +59,12 @@ def test_invalid_overlay(case, monkeypatch):
     shown = message.replace(str(case.resolve()) + "/", "")
     assert shown.startswith(f"{where}:") or shown.startswith(f"{where} "), message
     assert substring in shown, message
+    assert "\n" not in message
 
 
 @pytest.mark.parametrize("case", [c for c in INVALID if c.name in (
-    "undefined_variable", "conflict", "unknown_overlay", "symlink_escape", "owner_no_user", "dotdot_path")],
+    "undefined_variable", "conflict", "unknown_overlay", "symlink_escape", "owner_no_user", "dotdot_path",
+    "gecos_newline", "command_newline_from_variable")],
     ids=lambda p: p.name)
 def test_invalid_overlay_build_fails_in_one_line_and_writes_nothing(case, tmp_path):
     out = tmp_path / "out"
