@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from elftools.common.exceptions import ELFError
-from elftools.elf.dynamic import DynamicSection
+from elftools.elf.dynamic import DynamicSection, DynamicSegment
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import ARMAttributesSection, SymbolTableSection
 
@@ -330,6 +330,9 @@ def _read_float_abi(elf: ELFFile, info: ElfInfo) -> None:
             info.float_abi = "soft"  # the EABI default: "base" procedure call standard
         info.fp_arch = attrs.get("TAG_FP_ARCH")
         info.neon = bool(attrs.get("TAG_ADVANCED_SIMD_ARCH"))
+        if not attrs and elf.num_sections() == 0:
+            info.notes.append("no section headers (sstrip), so no ARM build attributes: the CPU architecture "
+                              "and FPU it needs are unknown; the float ABI comes from e_flags")
     elif elf["e_machine"] == "EM_MIPS":
         info.cpu_arch = MIPS_ISA.get((flags & EF_MIPS_ARCH) >> 28, "mips?")
         info.mips_abi = "n32" if flags & EF_MIPS_ABI2 else MIPS_ABI.get(flags & EF_MIPS_ABI, "?")
@@ -420,10 +423,15 @@ def _read_hardening(elf: ELFFile, info: ElfInfo) -> None:
         info.stack_protector = bool(names & {"__stack_chk_fail", "__stack_chk_guard"})
 
 
-def _dynamic_section(elf: ELFFile) -> DynamicSection | None:
+def _dynamic_section(elf: ELFFile) -> DynamicSection | DynamicSegment | None:
+    """The dynamic table: from the section headers, else from the PT_DYNAMIC segment. OpenWrt
+    strips the section headers off its binaries (sstrip); the loader reads the segment anyway."""
     for section in elf.iter_sections():
         if isinstance(section, DynamicSection):
             return section
+    for segment in elf.iter_segments():
+        if isinstance(segment, DynamicSegment):
+            return segment
     return None
 
 

@@ -5,10 +5,13 @@ and a damaged one is reported by package and feed."""
 from __future__ import annotations
 
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from fwgen.arch import Arch
+from fwgen.audit import audit_rootfs
 from fwgen.errors import FormatError
 from fwgen.fetch import FetchedPackage, install_package, ipk, read_package_entries, usign
 from fwgen.fetch.backend import INFLATED_BYTES, backend_for_file, read_head
@@ -111,3 +114,42 @@ def test_a_damaged_real_ipk_is_named_by_package_and_feed(samples, tmp_path):
     assert message.startswith("package fwtool 2019-11-12-8f7fe925-1 (feed core): "
                               "fwtool_2019-11-12-8f7fe925-1_arm_cortex-a9_vfpv3-d16.ipk: "), message
     assert good.package.sha256 not in message and "\n" not in message
+
+
+def _installed(samples: Path, names: tuple[str, ...]) -> RootFS:
+    rootfs = RootFS()
+    for name in names:
+        [path] = (samples / MVEBU).glob(f"{name}_*.ipk")
+        for entry in read_package_entries(path):
+            rootfs.add(entry)
+    return rootfs
+
+
+def test_audit_reads_the_dynamic_table_of_sstripped_openwrt_binaries(samples):
+    # OpenWrt strips the section headers off its binaries: DT_NEEDED lives only in PT_DYNAMIC.
+    rootfs = _installed(samples, ("libc", "libgcc1", "fwtool", "uboot-envtools"))
+    report = audit_rootfs(rootfs, Arch.ARMV7)
+    assert report.errors == []
+    files = {f.path: f for f in report.files}
+    for path in ("/usr/bin/fwtool", "/usr/sbin/fw_printenv"):
+        info = files[path]
+        assert (info.type, info.interpreter, info.libc) == ("pie", "/lib/ld-musl-armhf.so.1", "musl")
+        assert info.needed == ["libgcc_s.so.1", "libc.so"] and info.missing == []
+        # vfpv3-d16 hard-float: e_flags says so (no build attributes survive sstrip).
+        assert (info.float_abi, info.arm_eabi, info.cpu_arch) == ("hard", 5, None)
+        assert info.bind_now and any("sstrip" in note for note in info.notes)
+    assert files["/lib/libgcc_s.so.1"].libc == "musl"  # it needs libc.so; no GLIBC_ guess
+    # A soft-float GCC runtime (e_flags without EF_ARM_ABI_FLOAT_HARD) cannot serve them.
+    libgcc = rootfs["/lib/libgcc_s.so.1"]
+    flags = int.from_bytes(libgcc.data[0x24:0x28], "little")
+    soft = libgcc.data[:0x24] + (flags & ~0x400).to_bytes(4, "little") + libgcc.data[0x28:]
+    rootfs.add(replace(libgcc, data=soft))
+    assert sorted(audit_rootfs(rootfs, Arch.ARMV7).errors) == [
+        "/lib/libgcc_s.so.1: soft-float, but libc.so (/lib/libc.so) is hard-float",
+        "/usr/bin/fwtool: hard-float, but libgcc_s.so.1 (/lib/libgcc_s.so.1) is soft-float",
+        "/usr/sbin/fw_printenv: hard-float, but libgcc_s.so.1 (/lib/libgcc_s.so.1) is soft-float"]
+    # And without it, the audit finds the hole.
+    rootfs.remove("/lib/libgcc_s.so.1")
+    assert sorted(audit_rootfs(rootfs, Arch.ARMV7).errors) == [
+        "/usr/bin/fwtool: needs libgcc_s.so.1, which the image does not hold",
+        "/usr/sbin/fw_printenv: needs libgcc_s.so.1, which the image does not hold"]
