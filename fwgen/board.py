@@ -23,6 +23,17 @@ class Feed:
     components: tuple[str, ...] = ("main",)
     keys: tuple[Path, ...] = ()  # extra trusted keys; empty = the keys fwgen ships for the type
     where: str = field(default="", compare=False)  # "boards/x.yaml:8:5", for errors only
+    arch: str | None = None  # the feed's package arch name; None: the type's name for the board's arch
+
+
+@dataclass(frozen=True)
+class PackageFile:
+    """A package file the board brings itself (OpenWrt's libc, which no feed index lists),
+    pinned by the SHA-256 its bytes must have before anything reads them."""
+
+    path: Path
+    sha256: str
+    where: str  # "boards/x.yaml:12:11: package_files[0]", for errors
 
 
 @dataclass(frozen=True)
@@ -150,6 +161,8 @@ class Board:
     package_feeds: dict[str, str] = field(default_factory=dict)  # package -> the feed it is pinned to
     exclude: tuple[str, ...] = ()  # never installed, even when something depends on them
     nodeps: tuple[str, ...] = ()  # installed without following their dependencies
+    package_files: tuple[PackageFile, ...] = ()  # resolved as if the feeds of their format listed them
+    provides: dict[str, str | None] = field(default_factory=dict)  # name -> version the board supplies itself
     exclude_paths: tuple[str, ...] = ()  # package files left out of the image (schema has the defaults)
     overlays: tuple[str, ...] = ()  # folders, in application order, dependencies first
     variables: dict[str, str] = field(default_factory=dict)  # the board's overrides, as text

@@ -196,7 +196,8 @@ def fetch_board_packages(ctx: BuildContext) -> None:
     ctx.progress.step(f"resolving and fetching {len(names)} package(s) for {board.arch.value}")
     ctx.packages = fetch_packages(
         board.feeds, board.arch, names, exclude=board.exclude, nodeps=board.nodeps,
-        pins=board.package_feeds, cache=ctx.cache, progress=ctx.progress,
+        pins=board.package_feeds, files=board.package_files, provided=board.provides,
+        cache=ctx.cache, progress=ctx.progress,
     )
 
 
@@ -575,6 +576,7 @@ def write_manifest(ctx: BuildContext) -> dict:
             "overlays": [{"name": o.name, "path": str(o.path)} for o in ctx.overlays],
             "excluded": list(board.exclude),
             "nodeps": list(board.nodeps),
+            "provides": [name + (f"={version}" if version else "") for name, version in board.provides.items()],
             "excluded_paths": ctx.pruned,
         },
         "outputs": {

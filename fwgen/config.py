@@ -40,6 +40,7 @@ from .board import (
     Feed,
     KernelSpec,
     Limits,
+    PackageFile,
     QemuProfile,
     QemuSpec,
     SdcardSpec,
@@ -598,6 +599,8 @@ def load_board(
         package_feeds=_pinned_feeds(doc, data),
         exclude=tuple(data["exclude"]),
         nodeps=tuple(data["nodeps"]),
+        package_files=_build_package_files(doc, data["package_files"], path),
+        provides=dict(_split_provided(item) for item in data["provides"]),
         exclude_paths=tuple(data["exclude_paths"]),
         overlays=_resolve_overlay_stack(doc, data, path, overlay_dirs),
         variables={k: variable_text(v) for k, v in data["variables"].items()},
@@ -654,7 +657,27 @@ def _build_feed(doc: Document, index: int, feed: dict, board: Path) -> Feed:
     )
     line, column = doc.position(("feeds", index))
     return Feed(name=feed["name"], type=feed["type"], url=feed["url"], suite=feed["suite"],
-                components=tuple(feed["components"]), keys=keys, where=f"{doc.file}:{line}:{column}")
+                components=tuple(feed["components"]), keys=keys, arch=feed.get("arch"),
+                where=f"{doc.file}:{line}:{column}")
+
+
+def _build_package_files(doc: Document, items: list[dict], board: Path) -> tuple[PackageFile, ...]:
+    files = []
+    for i, item in enumerate(items):
+        keypath = ("package_files", i, "path")
+        path = _relative_file(doc, keypath, item["path"], board)
+        assert path is not None
+        if not path.is_file():
+            raise doc.error(keypath, f"{item['path']} is not a file", f"looked at {path}")
+        line, column = doc.position(keypath)
+        files.append(PackageFile(path, item["sha256"], f"{doc.file}:{line}:{column}: {format_keypath(keypath[:2])}"))
+    return tuple(files)
+
+
+def _split_provided(item: str) -> tuple[str, str | None]:
+    """'kernel=5.15.137-1' -> ('kernel', '5.15.137-1'); 'libc' -> ('libc', None)."""
+    name, _, version = item.partition("=")
+    return name, version or None
 
 
 def _pinned_feeds(doc: Document, data: dict) -> dict[str, str]:

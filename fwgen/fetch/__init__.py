@@ -21,12 +21,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..arch import Arch
-from ..board import Feed
+from ..board import Feed, PackageFile
 from ..errors import FetchError, FormatError, IntegrityError, LimitError, ResolveError, UserError
 from ..progress import QUIET, Progress
 from ..rootfs import Entry, EntryType, RootFS
 from .archive import UnpackBudget
-from .backend import Backend, backend_for_file, get_backend, register_backend
+from .backend import Backend, backend_for_file, feed_arch, get_backend, register_backend
 from .cache import Cache
 from .package import Package, PackageIndex, Relation
 from .resolver import ExcludedDependency, Resolution, name_matches, resolve
@@ -34,6 +34,7 @@ from .resolver import ExcludedDependency, Resolution, name_matches, resolve
 __all__ = [
     "Backend", "Cache", "ExcludedDependency", "FetchedPackage", "Package", "PackageIndex",
     "Relation", "Resolution", "fetch_packages", "group_feeds", "install_package", "load_index",
+    "read_package_file",
     "read_fetched_entries", "read_package_entries", "register_backend", "resolve", "resolve_packages",
     "UnpackBudget",
 ]
@@ -48,13 +49,16 @@ class FetchedPackage:
 
 
 def load_index(
-    feeds: Sequence[Feed], arch: Arch, *, cache: Cache | None = None, progress: Progress = QUIET
+    feeds: Sequence[Feed], arch: Arch, *, cache: Cache | None = None, progress: Progress = QUIET,
+    extra: Sequence[Package] = (),
 ) -> PackageIndex:
-    """Fetch and verify every feed's index for `arch` and merge them into one PackageIndex.
+    """Fetch and verify every feed's index for `arch` and merge them into one PackageIndex,
+    with `extra` packages (the board's package files, already verified), each replacing any
+    package of its name the feeds list: the board brought it on purpose.
 
-    All feeds must share one format (one version ordering); among equal versions the
-    earlier feed wins. A board mixing formats resolves through `resolve_packages`, which
-    loads one index per format.
+    All feeds must share one format (one version ordering) and one package arch name; among
+    equal versions the earlier feed wins. A board mixing formats resolves through
+    `resolve_packages`, which loads one index per format.
     """
     if not feeds:
         raise UserError("no package feeds configured", "add a feed to the board's `feeds`")
@@ -63,17 +67,23 @@ def load_index(
         raise UserError(f"feeds mix package formats ({', '.join(sorted(types))}): one index holds one format",
                         "resolve_packages resolves mixed feeds format by format")
     backend = get_backend(feeds[0].type)
+    arch_names = {feed.name: feed_arch(backend, feed, arch) for feed in feeds}
+    if len(set(arch_names.values())) > 1:
+        named = ", ".join(f"{name} {arch_name}" for name, arch_name in arch_names.items())
+        raise UserError(f"{backend.name} feeds name different package architectures ({named})",
+                        "the feeds of one format in a board share one arch")
     cache = cache or Cache.default()
     packages: list[Package] = []
     for feed in feeds:
-        progress.step(f"index of {feed.name} ({feed.url} {feed.suite}, {backend.arch_name(arch)})")
+        progress.step(f"index of {feed.name} ({feed.url} {feed.suite}, {arch_names[feed.name]})")
         with naming_feed(feed):
             packages += backend.load_index(feed, arch, cache, progress)
+    replaced = {p.name for p in extra}
     return PackageIndex(
-        packages,
+        [*(p for p in packages if p.name not in replaced), *extra],
         satisfies=backend.satisfies,
         compare=backend.compare_versions,
-        native_arch=backend.arch_name(arch),
+        native_arch=arch_names[feeds[0].name],
         neutral_arch=backend.neutral_arch,
         feeds=tuple(feed.name for feed in feeds),
         bare_provides_need_priority=getattr(backend, "bare_provides_need_priority", False),
@@ -96,6 +106,8 @@ def resolve_packages(
     exclude: Collection[str] = (),
     nodeps: Collection[str] = (),
     pins: Mapping[str, str] | None = None,
+    files: Sequence[PackageFile] = (),
+    provided: Mapping[str, str | None] | None = None,
     cache: Cache | None = None,
     progress: Progress = QUIET,
 ) -> Resolution:
@@ -110,11 +122,21 @@ def resolve_packages(
     For formats with `install_if` (Alpine), packages whose conditions the resolution meets
     are added with their dependencies, as apk does; packages taken without dependencies
     (`nodeps`) trigger none.
+
+    `files` are package files the board pins by SHA-256 (`read_package_file`): each joins
+    the index of the feeds of its format. `provided` names what the board supplies itself
+    (see `resolve`).
     """
     if not feeds:
         raise UserError("no package feeds configured", "add a feed to the board's `feeds`")
     pins = dict(pins or {})
     feed_type = {feed.name: feed.type for feed in feeds}
+    cache = cache or Cache.default()
+    local = [(file, read_package_file(file, cache=cache, progress=progress)) for file in files]
+    for file, package in local:
+        if package.format not in feed_type.values():
+            raise UserError(f"{file.where}: {file.path.name} is a {package.format} package, but the board has "
+                            f"no {package.format} feed to resolve it with")
     for name, feed_name in pins.items():
         if feed_name not in feed_type:
             raise UserError(f"package {name} is pinned to feed '{feed_name}', which the board does not have",
@@ -125,7 +147,9 @@ def resolve_packages(
     for group in groups:
         if not unplaced:
             break
-        index = load_index(group, arch, cache=cache, progress=progress)
+        own_files = [(file, package) for file, package in local if package.format == group[0].type]
+        index = load_index(group, arch, cache=cache, progress=progress, extra=[p for _, p in own_files])
+        _check_file_arches(own_files, index)
         if len(groups) == 1:
             placed = unplaced
         else:
@@ -134,7 +158,8 @@ def resolve_packages(
         unplaced = [n for n in unplaced if n not in placed]
         if placed:
             group_pins = {n: pins[n] for n in placed if n in pins}
-            parts.append(_resolve_with_install_if(index, group[0].type, placed, exclude, nodeps, group_pins))
+            parts.append(_resolve_with_install_if(index, group[0].type, placed, exclude, nodeps, group_pins,
+                                                  provided or {}))
     if unplaced:
         raise ResolveError(f"cannot install {unplaced[0]}: no package {unplaced[0]} in "
                            f"{', '.join(f.name for f in feeds)}")
@@ -142,17 +167,47 @@ def resolve_packages(
         [p for part in parts for p in part.packages],
         [e for part in parts for e in part.excluded],
         [n for part in parts for n in part.nodeps],
+        [e for part in parts for e in part.provided],
     )
     for skipped in resolution.excluded:
         progress.info(f"excluded: {skipped} (not installed)")
+    for supplied in resolution.provided:
+        progress.info(f"provided by the board: {supplied}")
     return resolution
+
+
+def read_package_file(file: PackageFile, *, cache: Cache, progress: Progress = QUIET) -> Package:
+    """The package in a file the board brings, as an index would list it (feed
+    "package_files"). The file enters the cache only when its SHA-256 is the pinned one, and
+    only that verified copy is read: its format sniffed, its own control data parsed."""
+    url = file.path.as_uri()
+    try:
+        path = cache.fetch(url, sha256=file.sha256, size=None, progress=progress)
+    except IntegrityError as e:
+        raise IntegrityError(f"{file.where}: {e.message.replace(url, file.path.name)}", e.hint) from e
+    try:
+        backend = backend_for_file(path)
+        reader = getattr(backend, "read_package", None)
+        if reader is None:
+            raise UserError(f"fwgen takes {backend.name} packages from feeds only")
+        return reader(path, feed="package_files", base_url=file.path.parent.as_uri(), filename=file.path.name)
+    except UserError as e:
+        raise type(e)(f"{file.where}: {e.message.replace(str(path), file.path.name)}", e.hint) from e
+
+
+def _check_file_arches(files: Sequence[tuple[PackageFile, Package]], index: PackageIndex) -> None:
+    """A package file must be for the package arch of the feeds it joins, or arch-independent."""
+    for file, package in files:
+        if package.arch not in (index.native_arch, index.neutral_arch):
+            raise UserError(f"{file.where}: {file.path.name} is package {package.name} for {package.arch}, "
+                            f"but the board's {package.format} feeds are for {index.native_arch}")
 
 
 def _resolve_with_install_if(
     index: PackageIndex, feed_type: str, names: list[str], exclude: Collection[str],
-    nodeps: Collection[str], pins: Mapping[str, str],
+    nodeps: Collection[str], pins: Mapping[str, str], provided: Mapping[str, str | None],
 ) -> Resolution:
-    resolution = resolve(index, names, exclude=exclude, nodeps=nodeps, pins=pins)
+    resolution = resolve(index, names, exclude=exclude, nodeps=nodeps, pins=pins, provided=provided)
     additions = getattr(get_backend(feed_type), "install_if_additions", None)
     if additions is None:
         return resolution
@@ -166,7 +221,7 @@ def _resolve_with_install_if(
         if not added:
             return resolution
         names = [*names, *added]
-        resolution = resolve(index, names, exclude=exclude, nodeps=nodeps, pins=pins)
+        resolution = resolve(index, names, exclude=exclude, nodeps=nodeps, pins=pins, provided=provided)
 
 
 @contextlib.contextmanager
@@ -216,6 +271,8 @@ def fetch_packages(
     exclude: Collection[str] = (),
     nodeps: Collection[str] = (),
     pins: Mapping[str, str] | None = None,
+    files: Sequence[PackageFile] = (),
+    provided: Mapping[str, str | None] | None = None,
     cache: Cache | None = None,
     progress: Progress = QUIET,
     jobs: int = 4,
@@ -223,10 +280,11 @@ def fetch_packages(
     """Resolve `names` with their dependencies over the feeds' verified indexes (feeds of
     several formats mix as `resolve_packages` says, Alpine's install_if included), download
     every package in parallel into the cache, verify it, return them in install order
-    (dependencies first)."""
+    (dependencies first). `files` and `provided` as `resolve_packages` takes them."""
     cache = cache or Cache.default()
     resolution = resolve_packages(
-        feeds, arch, names, exclude=exclude, nodeps=nodeps, pins=pins, cache=cache, progress=progress
+        feeds, arch, names, exclude=exclude, nodeps=nodeps, pins=pins, files=files, provided=provided,
+        cache=cache, progress=progress,
     )
     return download_packages(resolution.packages, feeds=feeds, cache=cache, progress=progress, jobs=jobs)
 

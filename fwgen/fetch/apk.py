@@ -40,7 +40,7 @@ from ..progress import Progress
 from ..rootfs import Entry
 from . import apkversion
 from .archive import UnpackBudget, open_decompressed, read_tar_stream
-from .backend import FileHead, head_of, register_backend
+from .backend import FileHead, feed_arch, head_of, register_backend
 from .cache import Cache
 from .package import Package, Relation
 
@@ -563,7 +563,7 @@ class ApkBackend:
     def load_index(self, feed: Feed, arch: Arch, cache: Cache, progress: Progress) -> list[Package]:
         keys = self.keys_for(feed)
         packages: list[Package] = []
-        for folder in repository_folders(feed, self.arch_name(arch)):
+        for folder in repository_folders(feed, feed_arch(self, feed, arch)):
             url = f"{folder}/APKINDEX.tar.gz"
             local = cache.fetch(url, sha256=None, size=None, progress=progress)
             try:

@@ -51,6 +51,9 @@ class Backend(Protocol):
         unpacks to is charged to `budget` (the default package limit when None) as it is
         decompressed, refused with LimitError beyond it."""
 
+    # Optional: read_package(path, *, feed, base_url, filename) -> Package, the package a
+    # file describes by its own control data, for files no index lists (`package_files`).
+
 
 GZIP_MAGIC = b"\x1f\x8b"
 HEAD_BYTES = 4096  # of the file itself
@@ -127,6 +130,11 @@ def get_backend(type_name: str) -> Backend:
     except KeyError:
         known = ", ".join(sorted(_BACKENDS)) or "none"
         raise UserError(f"unknown feed type '{type_name}' (known: {known})") from None
+
+
+def feed_arch(backend: Backend, feed: Feed, arch: Arch) -> str:
+    """The feed's name for `arch`: its own `arch` setting, else the format's usual name."""
+    return feed.arch or backend.arch_name(arch)
 
 
 def backend_for_head(head: FileHead) -> Backend | None:

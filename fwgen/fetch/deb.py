@@ -42,7 +42,7 @@ from .archive import (
     read_member_tar,
     read_tar_entries,
 )
-from .backend import FileHead, register_backend
+from .backend import FileHead, feed_arch, register_backend
 from .cache import Cache, discard_damaged
 from .package import AlternativesGroup, Package, Relation
 
@@ -245,7 +245,7 @@ class DebBackend:
         return head.raw.startswith(AR_MAGIC)
 
     def load_index(self, feed: Feed, arch: Arch, cache: Cache, progress: Progress) -> list[Package]:
-        debarch = self.arch_name(arch)
+        debarch = feed_arch(self, feed, arch)
         base = feed.url.rstrip("/")
         dists = f"{base}/dists/{feed.suite}"
         release = self.fetch_release(feed, cache, progress)
@@ -287,6 +287,19 @@ class DebBackend:
             tar = _read_transcoded_tar(cache, path, data, member, budget)
             return read_tar_entries(tar, _member_source(path, member), budget)
         return read_member_tar(path, data, members, "data", budget)
+
+    def read_package(self, path: Path, *, feed: str, base_url: str, filename: str) -> Package:
+        """The package a .deb file describes by its own control file: what a `Packages`
+        stanza of it would say."""
+        data = path.read_bytes()
+        members = list_ar_members(data, filename)
+        control = next((e for e in read_member_tar(Path(filename), data, members, "control") if e.path == "/control"), None)
+        if control is None:
+            raise FormatError(f"{filename}: control.tar has no control file")
+        stanza = (control.data.decode("utf-8", "replace").rstrip("\n")
+                  + f"\nFilename: {filename}\nSize: {len(data)}\nSHA256: {hashlib.sha256(data).hexdigest()}\n")
+        [package] = parse_packages(stanza, feed=feed, base_url=base_url, source=filename)
+        return package
 
 
 # -- the transcoded data.tar cache ----------------------------------------------------------

@@ -31,7 +31,7 @@ from ..progress import Progress
 from ..rootfs import Entry, EntryType
 from . import debversion, usign
 from .archive import AR_MAGIC, UnpackBudget, list_ar_members, open_decompressed, read_tar_stream
-from .backend import GZIP_MAGIC, FileHead, register_backend
+from .backend import GZIP_MAGIC, FileHead, feed_arch, register_backend
 from .cache import Cache
 from .package import AlternativesGroup, Package, Relation
 
@@ -264,7 +264,7 @@ class IpkBackend:
                             "OpenWrt signs feeds with usign: add the release's public key file, "
                             "from OpenWrt's keyring or the vendor, to the feed's keys")
         packages: list[Package] = []
-        for folder in feed_folders(feed, self.arch_name(arch)):
+        for folder in feed_folders(feed, feed_arch(self, feed, arch)):
             text = self._fetch_verified(folder, keys, cache, progress)
             for fields in parse_stanzas(text, f"{folder}/Packages"):
                 packages.append(package_from_stanza(fields, feed=feed.name, base_url=folder, source=f"{folder}/Packages"))
@@ -283,6 +283,14 @@ class IpkBackend:
 
     def read_entries(self, path: Path, budget: UnpackBudget | None = None) -> Iterator[Entry]:
         return iter(read_ipk_entries(path.read_bytes(), str(path), budget=budget))
+
+    def read_package(self, path: Path, *, feed: str, base_url: str, filename: str) -> Package:
+        """The package an .ipk file describes by its own control file (for OpenWrt's libc and
+        kernel, which no `Packages` lists): what a `Packages` stanza of it would say."""
+        blob = path.read_bytes()
+        control = read_control(split_ipk(blob, filename), filename)
+        stanza = dict(control, Filename=filename, Size=str(len(blob)), SHA256sum=hashlib.sha256(blob).hexdigest())
+        return package_from_stanza(stanza, feed=feed, base_url=base_url, source=filename)
 
 
 register_backend(IpkBackend())

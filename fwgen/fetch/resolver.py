@@ -23,7 +23,8 @@ from .package import AlternativesGroup, Package, PackageIndex, Relation
 
 @dataclass(frozen=True)
 class ExcludedDependency:
-    """A dependency left unsatisfied on purpose because it names an excluded package."""
+    """A dependency no package satisfies, on purpose: it names an excluded package, or one
+    the board provides itself."""
 
     dependent: str
     relation: AlternativesGroup
@@ -39,6 +40,7 @@ class Resolution:
     packages: list[Package]
     excluded: list[ExcludedDependency] = field(default_factory=list)
     nodeps: list[str] = field(default_factory=list)  # packages taken without their dependencies
+    provided: list[ExcludedDependency] = field(default_factory=list)  # satisfied by the board itself
 
 
 @dataclass
@@ -46,9 +48,11 @@ class _State:
     selected: dict[str, Package] = field(default_factory=dict)
     edges: dict[str, list[str]] = field(default_factory=dict)
     excluded: list[ExcludedDependency] = field(default_factory=list)
+    provided: list[ExcludedDependency] = field(default_factory=list)
 
     def copy(self) -> _State:
-        return _State(dict(self.selected), {k: list(v) for k, v in self.edges.items()}, list(self.excluded))
+        return _State(dict(self.selected), {k: list(v) for k, v in self.edges.items()}, list(self.excluded),
+                      list(self.provided))
 
 
 def resolve(
@@ -58,6 +62,7 @@ def resolve(
     exclude: Collection[str] = (),
     nodeps: Collection[str] = (),
     pins: Mapping[str, str] | None = None,
+    provided: Mapping[str, str | None] | None = None,
 ) -> Resolution:
     """Resolve `names` and their dependencies over `index`.
 
@@ -67,16 +72,21 @@ def resolve(
     reported in `Resolution.excluded`. `nodeps`: names installed without their dependencies.
     Both take shell-style patterns too (`linux-image-*-cloud-arm64`), so a board can name a
     kernel package whose ABI number changes with every update.
+    `provided`: names the board supplies itself (name -> version or None), satisfying a
+    dependency before any package does, reported in `Resolution.provided`. As with a
+    package's provides (Debian Policy 7.5), only a versioned one satisfies a versioned
+    dependency.
     Raises ResolveError explaining the chain when no consistent choice exists.
     """
-    return _Resolver(index, frozenset(exclude), frozenset(nodeps), dict(pins or {})).run(names)
+    return _Resolver(index, frozenset(exclude), frozenset(nodeps), dict(pins or {}), dict(provided or {})).run(names)
 
 
 class _Resolver:
     def __init__(self, index: PackageIndex, exclude: frozenset[str], nodeps: frozenset[str],
-                 pins: dict[str, str]) -> None:
+                 pins: dict[str, str], provided: dict[str, str | None]) -> None:
         self.index = index
         self.pins = pins
+        self.provided = provided
         self.exclude = _Names(exclude)
         self.nodeps = _Names(nodeps)
         self.state = _State()
@@ -86,15 +96,20 @@ class _Resolver:
         for name in names:
             if name in self.exclude:
                 raise ResolveError(f"cannot install {name}: it is also listed in exclude")
+            if name in self.provided:
+                raise ResolveError(f"cannot install {name}: it is also listed in provides (the board supplies it)")
             self._satisfy(None, (Relation(name),), [], feed=self.pins.get(name))
         order = self._install_order(names)
         taken = [name for name in order if name in self.nodeps]
-        return Resolution([self.state.selected[n] for n in order], self.state.excluded, taken)
+        return Resolution([self.state.selected[n] for n in order], self.state.excluded, taken, self.state.provided)
 
     # -- choosing ---------------------------------------------------------------------------
     def _satisfy(self, dependent: Package | None, group: AlternativesGroup, chain: list[str],
                  feed: str | None = None) -> None:
         selected = self.state.selected
+        if dependent is not None and any(self._board_provides(relation) for relation in group):
+            self.state.provided.append(ExcludedDependency(dependent.name, group))
+            return
         for relation in group:
             for candidate in self._candidates(relation, auto=False, feed=feed):
                 if selected.get(candidate.name) is candidate:
@@ -124,7 +139,13 @@ class _Resolver:
         if feed is not None and self._candidates(group[0]):
             raise ResolveError(f"cannot install {group[0].name}: feed {feed} has no such package",
                                f"it is in {', '.join(sorted({p.feed for p in self._candidates(group[0])}))}")
-        raise ResolveError(self._explain(dependent, group, chain))
+        raise ResolveError(self._explain(dependent, group, chain), self._hint(group))
+
+    def _board_provides(self, relation: Relation) -> bool:
+        if relation.name not in self.provided:
+            return False
+        version = self.provided[relation.name]
+        return relation.op is None or (version is not None and self.index.satisfies(version, relation.op, relation.version or ""))
 
     def _install(self, package: Package, chain: list[str]) -> None:
         chain = [*chain, package.name]
@@ -205,8 +226,20 @@ class _Resolver:
             f"but {reasons} (chain: {path})"
         )
 
+    def _hint(self, group: AlternativesGroup) -> str | None:
+        """For a name no feed has at all: the two ways a board can supply it."""
+        missing = [r.name for r in group if r.name not in self.index.by_name and r.name not in self.index.providers
+                   and r.name not in self.provided]
+        if not missing:
+            return None
+        return (f"if the board supplies {missing[0]} itself, list it in provides; if a package file holds it "
+                "(OpenWrt's libc and kernel are in no feed index), add the file to package_files with its sha256")
+
     def _why_not(self, relation: Relation) -> str:
         index = self.index
+        if relation.name in self.provided:
+            version = self.provided[relation.name]
+            return f"the board provides {relation.name} {f'= {version}' if version else 'without a version'}"
         same_name = index.by_name.get(relation.name, [])
         fitting = [p for p in same_name if self._arch_fits(p, relation)]
         chosen = self.state.selected.get(relation.name)
