@@ -39,11 +39,11 @@ from pathlib import Path
 from .arch import Arch
 from .busybox_download import download_source
 from .busybox_toolchain import Toolchain, find_toolchain
-from .errors import ConfigError, FwgenError, ToolMissingError
+from .errors import ConfigError, FwgenError
 from .fetch.cache import discard_damaged
 from .progress import QUIET, Progress
 from .rootfs import EntryType, RootFS
-from .run import run, tool_env
+from .run import kill_group, run, spawn
 
 DATA = Path(__file__).parent / "data" / "busybox"
 BASE_FRAGMENT = DATA / "fwgen.config"
@@ -408,10 +408,11 @@ def _compile(tree: Path, make: list[str], env: dict[str, str], log: Path, failed
     """Run make, streaming its output to `log` and counting compiled files for `progress`."""
     argv = [*make, "busybox"]
     compiled = 0
-    try:
-        with log.open("wb") as out:
-            proc = subprocess.Popen(argv, cwd=tree, env=tool_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            assert proc.stdout is not None
+    with log.open("wb") as out:
+        # make and its compilers form one process group that dies with fwgen (run.spawn).
+        proc = spawn(argv, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        try:
             for line in proc.stdout:
                 out.write(line)
                 if line.startswith(b"  CC "):
@@ -420,8 +421,8 @@ def _compile(tree: Path, make: list[str], env: dict[str, str], log: Path, failed
                     if not progress.tty and compiled % 100 == 0:  # a log gets a line now and then
                         progress.info(f"compiling for {arch.value}: {compiled} files")
             returncode = proc.wait()
-    except FileNotFoundError as e:
-        raise ToolMissingError("make not found", "install make") from e
+        finally:
+            kill_group(proc)  # what make left behind, or all of it on an exception
     progress.advance(f"compiling for {arch.value}", compiled, compiled, unit="files")
     if returncode != 0 or not (tree / "busybox").is_file():
         failed_log.parent.mkdir(parents=True, exist_ok=True)

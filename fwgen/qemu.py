@@ -33,7 +33,7 @@ from typing import IO
 from .board import QemuProfile
 from .errors import BootError, ToolMissingError, UserError
 from .progress import QUIET, Progress
-from .run import PACKAGE_OF, run, tool_env
+from .run import PACKAGE_OF, kill_group, run, spawn
 
 log = logging.getLogger("fwgen.qemu")
 
@@ -347,7 +347,6 @@ class Machine:
 
     def _launch(self) -> None:
         self.argv = qemu_argv(self.spec, self._ports)
-        log.debug("+ %s", shlex.join(self.argv))
         (self.workdir / "qemu.argv").write_text(shlex.join(self.argv) + "\n")
         self._text, self._cursor, self._eof, self._shell_ready = "", 0, False, False
         # A reboot starts QEMU again: its console goes on in the same log.
@@ -355,14 +354,11 @@ class Machine:
         self._launches += 1
         with open(self.stderr_log, "wb") as stderr:
             try:
-                self._proc = subprocess.Popen(
-                    self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
-                    env=tool_env(), start_new_session=True,  # own process group: killed as one
-                )
-            except FileNotFoundError as e:
+                # Its own process group, killed as one; it dies with fwgen even on SIGKILL.
+                self._proc = spawn(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
+            except ToolMissingError:
                 self._log.close()
-                binary = self.argv[0]
-                raise ToolMissingError(f"{binary} not found", f"install {PACKAGE_OF.get(binary, binary)}") from e
+                raise
         _LIVE.add(self)
         _install_signal_guard()
         self._last_output = time.monotonic()
@@ -385,12 +381,8 @@ class Machine:
     def kill(self) -> None:
         """End QEMU at once (its whole process group). Safe to call any number of times."""
         proc = self._proc
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+        if proc is not None:
+            kill_group(proc)
         if proc is not None and proc.stdin:
             try:
                 proc.stdin.close()
