@@ -349,11 +349,22 @@ def squashfs(src, out, comp, block_size, all_root):
 @json_option
 @handle_errors
 def inspect(image, extract_path, as_json):
-    """List a squashfs image or an initramfs (modes, owners, sizes, link targets)."""
-    from .images.inspect import list_image, read_image_file
+    """List a squashfs image or an initramfs (modes, owners, sizes, link targets), or describe a
+    FIT or uImage and check its hashes and CRCs (exit code 2 when one does not match)."""
+    from .images.inspect import describe_boot_image, format_boot_image, list_image, read_image_file
 
     if extract_path:
         sys.stdout.buffer.write(read_image_file(image, extract_path))
+        return
+    boot = describe_boot_image(image)
+    if boot is not None:
+        kind, facts, ok = boot
+        if as_json:
+            _emit_json({"image": str(image), "kind": kind, "ok": ok, **facts})
+        else:
+            click.echo("\n".join(format_boot_image(kind, facts)))
+        if not ok:
+            sys.exit(2)
         return
     kind, rows = list_image(image)
     if as_json:

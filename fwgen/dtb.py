@@ -65,6 +65,21 @@ class Node:
         value = self.properties[prop]
         return value.rstrip(b"\0").decode("utf-8").split("\0") if value else []
 
+    def integer(self, prop: str) -> int:
+        """A property of one or two cells as one number (a FIT's `load` is either)."""
+        cells = self.cells(prop)
+        if len(cells) not in (1, 2):
+            raise FormatError(f"DTB property {self.name}/{prop} is {len(cells)} cells, not a 32- or 64-bit number")
+        return int.from_bytes(self.properties[prop], "big")
+
+    def text(self, prop: str, default: str | None = None) -> str | None:
+        """A string property (its first string), or `default` when absent."""
+        return self.strings(prop)[0] if self.properties.get(prop) else default
+
+    def set_integer(self, prop: str, value: int) -> None:
+        """One cell when the number fits 32 bits, else two (as a 64-bit address needs)."""
+        self.set_cells(prop, [value] if value < 1 << 32 else [value >> 32, value & 0xFFFFFFFF])
+
     def set_cells(self, prop: str, cells: Iterable[int]) -> None:
         self.properties[prop] = b"".join(int(c).to_bytes(4, "big") for c in cells)
 

@@ -388,3 +388,45 @@ def install_modules(rootfs: RootFS, kernel: Kernel, modules: Sequence[Module], *
         rootfs.add_file(path, module.data, 0o644, provenance=provenance)
         paths.append(path)
     rootfs.add_file(MODULE_LIST, "".join(p + "\n" for p in paths).encode(), 0o644, provenance=provenance)
+
+
+@dataclass(frozen=True)
+class LoadImage:
+    """A kernel as a bootloader copies it: flat bytes to put at `load`, jumped to at `entry`."""
+
+    data: bytes
+    load: int
+    entry: int
+
+
+PT_LOAD = "PT_LOAD"
+
+
+def flatten_elf(data: bytes, *, where: str = "vmlinux") -> LoadImage:
+    """An ELF kernel (vmlinux) as the flat binary a uImage or FIT carries: every PT_LOAD
+    segment's file bytes at its virtual address relative to the lowest one, gaps zero-filled
+    (`objcopy -O binary`; the bss past the last segment's file bytes is left out, the kernel
+    clears it). Load address and entry point are the ELF's own; on MIPS they are the KSEG0
+    addresses U-Boot jumps to."""
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        segments = [(s["p_vaddr"], s.data()) for s in elf.iter_segments()
+                    if s["p_type"] == PT_LOAD and s["p_filesz"] > 0]
+        entry = elf.header["e_entry"]
+    except (ELFError, ConstructError, struct.error) as e:
+        raise parse_error(where, "not a readable ELF kernel", e) from e
+    if not segments:
+        raise FormatError(f"{where}: no PT_LOAD segment with data, nothing to boot")
+    base = min(addr for addr, _ in segments)
+    end = max(addr + len(body) for addr, body in segments)
+    if end - base > 1 << 30:
+        raise FormatError(f"{where}: PT_LOAD segments span {end - base:,} bytes ({base:#x}..{end:#x}), "
+                          "more than a kernel image can")
+    flat = bytearray(end - base)
+    for addr, body in sorted(segments):
+        flat[addr - base : addr - base + len(body)] = body
+    return LoadImage(bytes(flat), base, entry)
+
+
+def is_elf(data: bytes) -> bool:
+    return data[:4] == b"\x7fELF"

@@ -1,14 +1,18 @@
-"""Read any image fwgen writes (squashfs, initramfs cpio) into one listing shape."""
+"""Read any image fwgen writes: filesystems (squashfs, initramfs cpio) into one listing shape,
+bootloader images (FIT, legacy uImage) into a description with their checks."""
 
 from __future__ import annotations
 
+import datetime
 import stat
 from pathlib import Path
 
 from ..errors import FormatError, UserError
 from ..rootfs import EntryType
 from .cpio import read_initramfs
+from .fit import is_fdt, read_fit
 from .squashfs import read_squashfs
+from .uimage import is_uimage, read_uimage
 
 SQUASHFS_MAGIC = b"hsqs"
 
@@ -32,8 +36,25 @@ def list_image(path: Path) -> tuple[str, list[dict]]:
     return "initramfs", rows
 
 
+def describe_boot_image(path: Path) -> tuple[str, dict, bool] | None:
+    """(kind, description, every check passed) for a FIT or a legacy uImage, else None."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if is_uimage(head):
+        facts = read_uimage(path.read_bytes(), where=str(path)).describe()
+        return "uimage", facts, facts["header_crc_ok"] and facts["data_crc_ok"]
+    if is_fdt(head):
+        fit = read_fit(path.read_bytes(), where=str(path))
+        ok = all(h.ok is not False for i in fit.images for h in i.hashes)
+        return "fit", fit.describe(), ok
+    return None
+
+
 def read_image_file(path: Path, member: str) -> bytes:
-    """The content of one regular file of the image."""
+    """The content of one regular file of the image, or of one image of a FIT by name."""
+    with open(path, "rb") as f:
+        if is_fdt(f.read(4)):
+            return read_fit(path.read_bytes(), where=str(path)).image(member).data
     wanted = "/" + member.strip("/")
     if _is_squashfs(path):
         with read_squashfs(path) as image:
@@ -52,3 +73,37 @@ def _row(path, kind: EntryType, mode: int, uid: int, gid: int, size: int, target
         "uid": uid, "gid": gid, "size": size, "target": target or "",
         "rdev": list(rdev) if kind in (EntryType.CHARDEV, EntryType.BLOCKDEV) else None,
     }
+
+
+def format_boot_image(kind: str, facts: dict) -> list[str]:
+    """The lines `fwgen inspect` prints for a FIT or a uImage."""
+    created = _utc(facts.get("time") if kind == "uimage" else facts.get("timestamp"))
+    if kind == "uimage":
+        lines = [f"uImage {facts['name']!r}: {facts['os']} {facts['arch']} {facts['type']}, "
+                 f"compression {facts['compression']}, {facts['size']:,} bytes, created {created}",
+                 f"  load {facts['load']:#010x} entry {facts['entry']:#010x}",
+                 f"  header CRC {facts['header_crc']:#010x} {_verdict(facts['header_crc_ok'])}, "
+                 f"data CRC {facts['data_crc']:#010x} {_verdict(facts['data_crc_ok'])}"]
+        lines += [f"  file {n}: {size:,} bytes" for n, size in enumerate(facts["files"])]
+        if facts["trailing_bytes"]:
+            lines.append(f"  {facts['trailing_bytes']:,} bytes follow the image data")
+        return lines
+    lines = [f"FIT {facts['description']!r}, created {created}, default configuration {facts['default']}"]
+    for i in facts["images"]:
+        where = " ".join(f"{k} {i[k]:#x}" for k in ("load", "entry") if i[k] is not None)
+        hashes = ", ".join(f"{h['algo']} {h['value']} {_verdict(h['ok'])}" for h in i["hashes"]) or "no hash"
+        lines.append(f"  {i['name']}: {i['type']} {i['arch']} {i['os']}, compression {i['compression']}, "
+                     f"{i['size']:,} bytes{', ' + where if where else ''}; {hashes}")
+    for name, refs in facts["configurations"].items():
+        lines.append(f"  configuration {name}: " + ", ".join(f"{k} {v}" for k, v in refs.items()))
+    return lines
+
+
+def _verdict(ok: bool | None) -> str:
+    return {True: "OK", False: "MISMATCH", None: "(not checked)"}[ok]
+
+
+def _utc(epoch: int | None) -> str:
+    if epoch is None:
+        return "(no timestamp)"
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
