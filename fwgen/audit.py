@@ -21,6 +21,7 @@ import io
 import json
 import os
 import posixpath
+import stat
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from elftools.elf.sections import ARMAttributesSection, SymbolTableSection
 from .arch import EM_AARCH64, EM_ARM, EM_MIPS, Arch
 from .errors import UserError
 from .fetch.cache import Cache, discard_damaged
+from .policy import SpecialFile, find_special_files
 from .progress import QUIET, Progress
 from .rootfs import EntryType, RootFS
 
@@ -123,6 +125,7 @@ class AuditReport:
     """Every ELF file audited, and the errors (each names the file and the mismatch)."""
 
     files: list[ElfInfo] = field(default_factory=list)
+    special: list[SpecialFile] = field(default_factory=list)  # device nodes, setuid, world-writable
 
     @property
     def errors(self) -> list[str]:
@@ -137,11 +140,13 @@ class AuditReport:
             flt = f" {f.float_abi}-float" if f.float_abi else ""
             hardening = ",".join(n for n, on in (("pie", f.pie), ("relro", f.relro), ("now", f.bind_now), ("nx", f.nx_stack)) if on)
             lines.append(f"{f.path}: {f.machine}{cpu} ELF{f.elf_class} {f.endian}{flt} {f.type} {link} libc={f.libc} [{hardening}]")
+        lines += [f"special: {s.describe()}" for s in self.special]
         lines += [f"error: {e}" for e in self.errors]
         return "\n".join(lines)
 
     def to_json(self) -> str:
-        return json.dumps({"files": [asdict(f) for f in self.files], "errors": self.errors}, indent=2)
+        return json.dumps({"files": [asdict(f) for f in self.files], "special": [s.to_dict() for s in self.special],
+                           "errors": self.errors}, indent=2)
 
 
 # -- entry points -----------------------------------------------------------------------------
@@ -162,6 +167,7 @@ def audit_rootfs(
                 info.errors += fit_errors(info, arch)
             report.files.append(info)
     _check_libraries(rootfs, report)
+    report.special = find_special_files(rootfs)
     return report
 
 
@@ -190,7 +196,7 @@ def audit_paths(paths: Iterable[Path | str], arch: Arch | None) -> AuditReport:
     report = AuditReport()
     for path in map(Path, paths):
         if path.is_dir():
-            report.files += audit_rootfs(load_folder(path), arch).files
+            _add(report, audit_rootfs(load_folder(path), arch))
         elif path.is_file():
             data = path.read_bytes()
             if data[:4] == ELF_MAGIC:
@@ -200,10 +206,15 @@ def audit_paths(paths: Iterable[Path | str], arch: Arch | None) -> AuditReport:
                     info.errors += fit_errors(info, arch)
                 report.files.append(info)
             else:
-                report.files += audit_rootfs(load_image(path), arch).files
+                _add(report, audit_rootfs(load_image(path), arch))
         else:
             raise UserError(f"{path}: no such file or folder")
     return report
+
+
+def _add(report: AuditReport, part: AuditReport) -> None:
+    report.files += part.files
+    report.special += part.special
 
 
 def load_folder(folder: Path) -> RootFS:
@@ -216,16 +227,14 @@ def load_folder(folder: Path) -> RootFS:
             if host.is_symlink():
                 rootfs.add_symlink(inside, os.readlink(host), provenance=str(folder))
             elif host.is_dir():
-                rootfs.add_dir(inside, provenance=str(folder))
+                rootfs.add_dir(inside, stat.S_IMODE(host.stat().st_mode), provenance=str(folder))
             elif host.is_file():
-                rootfs.add_file(inside, host.read_bytes(), provenance=str(folder))
+                rootfs.add_file(inside, host.read_bytes(), stat.S_IMODE(host.stat().st_mode), provenance=str(folder))
     return rootfs
 
 
 def load_image(path: Path) -> RootFS:
     """An image file as a RootFS: squashfs, or an initramfs (cpio newc, plain or compressed)."""
-    import stat
-
     from .images.cpio import read_initramfs
     from .images.squashfs_reader import read_squashfs
 
@@ -246,6 +255,9 @@ def load_image(path: Path) -> RootFS:
             rootfs.add_symlink(name, member.data.decode(errors="replace"), provenance=str(path))
         elif stat.S_ISDIR(member.mode):
             rootfs.add_dir(name, perms, provenance=str(path))
+        elif stat.S_ISCHR(member.mode) or stat.S_ISBLK(member.mode):
+            kind = EntryType.CHARDEV if stat.S_ISCHR(member.mode) else EntryType.BLOCKDEV
+            rootfs.add_device(name, kind, *member.rdev, perms, provenance=str(path))
     return rootfs
 
 

@@ -93,6 +93,17 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Policy:
+    """What packages may bring into the image (fwgen.policy): each kind is "allow", "warn"
+    or "refuse". The schema holds the defaults, the setuid allow list's among them."""
+
+    device_nodes: str = "refuse"
+    setuid: str = "warn"  # setuid or setgid files outside setuid_allowed
+    setuid_allowed: tuple[str, ...] = ()  # shell patterns of paths
+    world_writable: str = "warn"
+
+
+@dataclass(frozen=True)
 class QemuProfile:
     """A QEMU machine from qemu/*.yaml."""
 
@@ -172,3 +183,4 @@ class Board:
     qemu: QemuSpec | None = None
     checks: tuple[Check, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    policy: Policy = field(default_factory=Policy)

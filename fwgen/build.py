@@ -36,6 +36,8 @@ from .fetch import (
     UnpackBudget,
     fetch_packages,
     install_package,
+    package_label,
+    provenance_of,
     read_fetched_entries,
 )
 from .fetch.cache import Cache
@@ -54,6 +56,7 @@ from .kernel import (
     resolve_modules,
 )
 from .overlay import Layers, Overlay, apply_layers, collect_overlays, plan_layers, resolve_variables
+from .policy import SpecialFile, apply_policy, find_special_files
 from .progress import QUIET, Progress
 from .rootfs import Entry, EntryType, RootFS
 
@@ -102,6 +105,8 @@ class BuildContext:
     layers: Layers = field(default_factory=Layers)
     busybox: BuiltBusybox | None = None
     pruned: dict[str, int] = field(default_factory=dict)  # exclude_paths pattern -> paths removed
+    special_files: list[SpecialFile] = field(default_factory=list)  # device nodes, setuid, world-writable
+    policy: dict[tuple[str, str], str] = field(default_factory=dict)  # (path, kind) -> what the policy said
     staging: Path | None = None
     outputs: dict[str, Path] = field(default_factory=dict)
 
@@ -155,6 +160,7 @@ def build(
             take_boot_firmware(ctx)
             audit_elf_files(ctx)
         select_kernel_modules(ctx)
+        enforce_policy(ctx)
         with writing(ctx.staging, f"the outputs of board {board.name}"):
             write_images(ctx)
             manifest = write_manifest(ctx)
@@ -222,7 +228,7 @@ def fetch_kernel(ctx: BuildContext) -> None:
         if any(e.path.startswith("/boot/vmlinu") for e in entries):
             ctx.kernel_package = fetched
             ctx.kernel_entries = entries
-            ctx.kernel = load_kernel(entries, source=f"{fetched.package.format}:{fetched.package.name}")
+            ctx.kernel = load_kernel(entries, source=provenance_of(fetched.package))
             ctx.progress.info(f"kernel {ctx.kernel.release} from {fetched.package.name} {fetched.package.version}")
             return
         name = _kernel_dependency(fetched)
@@ -412,6 +418,18 @@ def select_kernel_modules(ctx: BuildContext) -> None:
     install_modules(ctx.rootfs, ctx.kernel, ctx.modules, provenance=ctx.kernel.source)
 
 
+def enforce_policy(ctx: BuildContext) -> None:
+    """List the image's device nodes, setuid, setgid and world-writable paths; those a package
+    brought are held against the board's `policy` (refused, warned about or allowed)."""
+    ctx.special_files = find_special_files(ctx.rootfs)
+    fetched = [*ctx.packages, *([ctx.kernel_package] if ctx.kernel_package else [])]
+    packages = {provenance_of(f.package): package_label(f.package) for f in fetched}
+    for outcome in apply_policy(ctx.special_files, ctx.board.policy, packages):
+        ctx.policy[outcome.special.path, outcome.special.kind] = outcome.action
+        if outcome.action == "warn":
+            ctx.progress.info(f"warning: {outcome.special.describe()} (policy.{outcome.rule}: warn)")
+
+
 def _root_modules(board: Board) -> list[str]:
     """Filesystems /init needs for a disk root (built-in ones are skipped by the resolver).
     The disk controller's driver is the board's to name: it differs per machine."""
@@ -584,6 +602,7 @@ def write_manifest(ctx: BuildContext) -> dict:
             for name, path in sorted(ctx.outputs.items())
         },
         "boot": {"cmdline": board.kernel.cmdline, "qemu_profile": board.qemu.profile.name if board.qemu else None},
+        "special_files": [dict(f.to_dict(), policy=ctx.policy.get((f.path, f.kind))) for f in ctx.special_files],
         "files": {entry.path: entry.provenance for entry in ctx.rootfs},
     }
     path = ctx.staging / MANIFEST_FILE

@@ -41,6 +41,7 @@ from .board import (
     KernelSpec,
     Limits,
     PackageFile,
+    Policy,
     QemuProfile,
     QemuSpec,
     SdcardSpec,
@@ -610,6 +611,7 @@ def load_board(
         qemu=qemu,
         checks=tuple(build_check(item) for item in data["checks"]),
         limits=_build_limits(data["limits"], data["outputs"], qemu),
+        policy=Policy(**dict(data["policy"], setuid_allowed=tuple(data["policy"]["setuid_allowed"]))),
     )
 
 

@@ -12,7 +12,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from buildutil import REPO
+from buildutil import REPO, run_fwgen
 from feedgen import (
     ApkSpec,
     FileSpec,
@@ -27,8 +27,9 @@ from feedgen import (
 )
 
 from fwgen.arch import Arch
+from fwgen.board import Policy
 from fwgen.config import load_board
-from fwgen.errors import ConfigError, LimitError
+from fwgen.errors import ConfigError, FormatError, LimitError, UserError
 from fwgen.fetch import (
     FetchedPackage,
     Package,
@@ -37,7 +38,9 @@ from fwgen.fetch import (
     install_package,
     read_package_entries,
 )
-from fwgen.rootfs import RootFS
+from fwgen.images.cpio import read_initramfs, write_initramfs
+from fwgen.policy import apply_policy, find_special_files
+from fwgen.rootfs import EntryType, RootFS
 
 MIB = 1 << 20
 OPENWRT_ARCH = Arch.AARCH64.openwrt
@@ -152,10 +155,11 @@ def test_board_limits_default_from_the_guest_ram_of_an_initramfs_root(tmp_path):
 
 
 # -- fwgen build against a served feed ------------------------------------------------------------
-def _bomb_board(folder: Path, url: str, key: Path) -> Path:
-    """qemu-aarch64 (512 MiB of RAM, so a 512 MiB image limit) with the bomb from an OpenWrt feed."""
+def write_served_board(folder: Path, url: str, key: Path, package: str, **extra) -> Path:
+    """qemu-aarch64 (512 MiB of RAM, so a 512 MiB image limit) with `package` from an OpenWrt
+    feed served at `url`, the kernel from Debian."""
     board = {
-        "name": "bomb",
+        "name": package,
         "arch": "aarch64",
         "feeds": [
             {"name": "debian", "type": "deb", "url": "http://deb.debian.org/debian", "suite": "bookworm"},
@@ -163,13 +167,22 @@ def _bomb_board(folder: Path, url: str, key: Path) -> Path:
              "keys": [str(key)]},
         ],
         "kernel": {"package": "linux-image-cloud-arm64", "cmdline": "console=ttyAMA0"},
-        "packages": ["bomb"],
+        "packages": [package],
         "overlays": ["base"],
         "qemu": {"profile": "virt-aarch64"},
+        **extra,
     }
-    path = folder / "bomb.yaml"
+    path = folder / f"{package}.yaml"
     path.write_text(json.dumps(board))
     return path
+
+
+def write_served_feed(folder: Path, spec: IpkSpec) -> Path:
+    """An OpenWrt feed of the one package under `folder`/www, signed; returns the key file."""
+    signer = UsignSigner.generate()
+    key = signer.write_public(folder / "keys")
+    write_opkg_feed(folder / "www" / "openwrt" / "packages" / OPENWRT_ARCH / "base", [(spec, build_ipk(spec))], signer)
+    return key
 
 
 def run_measured(*args: str, cache: Path) -> tuple[subprocess.CompletedProcess[str], int]:
@@ -189,13 +202,10 @@ def run_measured(*args: str, cache: Path) -> tuple[subprocess.CompletedProcess[s
 @pytest.mark.network
 @pytest.mark.slow
 def test_a_bomb_from_a_signed_feed_is_refused_with_one_line_and_little_memory(tmp_path, cache_dir):
-    signer = UsignSigner.generate()
-    key = signer.write_public(tmp_path / "keys")
-    spec = IpkSpec("bomb", "1.0-1", OPENWRT_ARCH, SPARSE_BOMB)
-    write_opkg_feed(tmp_path / "www" / "openwrt" / "packages" / OPENWRT_ARCH / "base", [(spec, build_ipk(spec))], signer)
+    key = write_served_feed(tmp_path, IpkSpec("bomb", "1.0-1", OPENWRT_ARCH, SPARSE_BOMB))
     out = tmp_path / "out"
     with serve(tmp_path / "www") as url:
-        board = _bomb_board(tmp_path, url, key)
+        board = write_served_board(tmp_path, url, key, "bomb")
         result, peak_kib = run_measured("build", "--board", str(board), "--out", str(out), cache=cache_dir)
     errors = [line for line in result.stderr.splitlines() if line.startswith("fwgen: error:")]
     assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
@@ -205,3 +215,119 @@ def test_a_bomb_from_a_signed_feed_is_refused_with_one_line_and_little_memory(tm
     assert not out.exists() or list(out.iterdir()) == []
     # The 2 GiB are never unpacked: the build's peak is what any build of this board needs.
     assert peak_kib < 1024 * 1024, f"peak RSS {peak_kib} KiB"
+
+
+# -- what packages bring: device nodes, setuid files, names with control characters -------------
+EVIL_FILES = [
+    FileSpec("./dev", kind="dir", mode=0o755),
+    FileSpec("./dev/evil-mem", kind="chardev", mode=0o666, major=1, minor=1),
+    FileSpec("./usr/bin/rootshell", b"#!/bin/sh\nexec /bin/sh\n", mode=0o4755),
+    FileSpec("./usr/bin/su", b"#!/bin/sh\n", mode=0o4755),  # on the default allow list
+    FileSpec("./usr/share/drop", b"anyone writes me\n", mode=0o666),
+    FileSpec("./var/spool", kind="dir", mode=0o1777),  # shared, like /tmp: not world-writable
+]
+
+
+def test_special_files_are_found_and_the_default_policy_applies_to_packages_only(tmp_path):
+    path = write_package(tmp_path, "ipk", EVIL_FILES, name="evil")
+    rootfs = RootFS()
+    rootfs.add_device("/dev/console", EntryType.CHARDEV, 5, 1, 0o600, provenance="fwgen")
+    install_package(rootfs, _fetched(path, "evil"))
+    specials = find_special_files(rootfs)
+    assert [(s.path, s.kind) for s in specials] == [
+        ("/dev/console", "device node"), ("/dev/evil-mem", "device node"), ("/usr/bin/rootshell", "setuid"),
+        ("/usr/bin/su", "setuid"), ("/usr/share/drop", "world-writable"),
+    ]
+    assert specials[1].describe() == "/dev/evil-mem: device node c 1,1 mode 0666 owner 0:0 (from ipk:evil)"
+    packages = {"ipk:evil": "evil 1.0-1 (feed openwrt-local)"}
+    with pytest.raises(UserError) as caught:
+        apply_policy(specials, Policy(), packages)
+    assert str(caught.value) == ("package evil 1.0-1 (feed openwrt-local): /dev/evil-mem: device node c 1,1 "
+                                 "mode 0666 owner 0:0: refused by the board's policy.device_nodes (set "
+                                 "policy.device_nodes to warn or allow to take it)")
+    lenient = Policy(device_nodes="allow", setuid_allowed=("/usr/bin/su",))
+    outcomes = {(o.special.path, o.rule, o.action) for o in apply_policy(specials, lenient, packages)}
+    # fwgen's own /dev/console is not the policy's business.
+    assert outcomes == {("/dev/evil-mem", "device_nodes", "allow"), ("/usr/bin/rootshell", "setuid", "warn"),
+                        ("/usr/bin/su", "setuid_allowed", "allow"), ("/usr/share/drop", "world_writable", "warn")}
+    with pytest.raises(UserError, match=r"/usr/bin/rootshell: setuid mode 4755 .*policy\.setuid"):
+        apply_policy(specials, Policy(device_nodes="allow", setuid="refuse"), packages)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", ["./etc/evil\nroot::0:0::/:/bin/sh", "./usr/bin/\x1b]0;pwned\x07ls"])
+def test_names_with_control_characters_are_refused_quoted_on_one_line(tmp_path, fmt, name):
+    path = write_package(tmp_path, fmt, [FileSpec(name, b"x")])
+    with pytest.raises(FormatError) as caught:
+        read_entries(path)
+    message = str(caught.value)
+    assert "\n" not in message and "\x1b" not in message and "\x07" not in message, message
+    assert repr(name) in message and message.endswith(": the name holds control characters"), message
+
+
+def test_a_symlink_target_with_control_characters_is_refused(tmp_path):
+    path = write_package(tmp_path, "ipk", [FileSpec("./bin/x", kind="symlink", target="sh\n/etc/shadow")])
+    with pytest.raises(FormatError, match=r"\./bin/x: link target 'sh\\n/etc/shadow' holds control characters$"):
+        read_entries(path)
+    with pytest.raises(FormatError, match=r"^package x 1\.0-1 \(feed openwrt-local\): x\.ipk: data\.tar\.gz: "):
+        install_package(RootFS(), _fetched(path.rename(tmp_path / "x.ipk"), "x"))
+
+
+def test_the_initramfs_writer_refuses_a_name_over_255_bytes(tmp_path):
+    rootfs = RootFS()
+    rootfs.add_file("/etc/" + "n" * 255, b"fits")
+    write_initramfs(rootfs, tmp_path / "ok.cpio.gz", mtime=0)
+    assert any(m.name == "etc/" + "n" * 255 for m in read_initramfs(tmp_path / "ok.cpio.gz"))
+    rootfs.add_file("/etc/" + "é" * 128, b"256 bytes of UTF-8", provenance="ipk:long")
+    with pytest.raises(UserError, match=r"^initramfs: /etc/é+ \(from ipk:long\): file name too long "
+                                        r"\(256 bytes; Linux allows at most 255\)$"):
+        write_initramfs(rootfs, tmp_path / "long.cpio.gz", mtime=0)
+    assert not (tmp_path / "long.cpio.gz").exists()
+
+
+def test_fwgen_audit_lists_device_nodes_setuid_and_world_writable_files(tmp_path):
+    path = write_package(tmp_path, "ipk", EVIL_FILES, name="evil")
+    rootfs = RootFS()
+    install_package(rootfs, _fetched(path, "evil"))
+    image = tmp_path / "initramfs.cpio.gz"
+    write_initramfs(rootfs, image, mtime=0)
+    result = run_fwgen("audit", str(image), cache=tmp_path)
+    assert result.returncode == 0, result.stderr
+    special = [line for line in result.stdout.splitlines() if line.startswith("special: ")]
+    assert special == [
+        f"special: /dev/evil-mem: device node c 1,1 mode 0666 owner 0:0 (from {image})",
+        f"special: /usr/bin/rootshell: setuid mode 4755 owner 0:0 (from {image})",
+        f"special: /usr/bin/su: setuid mode 4755 owner 0:0 (from {image})",
+        f"special: /usr/share/drop: world-writable mode 0666 owner 0:0 (from {image})",
+    ]
+    listed = json.loads(run_fwgen("audit", "--json", str(image), cache=tmp_path).stdout)["special"]
+    assert {"path": "/dev/evil-mem", "kind": "device node", "mode": "0666", "owner": "0:0", "rdev": [1, 1],
+            "from": str(image)} in listed
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_a_device_node_from_a_feed_is_refused_and_allowed_only_by_the_boards_policy(tmp_path, cache_dir):
+    key = write_served_feed(tmp_path, IpkSpec("evil", "1.0-1", OPENWRT_ARCH, EVIL_FILES))
+    out = tmp_path / "out"
+    with serve(tmp_path / "www") as url:
+        board = write_served_board(tmp_path, url, key, "evil")
+        refused = run_fwgen("build", "--board", str(board), "--out", str(out), cache=cache_dir)
+        lenient = write_served_board(tmp_path, url, key, "evil", policy={"device_nodes": "allow"})
+        built = run_fwgen("build", "--board", str(lenient), "--out", str(out), cache=cache_dir)
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("fwgen: error:")]
+    assert refused.returncode == 2 and len(errors) == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert errors[0].startswith("fwgen: error: package evil 1.0-1 (feed openwrt-local): /dev/evil-mem: device node "
+                                "c 1,1 mode 0666 owner 0:0: refused by the board's policy.device_nodes"), errors[0]
+    assert built.returncode == 0, built.stderr
+    assert "  warning: /usr/bin/rootshell: setuid mode 4755 owner 0:0 (from ipk:evil) (policy.setuid: warn)" \
+        in built.stderr.splitlines()
+    manifest = json.loads((out / "evil" / "manifest.json").read_text())
+    policy = {(f["path"], f["kind"]): (f["from"], f["policy"]) for f in manifest["special_files"]}
+    assert policy[("/dev/evil-mem", "device node")] == ("ipk:evil", "allow")
+    assert policy[("/usr/bin/rootshell", "setuid")] == ("ipk:evil", "warn")
+    assert policy[("/usr/bin/su", "setuid")] == ("ipk:evil", "allow")
+    assert policy[("/usr/share/drop", "world-writable")] == ("ipk:evil", "warn")
+    assert policy[("/dev/console", "device node")] == ("fwgen", None)  # fwgen's own: listed, not judged
+    members = {m.name: m for m in read_initramfs(out / "evil" / "initramfs.cpio.gz")}
+    assert (members["dev/evil-mem"].mode, members["dev/evil-mem"].rdev) == (0o20666, (1, 1))

@@ -34,7 +34,7 @@ from .resolver import ExcludedDependency, Resolution, name_matches, resolve
 __all__ = [
     "Backend", "Cache", "ExcludedDependency", "FetchedPackage", "Package", "PackageIndex",
     "Relation", "Resolution", "fetch_packages", "group_feeds", "install_package", "load_index",
-    "read_package_file",
+    "package_label", "provenance_of", "read_package_file",
     "read_fetched_entries", "read_package_entries", "register_backend", "resolve", "resolve_packages",
     "UnpackBudget",
 ]
@@ -299,7 +299,7 @@ def read_fetched_entries(fetched: FetchedPackage, budget: UnpackBudget | None = 
     """Every data entry of a fetched package, read by the backend of the format its index
     gave it. An error names the package, its feed and its file, not the cache's hash name."""
     package = fetched.package
-    named = f"package {package.name} {package.version} (feed {package.feed})"
+    named = f"package {package_label(package)}"
     try:
         return list(get_backend(package.format).read_entries(fetched.path, budget))
     except LimitError as e:
@@ -314,6 +314,16 @@ def _own_name(detail: str, fetched: FetchedPackage) -> str:
     return detail.replace(str(fetched.path), posixpath.basename(fetched.package.filename))
 
 
+def package_label(package: Package) -> str:
+    """How messages name a package: "busybox 1:1.35.0-4 (feed debian)"."""
+    return f"{package.name} {package.version} (feed {package.feed})"
+
+
+def provenance_of(package: Package) -> str:
+    """What the files a package installs record as their origin: "deb:busybox-static"."""
+    return f"{package.format}:{package.name}"
+
+
 def install_package(rootfs: RootFS, fetched: FetchedPackage, budget: UnpackBudget | None = None) -> None:
     """Extract the package's data into the in-memory rootfs, provenance f"deb:{name}".
     No maintainer scripts are run. What it unpacks to is charged to `budget` (a package
@@ -322,7 +332,7 @@ def install_package(rootfs: RootFS, fetched: FetchedPackage, budget: UnpackBudge
     Like dpkg, a directory the rootfs already has as a symlink to a directory (merged /usr:
     /bin -> usr/bin) is followed, not replaced.
     """
-    provenance = f"{fetched.package.format}:{fetched.package.name}"
+    provenance = provenance_of(fetched.package)
     for entry in read_fetched_entries(fetched, budget):
         path = _follow_directory_links(rootfs, entry.path)
         existing = rootfs.get(path)

@@ -10,6 +10,7 @@ import gzip
 import io
 import lzma
 import tarfile
+import unicodedata
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import BinaryIO
 import construct as c
 import zstandard
 
-from ..errors import FormatError, LimitError, UserError, parse_error
+from ..errors import FormatError, LimitError, UserError, parse_error, quoted
 from ..rootfs import Entry, EntryType, normalize_path
 
 AR_MAGIC = b"!<arch>\n"
@@ -228,7 +229,7 @@ def read_tar_stream(
         with tarfile.open(fileobj=reader, mode="r:") as tar:  # type: ignore[call-overload]
             for info in tar:
                 offset = info.offset
-                where = f"{source}: offset {info.offset:#x}: {info.name}"
+                where = f"{source}: offset {info.offset:#x}: {quoted(info.name)}"
                 content = _read_member_content(tar, info, budget, source, where)
                 entry = entry_from_tar_member(info, content, files, where, provenance=provenance, check=check)
                 if entry is not None:
@@ -282,6 +283,7 @@ def entry_from_tar_member(
     `content` is a regular file's data; `files` maps the regular files seen so far, so a hard
     link becomes a copy of its earlier target. `check(info, content, where)` verifies what a
     format records per member (apk's SHA-1 of a file or a symlink target)."""
+    _refuse_control_characters(info, where)
     try:
         path = normalize_path(info.name)
     except UserError as e:
@@ -316,6 +318,15 @@ def entry_from_tar_member(
     if info.isfifo():
         return Entry(path, EntryType.FIFO, **common)
     raise FormatError(f"{where}: unsupported tar entry type {info.type!r}")
+
+
+def _refuse_control_characters(info: tarfile.TarInfo, where: str) -> None:
+    # A newline or an escape byte in a name forges lines in the manifest, in listings and in
+    # messages, and terminal commands when printed; no package has a reason to carry one.
+    # `where` names the member, quoted.
+    for what, text in (("the name", info.name), (f"link target {quoted(info.linkname)}", info.linkname)):
+        if any(unicodedata.category(char) == "Cc" for char in text):
+            raise FormatError(f"{where}: {what} holds control characters")
 
 
 def read_member_tar(path: Path, data: bytes, members: list[ArMember], stem: str,

@@ -13,6 +13,7 @@ import gzip
 import io
 import lzma
 import os
+import posixpath
 import stat
 import tempfile
 import zlib
@@ -24,7 +25,7 @@ from typing import BinaryIO
 import zstandard
 from construct import Adapter, Bytes, ConstructError, OneOf, Padding, Struct, this
 
-from ..errors import FormatError, UserError, parse_error
+from ..errors import FormatError, UserError, parse_error, quoted
 from ..rootfs import Entry, EntryType, RootFS
 
 NEWC_MAGIC = b"070701"
@@ -34,6 +35,7 @@ HEADER_SIZE = 110
 # The kernel skips a member whose name (with its NUL) or symlink target is longer than
 # PATH_MAX (init/initramfs.c, do_header and do_symlink), silently: refuse to write one.
 PATH_MAX = 4096
+NAME_MAX = 255  # bytes of one path component (linux/limits.h)
 COMPRESSIONS = ("gzip", "xz", "zstd", "none")
 
 
@@ -128,12 +130,23 @@ def write_cpio(rootfs: RootFS, out: BinaryIO, *, mtime: int) -> None:
     (SOURCE_DATE_EPOCH). The same model always gives the same bytes.
     """
     for ino, entry in enumerate(rootfs, start=1):
+        _check_name_length(entry)
         out.write(_build_member(_name_of(entry), _header_of(entry, ino, mtime), _data_of(entry)))
     trailer = dict(_EMPTY_HEADER, c_nlink=1)
     out.write(_build_member(TRAILER, trailer, b""))
 
 
 _EMPTY_HEADER = {field.name: 0 for field in NEWC_HEADER.subcons if field.name != "c_magic"}
+
+
+def _check_name_length(entry: Entry) -> None:
+    # newc carries any name, but the kernel unpacks it onto tmpfs, whose names (like every
+    # Linux filesystem's) stop at NAME_MAX bytes: a longer one would be missing at boot.
+    name = posixpath.basename(entry.path).encode("utf-8", "surrogateescape")
+    if len(name) > NAME_MAX:
+        origin = f" (from {quoted(entry.provenance)})" if entry.provenance else ""
+        raise FormatError(f"initramfs: {quoted(entry.path)}{origin}: file name too long "
+                        f"({len(name)} bytes; Linux allows at most {NAME_MAX})")
 
 
 def _name_of(entry: Entry) -> str:
