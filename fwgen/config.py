@@ -48,7 +48,7 @@ from .board import (
 )
 from .dtb import Fixup
 from .errors import ConfigError, UserError
-from .overlay import variable_text
+from .overlay import Overlay, declared_variables, overlay_checks, resolve_overlays, variable_text
 
 SCHEMA_DIR = Path(__file__).parent / "schema"
 CHECK_KINDS = ("run", "http", "console", "tcp", "service", "persist")
@@ -587,7 +587,8 @@ def load_board(
                         f"qemu profile '{qemu.profile.name}' emulates {qemu.profile.arch.value} "
                         f"but the board is {data['arch']}",
                         "pick a profile for the board's arch")
-    return Board(
+    overlays = _resolve_overlay_stack(doc, data, path, overlay_dirs)
+    board = Board(
         name=_board_name(doc, data, path),
         arch=Arch.from_name(data["arch"]),
         source=path,
@@ -603,7 +604,7 @@ def load_board(
         package_files=_build_package_files(doc, data["package_files"], path),
         provides=dict(_split_provided(item) for item in data["provides"]),
         exclude_paths=tuple(data["exclude_paths"]),
-        overlays=_resolve_overlay_stack(doc, data, path, overlay_dirs),
+        overlays=tuple(str(o.path) for o in overlays),
         variables={k: variable_text(v) for k, v in data["variables"].items()},
         outputs=tuple(data["outputs"]),
         disk=DiskSpec(**data["disk"]),
@@ -613,6 +614,8 @@ def load_board(
         limits=_build_limits(data["limits"], data["outputs"], qemu),
         policy=Policy(**dict(data["policy"], setuid_allowed=tuple(data["policy"]["setuid_allowed"]))),
     )
+    overlay_checks(board, overlays)  # variables resolve and overlay checks render, or fail now
+    return board
 
 
 def _build_limits(limits: dict, outputs: list[str], qemu: QemuSpec | None) -> Limits:
@@ -758,11 +761,9 @@ def _resolve_overlays(doc: Document, names: list[str], board: Path, overlay_dirs
     return tuple(resolved)
 
 
-def _resolve_overlay_stack(doc: Document, data: dict, board: Path, overlay_dirs) -> tuple[str, ...]:
+def _resolve_overlay_stack(doc: Document, data: dict, board: Path, overlay_dirs) -> list[Overlay]:
     """The board's overlays and their dependencies in application order, each overlay.yaml
-    validated; the board's variables must be ones its overlays declare, and the ports the
-    overlays' checks reach must be forwarded."""
-    from .overlay import check_ports, declared_variables, resolve_overlays
+    validated; the board's variables must be ones its overlays declare."""
 
     folders = _resolve_overlays(doc, data["overlays"], board, overlay_dirs)
     overlays = resolve_overlays(folders, find_overlays(overlay_dirs, board))
@@ -771,8 +772,7 @@ def _resolve_overlay_stack(doc: Document, data: dict, board: Path, overlay_dirs)
         if name not in known:
             raise doc.error(("variables", name), f"no overlay of the board declares variable '{name}'",
                             _did_you_mean(name, sorted(known), "variables"), at_key=True)
-    check_ports(overlays, (data.get("qemu") or {}).get("forward", []))
-    return tuple(str(o.path) for o in overlays)
+    return overlays
 
 
 def check_checks(doc: Document, forward: Sequence[int] | None = None) -> None:
@@ -800,8 +800,8 @@ def check_checks(doc: Document, forward: Sequence[int] | None = None) -> None:
 
 def _check_forwarded(doc: Document, index: int, item: dict, forward: Sequence[int]) -> None:
     key = "tcp" if "tcp" in item else "port"
-    if key not in item:
-        return
+    if not isinstance(item.get(key), int):
+        return  # none, or an overlay's "{{ variable }}": checked once rendered (overlay_checks)
     if item[key] not in forward:
         raise doc.error(("checks", index, key), f"port {item[key]} is not forwarded",
                         "add it to the board's qemu.forward")

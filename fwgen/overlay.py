@@ -17,6 +17,7 @@ returns the entries, `apply_layers` adds them to a RootFS.
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import re
@@ -59,7 +60,7 @@ class Overlay:
     sysctl: dict[str, Any] = field(default_factory=dict)
     modules: tuple[str, ...] = ()
     busybox_config: tuple[Path, ...] = ()  # Kconfig fragments the overlay's services need
-    checks: tuple[Check, ...] = ()
+    checks: tuple[dict, ...] = ()  # `checks:` items, defaults applied; render_checks fills in variables
 
     @property
     def meta_file(self) -> str:
@@ -71,11 +72,11 @@ class Overlay:
 
 def load_overlay(path: Path) -> Overlay:
     """Read and validate `<path>/overlay.yaml`."""
-    from .config import apply_defaults, build_check, check_checks, load_schema, read_yaml, validate
+    from .config import apply_defaults, check_checks, load_schema, read_yaml, validate
 
     doc = read_yaml(shown_path(path / "overlay.yaml"))
     validate(doc, "overlay")
-    check_checks(doc, forward=ALL_PORTS)  # the board's forwards are checked by check_ports
+    check_checks(doc, forward=ALL_PORTS)  # the board's forwards are checked by overlay_checks
     data = apply_defaults(doc.data, load_schema("overlay"))
     overlay = Overlay(
         name=path.name, path=path, doc=doc,
@@ -91,7 +92,7 @@ def load_overlay(path: Path) -> Overlay:
         modules=tuple(data["modules"]),
         busybox_config=tuple(_overlay_file(doc, path, ("busybox_config", i), name)
                              for i, name in enumerate(data["busybox_config"])),
-        checks=tuple(build_check(item) for item in data["checks"]),
+        checks=tuple(data["checks"]),
     )
     for image_path in overlay.files:
         if ".." in image_path.split("/"):
@@ -154,21 +155,47 @@ def collect_overlays(folders: Sequence[str], overlay_dirs: Sequence[Path], board
     return resolve_overlays(folders, find_overlays(overlay_dirs, board_file))
 
 
-def overlay_checks(board) -> list[Check]:
-    """The checks of a loaded board's overlays (Board.overlays is already the whole stack, in
-    order), to run after the board's own."""
-    folders = [Path(folder) for folder in board.overlays]
-    stack = resolve_overlays(folders, {folder.name: folder for folder in folders})
-    return [check for overlay in stack for check in overlay.checks]
+def overlay_checks(board, overlays: Sequence[Overlay] | None = None) -> list[Check]:
+    """The checks of a loaded board's overlays, to run after the board's own: rendered with
+    the board's variables, and every port they reach forwarded by the board.
 
-
-def check_ports(overlays: Iterable[Overlay], forward: Sequence[int]) -> None:
-    """Every port an overlay's checks reach must be forwarded by the board."""
-    from .config import check_checks
-
+    `overlays` is the board's stack when the caller has it loaded; else Board.overlays (already
+    the whole stack, in order) is loaded again."""
+    if overlays is None:
+        folders = [Path(folder) for folder in board.overlays]
+        overlays = resolve_overlays(folders, {folder.name: folder for folder in folders})
+    variables = resolve_variables(board, overlays)
+    forward = board.qemu.forward if board.qemu else ()
+    checks = []
     for overlay in overlays:
-        if overlay.checks:
-            check_checks(overlay.doc, forward=forward)
+        for index, check in enumerate(render_checks(overlay, variables)):
+            if check.port is not None and check.port not in forward:
+                key = "tcp" if check.kind == "tcp" else "port"
+                raise overlay.error(("checks", index, key), f"port {check.port} is not forwarded",
+                                    "add it to the board's qemu.forward")
+            checks.append(check)
+    return checks
+
+
+def render_checks(overlay: Overlay, variables: Mapping[str, str]) -> list[Check]:
+    """The overlay's checks with every string rendered (`port: "{{ httpd_port }}"` included)."""
+    from .config import build_check
+
+    checks = []
+    for index, item in enumerate(overlay.checks):
+        rendered = {key: _render_value(overlay, ("checks", index, key), variables) if isinstance(value, str)
+                    else value for key, value in item.items()}
+        for key in ("port", "tcp"):
+            if isinstance(rendered.get(key), str):
+                rendered[key] = _port_number(overlay, ("checks", index, key), rendered[key])
+        checks.append(build_check(rendered))
+    return checks
+
+
+def _port_number(overlay: Overlay, keypath: tuple, text: str) -> int:
+    if not text.strip().isdigit() or int(text) not in ALL_PORTS:
+        raise overlay.error(keypath, f"'{text}' is not a TCP port (1-65535) once its variables are filled in")
+    return int(text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,18 +218,70 @@ def variable_text(value: Any) -> str:
 
 
 def resolve_variables(board, overlays: Sequence[Overlay]) -> dict[str, str]:
-    """Built-ins, then the overlays' defaults, then the board's values (later wins).
+    """Built-ins, then the overlays' defaults, then the board's values (later wins), each with
+    the variables it uses filled in (`url: "http://{{ hostname }}:{{ port }}"`).
 
     A variable declared without a default and not set by the board stays undefined: using it
-    is an error that names the template and the variable.
+    is an error that names the template and the variable; so is a cycle of references.
     """
-    values = builtin_variables(board)
+    sources: dict[str, tuple[str, Any]] = {name: (text, None) for name, text in builtin_variables(board).items()}
     for overlay in overlays:
         for name, spec in overlay.variables.items():
             if "default" in spec:
-                values[name] = variable_text(spec["default"])
-    values.update(board.variables)
-    return values
+                sources[name] = (variable_text(spec["default"]), (overlay.doc, ("variables", name, "default")))
+    board_doc = _BoardDoc(board)
+    sources.update({name: (text, (board_doc, ("variables", name))) for name, text in board.variables.items()})
+    resolver = _Resolver(sources)
+    return {name: resolver[name] for name in sources}
+
+
+class _BoardDoc:
+    """The board file's Document, read only when a board value needs a position."""
+
+    def __init__(self, board) -> None:
+        self.board = board
+
+    @functools.cached_property
+    def doc(self):
+        from .config import read_yaml
+
+        return read_yaml(shown_path(self.board.source))
+
+
+class _Resolver(Mapping[str, str]):
+    """Variables whose values may use other variables: each value is rendered once, on first
+    use, from its own text (a value never renders the text another value brought in)."""
+
+    def __init__(self, sources: Mapping[str, tuple[str, Any]]) -> None:
+        self.sources, self.done, self.chain = sources, {}, []
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.sources
+
+    def __iter__(self):
+        return iter(self.sources)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, name: str) -> str:
+        if name in self.done:
+            return self.done[name]
+        text, place = self.sources[name]
+        if name in self.chain:
+            cycle = " -> ".join([*self.chain[self.chain.index(name):], name])
+            doc, keypath = self.sources[self.chain[-1]][1]
+            raise _document(doc).error(keypath, f"variables refer to each other in a cycle: {cycle}")
+        if place is not None and PLACEHOLDER.search(text):
+            self.chain.append(name)
+            text = render_at(_document(place[0]), place[1], self)
+            self.chain.pop()
+        self.done[name] = text
+        return text
+
+
+def _document(holder: Any) -> Any:
+    return holder.doc if isinstance(holder, _BoardDoc) else holder
 
 
 def declared_variables(overlays: Sequence[Overlay]) -> set[str]:
@@ -233,16 +312,23 @@ def render(text: str, variables: Mapping[str, str], *, file: str, line: int = 1,
 
 
 def _render_value(overlay: Overlay, keypath: tuple, variables: Mapping[str, str]) -> str:
+    return render_at(overlay.doc, keypath, variables)
+
+
+def render_at(doc: Any, keypath: tuple, variables: Mapping[str, str]) -> str:
+    """The value at `keypath` of a loaded file (a config.Document), rendered; an undefined
+    variable is an error at its place in that file."""
     from .config import format_keypath
 
-    value = overlay.doc.data
+    value = doc.data
     for part in keypath:
         value = value[part]
-    line, column = overlay.doc.position(keypath)
+    line, column = doc.position(keypath)
+    text = variable_text(value)
     # A block scalar (`|`) starts on the line after its indicator.
     if isinstance(value, str) and "\n" in value:
         line, column = line + 1, 1
-    return render(str(value), variables, file=overlay.meta_file, line=line, column=column,
+    return render(text, variables, file=str(doc.file), line=line, column=column,
                   keypath=format_keypath(keypath))
 
 
@@ -368,7 +454,7 @@ def plan_layers(overlays: Sequence[Overlay], variables: Mapping[str, str]) -> La
         layers.packages += [p for p in overlay.packages if p not in layers.packages]
         layers.modules += [m for m in overlay.modules if m not in layers.modules]
         layers.busybox_config += [f for f in overlay.busybox_config if f not in layers.busybox_config]
-        layers.checks += overlay.checks
+        layers.checks += render_checks(overlay, variables)
         if overlay.sysctl:
             _add_generated(layers, f"/etc/sysctl.d/50-{overlay.name}.conf", _sysctl_file(overlay), overlay)
     for path, data in account_files(layers.accounts).items():

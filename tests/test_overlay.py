@@ -129,6 +129,59 @@ def test_board_variables_override_defaults_and_builtins_are_there(tmp_path):
     assert "/etc/motd.tmpl" not in layers.entries
 
 
+def test_variables_use_other_variables_in_one_pass(tmp_path):
+    """A default that refers to another variable gets that variable's final value, the board's
+    where it sets one; board values may refer to variables too."""
+    write(tmp_path / "overlays/one/overlay.yaml",
+          'depends: [base]\nvariables:\n  url: {default: "http://{{ host }}:{{ port }}/"}\n'
+          '  host: {default: "{{ hostname }}.local"}\n  port: {default: "80"}\n  tag: {default: x}\n'
+          "services:\n  web:\n    command: fetch {{ url }}\n")
+    write(tmp_path / "overlays/one/files/etc/url.tmpl", "{{ url }}\n")
+    extra = "hostname: box\nvariables:\n  port: \"8080\"\n  tag: '{{ port }}-{{ hostname }}'\n"
+    board, layers = plan(make_board(tmp_path, ["one"], extra))
+    assert layers.entries["/etc/url"].data == b"http://box.local:8080/\n"
+    assert "exec fetch http://box.local:8080/" in layers.entries["/etc/service/web/run"].data.decode()
+    variables = resolve_variables(board, collect_overlays(board.overlays, [], board.source))
+    assert variables["tag"] == "8080-box"
+
+
+def test_variable_values_are_not_rendered_again(tmp_path):
+    """Text a value brings in is final: a board value holding '{{' after its own rendering
+    stays as it is (no second pass that could expand it)."""
+    write(tmp_path / "overlays/one/overlay.yaml",
+          'variables:\n  brace: {default: "{"}\n  both: {default: "{{ brace }}{{ brace }} x }}"}\n')
+    board = load_board(make_board(tmp_path, ["one"]))
+    variables = resolve_variables(board, collect_overlays(board.overlays, [], board.source))
+    assert variables["both"] == "{{ x }}"
+
+
+def test_overlay_checks_use_the_board_variables(tmp_path):
+    """The httpd overlay's http check follows httpd_port; a vendor's run check is rendered."""
+    from fwgen.overlay import overlay_checks
+
+    write(tmp_path / "overlays/vendor/overlay.yaml",
+          "variables:\n  vendor_conf: {default: /etc/vendor.conf}\n  vendor_port: {default: \"80\"}\n"
+          "checks:\n  - run: grep -c port={{ vendor_port }} {{ vendor_conf }}\n    expect: \"1\"\n"
+          "    name: '{{ vendor_conf }} names port {{ vendor_port }}'\n")
+    board = load_board(make_board(tmp_path, ["httpd", "vendor"],
+                                  'variables:\n  httpd_port: "8080"\n  vendor_port: "8080"\n'
+                                  "qemu: {profile: virt-aarch64, forward: [8080]}\n"))
+    checks = {c.kind: c for c in overlay_checks(board) if c.kind in ("http", "run")}
+    assert (checks["http"].port, checks["http"].name) == (8080, "http: / (port 8080)")
+    assert checks["run"].command == "grep -c port=8080 /etc/vendor.conf"
+    assert checks["run"].name == "/etc/vendor.conf names port 8080"
+    _, layers = plan(board.source)
+    assert [c.port for c in layers.checks if c.kind == "http"] == [8080]
+
+
+def test_shipped_board_with_httpd_on_another_port_loads(tmp_path):
+    """The issue's case: setting httpd_port was refused because the check still said 80."""
+    text = (REPO / "boards/qemu-aarch64.yaml").read_text().replace("forward: [80, 22]", "forward: [8080, 22]")
+    text = text.replace("    port: 80\n", "    port: 8080\n") + 'variables:\n  httpd_port: "8080"\n'
+    board = load_board(write(tmp_path / "boards/qemu-aarch64.yaml", text))
+    assert board.qemu.forward == (8080, 22)
+
+
 def test_render_reports_line_and_column_of_the_undefined_name():
     with pytest.raises(ConfigError) as caught:
         render("a\nb {{ x }}", {}, file="t.tmpl", line=10, column=5)

@@ -20,14 +20,16 @@ pytestmark = [pytest.mark.network, pytest.mark.qemu, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def keyed_board(tmp_path_factory, cache_dir):
-    """The shipped board with a fresh key pair in ssh_authorized_keys, built once."""
+    """The shipped board with a fresh key pair in ssh_authorized_keys and httpd moved to port
+    8080 (the httpd overlay's own check must follow httpd_port), built once."""
     folder = tmp_path_factory.mktemp("services")
     key = folder / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fwgen-test", "-f", str(key)], check=True)
     text = (REPO / "boards" / "qemu-aarch64.yaml").read_text()
     public = key.with_suffix(".pub").read_text().strip()
     board_file = folder / "qemu-aarch64.yaml"
-    board_file.write_text(text + f"\nvariables:\n  ssh_authorized_keys: \"{public}\"\n")
+    text = text.replace("forward: [80, 22]", "forward: [8080, 22]").replace("    port: 80\n", "    port: 8080\n")
+    board_file.write_text(text + f"\nvariables:\n  ssh_authorized_keys: \"{public}\"\n  httpd_port: \"8080\"\n")
     out = folder / "out"
     result = run_fwgen("build", "--board", str(board_file), "--out", str(out), cache=cache_dir)
     assert result.returncode == 0, result.stderr
@@ -44,6 +46,7 @@ def test_fwgen_boot_passes_every_board_and_overlay_check(keyed_board, cache_dir)
     assert {"run", "http", "tcp", "service"} <= kinds
     names = [c["name"] for c in report["checks"]]
     assert "tcp: 22" in names and "service: httpd" in names and "service: dropbear" in names
+    assert names.count("http: / (port 8080)") == 2, "the board's and the httpd overlay's http checks"
 
 
 def test_root_logs_in_by_key_only_and_services_log_to_syslog(keyed_board):
