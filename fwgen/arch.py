@@ -131,5 +131,5 @@ _FACTS: dict[Arch, ArchFacts] = {
     Arch.AARCH64: ArchFacts("arm64", "aarch64", "aarch64_cortex-a53", EM_AARCH64, 64, "little", "n/a", None, "qemu-system-aarch64", "qemu-aarch64-static", None, "aarch64-linux-musl", (), "aarch64", "arm64"),
     Arch.MIPS: ArchFacts(None, None, "mips_24kc", EM_MIPS, 32, "big", "soft", None, "qemu-system-mips", "qemu-mips-static", None, "mips-linux-musleabi", ("-fPIC",), "mips", "mips"),
     Arch.MIPSEL: ArchFacts("mipsel", None, "mipsel_24kc", EM_MIPS, 32, "little", "soft", None, "qemu-system-mipsel", "qemu-mipsel-static", None, "mipsel-linux-musleabi", ("-fPIC",), "mips", "mips"),
-    Arch.MIPS64EL: ArchFacts("mips64el", None, "mips64el_octeonplus", EM_MIPS, 64, "little", "hard", None, "qemu-system-mips64el", "qemu-mips64el-static", None, "mips64el-linux-musl", ("-fPIC",), "mips64", "mips"),
+    Arch.MIPS64EL: ArchFacts("mips64el", None, "mips64el_mips64r2", EM_MIPS, 64, "little", "hard", None, "qemu-system-mips64el", "qemu-mips64el-static", None, "mips64el-linux-muslabi64", ("-mcpu=mips64r2", "-fPIC"), "mips64", "mips"),
 }

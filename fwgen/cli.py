@@ -263,7 +263,7 @@ def new_overlay(name, folder):
 
 
 @main.command()
-@click.option("--arch", "arch_name", required=True, help="Target architecture (armv6, armv7, aarch64, mips, mipsel).")
+@click.option("--arch", "arch_name", required=True, help="Target architecture (armv6, armv7, aarch64, mips, mipsel, mips64el).")
 @click.argument("packages", nargs=-1, required=True)
 @click.option("--dest", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Folder to copy the verified packages into.")
@@ -377,7 +377,7 @@ def inspect(image, extract_path, as_json):
 
 
 @main.command("busybox")
-@click.option("--arch", "arch_name", required=True, help="Target architecture (armv6, armv7, aarch64, mips, mipsel).")
+@click.option("--arch", "arch_name", required=True, help="Target architecture (armv6, armv7, aarch64, mips, mipsel, mips64el).")
 @click.option("--config", "fragments", multiple=True, type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="A Kconfig fragment applied after defconfig (repeatable, in order).")
 @click.option("--out", "out_file", required=True, type=click.Path(path_type=Path, dir_okay=False),

@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.network, pytest.mark.qemu, pytest.mark.slow]
 BOARDS = {
     "qemu-armv7": ("armv7l", "/dev/vda1"),
     "qemu-mips": ("mips", "/dev/vda1"),
+    "qemu-mips64el": ("mips64", "/dev/vda1"),
     "rpi-zero": ("armv6l", "/dev/mmcblk0p2"),
 }
 
