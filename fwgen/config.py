@@ -251,7 +251,14 @@ def read_yaml(path: Path) -> Document:
     """Parse one YAML document, keeping the position of every key, value and list item."""
     file = str(path)
     text = _read_text(path, file)
-    loader = _BoundedLoader(text, file)
+    try:
+        loader = _BoundedLoader(text, file)
+    except yaml.reader.ReaderError as e:  # PyYAML checks every character before parsing
+        line = text.count("\n", 0, e.position) + 1
+        column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        raise ConfigError(f"YAML syntax error: control character U+{e.character:04X} is not allowed",
+                          file=file, line=line, column=column,
+                          hint="write it as an escape in a double-quoted string") from e
     try:
         root = loader.get_single_node()
         if root is None:
