@@ -66,14 +66,16 @@ def check_run(machine: Machine, check: Check) -> str | None:
 
 
 def check_http(machine: Machine, check: Check) -> str | None:
-    """GET a path through a forwarded port until status and body match or time runs out."""
+    """GET a path through a forwarded port until the server answers, then compare status and
+    body. No answer yet (refused, reset: the daemon is still starting) is retried until the
+    timeout; an answer is final, so a wrong status or body fails at once."""
     url = f"http://127.0.0.1:{machine.host_port(check.port or 80)}{check.path or '/'}"
     deadline = time.monotonic() + check.timeout * machine.timeout_factor
     while True:
         status, body, problem = _fetch(url)
         if status is not None:
-            problem = _compare_http(status, body, check, url)
-        if problem is None or time.monotonic() >= deadline:
+            return _compare_http(status, body, check, url)
+        if time.monotonic() >= deadline:
             return problem
         time.sleep(HTTP_RETRY_INTERVAL)
 
@@ -88,15 +90,18 @@ def check_console(machine: Machine, check: Check) -> str | None:
 
 def check_tcp(machine: Machine, check: Check) -> str | None:
     """Connect through a forwarded port until the server's first line starts with the banner
-    (or, without one, until a connection is accepted and not closed at once)."""
+    (or, without one, until a connection is accepted and not closed at once). A first line is
+    an answer: a wrong banner fails at once."""
     assert check.port is not None
     address = ("127.0.0.1", machine.host_port(check.port))
     deadline = time.monotonic() + check.timeout * machine.timeout_factor
     while True:
         line, problem = _read_banner(address)
-        if problem is None and check.banner is not None and not line.startswith(check.banner):
-            problem = f"port {check.port}: expected a banner starting {check.banner!r}, got {_clip(line)!r}"
-        if problem is None or time.monotonic() >= deadline:
+        if problem is None:
+            if check.banner is not None and not line.startswith(check.banner):
+                return f"port {check.port}: expected a banner starting {check.banner!r}, got {_clip(line)!r}"
+            return None
+        if time.monotonic() >= deadline:
             return problem
         time.sleep(HTTP_RETRY_INTERVAL)
 
