@@ -588,6 +588,7 @@ def load_board(
     validate(doc, "board")
     check_checks(doc)
     data = apply_defaults(doc.data, load_schema("board"))
+    check_persist_storage(doc, has_persistent_storage(data))
     qemu = _resolve_qemu(doc, data.get("qemu"), path, qemu_dirs)
     if qemu is not None and qemu.profile.arch.value != data["arch"]:
         raise doc.error(("qemu", "profile"),
@@ -779,7 +780,28 @@ def _resolve_overlay_stack(doc: Document, data: dict, board: Path, overlay_dirs)
         if name not in known:
             raise doc.error(("variables", name), f"no overlay of the board declares variable '{name}'",
                             _did_you_mean(name, sorted(known), "variables"), at_key=True)
+    for overlay in overlays:
+        check_persist_storage(overlay.doc, has_persistent_storage(data))
     return overlays
+
+
+def has_persistent_storage(data: dict) -> bool:
+    """Whether a board (validated, defaults applied) keeps what its guest writes across a
+    reboot: a disk or SD card with a data partition (the root's overlay lives there)."""
+    return bool({"disk", "sdcard"} & set(data["outputs"])) and data["disk"]["data_size"] > 0
+
+
+def check_persist_storage(doc: Document, persistent: bool) -> None:
+    """A persist check needs storage that survives a reboot: refused on a board without it
+    when the board is loaded, not after a build and a boot."""
+    if persistent:
+        return
+    for i, item in enumerate(doc.data.get("checks", [])):
+        if "persist" in item:
+            raise doc.error(("checks", i, "persist"), "a persist check needs storage that survives a reboot, "
+                            "and this board has none (no disk or sdcard output with a data partition)",
+                            "add a disk or sdcard output (disk.data_size above 0) or drop the check",
+                            at_key=True)
 
 
 def check_checks(doc: Document, forward: Sequence[int] | None = None) -> None:

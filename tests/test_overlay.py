@@ -320,3 +320,16 @@ def test_a_busybox_fragment_outside_the_overlay_folder_is_refused(tmp_path):
     (folder / "overlay.yaml").write_text("description: x\nbusybox_config: [../outside.config]\n")
     with pytest.raises(ConfigError, match=r"overlay.yaml:2:\d+: busybox_config\[0\]: '../outside.config' escapes"):
         load_overlay(folder)
+
+
+def test_an_overlays_persist_check_is_refused_on_a_board_that_keeps_nothing(tmp_path):
+    """The overlay serves disk boards; on an initramfs-only board its persist check could only
+    fail after a build and a boot, so loading the board refuses it at the overlay's line."""
+    write(tmp_path / "overlays/state/overlay.yaml", "description: keeps state\nchecks:\n  - persist: /etc/state\n")
+    write(tmp_path / "ram.yaml", "arch: aarch64\noverlays: [state]\noutputs: [initramfs]\n")
+    with pytest.raises(ConfigError) as caught:
+        load_board(tmp_path / "ram.yaml", overlay_dirs=[tmp_path / "overlays"])
+    assert str(caught.value).startswith(f"{tmp_path}/overlays/state/overlay.yaml:3:5: checks[0]: "
+                                        "a persist check needs storage that survives a reboot")
+    write(tmp_path / "disk.yaml", "arch: aarch64\noverlays: [state]\noutputs: [initramfs, disk]\n")
+    assert load_board(tmp_path / "disk.yaml", overlay_dirs=[tmp_path / "overlays"]).name == "disk"
