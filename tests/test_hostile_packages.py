@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,7 @@ from fwgen.fetch import (
     UnpackBudget,
     apk,
     install_package,
+    ipk,
     read_package_entries,
 )
 from fwgen.images.cpio import read_initramfs, write_initramfs
@@ -331,3 +333,19 @@ def test_a_device_node_from_a_feed_is_refused_and_allowed_only_by_the_boards_pol
     assert policy[("/dev/console", "device node")] == ("fwgen", None)  # fwgen's own: listed, not judged
     members = {m.name: m for m in read_initramfs(out / "evil" / "initramfs.cpio.gz")}
     assert (members["dev/evil-mem"].mode, members["dev/evil-mem"].rdev) == (0o20666, (1, 1))
+
+
+def test_a_forged_packages_gz_is_refused_before_its_signature_is_checked():
+    # Packages.sig covers the uncompressed Packages: it is inflated first, within a bound
+    # that it may reach (the text is held to be checked and parsed), never beyond.
+    deflate = zlib.compressobj(1, wbits=31)
+    bomb = b"".join(deflate.compress(bytes(MIB)) for _ in range(512)) + deflate.flush()  # 512 MiB of zeros
+    assert len(bomb) < 4 * MIB
+    tracemalloc.start()
+    try:
+        with pytest.raises(LimitError, match=r"^Packages\.gz: unpacks to more than the index limit \(256 MiB\)$"):
+            ipk.verify_index(bomb, b"", {}, "Packages")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < ipk.INDEX_SIZE + 32 * MIB, f"peak {peak / MIB:.0f} MiB"

@@ -16,10 +16,8 @@ Facts (openwrt/openwrt scripts/ipkg-build; openwrt/opkg-lede; openwrt/usign):
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import re
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +28,20 @@ from ..errors import FormatError, IntegrityError, UserError, quoted
 from ..progress import Progress
 from ..rootfs import Entry, EntryType
 from . import debversion, usign
-from .archive import AR_MAGIC, UnpackBudget, list_ar_members, open_decompressed, read_tar_stream
+from .archive import (
+    AR_MAGIC,
+    UnpackBudget,
+    decompress,
+    list_ar_members,
+    open_decompressed,
+    read_tar_stream,
+)
 from .backend import GZIP_MAGIC, FileHead, feed_arch, register_backend
 from .cache import Cache
 from .package import AlternativesGroup, Package, Relation
+
+# OpenWrt's largest feed (packages) lists about 9,000 packages in under 8 MiB of Packages.
+INDEX_SIZE = 256 << 20
 
 
 # -- control syntax -------------------------------------------------------------------------
@@ -128,10 +136,10 @@ class VerifiedIndex:
 def verify_index(packages: bytes, signature: bytes, keys: dict[str, usign.UsignKey], name: str) -> VerifiedIndex:
     """Check `Packages.sig` over the uncompressed `Packages` (given plain or gzipped)."""
     if packages[:2] == GZIP_MAGIC:
-        try:
-            packages = gzip.decompress(packages)
-        except (OSError, EOFError, zlib.error) as e:
-            raise FormatError(f"{name}: cannot decompress Packages.gz: {e}") from e
+        # Inflated before the signature can be checked: bounded, or a forged Packages.gz
+        # fills memory before it is refused.
+        limit = UnpackBudget(INDEX_SIZE, f"the index limit ({INDEX_SIZE >> 20} MiB)")
+        packages = decompress(packages, "gz", f"{name}.gz", limit)
     key = usign.verify(packages, usign.parse_signature(signature, f"{name}.sig"), keys, name)
     try:
         return VerifiedIndex(packages.decode("utf-8"), key)
