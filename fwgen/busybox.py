@@ -14,6 +14,8 @@ Cache layout under `cache_root`:
     busybox/trees/<tree>/manifest.json  the SHA-256 of every file of src/ and zig-local/
     busybox/failed/<key>.log         the full log of the last failed build
     zig/                             ZIG_GLOBAL_CACHE_DIR: zig's musl and compiler_rt per target
+    zig/fwgen-link-inputs.json       their SHA-256, checked before each compile (busybox_toolchain)
+    zig.lock                         shared while compiling, exclusive to wipe or record zig/
 The key hashes everything that decides the binary: source, patches, configuration, target
 and toolchain version. A key that exists is a finished, verified build: nothing compiles.
 Both are checked when reused: the binary against the SHA-256 in build.json, the tree against
@@ -38,7 +40,7 @@ from pathlib import Path
 
 from .arch import Arch
 from .busybox_download import download_source
-from .busybox_toolchain import Toolchain, find_toolchain
+from .busybox_toolchain import Toolchain, checked_zig_cache, find_toolchain
 from .errors import ConfigError, FwgenError
 from .fetch.cache import discard_damaged
 from .progress import QUIET, Progress
@@ -119,7 +121,7 @@ def build_busybox(
             tree = _prepare_tree(tarball, tree_root, source, patches, progress)
             make = _make_command(toolchain, arch, tree_root / "bin", jobs)
             env = _build_env(Path(cache_root), tree_root)
-            with _changing(tree_root):
+            with checked_zig_cache(Path(cache_root) / "zig", progress), _changing(tree_root):
                 _configure(tree, make, env, fragments=list(zip((BASE_FRAGMENT, *fragments), fragment_texts, strict=True)))
                 _compile(tree, make, env, tree_root / "build.log", root / "failed" / f"{key}.log", arch, progress)
             meta = _describe(arch, source, toolchain, fragments, tree / "busybox")

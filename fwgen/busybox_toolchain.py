@@ -8,15 +8,23 @@ headers, so no root, no apt and no host cross-compiler are needed.
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import hashlib
+import json
+import os
 import shlex
 import shutil
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from .arch import Arch
 from .errors import ToolMissingError
+from .fetch.cache import discard_damaged
+from .progress import Progress
 from .run import run
 
 PREFIX = "zig-"  # CROSS_COMPILE: wrappers are bin/zig-gcc, bin/zig-ar, ...
@@ -98,3 +106,94 @@ def find_toolchain() -> Toolchain:
         raise ToolMissingError(f"zig not found at {zig}", "reinstall the ziglang wheel")
     version = run([zig, "version"]).stdout.decode().strip()
     return Toolchain(zig, version)
+
+
+# -- zig's global cache --------------------------------------------------------------------
+# zig keeps musl (libc.a, crt1.o ...) and compiler_rt per target in its global cache and
+# never checks them again: a flipped byte would reach every binary linked for that target,
+# and a missing file fails every link ("while parsing .../libc.a") until the cache is wiped.
+# So fwgen records the SHA-256 of these link inputs once a build has used them, and checks
+# them before the next compile. zig cannot rebuild one entry (its index points at the lost
+# folder), so a damaged cache is wiped whole: the next build rebuilds musl (1-2 minutes).
+# Scanning the ~8,000 folders and hashing the ~25 inputs takes about 0.3 s, paid by
+# builds that compile, never by a cache hit.
+LINK_INPUTS_RECORD = "fwgen-link-inputs.json"
+
+
+def _is_link_input(name: str) -> bool:
+    return name.endswith((".a", "crt1.o")) or name in ("crti.o", "crtn.o")
+
+
+def _link_inputs(zig_dir: Path) -> dict[str, str]:
+    found = {}
+    outputs = zig_dir / "o"
+    if not outputs.is_dir():
+        return found
+    with os.scandir(outputs) as folders:
+        for folder in folders:
+            if not folder.is_dir(follow_symlinks=False):
+                continue
+            with os.scandir(folder.path) as files:
+                for entry in files:
+                    if _is_link_input(entry.name) and entry.is_file(follow_symlinks=False):
+                        with open(entry.path, "rb") as f:
+                            found[f"o/{folder.name}/{entry.name}"] = hashlib.file_digest(f, "sha256").hexdigest()
+    return found
+
+
+def _zig_cache_damage(zig_dir: Path) -> str | None:
+    """What differs between zig's cache and fwgen's record of its link inputs (None: nothing)."""
+    record = zig_dir / LINK_INPUTS_RECORD
+    try:
+        recorded = json.loads(record.read_text())
+    except FileNotFoundError:
+        return None  # nothing recorded yet: nothing to hold the files to
+    except (OSError, ValueError) as e:
+        return f"{LINK_INPUTS_RECORD} unreadable ({e})"
+    if not isinstance(recorded, dict):
+        return f"{LINK_INPUTS_RECORD} unreadable (not an object)"
+    for rel, digest in sorted(recorded.items()):
+        try:
+            with open(zig_dir / rel, "rb") as f:
+                if hashlib.file_digest(f, "sha256").hexdigest() != digest:
+                    return f"{rel} does not match its recorded SHA-256"
+        except FileNotFoundError:
+            return f"{rel} is missing"
+    return None
+
+
+def _record_link_inputs(zig_dir: Path) -> None:
+    record = zig_dir / LINK_INPUTS_RECORD
+    tmp = record.with_name(f".{record.name}.{os.getpid()}.part")
+    tmp.write_text(json.dumps(_link_inputs(zig_dir), indent=0, sort_keys=True) + "\n")
+    os.replace(tmp, record)
+
+
+@contextmanager
+def checked_zig_cache(zig_dir: Path, progress: Progress) -> Iterator[None]:
+    """Hold zig's global cache for a compile: its recorded link inputs are checked first (a
+    damaged cache is wiped, with a warning), and recorded afterwards.
+
+    Builds for other targets share the cache and compile at the same time under a shared
+    lock; wiping takes the lock exclusively, and so does recording, which is skipped when
+    another build is compiling (its files may be half-written); a later build records them.
+    """
+    zig_dir.mkdir(parents=True, exist_ok=True)
+    shared = zig_dir.resolve()  # caches that link to one zig cache share its lock
+    with open(shared.with_name(shared.name + ".lock"), "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        try:
+            if _zig_cache_damage(zig_dir) is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # waits for the other builds' compiles
+                if (problem := _zig_cache_damage(zig_dir)) is not None:
+                    discard_damaged(zig_dir, problem, "zig builds musl again", progress)
+                    zig_dir.mkdir(parents=True, exist_ok=True)
+                fcntl.flock(lock, fcntl.LOCK_SH)
+            yield
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            _record_link_inputs(zig_dir)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -4,8 +4,11 @@ again; the result is what an undamaged cache gives, and the next read finds a go
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
+import json
+import os
 import re
 import shutil
 import time
@@ -14,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import test_perf_caches as perf
+from buildutil import run_fwgen
 from test_audit_cache import tiny_elf_rootfs
 from test_fetch_repo import LocalRepo
 from test_perf_caches import entry_facts, in_cache, publish_repo, transcoded_file
@@ -23,6 +27,7 @@ from fwgen.arch import Arch
 from fwgen.audit import INSPECT_VERSION, audit_rootfs
 from fwgen.busybox import DEFAULT_SOURCE, build_busybox
 from fwgen.busybox_download import download_source
+from fwgen.busybox_toolchain import LINK_INPUTS_RECORD, checked_zig_cache
 from fwgen.errors import FwgenError
 from fwgen.fetch import deb, load_index
 from fwgen.fetch.cache import Cache
@@ -299,3 +304,115 @@ def test_damaged_busybox_binary_is_rebuilt_byte_identical(cache_dir, tmp_path, t
     progress, said = recorder()
     assert build_busybox(arch, cache_root=tmp_path / "cache", progress=progress).read_bytes() == good_bytes
     assert damage_warnings(said.getvalue()) == [] and "cached" in said.getvalue()
+
+
+# -- zig's global cache ----------------------------------------------------------------------
+
+
+def fake_zig_cache(root: Path) -> Path:
+    """The shape of zig's global cache: o/<digest>/ folders holding musl's link inputs."""
+    zig = root / "zig"
+    for digest, name, data in (("a1", "libc.a", b"!<arch>\nmusl"), ("b2", "crt1.o", b"\x7fELF crt1"),
+                               ("c3", "libcompiler_rt.a", b"!<arch>\nrt"), ("d4", "strlen.o", b"\x7fELF obj")):
+        (zig / "o" / digest).mkdir(parents=True)
+        (zig / "o" / digest / name).write_bytes(data)
+    (zig / "h").mkdir()
+    (zig / "h" / "index.txt").write_text("zig's own index\n")
+    return zig
+
+
+def use_zig_cache(zig: Path) -> str:
+    progress, said = recorder()
+    with checked_zig_cache(zig, progress):
+        pass
+    return said.getvalue()
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda zig: flip(zig / "o" / "a1" / "libc.a"), "o/a1/libc.a does not match its recorded SHA-256"),
+    (lambda zig: shutil.rmtree(zig / "o" / "b2"), "o/b2/crt1.o is missing"),
+    (lambda zig: flip(zig / LINK_INPUTS_RECORD, 0), f"{LINK_INPUTS_RECORD} unreadable"),
+], ids=["flipped-byte", "deleted", "damaged-record"])
+def test_damaged_zig_cache_is_wiped_with_a_warning(tmp_path, damage, problem):
+    zig = fake_zig_cache(tmp_path)
+    assert use_zig_cache(zig) == ""
+    recorded = json.loads((zig / LINK_INPUTS_RECORD).read_text())
+    assert sorted(recorded) == ["o/a1/libc.a", "o/b2/crt1.o", "o/c3/libcompiler_rt.a"]  # not strlen.o
+    damage(zig)
+    said = use_zig_cache(zig)
+    assert_one_warning(said, zig, "zig builds musl again")
+    assert problem in said
+    assert zig.is_dir() and sorted(p.name for p in zig.iterdir()) == [LINK_INPUTS_RECORD]
+    assert json.loads((zig / LINK_INPUTS_RECORD).read_text()) == {}
+
+
+def test_zig_cache_is_not_recorded_while_another_build_compiles(tmp_path):
+    zig = fake_zig_cache(tmp_path)
+    with open(tmp_path / "zig.lock", "a+b") as other:
+        fcntl.flock(other, fcntl.LOCK_SH)  # another target's compile may be writing its files
+        assert use_zig_cache(zig) == ""
+    assert not (zig / LINK_INPUTS_RECORD).exists()
+    assert use_zig_cache(zig) == "" and (zig / LINK_INPUTS_RECORD).exists()
+
+
+# -- a whole build -----------------------------------------------------------------------------
+
+
+def linked_cache(shared: Path, root: Path) -> None:
+    """A private cache whose files are hard links to the shared one's (no copy, no damage to
+    it: fwgen only ever replaces cache files by rename, and `break_and_flip` unlinks first).
+    Kept trees and zig's cache are left out: nothing compiles here."""
+    for top in ("sha256", "url", "url-sha256", "derived", "busybox"):
+        for path in sorted((shared / top).rglob("*")) if (shared / top).is_dir() else []:
+            rel = path.relative_to(shared)
+            if rel.parts[:2] == ("busybox", "trees") or path.name.endswith((".lock", ".part")) or not path.is_file():
+                continue
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, root / rel)
+
+
+def break_and_flip(path: Path) -> None:
+    """Flip a byte of a private copy of `path` (its hard link to the shared cache is cut first)."""
+    data = path.read_bytes()
+    path.unlink()
+    path.write_bytes(data)
+    flip(path)
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_build_with_one_damaged_entry_of_each_kind_gives_the_same_image(cache_dir, tmp_path):
+    """One flipped byte in each kind of entry a warm qemu-aarch64 build reads: the release
+    file, a package, the parsed index, a transcoded data.tar, an ELF reading. The build
+    warns once per entry, heals each, and writes the same images byte for byte."""
+    cache = tmp_path / "cache"
+    linked_cache(cache_dir, cache)
+    first = run_fwgen("build", "--board", "qemu-aarch64", "--out", str(tmp_path / "good"), cache=cache)
+    assert first.returncode == 0, first.stderr
+    assert damage_warnings(first.stderr) == []
+    manifest = json.loads((tmp_path / "good" / "qemu-aarch64" / "manifest.json").read_text())
+    packages = {p["name"]: p for p in manifest["inputs"]["packages"]}
+    kernel = manifest["inputs"]["kernel"]["sha256"]
+    held = Cache(cache)
+    release_key = hashlib.sha256(b"http://deb.debian.org/debian/dists/bookworm/InRelease").hexdigest()
+    release = cache / "url" / release_key[:2] / release_key
+    index_sha = re.search(r"^ ([0-9a-f]{64}) +\d+ main/binary-arm64/Packages\.xz$", release.read_text(), re.M).group(1)
+    busybox_sha = manifest["inputs"]["busybox"]["sha256"]
+    damaged = [
+        release,
+        held.path_for(packages["libc6"]["sha256"]),
+        held.derived_path(index_sha, deb.PARSED_INDEX_KIND),
+        held.derived_path(kernel, deb._TRANSCODED_KIND),
+        held.derived_path(busybox_sha, f"elf-audit.v{INSPECT_VERSION}.json"),
+    ]
+    for path in damaged:
+        break_and_flip(path)
+
+    again = run_fwgen("build", "--board", "qemu-aarch64", "--out", str(tmp_path / "healed"), cache=cache)
+    assert again.returncode == 0, again.stderr
+    warnings = damage_warnings(again.stderr)
+    named = sorted(re.match(r"warning: damaged cache entry (\S+): ", w).group(1) for w in warnings)
+    assert named == sorted(map(str, damaged)), again.stderr
+    for name in ("initramfs.cpio.gz", "kernel"):
+        assert (tmp_path / "healed" / "qemu-aarch64" / name).read_bytes() == (tmp_path / "good" / "qemu-aarch64" / name).read_bytes()
+    print(f"\n{len(warnings)} damaged entries healed in one build")
