@@ -16,6 +16,7 @@ from .errors import UserError, writing
 from .images.sdcard import read_boot_files
 from .overlay import overlay_checks
 from .progress import QUIET, Progress
+from .publish import set_file_mode, use_build
 from .qemu import BootSpec, Machine
 
 READY_MARKER = "fwgen: ready"
@@ -114,6 +115,7 @@ def _write_file(path: Path, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+    set_file_mode(Path(tmp))
     os.replace(tmp, path)
     return path
 
@@ -135,6 +137,7 @@ def prepare_boot_disk(built: Path, disk: Path, *, fresh: bool = False) -> Path:
                 else:
                     dst.write(chunk)
             dst.truncate()
+        set_file_mode(Path(tmp))
         os.replace(tmp, disk)
     except BaseException:
         os.unlink(tmp)
@@ -152,7 +155,15 @@ def boot(
 ) -> BootResult:
     """Boot the board's build, wait for the ready line, run every check, power off.
 
-    `fresh_disk`: forget what earlier boots wrote to the board's disk (see `boot_spec_for`)."""
+    `fresh_disk`: forget what earlier boots wrote to the board's disk (see `boot_spec_for`).
+    The build `outdir` shows when the boot starts is used throughout: a rebuild meanwhile
+    publishes beside it and leaves it (and its boot/ state) alone until the boot ends."""
+    with use_build(outdir) as folder:
+        return _boot_build(board, folder, timeout_factor=timeout_factor, progress=progress, fresh_disk=fresh_disk)
+
+
+def _boot_build(board: Board, outdir: Path, *, timeout_factor: float, progress: Progress,
+                fresh_disk: bool) -> BootResult:
     with writing(outdir / "boot", f"the boot copy of {board.name}'s disk"):
         spec = boot_spec_for(board, outdir, fresh_disk=fresh_disk)
     workdir = outdir / "boot"

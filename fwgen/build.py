@@ -3,8 +3,9 @@
     fetch_packages -> fetch_kernel -> assemble_rootfs -> select_kernel_modules
       -> write_images -> write_manifest
 
-Outputs are written into a staging folder beside `out/<board>/` and swapped into place at
-the end, so a failed build never leaves a half-written output folder.
+Outputs are written into a staging folder beside `out/<board>/` and published at the end by
+replacing the `out/<board>` link (fwgen/publish.py), so a failed build never leaves a
+half-written output folder and a concurrent reader always sees one whole build.
 """
 
 from __future__ import annotations
@@ -13,11 +14,8 @@ import fnmatch
 import hashlib
 import io
 import json
-import os
 import posixpath
-import shutil
 import tarfile
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -58,6 +56,7 @@ from .kernel import (
 from .overlay import Layers, Overlay, apply_layers, collect_overlays, plan_layers, resolve_variables
 from .policy import SpecialFile, apply_policy, find_special_files
 from .progress import QUIET, Progress
+from .publish import create_staging, publish
 from .rootfs import Entry, EntryType, RootFS
 
 KERNEL_FILE = "kernel"
@@ -149,7 +148,8 @@ def build(
     # The whole overlay stack is validated (templates, conflicts, owners) before anything is written.
     ctx.layers = plan_layers(ctx.overlays, resolve_variables(board, ctx.overlays))
     created = make_folders(outdir.parent)
-    ctx.staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
+    staging = create_staging(outdir)
+    ctx.staging = staging.path
     published = False
     try:
         with writing(cache.root, f"the package and BusyBox cache for board {board.name}"):
@@ -164,12 +164,11 @@ def build(
         with writing(ctx.staging, f"the outputs of board {board.name}"):
             write_images(ctx)
             manifest = write_manifest(ctx)
-            publish_outputs(ctx)
+            publish(staging, outdir)
             published = True
     finally:
-        if ctx.staging.exists():
-            shutil.rmtree(ctx.staging)
         if not published:  # a failed build leaves no trace, not even an empty out/
+            staging.remove()
             remove_empty_folders(created)
     return BuildResult(board.name, outdir, manifest, time.monotonic() - started)
 
@@ -608,18 +607,6 @@ def write_manifest(ctx: BuildContext) -> dict:
     path = ctx.staging / MANIFEST_FILE
     path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     return manifest
-
-
-def publish_outputs(ctx: BuildContext) -> None:
-    """Swap the staging folder into place: the old output stays whole until the new one is."""
-    assert ctx.staging is not None
-    previous = None
-    if ctx.outdir.exists():
-        previous = ctx.outdir.with_name(f".{ctx.outdir.name}.old-{os.getpid()}")
-        os.replace(ctx.outdir, previous)
-    os.replace(ctx.staging, ctx.outdir)
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
 
 
 def _busybox_record(ctx: BuildContext) -> dict:
