@@ -48,7 +48,15 @@ from .board import (
 )
 from .dtb import Fixup
 from .errors import ConfigError, UserError
-from .overlay import Overlay, declared_variables, overlay_checks, resolve_overlays, variable_text
+from .overlay import (
+    Overlay,
+    declared_variables,
+    overlay_checks,
+    render_checks,
+    resolve_overlays,
+    resolve_variables,
+    variable_text,
+)
 
 SCHEMA_DIR = Path(__file__).parent / "schema"
 CHECK_KINDS = ("run", "http", "console", "tcp", "service", "persist")
@@ -618,11 +626,13 @@ def load_board(
         disk=DiskSpec(**data["disk"]),
         sdcard=SdcardSpec(**dict(data["sdcard"], firmware=tuple(data["sdcard"]["firmware"]))),
         qemu=qemu,
-        checks=tuple(build_check(item) for item in data["checks"]),
+        checks=(),  # rendered below, once the variables are known
         limits=_build_limits(data["limits"], data["outputs"], qemu),
         policy=Policy(**dict(data["policy"], setuid_allowed=tuple(data["policy"]["setuid_allowed"]))),
     )
-    overlay_checks(board, overlays)  # variables resolve and overlay checks render, or fail now
+    variables = resolve_variables(board, overlays)  # references resolve, or fail now
+    board = dataclasses.replace(board, checks=tuple(render_checks(doc, data["checks"], variables)))
+    overlay_checks(board, overlays)  # rendered and forwarded, or fail now
     return board
 
 

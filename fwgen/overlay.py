@@ -168,7 +168,7 @@ def overlay_checks(board, overlays: Sequence[Overlay] | None = None) -> list[Che
     forward = board.qemu.forward if board.qemu else ()
     checks = []
     for overlay in overlays:
-        for index, check in enumerate(render_checks(overlay, variables)):
+        for index, check in enumerate(render_checks(overlay.doc, overlay.checks, variables)):
             if check.port is not None and check.port not in forward:
                 key = "tcp" if check.kind == "tcp" else "port"
                 raise overlay.error(("checks", index, key), f"port {check.port} is not forwarded",
@@ -177,24 +177,25 @@ def overlay_checks(board, overlays: Sequence[Overlay] | None = None) -> list[Che
     return checks
 
 
-def render_checks(overlay: Overlay, variables: Mapping[str, str]) -> list[Check]:
-    """The overlay's checks with every string rendered (`port: "{{ httpd_port }}"` included)."""
+def render_checks(doc: Any, items: Sequence[dict], variables: Mapping[str, str]) -> list[Check]:
+    """The `checks:` items of a board or overlay file (a config.Document) with every string
+    rendered; an overlay's port may be a variable (`port: "{{ httpd_port }}"`)."""
     from .config import build_check
 
     checks = []
-    for index, item in enumerate(overlay.checks):
-        rendered = {key: _render_value(overlay, ("checks", index, key), variables) if isinstance(value, str)
-                    else value for key, value in item.items()}
+    for index, item in enumerate(items):
+        rendered = {key: render_at(doc, ("checks", index, key), variables) if isinstance(value, str) else value
+                    for key, value in item.items()}
         for key in ("port", "tcp"):
             if isinstance(rendered.get(key), str):
-                rendered[key] = _port_number(overlay, ("checks", index, key), rendered[key])
+                rendered[key] = _port_number(doc, ("checks", index, key), rendered[key])
         checks.append(build_check(rendered))
     return checks
 
 
-def _port_number(overlay: Overlay, keypath: tuple, text: str) -> int:
+def _port_number(doc: Any, keypath: tuple, text: str) -> int:
     if not text.strip().isdigit() or int(text) not in ALL_PORTS:
-        raise overlay.error(keypath, f"'{text}' is not a TCP port (1-65535) once its variables are filled in")
+        raise doc.error(keypath, f"'{text}' is not a TCP port (1-65535) once its variables are filled in")
     return int(text)
 
 
@@ -454,7 +455,7 @@ def plan_layers(overlays: Sequence[Overlay], variables: Mapping[str, str]) -> La
         layers.packages += [p for p in overlay.packages if p not in layers.packages]
         layers.modules += [m for m in overlay.modules if m not in layers.modules]
         layers.busybox_config += [f for f in overlay.busybox_config if f not in layers.busybox_config]
-        layers.checks += render_checks(overlay, variables)
+        layers.checks += render_checks(overlay.doc, overlay.checks, variables)
         if overlay.sysctl:
             _add_generated(layers, f"/etc/sysctl.d/50-{overlay.name}.conf", _sysctl_file(overlay), overlay)
     for path, data in account_files(layers.accounts).items():

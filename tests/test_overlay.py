@@ -174,6 +174,15 @@ def test_overlay_checks_use_the_board_variables(tmp_path):
     assert [c.port for c in layers.checks if c.kind == "http"] == [8080]
 
 
+def test_board_checks_are_rendered_too(tmp_path):
+    board = load_board(make_board(tmp_path, ["httpd"], "hostname: box\nvariables:\n  httpd_port: \"8080\"\n"
+                                  "qemu: {profile: virt-aarch64, forward: [8080]}\nchecks:\n"
+                                  "  - run: wget -qO- http://127.0.0.1:{{ httpd_port }}/\n    contains: '{{ hostname }}'\n"))
+    assert board.checks[0].command == "wget -qO- http://127.0.0.1:8080/"
+    assert board.checks[0].contains == "box"
+    assert board.checks[0].name == "run: wget -qO- http://127.0.0.1:8080/"
+
+
 def test_shipped_board_with_httpd_on_another_port_loads(tmp_path):
     """The issue's case: setting httpd_port was refused because the check still said 80."""
     text = (REPO / "boards/qemu-aarch64.yaml").read_text().replace("forward: [80, 22]", "forward: [8080, 22]")
