@@ -72,6 +72,20 @@ class DiskSpec:
 
 
 @dataclass(frozen=True)
+class UbootSpec:
+    """The `fit` output: U-Boot from a package, and where its boot script puts the images."""
+
+    package: str = "u-boot-qemu"
+    binary: str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin"
+    device: str = "virtio 0:1"  # U-Boot's name of the boot partition
+    fit_address: int = 0x50000000  # away from every load address (gzip inflates in place)
+    kernel_load: int = 0x40400000
+    ramdisk_load: int = 0x48000000
+    compression: str = "gzip"
+    boot_size: int = 64  # MiB of the FAT32 boot partition
+
+
+@dataclass(frozen=True)
 class SdcardSpec:
     """The `sdcard` output (Raspberry Pi): FAT32 boot partition, then root and data from `disk`."""
 
@@ -180,6 +194,7 @@ class Board:
     outputs: tuple[str, ...] = ("initramfs",)
     disk: DiskSpec = field(default_factory=DiskSpec)
     sdcard: SdcardSpec = field(default_factory=SdcardSpec)
+    uboot: UbootSpec = field(default_factory=UbootSpec)
     qemu: QemuSpec | None = None
     checks: tuple[Check, ...] = ()
     limits: Limits = field(default_factory=Limits)

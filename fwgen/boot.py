@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .board import Board
+from .bootloader import UBOOT_OUTPUT
 from .checks import CheckResult, run_checks
 from .dtb import DeviceTree, apply_fixups
 from .errors import UserError, writing
@@ -62,6 +63,8 @@ def boot_spec_for(board: Board, outdir: Path, *, fresh_disk: bool = False) -> Bo
                         f"add one of {', '.join(sorted(BOOTABLE_OUTPUTS))} to outputs")
     if "sdcard" in outputs:
         return sdcard_boot_spec(board, outdir, outdir / outputs["sdcard"]["file"], fresh=fresh_disk)
+    if UBOOT_OUTPUT in outputs:
+        return uboot_boot_spec(board, outdir, outputs, fresh=fresh_disk)
     initrd = outdir / outputs["initramfs"]["file"] if "initramfs" in outputs else None
     drives: tuple[Path, ...] = ()
     if "disk" in outputs:
@@ -74,6 +77,27 @@ def boot_spec_for(board: Board, outdir: Path, *, fresh_disk: bool = False) -> Bo
         memory=board.qemu.memory,
         forward=board.qemu.forward,
         drives=drives,
+        persistent=True,
+        ready_marker=READY_MARKER,
+        ready_timeout=board.qemu.timeout,
+    )
+
+
+def uboot_boot_spec(board: Board, outdir: Path, outputs: dict, *, fresh: bool = False) -> BootSpec:
+    """Boot through U-Boot as the board would: QEMU starts u-boot.bin, whose distro boot finds
+    boot.scr on the disk's FAT partition, loads the FIT, checks its hashes and starts Linux."""
+    assert board.qemu is not None
+    if "disk" not in outputs:
+        raise UserError(f"{board.source}: output fit without disk: U-Boot has no disk to load the FIT from",
+                        "add disk to outputs")
+    disk = prepare_boot_disk(outdir / outputs["disk"]["file"], outdir / BOOT_DISK, fresh=fresh)
+    return BootSpec(
+        profile=board.qemu.profile,
+        kernel=None,
+        bios=outdir / outputs[UBOOT_OUTPUT]["file"],
+        memory=board.qemu.memory,
+        forward=board.qemu.forward,
+        drives=(disk,),
         persistent=True,
         ready_marker=READY_MARKER,
         ready_timeout=board.qemu.timeout,

@@ -26,6 +26,7 @@ import zstandard
 from . import __version__
 from .audit import audit_rootfs
 from .board import Board
+from .bootloader import boots_through_uboot, write_uboot_files
 from .busybox import DEFAULT_SOURCE, BusyboxSource, build_busybox, install_busybox
 from .config import board_digest
 from .errors import UserError, writing
@@ -108,6 +109,7 @@ class BuildContext:
     policy: dict[tuple[str, str], str] = field(default_factory=dict)  # (path, kind) -> what the policy said
     staging: Path | None = None
     outputs: dict[str, Path] = field(default_factory=dict)
+    bootloader: dict | None = None  # the U-Boot package and binary of a board booted through U-Boot
 
     @property
     def epoch(self) -> int:
@@ -386,8 +388,9 @@ def write_boot_config(ctx: BuildContext) -> None:
     disk, generated = ctx.board.disk, {"provenance": "fwgen"}
     for directory in ("/rom", "/overlay"):
         ctx.rootfs.add_dir(directory, 0o755, **generated)
-    # An SD card's first partition is the FAT boot partition: root and data come after it.
-    first = 2 if "sdcard" in ctx.board.outputs else 1
+    # An SD card's (or a U-Boot disk's) first partition is the FAT boot partition: root and
+    # data come after it.
+    first = 2 if "sdcard" in ctx.board.outputs or boots_through_uboot(ctx.board) else 1
     data = disk.partition(first + 1) if disk.data_size else ""
     conf = (
         f"# How /init mounts the root of board {ctx.board.name}: written by fwgen.\n"
@@ -451,13 +454,14 @@ def write_images(ctx: BuildContext) -> None:
     if "sdcard" in ctx.board.outputs:
         write_sdcard_image(ctx)
     elif "disk" in ctx.board.outputs:
-        write_disk(ctx)
         write_boot_initramfs(ctx)
+        write_disk(ctx)
     else:
         if "initramfs" in ctx.board.outputs:
             path = ctx.staging / INITRAMFS_FILE
             write_initramfs(ctx.rootfs, path, compression=ctx.compression, mtime=ctx.epoch)
             ctx.outputs["initramfs"] = path
+            write_uboot_files(ctx)
         if "squashfs" in ctx.board.outputs:
             write_root_squashfs(ctx)
 
@@ -475,10 +479,15 @@ def write_root_squashfs(ctx: BuildContext) -> Path:
 
 def write_disk(ctx: BuildContext) -> None:
     """The whole root filesystem as squashfs in partition 1, an empty data partition 2 that
-    /init formats on first boot. The squashfs file is kept only when asked for as an output."""
+    /init formats on first boot. The squashfs file is kept only when asked for as an output.
+    A board booted through U-Boot gets a FAT boot partition first, with the FIT and boot.scr."""
     assert ctx.staging is not None
     disk = ctx.board.disk
     squashfs = write_root_squashfs(ctx)
+    boot_files = write_uboot_files(ctx)
+    if boot_files:
+        write_boot_partition_disk(ctx, boot_files, squashfs)
+        return
     root_size = _round_up(squashfs.stat().st_size + disk.root_slack * MIB, MIB)
     partitions = [Partition("root", 0x83, squashfs, root_size)]
     if disk.data_size:
@@ -489,6 +498,22 @@ def write_disk(ctx: BuildContext) -> None:
     if "squashfs" not in ctx.board.outputs:
         squashfs.unlink()
     ctx.progress.info(f"disk {path.stat().st_size // MIB} MiB: root {root_size // MIB} MiB, data {disk.data_size} MiB")
+
+
+def write_boot_partition_disk(ctx: BuildContext, boot_files: dict[str, bytes], squashfs: Path) -> None:
+    """FAT32 boot partition, squashfs root, data partition: the SD card's layout (a power of
+    two in size), which suits a virtio disk as well."""
+    assert ctx.staging is not None
+    boot_size = ctx.board.uboot.boot_size
+    check_boot_size(boot_size, boot_files, "uboot.boot_size")
+    path = ctx.staging / DISK_FILE
+    size = write_sdcard(path, boot_files=boot_files, root=squashfs, boot_size=boot_size * MIB,
+                        data_size=ctx.board.disk.data_size * MIB, mtime=ctx.epoch, progress=ctx.progress)
+    ctx.outputs["disk"] = path
+    if "squashfs" not in ctx.board.outputs:
+        squashfs.unlink()
+    ctx.progress.info(f"disk {size // MIB} MiB: boot {boot_size} MiB ({', '.join(boot_files)}), root, "
+                      f"data {ctx.board.disk.data_size} MiB")
 
 
 def write_sdcard_image(ctx: BuildContext) -> None:
@@ -506,7 +531,7 @@ def write_sdcard_image(ctx: BuildContext) -> None:
         boot_files[spec.dtb] = _read_dtb(ctx, spec.dtb)
     boot_files["config.txt"] = config_txt(board.name, dtb=spec.dtb, extra=spec.config).encode()
     boot_files["cmdline.txt"] = f"{board.kernel.cmdline} rdinit=/init".strip().encode() + b"\n"
-    check_boot_size(spec.boot_size, boot_files)
+    check_boot_size(spec.boot_size, boot_files, "sdcard.boot_size")
     path = ctx.staging / SDCARD_FILE
     size = write_sdcard(path, boot_files=boot_files, root=squashfs, boot_size=spec.boot_size * MIB,
                         data_size=board.disk.data_size * MIB, mtime=ctx.epoch, progress=ctx.progress)
@@ -590,6 +615,8 @@ def write_manifest(ctx: BuildContext) -> dict:
             "kernel": dict(_kernel_record(ctx), release=ctx.kernel.release, image=ctx.kernel.image_path),
             "kernel_modules": [m.name for m in ctx.modules],
             "busybox": _busybox_record(ctx),
+            **({"bootloader": dict(ctx.bootloader, package=_package_record(ctx.bootloader["package"]))}
+               if ctx.bootloader else {}),
             "overlays": [{"name": o.name, "path": str(o.path)} for o in ctx.overlays],
             "excluded": list(board.exclude),
             "nodeps": list(board.nodeps),

@@ -45,6 +45,7 @@ from .board import (
     QemuProfile,
     QemuSpec,
     SdcardSpec,
+    UbootSpec,
 )
 from .dtb import Fixup
 from .errors import ConfigError, UserError
@@ -603,6 +604,7 @@ def load_board(
                         f"qemu profile '{qemu.profile.name}' emulates {qemu.profile.arch.value} "
                         f"but the board is {data['arch']}",
                         "pick a profile for the board's arch")
+    _check_fit_outputs(doc, data["outputs"])
     overlays = _resolve_overlay_stack(doc, data, path, overlay_dirs)
     board = Board(
         name=_board_name(doc, data, path),
@@ -625,6 +627,7 @@ def load_board(
         outputs=tuple(data["outputs"]),
         disk=DiskSpec(**data["disk"]),
         sdcard=SdcardSpec(**dict(data["sdcard"], firmware=tuple(data["sdcard"]["firmware"]))),
+        uboot=UbootSpec(**data["uboot"]),
         qemu=qemu,
         checks=(),  # rendered below, once the variables are known
         limits=_build_limits(data["limits"], data["outputs"], qemu),
@@ -634,6 +637,13 @@ def load_board(
     board = dataclasses.replace(board, checks=tuple(render_checks(doc, data["checks"], variables)))
     overlay_checks(board, overlays)  # rendered and forwarded, or fail now
     return board
+
+
+def _check_fit_outputs(doc: Document, outputs: list[str]) -> None:
+    """The FIT carries the kernel with an initramfs: the whole root, or a disk's boot one."""
+    if "fit" in outputs and ("sdcard" in outputs or not {"disk", "initramfs"} & set(outputs)):
+        raise doc.error(("outputs",), "output fit needs disk or initramfs beside it (and no sdcard)",
+                        "a FIT holds the kernel and the initramfs: the whole root, or the boot one of a disk")
 
 
 def _build_limits(limits: dict, outputs: list[str], qemu: QemuSpec | None) -> Limits:

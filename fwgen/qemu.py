@@ -37,9 +37,14 @@ from .run import PACKAGE_OF, kill_group, run, spawn
 
 log = logging.getLogger("fwgen.qemu")
 
+# U-Boot refusing an image it was asked to boot (boot/image-fit.c, boot/image-board.c): it
+# would go on to its next boot source, so the boot has failed here.
+BOOTLOADER_REFUSED = (r"Bad hash value for '[^']*' hash node", r"Bad Data Hash", r"Bad Data CRC",
+                      r"Bad Header Checksum")
 # Console lines that mean the guest is dead. Checked while waiting for a marker so a broken
 # boot fails in seconds, not after the full timeout.
-FATAL = re.compile(r"Kernel panic|Unable to mount root|Attempted to kill init")
+FATAL = re.compile(r"Kernel panic|Unable to mount root|Attempted to kill init|"
+                   rf"(?P<refused>{'|'.join(BOOTLOADER_REFUSED)})")
 # The last line the kernel prints about a panic; the tail is complete once it is in.
 PANIC_END = "end Kernel panic"
 # How long to keep reading after a fatal line, so the tail carries the whole story.
@@ -59,7 +64,7 @@ class BootSpec:
     """Everything one QEMU run needs besides the profile's machine facts."""
 
     profile: QemuProfile
-    kernel: Path
+    kernel: Path | None  # None: `bios` (a bootloader) loads the kernel itself
     initrd: Path | None = None
     dtb: Path | None = None
     append: str = ""
@@ -71,6 +76,7 @@ class BootSpec:
     extra_args: tuple[str, ...] = ()
     ready_marker: str | None = None  # the line that says the guest is up (what reboot() waits for)
     ready_timeout: float = 120.0
+    bios: Path | None = None  # a bootloader started instead of -kernel (U-Boot's u-boot.bin)
 
 
 def qemu_argv(spec: BootSpec, host_ports: Mapping[int, int] | None = None) -> list[str]:
@@ -86,15 +92,25 @@ def qemu_argv(spec: BootSpec, host_ports: Mapping[int, int] | None = None) -> li
         argv += ["-cpu", profile.cpu]
     argv += ["-m", str(spec.memory or profile.memory)]
     argv += ["-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"]
-    argv += ["-kernel", str(spec.kernel)]
-    if spec.initrd:
-        argv += ["-initrd", str(spec.initrd)]
-    if spec.dtb:
-        argv += ["-dtb", str(spec.dtb)]
-    argv += ["-append", kernel_cmdline(spec)]
+    argv += _boot_args(spec)
     argv += _drive_args(spec)
     argv += _network_args(spec, host_ports or {})
     return argv + list(profile.args) + list(spec.extra_args)
+
+
+def _boot_args(spec: BootSpec) -> list[str]:
+    """-bios for a bootloader (which finds kernel, initramfs and command line on its own), or
+    QEMU's own loader."""
+    if spec.bios is not None:
+        return ["-bios", str(spec.bios)]
+    if spec.kernel is None:
+        raise UserError(f"QEMU profile {spec.profile.name}: nothing to boot (no kernel, no bios)")
+    args = ["-kernel", str(spec.kernel)]
+    if spec.initrd:
+        args += ["-initrd", str(spec.initrd)]
+    if spec.dtb:
+        args += ["-dtb", str(spec.dtb)]
+    return args + ["-append", kernel_cmdline(spec)]
 
 
 def kernel_cmdline(spec: BootSpec) -> str:
@@ -507,11 +523,14 @@ class Machine:
     def _fatal_error(self, fatal: re.Match[str], what: str) -> BootError:
         # Called holding the lock: read on briefly so the tail shows the panic's reason.
         grace = time.monotonic() + FATAL_GRACE * self.timeout_factor
-        while not self._eof and PANIC_END not in self._text[fatal.start():] and time.monotonic() < grace:
+        while (not fatal["refused"] and not self._eof and PANIC_END not in self._text[fatal.start():]
+               and time.monotonic() < grace):
             self._changed.wait(timeout=0.1)
         line_end = self._text.find("\n", fatal.start())
         line_start = self._text.rfind("\n", 0, fatal.start()) + 1
         line = self._text[line_start:line_end if line_end >= 0 else None].strip()
+        if fatal["refused"]:
+            return self._error(f"the bootloader refused the image before {what!r} appeared: {line}")
         return self._error(f"guest died before {what!r} appeared: {line}")
 
     def _exited_error(self, when: str) -> BootError:

@@ -153,8 +153,8 @@ def _parse_config(text: str) -> dict[str, str]:
     return config
 
 
-def check_boot_size(boot_size_mib: int, files: Mapping[str, bytes]) -> None:
+def check_boot_size(boot_size_mib: int, files: Mapping[str, bytes], setting: str = "sdcard.boot_size") -> None:
     total = sum(len(data) for data in files.values())
     if total > (boot_size_mib - 2) * MiB:
         raise UserError(f"the boot files need {total / MiB:.1f} MiB, the boot partition is {boot_size_mib} MiB",
-                        "raise sdcard.boot_size in the board file")
+                        f"raise {setting} in the board file")
