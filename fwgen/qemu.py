@@ -523,8 +523,9 @@ class Machine:
     def _fatal_error(self, fatal: re.Match[str], what: str) -> BootError:
         # Called holding the lock: read on briefly so the tail shows the panic's reason.
         grace = time.monotonic() + FATAL_GRACE * self.timeout_factor
-        while (not fatal["refused"] and not self._eof and PANIC_END not in self._text[fatal.start():]
-               and time.monotonic() < grace):
+        # A panic's story ends with PANIC_END; a bootloader's refusal is its one line.
+        end = "\n" if fatal["refused"] else PANIC_END
+        while not self._eof and end not in self._text[fatal.start():] and time.monotonic() < grace:
             self._changed.wait(timeout=0.1)
         line_end = self._text.find("\n", fatal.start())
         line_start = self._text.rfind("\n", 0, fatal.start()) + 1
