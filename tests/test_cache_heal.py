@@ -62,6 +62,12 @@ def assert_one_warning(text: str, entry: Path, remedy: str) -> None:
     assert warnings[0].startswith(f"warning: damaged cache entry {entry}: ") and remedy in warnings[0], warnings[0]
 
 
+def test_warning_is_one_line_on_stderr_even_when_progress_is_off(capsys):
+    # --json turns progress off; a healed cache entry still explains the time it cost.
+    Progress(enabled=False).warn("damaged cache entry /c/x: bad; discarded, computing it again")
+    assert capsys.readouterr() == ("", "warning: damaged cache entry /c/x: bad; discarded, computing it again\n")
+
+
 # -- downloads -----------------------------------------------------------------------------------
 
 
