@@ -50,6 +50,13 @@ def handle_errors(command):
             if verbose:
                 traceback.print_exception(e)
             _fail(error, verbose=False)
+        except MemoryError as e:
+            # The image is modelled in memory: a machine (or a ulimit) too small for the
+            # board is told so on one line, not with a traceback from wherever it ran out.
+            error = FwgenError("out of memory", "fwgen holds the image in memory: run it with more, or lower "
+                               "the board's limits.package_size and limits.image_size")
+            error.__cause__ = e
+            _fail(error, verbose)
         except KeyboardInterrupt:
             click.echo("fwgen: interrupted", err=True)
             sys.exit(130)

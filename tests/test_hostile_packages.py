@@ -349,3 +349,20 @@ def test_a_forged_packages_gz_is_refused_before_its_signature_is_checked():
     finally:
         tracemalloc.stop()
     assert peak < ipk.INDEX_SIZE + 32 * MIB, f"peak {peak / MIB:.0f} MiB"
+
+
+def test_running_out_of_memory_is_one_line_not_a_traceback(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import fwgen.audit
+    from fwgen.cli import main
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(fwgen.audit, "audit_paths", exhausted)
+    result = CliRunner().invoke(main, ["audit", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines() == [
+        "fwgen: error: out of memory (fwgen holds the image in memory: run it with more, or lower the board's "
+        "limits.package_size and limits.image_size)"]
