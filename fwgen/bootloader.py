@@ -1,9 +1,13 @@
-"""The `fit` output: a board booted by U-Boot instead of QEMU's `-kernel`.
+"""The `fit` and `uimage` outputs: a board booted by U-Boot instead of QEMU's `-kernel`.
 
 The build writes the FIT (`image.itb`: kernel and initramfs with sha256 hashes), the boot
 script `boot.scr` that loads and starts it, and the U-Boot binary taken from a package of the
 board's feeds (Debian's `u-boot-qemu`, verified and recorded like any package). With a disk,
 FIT and script go into a FAT boot partition, where U-Boot's distro boot finds `/boot.scr`.
+
+The `uimage` output is the kernel alone as a legacy uImage (`uImage`), as router bootloaders
+boot it from flash: an ELF vmlinux (MIPS) goes in as its flat binary with the ELF's load
+address and entry point, a raw Image at `uboot.kernel_load`.
 
 Facts that shaped it (../shared/BOOTLOADER.md): the FIT is loaded away from the kernel's load
 address (a gzip kernel inflated onto its own input fails with `inflate() returned -3`), and the
@@ -19,7 +23,7 @@ from typing import TYPE_CHECKING
 from .errors import UserError
 from .fetch import FetchedPackage, fetch_packages, read_fetched_entries
 from .images.fit import FitConfig, FitImage, make_fit
-from .images.uimage import kernel_payload, make_script
+from .images.uimage import IH_NMLEN, kernel_payload, make_script, make_uimage
 from .rootfs import EntryType
 
 if TYPE_CHECKING:
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
 
 FIT_OUTPUT, SCRIPT_OUTPUT, UBOOT_OUTPUT = "fit", "boot-script", "u-boot"
 FIT_FILE, SCRIPT_FILE, UBOOT_FILE = "image.itb", "boot.scr", "u-boot.bin"
+UIMAGE_OUTPUT, UIMAGE_FILE = "uimage", "uImage"
 CONFIG = "conf-1"
 # U-Boot's arch names for the FIT (boot/image.c uimage_arch), by fwgen arch.
 FIT_ARCH = {"aarch64": "arm64", "armv7": "arm", "armv6": "arm", "mips": "mips", "mipsel": "mips"}
@@ -55,6 +60,22 @@ def write_uboot_files(ctx: BuildContext) -> dict[str, bytes]:
     ctx.progress.info(f"FIT {len(files[FIT_FILE]):,} bytes, {SCRIPT_FILE} {len(files[SCRIPT_FILE])} bytes, "
                       f"U-Boot {len(binary):,} bytes from {package.package.name} {package.package.version}")
     return files
+
+
+def write_uimage(ctx: BuildContext) -> None:
+    """The `uimage` output: the kernel as a legacy uImage (type kernel, compressed as
+    `uboot.compression` says)."""
+    if UIMAGE_OUTPUT not in ctx.board.outputs:
+        return
+    assert ctx.staging is not None and ctx.kernel is not None
+    spec = ctx.board.uboot
+    kernel, load, entry = kernel_payload(ctx.kernel.image, spec.compression, where=ctx.kernel.image_path)
+    image = make_uimage(kernel, name=f"Linux-{ctx.kernel.release}"[:IH_NMLEN], arch=FIT_ARCH[ctx.board.arch.value],
+                        compression=spec.compression, load=spec.kernel_load if load is None else load,
+                        entry=spec.kernel_load if entry is None else entry, time=ctx.epoch)
+    ctx.outputs[UIMAGE_OUTPUT] = ctx.staging / UIMAGE_FILE
+    ctx.outputs[UIMAGE_OUTPUT].write_bytes(image)
+    ctx.progress.info(f"uImage {len(image):,} bytes ({spec.compression} kernel)")
 
 
 def build_fit(ctx: BuildContext) -> bytes:

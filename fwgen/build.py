@@ -26,7 +26,7 @@ import zstandard
 from . import __version__
 from .audit import audit_rootfs
 from .board import Board
-from .bootloader import boots_through_uboot, write_uboot_files
+from .bootloader import boots_through_uboot, write_uboot_files, write_uimage
 from .busybox import DEFAULT_SOURCE, BusyboxSource, build_busybox, install_busybox
 from .config import board_digest
 from .errors import UserError, writing
@@ -464,6 +464,7 @@ def write_images(ctx: BuildContext) -> None:
             write_uboot_files(ctx)
         if "squashfs" in ctx.board.outputs:
             write_root_squashfs(ctx)
+    write_uimage(ctx)
 
 
 def write_root_squashfs(ctx: BuildContext) -> Path:

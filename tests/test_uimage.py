@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -176,3 +177,40 @@ def test_elf_kernel_becomes_the_flat_binary_objcopy_writes(tmp_path):
     assert gzip.decompress(data) == flat.data and (load, entry) == (0x80100000, 0x80100000)
     with pytest.raises(FormatError, match=r"^k\.elf: not a readable ELF kernel"):
         flatten_elf(b"\x7fELF" + bytes(20), where="k.elf")
+
+
+@pytest.mark.network
+@pytest.mark.slow
+@needs_uboot_tools
+def test_uimage_output_of_debians_mips_vmlinux_is_read_by_mkimage(tmp_path, cache_dir):
+    """qemu-mips with outputs [initramfs, uimage]: Debian's 4kc-malta kernel is an ELF (its
+    vmlinuz, a self-decompressing kernel linked at 0x810f0000); the uImage carries its PT_LOAD
+    segments gzip'd, at the load address and entry point readelf reads from the ELF."""
+    from buildutil import REPO, run_fwgen
+
+    from fwgen.kernel import flatten_elf as flatten
+
+    text = (REPO / "boards" / "qemu-mips.yaml").read_text()
+    assert "outputs: [initramfs, disk]" in text
+    board = tmp_path / "boards" / "qemu-mips.yaml"
+    board.parent.mkdir()
+    board.write_text(text.replace("outputs: [initramfs, disk]", "outputs: [initramfs, uimage]"))
+    result = run_fwgen("build", "--board", str(board), "--out", str(tmp_path / "out"), cache=cache_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    outdir = tmp_path / "out" / "qemu-mips"
+    vmlinux = (outdir / "kernel").read_bytes()
+    flat = flatten(vmlinux)
+    program_headers = subprocess.run(["readelf", "-lhW", str(outdir / "kernel")], capture_output=True, text=True,
+                                     check=True).stdout
+    loads = [int(line.split()[2], 16) for line in program_headers.splitlines() if line.strip().startswith("LOAD")]
+    entry = int(re.search(r"Entry point address:\s+(0x[0-9a-f]+)", program_headers)[1], 16)
+    assert (flat.load, flat.entry) == (min(loads), entry)
+    listing = subprocess.run(["mkimage", "-l", str(outdir / "uImage")], capture_output=True, text=True,
+                             check=True).stdout
+    assert "Image Type:   MIPS Linux Kernel Image (gzip compressed)" in listing
+    assert f"Load Address: {flat.load:08x}" in listing and f"Entry Point:  {entry:08x}" in listing
+    subprocess.run(["dumpimage", "-T", "kernel", "-p", "0", "-o", str(tmp_path / "kernel.gz"), str(outdir / "uImage")],
+                   check=True, capture_output=True)
+    assert gzip.decompress((tmp_path / "kernel.gz").read_bytes()) == flat.data
+    image = read_uimage((outdir / "uImage").read_bytes())
+    assert image.describe()["name"].startswith("Linux-6.1") and image.data_crc_ok and image.header_crc_ok
