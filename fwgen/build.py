@@ -28,7 +28,7 @@ from .audit import audit_rootfs
 from .board import Board
 from .bootloader import boots_through_uboot, write_uboot_files, write_uimage
 from .busybox import DEFAULT_SOURCE, BusyboxSource, build_busybox, install_busybox
-from .config import board_digest
+from .config import board_digest, collect_overlays
 from .errors import UserError, writing
 from .fetch import (
     FetchedPackage,
@@ -54,7 +54,7 @@ from .kernel import (
     load_kernel,
     resolve_modules,
 )
-from .overlay import Layers, Overlay, apply_layers, collect_overlays, plan_layers, resolve_variables
+from .overlay import Layers, Overlay, apply_layers, plan_layers, resolve_variables
 from .policy import SpecialFile, apply_policy, find_special_files
 from .progress import QUIET, Progress
 from .publish import create_staging, publish

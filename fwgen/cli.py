@@ -241,7 +241,8 @@ def show(board_name, boards_dirs, overlay_dirs, qemu_dirs, list_files, as_json):
 
 
 def _show_files(board, overlay_dirs, as_json: bool) -> None:
-    from .overlay import collect_overlays, list_layer_files, plan_layers, resolve_variables
+    from .config import collect_overlays
+    from .overlay import list_layer_files, plan_layers, resolve_variables
 
     overlays = collect_overlays(board.overlays, list(overlay_dirs), board.source)
     rows = list_layer_files(plan_layers(overlays, resolve_variables(board, overlays)))

@@ -29,6 +29,17 @@ from typing import Any
 
 from . import __version__
 from .board import Check
+from .document import (
+    Document,
+    apply_defaults,
+    did_you_mean,
+    display_path,
+    format_keypath,
+    load_schema,
+    read_yaml,
+    schema_regex,
+    validate,
+)
 from .errors import ConfigError
 from .rootfs import Entry, EntryType, RootFS
 
@@ -72,9 +83,7 @@ class Overlay:
 
 def load_overlay(path: Path) -> Overlay:
     """Read and validate `<path>/overlay.yaml`."""
-    from .config import apply_defaults, check_checks, load_schema, read_yaml, validate
-
-    doc = read_yaml(shown_path(path / "overlay.yaml"))
+    doc = read_yaml(display_path(path / "overlay.yaml"))
     validate(doc, "overlay")
     check_checks(doc, forward=ALL_PORTS)  # the board's forwards are checked by overlay_checks
     data = apply_defaults(doc.data, load_schema("overlay"))
@@ -110,21 +119,12 @@ def _overlay_file(doc: Any, folder: Path, keypath: tuple, name: str) -> Path:
     return resolved
 
 
-def shown_path(path: Path) -> Path:
-    """`path` relative to the working folder when inside it: shorter error messages."""
-    from .config import _display_path
-
-    return _display_path(Path(path).absolute())
-
-
 def resolve_overlays(folders: Sequence[str | Path], available: Mapping[str, Path]) -> list[Overlay]:
     """The overlays in application order, each after the overlays it depends on.
 
     `folders` are the board's overlays as config resolved them; dependencies in overlay.yaml
     are names looked up in `available` (config.find_overlays).
     """
-    from .config import _did_you_mean
-
     ordered: list[Overlay] = []
     done: set[Path] = set()
 
@@ -138,7 +138,7 @@ def resolve_overlays(folders: Sequence[str | Path], available: Mapping[str, Path
         for i, name in enumerate(overlay.depends):
             if name not in available:
                 raise overlay.error(("depends", i), f"depends on unknown overlay '{name}'",
-                                    _did_you_mean(name, list(available), "overlays"))
+                                    did_you_mean(name, list(available), "overlays"))
             visit(available[name], (*chain, folder.name))
         done.add(folder)
         ordered.append(overlay)
@@ -146,13 +146,6 @@ def resolve_overlays(folders: Sequence[str | Path], available: Mapping[str, Path
     for folder in folders:
         visit(Path(folder), ())
     return ordered
-
-
-def collect_overlays(folders: Sequence[str], overlay_dirs: Sequence[Path], board_file: Path) -> list[Overlay]:
-    """The board's overlays in application order (see resolve_overlays)."""
-    from .config import find_overlays
-
-    return resolve_overlays(folders, find_overlays(overlay_dirs, board_file))
 
 
 def overlay_checks(board, overlays: Sequence[Overlay] | None = None) -> list[Check]:
@@ -180,8 +173,6 @@ def overlay_checks(board, overlays: Sequence[Overlay] | None = None) -> list[Che
 def render_checks(doc: Any, items: Sequence[dict], variables: Mapping[str, str]) -> list[Check]:
     """The `checks:` items of a board or overlay file (a config.Document) with every string
     rendered; an overlay's port may be a variable (`port: "{{ httpd_port }}"`)."""
-    from .config import build_check
-
     checks = []
     for index, item in enumerate(items):
         rendered = {key: render_at(doc, ("checks", index, key), variables) if isinstance(value, str) else value
@@ -197,6 +188,75 @@ def _port_number(doc: Any, keypath: tuple, text: str) -> int:
     if not text.strip().isdigit() or int(text) not in ALL_PORTS:
         raise doc.error(keypath, f"'{text}' is not a TCP port (1-65535) once its variables are filled in")
     return int(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks, from a board's or an overlay's `checks:` items
+
+CHECK_KINDS = ("run", "http", "console", "tcp", "service", "persist")
+# Which optional keys each check kind understands (besides name and timeout).
+CHECK_OPTIONS = {
+    "run": ("expect", "contains", "exit"),
+    "http": ("port", "status", "contains"),
+    "console": (),
+    "tcp": ("banner",),
+    "service": (),
+    "persist": (),
+}
+
+
+
+def check_checks(doc: Document, forward: Sequence[int] | None = None) -> None:
+    """Each check has exactly one kind and only the keys that kind understands, and every
+    port it reaches is in `forward` (the board's qemu.forward when None)."""
+    if forward is None:
+        forward = (doc.data.get("qemu") or {}).get("forward", [])
+    for i, item in enumerate(doc.data.get("checks", [])):
+        kinds = [k for k in CHECK_KINDS if k in item]
+        if len(kinds) != 1:
+            found = " and ".join(kinds) if kinds else "none"
+            raise doc.error(("checks", i), f"a check needs exactly one of {', '.join(CHECK_KINDS)} (found {found})",
+                            "split it into one check per kind" if kinds else None)
+        kind = kinds[0]
+        allowed = {kind, "name", "timeout", *CHECK_OPTIONS[kind]}
+        for key in item:
+            if key not in allowed:
+                raise doc.error(("checks", i, key), f"'{key}' does not apply to a {kind} check",
+                                f"{kind} checks take: " + ", ".join(sorted(allowed - {kind})), at_key=True)
+        if kind == "http" and "port" not in item:
+            raise doc.error(("checks", i), "http check needs 'port'",
+                            "the guest TCP port, one of qemu.forward")
+        _check_forwarded(doc, i, item, forward)
+
+
+def _check_forwarded(doc: Document, index: int, item: dict, forward: Sequence[int]) -> None:
+    key = "tcp" if "tcp" in item else "port"
+    if not isinstance(item.get(key), int):
+        return  # none, or an overlay's "{{ variable }}": checked once rendered (overlay_checks)
+    if item[key] not in forward:
+        raise doc.error(("checks", index, key), f"port {item[key]} is not forwarded",
+                        "add it to the board's qemu.forward")
+
+
+def build_check(item: dict) -> Check:
+    """A Check from one validated `checks:` item (defaults applied)."""
+    kind = next(k for k in CHECK_KINDS if k in item)
+    argument = item[kind]
+    default_name = f"{kind}: {argument}" + (f" (port {item['port']})" if kind == "http" else "")
+    return Check(
+        kind=kind,
+        name=item.get("name", default_name),
+        command=argument if kind == "run" else None,
+        path=argument if kind in ("http", "persist") else None,
+        port=argument if kind == "tcp" else item.get("port"),
+        service=argument if kind == "service" else None,
+        banner=item.get("banner"),
+        expect=item.get("expect"),
+        contains=argument if kind == "console" else item.get("contains"),
+        status=item["status"],
+        exit=item["exit"],
+        timeout=float(item["timeout"]),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,9 +304,7 @@ class _BoardDoc:
 
     @functools.cached_property
     def doc(self):
-        from .config import read_yaml
-
-        return read_yaml(shown_path(self.board.source))
+        return read_yaml(display_path(self.board.source))
 
 
 class _Resolver(Mapping[str, str]):
@@ -319,8 +377,6 @@ def _render_value(overlay: Overlay, keypath: tuple, variables: Mapping[str, str]
 def render_at(doc: Any, keypath: tuple, variables: Mapping[str, str]) -> str:
     """The value at `keypath` of a loaded file (a config.Document), rendered; an undefined
     variable is an error at its place in that file."""
-    from .config import format_keypath
-
     value = doc.data
     for part in keypath:
         value = value[part]
@@ -510,17 +566,17 @@ def _entry_from_host(host: Path, image_path: str, overlay: Overlay, variables: M
         # An absolute target is a path in the image; a relative one must stay inside the tree.
         inside = posixpath.normpath(posixpath.join(posixpath.dirname(image_path).lstrip("/"), target))
         if not target.startswith("/") and (inside == ".." or inside.startswith("../")):
-            raise ConfigError(f"symlink to '{target}' points outside the overlay", file=str(shown_path(host)))
+            raise ConfigError(f"symlink to '{target}' points outside the overlay", file=str(display_path(host)))
         return Entry(image_path, EntryType.SYMLINK, 0o777, target=target, provenance=provenance)
     if stat.S_ISDIR(st.st_mode):
         return Entry(image_path, EntryType.DIR, 0o755, provenance=provenance)
     if not stat.S_ISREG(st.st_mode):
-        raise ConfigError("only files, folders and symlinks may live in an overlay", file=str(shown_path(host)))
+        raise ConfigError("only files, folders and symlinks may live in an overlay", file=str(display_path(host)))
     mode = 0o755 if st.st_mode & 0o111 else 0o644
     data = host.read_bytes()
     if image_path.endswith(TEMPLATE_SUFFIX):
         image_path = image_path.removesuffix(TEMPLATE_SUFFIX)
-        data = render(data.decode(), variables, file=str(shown_path(host))).encode()
+        data = render(data.decode(), variables, file=str(display_path(host))).encode()
     return Entry(image_path, EntryType.FILE, mode, data=data, provenance=provenance)
 
 
@@ -545,7 +601,7 @@ def _place(layers: Layers, entry: Entry, overlay: Overlay, host: Path | None, *,
     if earlier is not None and earlier.type is EntryType.DIR and entry == _like(entry, earlier):
         return  # the same folder again: it stays with the layer that first supplied it
     if earlier is not None and not replaces and not _same(earlier, entry):
-        where = str(shown_path(host)) if host else overlay.meta_file
+        where = str(display_path(host)) if host else overlay.meta_file
         raise ConfigError(
             f"{entry.path} is also supplied by {earlier.provenance} with different content",
             file=where, line=1 if host and entry.type is EntryType.FILE else None,
@@ -634,8 +690,6 @@ def _add_services(layers: Layers, overlays: Sequence[Overlay], variables: Mappin
 
 def _check_one_line(overlay: Overlay, keypath: tuple, text: str) -> None:
     """The schema checked the value as written; a variable may still bring a line break."""
-    from .config import load_schema, schema_regex
-
     rule = load_schema("overlay")["$defs"]["one_line"]
     if not schema_regex(rule["pattern"]).search(text):
         raise overlay.error(keypath, f"{text!r} is not {rule['x-pattern-help']} once its variables are filled in")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from buildutil import run_fwgen
 
-from fwgen.config import MAX_DEPTH, MAX_FILE_BYTES, MAX_VALUES, read_yaml
+from fwgen.document import MAX_DEPTH, MAX_FILE_BYTES, MAX_VALUES, read_yaml
 from fwgen.errors import ConfigError
 
 

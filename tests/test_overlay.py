@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 from buildutil import REPO, run_fwgen
 
-from fwgen.config import load_board
+from fwgen.config import collect_overlays, load_board
 from fwgen.errors import ConfigError
 from fwgen.overlay import (
     apply_layers,
-    collect_overlays,
     list_layer_files,
     plan_layers,
     render,
@@ -309,7 +308,7 @@ def test_new_overlay_scaffold_loads_and_is_used_by_a_board(tmp_path):
 
 def test_overlays_extend_the_busybox_configuration_in_stack_order(tmp_path):
     from fwgen.config import load_board
-    from fwgen.overlay import collect_overlays, plan_layers, resolve_variables
+    from fwgen.overlay import plan_layers, resolve_variables
 
     board = load_board("qemu-aarch64")
     overlays = collect_overlays(board.overlays, [], board.source)
