@@ -25,6 +25,9 @@ __all__ = ["DeviceTree", "Node", "read_dtb", "apply_fixups", "Fixup"]
 FDT_MAGIC = 0xD00DFEED
 FDT_BEGIN_NODE, FDT_END_NODE, FDT_PROP, FDT_NOP, FDT_END = 1, 2, 3, 4, 9
 VERSION, LAST_COMP_VERSION = 17, 16
+# Real trees nest a handful of levels; a file (a FIT from outside) nesting deeper is refused
+# before the recursive reader runs out of stack.
+MAX_DEPTH = 64
 
 # Devicetree Specification 5.2 "Header": every field a big-endian u32.
 Header = Struct(
@@ -63,7 +66,7 @@ class Node:
     def strings(self, prop: str) -> list[str]:
         """A property as a list of NUL-terminated strings (a stringlist)."""
         value = self.properties[prop]
-        return value.rstrip(b"\0").decode("utf-8").split("\0") if value else []
+        return value.rstrip(b"\0").decode("utf-8", "replace").split("\0") if value else []
 
     def integer(self, prop: str) -> int:
         """A property of one or two cells as one number (a FIT's `load` is either)."""
@@ -194,12 +197,14 @@ class _StructReader:
         at = self.at
         if self._token() != FDT_BEGIN_NODE:
             raise FormatError(f"{self.where}: structure block at {at:#x} does not start with FDT_BEGIN_NODE")
-        root = self._read_node()
+        root = self._read_node(0)
         if (token := self._token()) != FDT_END:
             raise FormatError(f"{self.where}: token {token} at {self.at - 4:#x} after the root node, expected FDT_END")
         return root
 
-    def _read_node(self) -> Node:
+    def _read_node(self, depth: int) -> Node:
+        if depth > MAX_DEPTH:
+            raise FormatError(f"{self.where}: nodes nested over {MAX_DEPTH} deep at {self.at:#x}")
         name = self._cstring(self.data, self.at, "node name")
         self.at += (len(name.encode()) + 1 + 3) & ~3
         node = Node(name)
@@ -212,7 +217,7 @@ class _StructReader:
                 node.properties[prop] = self.data[self.at : self.at + length]
                 self.at += (length + 3) & ~3
             elif token == FDT_BEGIN_NODE:
-                node.children.append(self._read_node())
+                node.children.append(self._read_node(depth + 1))
             elif token == FDT_END_NODE:
                 return node
             else:

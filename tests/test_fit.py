@@ -160,3 +160,55 @@ def test_wrong_references_and_names_are_refused():
                  [FitConfig("conf-1", "kernel-1")], description="", timestamp=0)
     with pytest.raises(FormatError, match=r"^x\.dtb: a device tree without /images, not a FIT$"):
         read_fit(_dtb(), where="x.dtb")
+
+
+@needs_uboot_tools
+def test_fuzzed_fits_give_a_one_line_error_or_a_listing(tmp_path):
+    """Seeded mutations of a FIT written by U-Boot's own mkimage (`-f auto`, and `-E` for data
+    outside the tree) and of one fwgen wrote: the reader (dtb.py under read_fit) answers each
+    with a listing or a one-line fwgen error, never a crash."""
+    import random
+
+    from test_fuzz_readers import Context, Reader, mutate, run_case
+
+    (tmp_path / "kernel").write_bytes(KERNEL[:3000] + bytes(3000))
+    seeds = [_fit("none")]
+    for extra in ([], ["-E"]):
+        out = tmp_path / f"auto{len(extra)}.itb"
+        subprocess.run(["mkimage", "-f", "auto", *extra, "-A", "arm64", "-O", "linux", "-T", "kernel", "-C", "none",
+                        "-a", "0x40400000", "-e", "0x40400000", "-d", str(tmp_path / "kernel"), str(out)],
+                       check=True, capture_output=True, env={**os.environ, "SOURCE_DATE_EPOCH": str(EPOCH)})
+        seeds.append(out.read_bytes())
+    reader = Reader((), lambda data, ctx: read_fit(data, where="fuzz.itb").describe())
+    ctx = Context(tmp_path, {}, {}, b"")
+    for seed in seeds[1:]:
+        assert all(h.ok for i in read_fit(seed).images for h in i.hashes)
+    findings = []
+    for i in range(200):
+        rng = random.Random(f"fit:{i}")
+        which = rng.randrange(len(seeds))
+        problem = run_case(reader, mutate(seeds[which], rng), seeds[which], ctx)
+        if problem:
+            findings.append(f"case {i} (seed {which}): {problem}")
+    assert not findings, "\n".join(findings)
+
+
+def test_hostile_trees_are_refused_in_one_line_or_read():
+    deep = node = Node("")
+    for level in range(100):
+        child = Node(f"n{level}")
+        node.children.append(child)
+        node = child
+    with pytest.raises(FormatError, match=r"^x\.itb: nodes nested over 64 deep at 0x[0-9a-f]+$"):
+        read_fit(DeviceTree(deep).to_bytes(), where="x.itb")
+    image = Node("kernel-1", {"data": b"k", "type": b"\xff\xfe\0"})
+    tree = DeviceTree(Node("", children=[Node("images", children=[image])]))
+    read = read_fit(tree.to_bytes()).image("kernel-1")
+    assert read.type == "\ufffd\ufffd" and read.hashes == ()
+    image.properties["load"] = b"\0\0"
+    with pytest.raises(FormatError, match=r"^x\.itb: /images/kernel-1: DTB property kernel-1/load is 2 bytes, "
+                                          r"not whole cells$"):
+        read_fit(tree.to_bytes(), where="x.itb")
+    image.properties["load"] = bytes(12)
+    with pytest.raises(FormatError, match="kernel-1/load is 3 cells, not a 32- or 64-bit number"):
+        read_fit(tree.to_bytes())

@@ -30,8 +30,9 @@ from fwgen.fetch import apk, deb, ipk, usign
 from fwgen.fetch.archive import UnpackBudget, list_ar_members, read_tar_stream
 from fwgen.images.cpio import read_cpio, read_initramfs
 from fwgen.images.squashfs_reader import read_squashfs
+from fwgen.images.uimage import make_multi_uimage, multi_files, read_uimage
 
-CASES = 60  # per reader: 11 readers, about 660 cases
+CASES = 60  # per reader: 16 readers, about 960 cases
 CASE_SECONDS = 5.0  # a case's bound; a real one takes milliseconds
 
 
@@ -188,6 +189,21 @@ def _as_debian_stanzas(data: bytes) -> bytes:
     return _first_stanzas(data).replace(b"\nSHA256sum:", b"\nSHA256:")
 
 
+def _read_uimage(data: bytes, ctx: Context) -> None:
+    image = read_uimage(data, where="fuzz.uimg")
+    image.describe()
+    multi_files(image)
+
+
+def _as_multi_file(data: bytes) -> bytes:
+    # The sample is a single image: its data and the start of the flash after it as the two
+    # files of a multi-file image (type 4), whose data starts with the size table.
+    image = read_uimage(data, where="seed")
+    facts = image.describe()
+    return make_multi_uimage([image.data, data[64 + len(image.data):][:4096]], name=facts["name"], arch="mips",
+                             load=facts["load"], entry=facts["entry"], time=facts["time"])
+
+
 def _read_opkg_index(data: bytes, ctx: Context) -> None:
     ipk.verify_index(data, ctx.packages_sig, ctx.usign_keys, "fuzz/Packages")
 
@@ -214,6 +230,8 @@ READERS = {
     "opkg-index": Reader(("openwrt-core-mvebu/Packages",), _read_opkg_index),
     "opkg-packages": Reader(("openwrt-core-mvebu/Packages",), _parse_opkg_packages, _first_stanzas),
     "debian-packages": Reader(("openwrt-core-mvebu/Packages",), _parse_debian_packages, _as_debian_stanzas),
+    "uimage": Reader(("uimage/uboot.image_with_header",), _read_uimage),
+    "uimage-multi": Reader(("uimage/uboot.image_with_header",), _read_uimage, _as_multi_file),
 }
 
 

@@ -215,7 +215,10 @@ def _read_image(node: Node, blob: bytes, where: str) -> ReadImage:
             value = child.properties.get("value", b"")
             compute = HASH_ALGOS.get(algo)
             hashes.append(FitHash(algo, value, compute(payload) == value if compute else None))
-    address = {p: node.integer(p) if p in node.properties else None for p in ("load", "entry")}
+    try:
+        address = {p: node.integer(p) if p in node.properties else None for p in ("load", "entry")}
+    except FormatError as e:
+        raise FormatError(f"{here}: {e}") from e
     return ReadImage(node.name, node.text("description", "") or "", node.text("type", "") or "",
                      node.text("arch", "") or "", node.text("os", "") or "",
                      node.text("compression", "none") or "none", address["load"], address["entry"],
