@@ -100,6 +100,10 @@ def build_boot_script(board: Board, epoch: int) -> bytes:
     control device tree."""
     spec, address = board.uboot, f"{board.uboot.fit_address:#x}"
     cmdline = f"{board.kernel.cmdline} rdinit=/init".strip()
+    if "'" in cmdline or "\n" in cmdline:
+        # U-Boot's shell takes the line in single quotes, which have no escape.
+        raise UserError(f"{board.source}: kernel.cmdline {cmdline!r}: a board booted through U-Boot "
+                        "cannot pass a single quote or newline to the kernel")
     script = (
         f"# Boot script of board {board.name}, written by fwgen.\n"
         f"setenv bootargs '{cmdline}'\n"

@@ -212,3 +212,20 @@ def test_hostile_trees_are_refused_in_one_line_or_read():
     image.properties["load"] = bytes(12)
     with pytest.raises(FormatError, match="kernel-1/load is 3 cells, not a 32- or 64-bit number"):
         read_fit(tree.to_bytes())
+
+
+def test_boot_script_of_the_uboot_board_sets_bootargs_and_refuses_a_quote():
+    from dataclasses import replace
+
+    from fwgen.bootloader import build_boot_script
+    from fwgen.config import load_board
+    from fwgen.images.uimage import multi_files, read_uimage
+
+    board = load_board("qemu-aarch64-uboot")
+    image = read_uimage(build_boot_script(board, EPOCH))
+    assert image.describe()["type"] == "script" and image.describe()["arch"] == "arm64"
+    script = multi_files(image)[0].decode()
+    assert "setenv bootargs 'console=ttyAMA0 panic=-1 rdinit=/init'\n" in script
+    quoted = replace(board, kernel=replace(board.kernel, cmdline="console=ttyAMA0 x='y'"))
+    with pytest.raises(UserError, match="cannot pass a single quote or newline to the kernel"):
+        build_boot_script(quoted, EPOCH)
