@@ -1,15 +1,19 @@
-"""What a board is, once its file has been loaded and validated: frozen dataclasses.
+"""What a board is, once its file and its overlays' files have been loaded and validated:
+frozen dataclasses.
 
-Nothing downstream of `fwgen.config` reads raw YAML dicts; it reads these.
+Nothing downstream of `fwgen.config` reads YAML or looks for overlay folders; it reads these.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .arch import Arch
+from .document import Document
 from .dtb import Fixup
+from .errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,36 @@ class Check:
 
 
 @dataclass(frozen=True)
+class Overlay:
+    """One overlay of a board, loaded once with the board (fwgen.overlay.load_overlay_stack):
+    its overlay.yaml validated (defaults applied), its checks rendered with the board's
+    variables and every port they reach forwarded by the board."""
+
+    name: str
+    path: Path  # the folder, holding overlay.yaml and files/
+    doc: Document  # positions for errors that come after loading (owners, services)
+    description: str = ""
+    depends: tuple[str, ...] = ()
+    packages: tuple[str, ...] = ()
+    variables: dict[str, Any] = field(default_factory=dict)  # name -> {"default": ..., ...}
+    files: dict[str, dict] = field(default_factory=dict)
+    users: dict[str, dict] = field(default_factory=dict)
+    groups: dict[str, dict] = field(default_factory=dict)
+    services: dict[str, dict] = field(default_factory=dict)
+    sysctl: dict[str, Any] = field(default_factory=dict)
+    modules: tuple[str, ...] = ()
+    busybox_config: tuple[Path, ...] = ()  # Kconfig fragments the overlay's services need
+    checks: tuple[Check, ...] = ()  # rendered, run after the board's own
+
+    @property
+    def meta_file(self) -> str:
+        return str(self.doc.file)
+
+    def error(self, keypath: tuple, message: str, hint: str | None = None, *, at_key: bool = False) -> ConfigError:
+        return self.doc.error(keypath, message, hint, at_key=at_key)
+
+
+@dataclass(frozen=True)
 class Board:
     name: str
     arch: Arch
@@ -189,8 +223,9 @@ class Board:
     package_files: tuple[PackageFile, ...] = ()  # resolved as if the feeds of their format listed them
     provides: dict[str, str | None] = field(default_factory=dict)  # name -> version the board supplies itself
     exclude_paths: tuple[str, ...] = ()  # package files left out of the image (schema has the defaults)
-    overlays: tuple[str, ...] = ()  # folders, in application order, dependencies first
+    overlays: tuple[Overlay, ...] = ()  # in application order, dependencies first
     variables: dict[str, str] = field(default_factory=dict)  # the board's overrides, as text
+    values: dict[str, str] = field(default_factory=dict)  # every template variable, resolved
     outputs: tuple[str, ...] = ("initramfs",)
     disk: DiskSpec = field(default_factory=DiskSpec)
     sdcard: SdcardSpec = field(default_factory=SdcardSpec)
@@ -199,3 +234,8 @@ class Board:
     checks: tuple[Check, ...] = ()
     limits: Limits = field(default_factory=Limits)
     policy: Policy = field(default_factory=Policy)
+
+    @property
+    def all_checks(self) -> tuple[Check, ...]:
+        """What `fwgen boot` runs: the board's own checks, then its overlays' in layer order."""
+        return (*self.checks, *(check for overlay in self.overlays for check in overlay.checks))

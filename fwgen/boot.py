@@ -15,7 +15,6 @@ from .checks import CheckResult, run_checks
 from .dtb import DeviceTree, apply_fixups
 from .errors import UserError, writing
 from .images.sdcard import read_boot_files
-from .overlay import overlay_checks
 from .progress import QUIET, Progress
 from .publish import set_file_mode, use_build
 from .qemu import BootSpec, Machine
@@ -200,8 +199,7 @@ def _boot_build(board: Board, outdir: Path, *, timeout_factor: float, progress: 
         machine.wait_for(READY_MARKER, timeout=board.qemu.timeout)
         ready = time.monotonic() - started
         progress.info(f"ready after {ready:.1f} s")
-        checks = [*board.checks, *overlay_checks(board)]
-        results = run_checks(machine, checks, progress=progress)
+        results = run_checks(machine, board.all_checks, progress=progress)
         if all(r.passed for r in results):
             machine.poweroff()
         return BootResult(board.name, ready, results, machine.console_log)

@@ -28,7 +28,7 @@ from .audit import audit_rootfs
 from .board import Board
 from .bootloader import boots_through_uboot, write_uboot_files, write_uimage
 from .busybox import DEFAULT_SOURCE, BusyboxSource, build_busybox, install_busybox
-from .config import board_digest, collect_overlays
+from .config import board_digest
 from .errors import UserError, writing
 from .fetch import (
     FetchedPackage,
@@ -54,7 +54,7 @@ from .kernel import (
     load_kernel,
     resolve_modules,
 )
-from .overlay import Layers, Overlay, apply_layers, plan_layers, resolve_variables
+from .overlay import Layers, apply_layers, plan_layers
 from .policy import SpecialFile, apply_policy, find_special_files
 from .progress import QUIET, Progress
 from .publish import create_staging, publish
@@ -90,7 +90,6 @@ class BuildContext:
     board: Board
     outdir: Path
     cache: Cache
-    overlay_dirs: list[Path]
     progress: Progress = QUIET
     source_date_epoch: int | None = None
     compression: str = "gzip"
@@ -101,7 +100,6 @@ class BuildContext:
     kernel_entries: list[Entry] = field(default_factory=list)  # the kernel's files (DTBs)
     boot_firmware: dict[str, bytes] = field(default_factory=dict)  # for the SD card's boot partition
     modules: list[Module] = field(default_factory=list)
-    overlays: list[Overlay] = field(default_factory=list)
     layers: Layers = field(default_factory=Layers)
     busybox: BuiltBusybox | None = None
     pruned: dict[str, int] = field(default_factory=dict)  # exclude_paths pattern -> paths removed
@@ -130,7 +128,6 @@ def build(
     *,
     outdir: Path,
     cache: Cache,
-    overlay_dirs: list[Path] | None = None,
     progress: Progress = QUIET,
     source_date_epoch: int | None = None,
     compression: str = "gzip",
@@ -141,14 +138,12 @@ def build(
         board=board,
         outdir=outdir,
         cache=cache,
-        overlay_dirs=list(overlay_dirs or []),
         progress=progress,
         source_date_epoch=source_date_epoch,
         compression=compression,
     )
-    ctx.overlays = collect_overlays(board.overlays, ctx.overlay_dirs, board.source)
     # The whole overlay stack is validated (templates, conflicts, owners) before anything is written.
-    ctx.layers = plan_layers(ctx.overlays, resolve_variables(board, ctx.overlays))
+    ctx.layers = plan_layers(board.overlays, board.values)
     created = make_folders(outdir.parent)
     staging = create_staging(outdir)
     ctx.staging = staging.path
@@ -334,7 +329,7 @@ def assemble_rootfs(ctx: BuildContext) -> None:
             raise UserError(f"no /bin/busybox in the image: package {ctx.board.busybox.package} did not provide it")
         install_busybox(rootfs, busybox.data, ctx.board.arch, provenance=busybox.provenance)
     apply_layers(rootfs, ctx.layers)
-    ctx.progress.info(f"overlays {', '.join(o.name for o in ctx.overlays)}: {len(ctx.layers.entries)} path(s)")
+    ctx.progress.info(f"overlays {', '.join(o.name for o in ctx.board.overlays)}: {len(ctx.layers.entries)} path(s)")
     write_generated_files(ctx)
 
 
@@ -618,7 +613,7 @@ def write_manifest(ctx: BuildContext) -> dict:
             "busybox": _busybox_record(ctx),
             **({"bootloader": dict(ctx.bootloader, package=_package_record(ctx.bootloader["package"]))}
                if ctx.bootloader else {}),
-            "overlays": [{"name": o.name, "path": str(o.path)} for o in ctx.overlays],
+            "overlays": [{"name": o.name, "path": str(o.path)} for o in ctx.board.overlays],
             "excluded": list(board.exclude),
             "nodeps": list(board.nodeps),
             "provides": [name + (f"={version}" if version else "") for name, version in board.provides.items()],

@@ -145,7 +145,7 @@ def build(board_name, boards_dirs, overlay_dirs, qemu_dirs, out_root, compressio
     board = _load_board(board_name, boards_dirs, overlay_dirs, qemu_dirs)
     progress = _progress(as_json)
     result = build_board(
-        board, outdir=out_root / board.name, cache=_cache(), overlay_dirs=list(overlay_dirs),
+        board, outdir=out_root / board.name, cache=_cache(),
         progress=progress, source_date_epoch=_epoch(), compression=compression,
     )
     outputs = result.manifest["outputs"]
@@ -231,7 +231,7 @@ def show(board_name, boards_dirs, overlay_dirs, qemu_dirs, list_files, as_json):
 
     board = _load_board(board_name, boards_dirs, overlay_dirs, qemu_dirs)
     if list_files:
-        _show_files(board, overlay_dirs, as_json)
+        _show_files(board, as_json)
         return
     data = board_to_dict(board)
     if as_json:
@@ -240,12 +240,10 @@ def show(board_name, boards_dirs, overlay_dirs, qemu_dirs, list_files, as_json):
         click.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
 
 
-def _show_files(board, overlay_dirs, as_json: bool) -> None:
-    from .config import collect_overlays
-    from .overlay import list_layer_files, plan_layers, resolve_variables
+def _show_files(board, as_json: bool) -> None:
+    from .overlay import list_layer_files, plan_layers
 
-    overlays = collect_overlays(board.overlays, list(overlay_dirs), board.source)
-    rows = list_layer_files(plan_layers(overlays, resolve_variables(board, overlays)))
+    rows = list_layer_files(plan_layers(board.overlays, board.values))
     if as_json:
         _emit_json([{"path": p, "type": t, "mode": m, "layer": layer} for p, t, m, layer in rows])
         return

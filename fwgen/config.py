@@ -52,8 +52,8 @@ from .overlay import (
     Overlay,
     check_checks,
     declared_variables,
-    overlay_checks,
     render_checks,
+    render_overlay_checks,
     resolve_overlays,
     resolve_variables,
     variable_text,
@@ -225,8 +225,10 @@ def load_board(
 ) -> Board:
     """Find, parse, validate and resolve a board into a `Board`.
 
-    Overlays become absolute folder paths (each holding an overlay.yaml); kernel.image,
-    kernel.modules_from and feed keys become absolute paths, read relative to the board file.
+    The overlays, with those they depend on, are loaded here once, in application order, with
+    their checks rendered; `overlay_dirs` is searched for them and not needed after this.
+    kernel.image, kernel.modules_from and feed keys become absolute paths, read relative to
+    the board file.
     """
     path = find_board(name_or_path, boards_dirs).resolve()
     doc = read_yaml(display_path(path))
@@ -258,7 +260,7 @@ def load_board(
         package_files=_build_package_files(doc, data["package_files"], path),
         provides=dict(_split_provided(item) for item in data["provides"]),
         exclude_paths=tuple(data["exclude_paths"]),
-        overlays=tuple(str(o.path) for o in overlays),
+        overlays=(),  # below, with their checks rendered
         variables={k: variable_text(v) for k, v in data["variables"].items()},
         outputs=tuple(data["outputs"]),
         disk=DiskSpec(**data["disk"]),
@@ -269,10 +271,11 @@ def load_board(
         limits=_build_limits(data["limits"], data["outputs"], qemu),
         policy=Policy(**dict(data["policy"], setuid_allowed=tuple(data["policy"]["setuid_allowed"]))),
     )
-    variables = resolve_variables(board, overlays)  # references resolve, or fail now
-    board = dataclasses.replace(board, checks=tuple(render_checks(doc, data["checks"], variables)))
-    overlay_checks(board, overlays)  # rendered and forwarded, or fail now
-    return board
+    values = resolve_variables(board, overlays, doc)  # references resolve, or fail now
+    checks = tuple(render_checks(doc, data["checks"], values))
+    forward = qemu.forward if qemu else ()
+    rendered = tuple(dataclasses.replace(o, checks=render_overlay_checks(o, values, forward)) for o in overlays)
+    return dataclasses.replace(board, checks=checks, overlays=rendered, values=values)
 
 
 def _check_fit_outputs(doc: Document, outputs: list[str]) -> None:
@@ -399,13 +402,7 @@ def find_overlays(overlay_dirs: Sequence[Path] = (), board_file: Path | None = N
     return found
 
 
-def collect_overlays(folders: Sequence[str], overlay_dirs: Sequence[Path], board_file: Path) -> list[Overlay]:
-    """The board's overlays in application order (see resolve_overlays)."""
-    return resolve_overlays(folders, find_overlays(overlay_dirs, board_file))
-
-
-def _resolve_overlays(doc: Document, names: list[str], board: Path, overlay_dirs) -> tuple[str, ...]:
-    available = find_overlays(overlay_dirs, board)
+def _resolve_overlays(doc: Document, names: list[str], board: Path, available: Mapping[str, Path]) -> tuple[str, ...]:
     resolved = []
     for i, name in enumerate(names):
         if _is_path(name) or name.startswith("."):
@@ -426,8 +423,9 @@ def _resolve_overlay_stack(doc: Document, data: dict, board: Path, overlay_dirs)
     """The board's overlays and their dependencies in application order, each overlay.yaml
     validated; the board's variables must be ones its overlays declare."""
 
-    folders = _resolve_overlays(doc, data["overlays"], board, overlay_dirs)
-    overlays = resolve_overlays(folders, find_overlays(overlay_dirs, board))
+    available = find_overlays(overlay_dirs, board)
+    folders = _resolve_overlays(doc, data["overlays"], board, available)
+    overlays = resolve_overlays(folders, available)
     known = declared_variables(overlays)
     for name in data["variables"]:
         if name not in known:
@@ -458,8 +456,10 @@ def check_persist_storage(doc: Document, persistent: bool) -> None:
 
 
 def board_to_dict(board: Board) -> dict:
-    """The fully resolved board as JSON-ready data (paths and arches as strings)."""
-    return _plain(board)
+    """The fully resolved board as JSON-ready data (paths and arches as strings); overlays
+    by their folders (`fwgen show --files` lists what they supply)."""
+    folders = [str(overlay.path) for overlay in board.overlays]
+    return _plain(dataclasses.replace(board, overlays=())) | {"overlays": folders}
 
 
 def _plain(value: Any) -> Any:

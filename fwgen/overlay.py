@@ -17,7 +17,6 @@ returns the entries, `apply_layers` adds them to a RootFS.
 
 from __future__ import annotations
 
-import functools
 import os
 import posixpath
 import re
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .board import Check
+from .board import Board, Check, Overlay
 from .document import (
     Document,
     apply_defaults,
@@ -53,39 +52,11 @@ SERVICE_HELPER = "/sbin/fwgen-service"
 ALL_PORTS = range(1, 65536)
 
 
-@dataclass(frozen=True)
-class Overlay:
-    """One loaded, validated overlay.yaml (defaults applied) and its folder."""
-
-    name: str
-    path: Path
-    doc: Any  # config.Document: positions for errors that come after validation
-    description: str = ""
-    depends: tuple[str, ...] = ()
-    packages: tuple[str, ...] = ()
-    variables: dict[str, Any] = field(default_factory=dict)  # name -> {"default": ..., ...}
-    files: dict[str, dict] = field(default_factory=dict)
-    users: dict[str, dict] = field(default_factory=dict)
-    groups: dict[str, dict] = field(default_factory=dict)
-    services: dict[str, dict] = field(default_factory=dict)
-    sysctl: dict[str, Any] = field(default_factory=dict)
-    modules: tuple[str, ...] = ()
-    busybox_config: tuple[Path, ...] = ()  # Kconfig fragments the overlay's services need
-    checks: tuple[dict, ...] = ()  # `checks:` items, defaults applied; render_checks fills in variables
-
-    @property
-    def meta_file(self) -> str:
-        return str(self.doc.file)
-
-    def error(self, keypath: tuple, message: str, hint: str | None = None, *, at_key: bool = False) -> ConfigError:
-        return self.doc.error(keypath, message, hint, at_key=at_key)
-
-
 def load_overlay(path: Path) -> Overlay:
     """Read and validate `<path>/overlay.yaml`."""
     doc = read_yaml(display_path(path / "overlay.yaml"))
     validate(doc, "overlay")
-    check_checks(doc, forward=ALL_PORTS)  # the board's forwards are checked by overlay_checks
+    check_checks(doc, forward=ALL_PORTS)  # the board's forwards are checked by render_overlay_checks
     data = apply_defaults(doc.data, load_schema("overlay"))
     overlay = Overlay(
         name=path.name, path=path, doc=doc,
@@ -101,7 +72,6 @@ def load_overlay(path: Path) -> Overlay:
         modules=tuple(data["modules"]),
         busybox_config=tuple(_overlay_file(doc, path, ("busybox_config", i), name)
                              for i, name in enumerate(data["busybox_config"])),
-        checks=tuple(data["checks"]),
     )
     for image_path in overlay.files:
         if ".." in image_path.split("/"):
@@ -148,29 +118,21 @@ def resolve_overlays(folders: Sequence[str | Path], available: Mapping[str, Path
     return ordered
 
 
-def overlay_checks(board, overlays: Sequence[Overlay] | None = None) -> list[Check]:
-    """The checks of a loaded board's overlays, to run after the board's own: rendered with
-    the board's variables, and every port they reach forwarded by the board.
-
-    `overlays` is the board's stack when the caller has it loaded; else Board.overlays (already
-    the whole stack, in order) is loaded again."""
-    if overlays is None:
-        folders = [Path(folder) for folder in board.overlays]
-        overlays = resolve_overlays(folders, {folder.name: folder for folder in folders})
-    variables = resolve_variables(board, overlays)
-    forward = board.qemu.forward if board.qemu else ()
-    checks = []
-    for overlay in overlays:
-        for index, check in enumerate(render_checks(overlay.doc, overlay.checks, variables)):
-            if check.port is not None and check.port not in forward:
-                key = "tcp" if check.kind == "tcp" else "port"
-                raise overlay.error(("checks", index, key), f"port {check.port} is not forwarded",
-                                    "add it to the board's qemu.forward")
-            checks.append(check)
-    return checks
+def render_overlay_checks(overlay: Overlay, variables: Mapping[str, str], forward: Sequence[int]) -> tuple[Check, ...]:
+    """The overlay's checks rendered with the board's variables; every port they reach must be
+    one the board forwards."""
+    schema = load_schema("overlay")
+    items = apply_defaults(overlay.doc.data.get("checks", []), schema["properties"]["checks"], schema)
+    checks = render_checks(overlay.doc, items, variables)
+    for index, check in enumerate(checks):
+        if check.port is not None and check.port not in forward:
+            key = "tcp" if check.kind == "tcp" else "port"
+            raise overlay.error(("checks", index, key), f"port {check.port} is not forwarded",
+                                "add it to the board's qemu.forward")
+    return tuple(checks)
 
 
-def render_checks(doc: Any, items: Sequence[dict], variables: Mapping[str, str]) -> list[Check]:
+def render_checks(doc: Document, items: Sequence[dict], variables: Mapping[str, str]) -> list[Check]:
     """The `checks:` items of a board or overlay file (a config.Document) with every string
     rendered; an overlay's port may be a variable (`port: "{{ httpd_port }}"`)."""
     checks = []
@@ -232,7 +194,7 @@ def check_checks(doc: Document, forward: Sequence[int] | None = None) -> None:
 def _check_forwarded(doc: Document, index: int, item: dict, forward: Sequence[int]) -> None:
     key = "tcp" if "tcp" in item else "port"
     if not isinstance(item.get(key), int):
-        return  # none, or an overlay's "{{ variable }}": checked once rendered (overlay_checks)
+        return  # none, or an overlay's "{{ variable }}": checked once rendered (render_overlay_checks)
     if item[key] not in forward:
         raise doc.error(("checks", index, key), f"port {item[key]} is not forwarded",
                         "add it to the board's qemu.forward")
@@ -263,7 +225,7 @@ def build_check(item: dict) -> Check:
 # Variables and templates
 
 
-def builtin_variables(board) -> dict[str, str]:
+def builtin_variables(board: Board) -> dict[str, str]:
     """The variables every template may use, whatever the overlays declare."""
     return {"hostname": board.hostname, "board": board.name, "arch": board.arch.value,
             "fwgen_version": __version__}
@@ -278,7 +240,7 @@ def variable_text(value: Any) -> str:
     return str(value)
 
 
-def resolve_variables(board, overlays: Sequence[Overlay]) -> dict[str, str]:
+def resolve_variables(board: Board, overlays: Sequence[Overlay], board_doc: Document) -> dict[str, str]:
     """Built-ins, then the overlays' defaults, then the board's values (later wins), each with
     the variables it uses filled in (`url: "http://{{ hostname }}:{{ port }}"`).
 
@@ -290,21 +252,9 @@ def resolve_variables(board, overlays: Sequence[Overlay]) -> dict[str, str]:
         for name, spec in overlay.variables.items():
             if "default" in spec:
                 sources[name] = (variable_text(spec["default"]), (overlay.doc, ("variables", name, "default")))
-    board_doc = _BoardDoc(board)
     sources.update({name: (text, (board_doc, ("variables", name))) for name, text in board.variables.items()})
     resolver = _Resolver(sources)
     return {name: resolver[name] for name in sources}
-
-
-class _BoardDoc:
-    """The board file's Document, read only when a board value needs a position."""
-
-    def __init__(self, board) -> None:
-        self.board = board
-
-    @functools.cached_property
-    def doc(self):
-        return read_yaml(display_path(self.board.source))
 
 
 class _Resolver(Mapping[str, str]):
@@ -330,17 +280,13 @@ class _Resolver(Mapping[str, str]):
         if name in self.chain:
             cycle = " -> ".join([*self.chain[self.chain.index(name):], name])
             doc, keypath = self.sources[self.chain[-1]][1]
-            raise _document(doc).error(keypath, f"variables refer to each other in a cycle: {cycle}")
+            raise doc.error(keypath, f"variables refer to each other in a cycle: {cycle}")
         if place is not None and PLACEHOLDER.search(text):
             self.chain.append(name)
-            text = render_at(_document(place[0]), place[1], self)
+            text = render_at(place[0], place[1], self)
             self.chain.pop()
         self.done[name] = text
         return text
-
-
-def _document(holder: Any) -> Any:
-    return holder.doc if isinstance(holder, _BoardDoc) else holder
 
 
 def declared_variables(overlays: Sequence[Overlay]) -> set[str]:
@@ -511,7 +457,7 @@ def plan_layers(overlays: Sequence[Overlay], variables: Mapping[str, str]) -> La
         layers.packages += [p for p in overlay.packages if p not in layers.packages]
         layers.modules += [m for m in overlay.modules if m not in layers.modules]
         layers.busybox_config += [f for f in overlay.busybox_config if f not in layers.busybox_config]
-        layers.checks += render_checks(overlay.doc, overlay.checks, variables)
+        layers.checks += overlay.checks
         if overlay.sysctl:
             _add_generated(layers, f"/etc/sysctl.d/50-{overlay.name}.conf", _sysctl_file(overlay), overlay)
     for path, data in account_files(layers.accounts).items():

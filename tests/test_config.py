@@ -49,7 +49,7 @@ def test_shipped_board_loads(path):
     assert board.name == path.stem
     assert board.source == path.resolve()
     for overlay in board.overlays:
-        assert (Path(overlay) / "overlay.yaml").is_file()
+        assert (overlay.path / "overlay.yaml").is_file()
     if board.qemu:
         assert board.qemu.profile.arch is board.arch
 
@@ -68,7 +68,7 @@ def test_shipped_aarch64_board_in_full():
     assert board.feeds == (Feed("debian", "deb", "http://deb.debian.org/debian", "bookworm", ("main",)),)
     assert board.kernel.package == "linux-image-cloud-arm64"
     assert board.kernel.modules == ("virtio_mmio", "failover", "net_failover", "virtio_net")
-    assert [Path(o).name for o in board.overlays] == ["base", "network", "httpd", "ssh", "ntp", "watchdog"]
+    assert [o.name for o in board.overlays] == ["base", "network", "httpd", "ssh", "ntp", "watchdog"]
     assert board.qemu.profile.machine == "virt" and board.qemu.forward == (80, 22)
     assert [c.name for c in board.checks] == ["run: uname -m", "run: cat /proc/cmdline", "http: / (port 80)"]
     assert board.checks[2] == Check(kind="http", name="http: / (port 80)", path="/", port=80,
@@ -226,7 +226,7 @@ overlays: [base, acme-web, ./extra/acme-extra]
 """)
     board = load_board(str(board_file))
     assert board.name == "router"
-    assert board.overlays == (str(REPO / "overlays" / "base"), str(vendor / "overlays" / "acme-web"), str(local))
+    assert [o.path for o in board.overlays] == [REPO / "overlays" / "base", vendor / "overlays" / "acme-web", local]
     assert board.feeds[0].keys == (vendor / "keys" / "acme.pub",)
     assert board.kernel.image == vendor / "kernel" / "Image"
     assert board.kernel.modules_from == vendor / "kernel"
@@ -242,7 +242,7 @@ def test_vendor_tree_with_its_own_qemu_profile_and_overlay_dirs(tmp_path):
     assert board.qemu.profile.name == "acme-mips"
     # The binary defaults from the arch table.
     assert board.qemu.profile.binary == "qemu-system-mipsel"
-    assert board.overlays == (str(extra / "nasd"),)
+    assert [o.path for o in board.overlays] == [extra / "nasd"]
     with pytest.raises(ConfigError, match=r"unknown overlay 'nasd'"):
         load_board(vendor / "boards" / "nas.yaml")
 

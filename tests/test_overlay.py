@@ -10,14 +10,13 @@ from pathlib import Path
 import pytest
 from buildutil import REPO, run_fwgen
 
-from fwgen.config import collect_overlays, load_board
+from fwgen.config import load_board
 from fwgen.errors import ConfigError
 from fwgen.overlay import (
     apply_layers,
     list_layer_files,
     plan_layers,
     render,
-    resolve_variables,
     scaffold_overlay,
 )
 from fwgen.rootfs import EntryType, RootFS
@@ -35,8 +34,7 @@ def write(path: Path, text: str) -> Path:
 
 def plan(board_file: Path):
     board = load_board(board_file)
-    overlays = collect_overlays(board.overlays, [], board.source)
-    return board, plan_layers(overlays, resolve_variables(board, overlays))
+    return board, plan_layers(board.overlays, board.values)
 
 
 def make_board(folder: Path, overlays: list[str], extra: str = "") -> Path:
@@ -96,7 +94,7 @@ def test_dependencies_come_first_and_cycles_are_named(tmp_path):
     write(tmp_path / "overlays/b/overlay.yaml", "depends: [c]\n")
     write(tmp_path / "overlays/c/overlay.yaml", "description: c\n")
     board = load_board(make_board(tmp_path, ["a"]))
-    assert [Path(p).name for p in board.overlays] == ["c", "b", "a"]
+    assert [o.name for o in board.overlays] == ["c", "b", "a"]
     write(tmp_path / "overlays/c/overlay.yaml", "depends: [a]\n")
     with pytest.raises(ConfigError, match="cycle: a -> b -> c -> a"):
         load_board(tmp_path / "board.yaml")
@@ -109,7 +107,7 @@ def test_vendor_overlays_dir_and_folders_beside_the_board(tmp_path):
     board_file = make_board(tmp_path / "product", ["acme", "./local"])
     write(tmp_path / "product/local/overlay.yaml", "description: beside the board\n")
     board = load_board(board_file, overlay_dirs=[vendor])
-    assert [Path(p).name for p in board.overlays] == ["base", "acme", "local"]
+    assert [o.name for o in board.overlays] == ["base", "acme", "local"]
 
 
 # --- variables and templates ---------------------------------------------------------------------
@@ -140,8 +138,7 @@ def test_variables_use_other_variables_in_one_pass(tmp_path):
     board, layers = plan(make_board(tmp_path, ["one"], extra))
     assert layers.entries["/etc/url"].data == b"http://box.local:8080/\n"
     assert "exec fetch http://box.local:8080/" in layers.entries["/etc/service/web/run"].data.decode()
-    variables = resolve_variables(board, collect_overlays(board.overlays, [], board.source))
-    assert variables["tag"] == "8080-box"
+    assert board.values["tag"] == "8080-box"
 
 
 def test_variable_values_are_not_rendered_again(tmp_path):
@@ -150,14 +147,11 @@ def test_variable_values_are_not_rendered_again(tmp_path):
     write(tmp_path / "overlays/one/overlay.yaml",
           'variables:\n  brace: {default: "{"}\n  both: {default: "{{ brace }}{{ brace }} x }}"}\n')
     board = load_board(make_board(tmp_path, ["one"]))
-    variables = resolve_variables(board, collect_overlays(board.overlays, [], board.source))
-    assert variables["both"] == "{{ x }}"
+    assert board.values["both"] == "{{ x }}"
 
 
 def test_overlay_checks_use_the_board_variables(tmp_path):
     """The httpd overlay's http check follows httpd_port; a vendor's run check is rendered."""
-    from fwgen.overlay import overlay_checks
-
     write(tmp_path / "overlays/vendor/overlay.yaml",
           "variables:\n  vendor_conf: {default: /etc/vendor.conf}\n  vendor_port: {default: \"80\"}\n"
           "checks:\n  - run: grep -c port={{ vendor_port }} {{ vendor_conf }}\n    expect: \"1\"\n"
@@ -165,7 +159,7 @@ def test_overlay_checks_use_the_board_variables(tmp_path):
     board = load_board(make_board(tmp_path, ["httpd", "vendor"],
                                   'variables:\n  httpd_port: "8080"\n  vendor_port: "8080"\n'
                                   "qemu: {profile: virt-aarch64, forward: [8080]}\n"))
-    checks = {c.kind: c for c in overlay_checks(board) if c.kind in ("http", "run")}
+    checks = {c.kind: c for c in board.all_checks[len(board.checks):] if c.kind in ("http", "run")}
     assert (checks["http"].port, checks["http"].name) == (8080, "http: / (port 8080)")
     assert checks["run"].command == "grep -c port=8080 /etc/vendor.conf"
     assert checks["run"].name == "/etc/vendor.conf names port 8080"
@@ -307,12 +301,8 @@ def test_new_overlay_scaffold_loads_and_is_used_by_a_board(tmp_path):
 
 
 def test_overlays_extend_the_busybox_configuration_in_stack_order(tmp_path):
-    from fwgen.config import load_board
-    from fwgen.overlay import plan_layers, resolve_variables
-
     board = load_board("qemu-aarch64")
-    overlays = collect_overlays(board.overlays, [], board.source)
-    layers = plan_layers(overlays, resolve_variables(board, overlays))
+    layers = plan_layers(board.overlays, board.values)
     names = [(p.parent.name, p.read_text().split("\n")[1]) for p in layers.busybox_config]
     assert names == [("httpd", "CONFIG_HTTPD=y"), ("ntp", "CONFIG_NTPD=y"),
                      ("watchdog", "CONFIG_WATCHDOG=y")]
