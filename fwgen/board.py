@@ -6,12 +6,12 @@ Nothing downstream of `fwgen.config` reads YAML or looks for overlay folders; it
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .arch import Arch
-from .document import Document
+from .document import Positions
 from .dtb import Fixup
 from .errors import ConfigError
 
@@ -177,33 +177,83 @@ class Check:
 
 
 @dataclass(frozen=True)
+class Variable:
+    """A variable an overlay declares for its templates, service commands, keys and checks."""
+
+    default: str | int | float | bool | tuple[str, ...] | None = None  # None: the board must set it
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class FileRule:
+    """What overlay.yaml says of one image path: owner and mode a git checkout cannot carry,
+    and whether it replaces an earlier overlay's file."""
+
+    mode: int | None = None
+    owner: str | None = None  # a user, by name
+    group: str | None = None
+    replaces: bool = False
+
+
+@dataclass(frozen=True)
+class User:
+    """A user as one overlay declares it; None is a setting it leaves to an earlier overlay
+    or to the defaults (a later overlay may add settings, never change them)."""
+
+    uid: int | None = None
+    group: str | None = None
+    groups: tuple[str, ...] | None = None
+    home: str | None = None
+    shell: str | None = None
+    gecos: str | None = None
+    password_hash: str | None = None
+    authorized_keys: str | None = None  # may use variables, rendered when the image is planned
+    authorized_keys_file: str | None = None  # relative to the overlay folder
+
+    def declared(self) -> dict[str, Any]:
+        """The settings the overlay gave, by their overlay.yaml key."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+@dataclass(frozen=True)
+class Service:
+    """A supervised daemon: `command` runs in the foreground, after `setup`, as `user`."""
+
+    command: str  # may use variables, rendered when the image is planned
+    setup: str | None = None
+    user: str = "root"
+    depends: tuple[str, ...] = ()  # services started first
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Overlay:
-    """One overlay of a board, loaded once with the board (fwgen.overlay.load_overlay_stack):
-    its overlay.yaml validated (defaults applied), its checks rendered with the board's
-    variables and every port they reach forwarded by the board."""
+    """One overlay of a board, loaded once with the board (fwgen.config.load_board): its
+    overlay.yaml validated (defaults applied), its checks rendered with the board's variables
+    and every port they reach forwarded by the board."""
 
     name: str
     path: Path  # the folder, holding overlay.yaml and files/
-    doc: Document  # positions for errors that come after loading (owners, services)
+    positions: Positions  # of overlay.yaml, for errors found when the image is planned
     description: str = ""
     depends: tuple[str, ...] = ()
     packages: tuple[str, ...] = ()
-    variables: dict[str, Any] = field(default_factory=dict)  # name -> {"default": ..., ...}
-    files: dict[str, dict] = field(default_factory=dict)
-    users: dict[str, dict] = field(default_factory=dict)
-    groups: dict[str, dict] = field(default_factory=dict)
-    services: dict[str, dict] = field(default_factory=dict)
-    sysctl: dict[str, Any] = field(default_factory=dict)
+    variables: dict[str, Variable] = field(default_factory=dict)
+    files: dict[str, FileRule] = field(default_factory=dict)  # image path -> rule
+    users: dict[str, User] = field(default_factory=dict)
+    groups: dict[str, int] = field(default_factory=dict)  # name -> gid
+    services: dict[str, Service] = field(default_factory=dict)
+    sysctl: dict[str, str] = field(default_factory=dict)  # key -> value, as text
     modules: tuple[str, ...] = ()
     busybox_config: tuple[Path, ...] = ()  # Kconfig fragments the overlay's services need
     checks: tuple[Check, ...] = ()  # rendered, run after the board's own
 
     @property
     def meta_file(self) -> str:
-        return str(self.doc.file)
+        return str(self.positions.file)
 
     def error(self, keypath: tuple, message: str, hint: str | None = None, *, at_key: bool = False) -> ConfigError:
-        return self.doc.error(keypath, message, hint, at_key=at_key)
+        return self.positions.error(keypath, message, hint, at_key=at_key)
 
 
 @dataclass(frozen=True)

@@ -243,7 +243,7 @@ def load_board(
                         f"but the board is {data['arch']}",
                         "pick a profile for the board's arch")
     _check_fit_outputs(doc, data["outputs"])
-    overlays = _resolve_overlay_stack(doc, data, path, overlay_dirs)
+    stack = _resolve_overlay_stack(doc, data, path, overlay_dirs)
     board = Board(
         name=_board_name(doc, data, path),
         arch=Arch.from_name(data["arch"]),
@@ -271,11 +271,12 @@ def load_board(
         limits=_build_limits(data["limits"], data["outputs"], qemu),
         policy=Policy(**dict(data["policy"], setuid_allowed=tuple(data["policy"]["setuid_allowed"]))),
     )
-    values = resolve_variables(board, overlays, doc)  # references resolve, or fail now
+    values = resolve_variables(board, [overlay for overlay, _ in stack], doc)  # references resolve, or fail now
     checks = tuple(render_checks(doc, data["checks"], values))
     forward = qemu.forward if qemu else ()
-    rendered = tuple(dataclasses.replace(o, checks=render_overlay_checks(o, values, forward)) for o in overlays)
-    return dataclasses.replace(board, checks=checks, overlays=rendered, values=values)
+    overlays = tuple(dataclasses.replace(overlay, checks=render_overlay_checks(overlay_doc, values, forward))
+                     for overlay, overlay_doc in stack)
+    return dataclasses.replace(board, checks=checks, overlays=overlays, values=values)
 
 
 def _check_fit_outputs(doc: Document, outputs: list[str]) -> None:
@@ -419,21 +420,20 @@ def _resolve_overlays(doc: Document, names: list[str], board: Path, available: M
     return tuple(resolved)
 
 
-def _resolve_overlay_stack(doc: Document, data: dict, board: Path, overlay_dirs) -> list[Overlay]:
+def _resolve_overlay_stack(doc: Document, data: dict, board: Path, overlay_dirs) -> list[tuple[Overlay, Document]]:
     """The board's overlays and their dependencies in application order, each overlay.yaml
-    validated; the board's variables must be ones its overlays declare."""
-
+    read once and validated; the board's variables must be ones its overlays declare."""
     available = find_overlays(overlay_dirs, board)
     folders = _resolve_overlays(doc, data["overlays"], board, available)
-    overlays = resolve_overlays(folders, available)
-    known = declared_variables(overlays)
+    stack = resolve_overlays(folders, available)
+    known = declared_variables([overlay for overlay, _ in stack])
     for name in data["variables"]:
         if name not in known:
             raise doc.error(("variables", name), f"no overlay of the board declares variable '{name}'",
                             did_you_mean(name, sorted(known), "variables"), at_key=True)
-    for overlay in overlays:
-        check_persist_storage(overlay.doc, has_persistent_storage(data))
-    return overlays
+    for _, overlay_doc in stack:
+        check_persist_storage(overlay_doc, has_persistent_storage(data))
+    return stack
 
 
 def has_persistent_storage(data: dict) -> bool:

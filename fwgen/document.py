@@ -41,11 +41,11 @@ KeyPath = tuple[str | int, ...]
 
 
 @dataclass(frozen=True)
-class Document:
-    """A loaded YAML file: plain data plus the position of every node, by key path."""
+class Positions:
+    """Where every node of a loaded YAML file is, by key path: what an error found after
+    loading (an owner no layer supplies) needs of the file, without its data."""
 
     file: str
-    data: Any
     values: dict[KeyPath, tuple[int, int]]  # key path -> (line, column) of the value node
     keys: dict[KeyPath, tuple[int, int]]  # key path -> (line, column) of the mapping key
 
@@ -69,6 +69,17 @@ class Document:
         if path in self.values:
             return self.values[path]
         return self.position(path[:-1]) if path else (1, 1)
+
+
+@dataclass(frozen=True)
+class Document(Positions):
+    """A loaded YAML file: plain data plus the position of every node."""
+
+    data: Any = None
+
+    def positions(self) -> Positions:
+        """The positions alone, for a dataclass built from this file to keep."""
+        return Positions(self.file, self.values, self.keys)
 
 
 def format_keypath(path: KeyPath) -> str:
@@ -130,7 +141,7 @@ def read_yaml(path: Path) -> Document:
         if root is None:
             raise ConfigError("file is empty", file=file, line=1, column=1,
                               hint="expected a mapping of settings")
-        doc = Document(file, None, {(): _mark(root)}, {})
+        doc = Document(file, {(): _mark(root)}, {})
         data = _construct(loader, root, (), doc, ())
     except yaml.MarkedYAMLError as e:
         raise _yaml_error(file, e) from e

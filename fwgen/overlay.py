@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .board import Board, Check, Overlay
+from .board import Board, Check, FileRule, Overlay, Service, User, Variable
 from .document import (
     Document,
+    Positions,
     apply_defaults,
     did_you_mean,
     display_path,
@@ -52,23 +53,24 @@ SERVICE_HELPER = "/sbin/fwgen-service"
 ALL_PORTS = range(1, 65536)
 
 
-def load_overlay(path: Path) -> Overlay:
-    """Read and validate `<path>/overlay.yaml`."""
+def load_overlay(path: Path) -> tuple[Overlay, Document]:
+    """Read and validate `<path>/overlay.yaml`: the Overlay (its checks not yet rendered) and
+    the Document, which the board's loading needs for the checks and then drops."""
     doc = read_yaml(display_path(path / "overlay.yaml"))
     validate(doc, "overlay")
     check_checks(doc, forward=ALL_PORTS)  # the board's forwards are checked by render_overlay_checks
     data = apply_defaults(doc.data, load_schema("overlay"))
     overlay = Overlay(
-        name=path.name, path=path, doc=doc,
+        name=path.name, path=path, positions=doc.positions(),
         description=data["description"].strip(),
         depends=tuple(data["depends"]),
         packages=tuple(data["packages"]),
-        variables=data["variables"],
-        files=data["files"],
-        users=data["users"],
-        groups=data["groups"],
-        services=data["services"],
-        sysctl=data["sysctl"],
+        variables={name: _variable(spec) for name, spec in data["variables"].items()},
+        files={image_path: _file_rule(rule) for image_path, rule in data["files"].items()},
+        users={name: _user(spec) for name, spec in data["users"].items()},
+        groups={name: spec["gid"] for name, spec in data["groups"].items()},
+        services={name: _service(spec) for name, spec in data["services"].items()},
+        sysctl={key: variable_text(value).strip() for key, value in data["sysctl"].items()},
         modules=tuple(data["modules"]),
         busybox_config=tuple(_overlay_file(doc, path, ("busybox_config", i), name)
                              for i, name in enumerate(data["busybox_config"])),
@@ -76,10 +78,30 @@ def load_overlay(path: Path) -> Overlay:
     for image_path in overlay.files:
         if ".." in image_path.split("/"):
             raise overlay.error(("files", image_path), f"'{image_path}' escapes the image root", at_key=True)
-    return overlay
+    return overlay, doc
 
 
-def _overlay_file(doc: Any, folder: Path, keypath: tuple, name: str) -> Path:
+def _variable(spec: dict) -> Variable:
+    default = spec.get("default")
+    return Variable(default=tuple(default) if isinstance(default, list) else default,
+                    description=spec.get("description", ""))
+
+
+def _file_rule(rule: dict) -> FileRule:
+    mode = int(rule["mode"], 8) if "mode" in rule else None
+    return FileRule(mode=mode, owner=rule.get("owner"), group=rule.get("group"), replaces=rule.get("replaces", False))
+
+
+def _user(spec: dict) -> User:
+    groups = spec.get("groups")
+    return User(**dict(spec, groups=tuple(groups) if groups is not None else None))
+
+
+def _service(spec: dict) -> Service:
+    return Service(**dict(spec, depends=tuple(spec.get("depends", ()))))
+
+
+def _overlay_file(doc: Document, folder: Path, keypath: tuple, name: str) -> Path:
     """A file the overlay names, which must lie inside the overlay folder."""
     resolved = (folder / name).resolve()
     if not resolved.is_relative_to(folder.resolve()):
@@ -89,13 +111,14 @@ def _overlay_file(doc: Any, folder: Path, keypath: tuple, name: str) -> Path:
     return resolved
 
 
-def resolve_overlays(folders: Sequence[str | Path], available: Mapping[str, Path]) -> list[Overlay]:
-    """The overlays in application order, each after the overlays it depends on.
+def resolve_overlays(folders: Sequence[str | Path], available: Mapping[str, Path]) -> list[tuple[Overlay, Document]]:
+    """The overlays in application order, each after the overlays it depends on, each read
+    once (see load_overlay).
 
     `folders` are the board's overlays as config resolved them; dependencies in overlay.yaml
     are names looked up in `available` (config.find_overlays).
     """
-    ordered: list[Overlay] = []
+    ordered: list[tuple[Overlay, Document]] = []
     done: set[Path] = set()
 
     def visit(folder: Path, chain: tuple[str, ...]) -> None:
@@ -104,31 +127,31 @@ def resolve_overlays(folders: Sequence[str | Path], available: Mapping[str, Path
         if folder.name in chain:
             raise ConfigError("overlay dependency cycle: " + " -> ".join((*chain, folder.name)),
                               file=str(folder / "overlay.yaml"), keypath="depends")
-        overlay = load_overlay(folder)
+        overlay, doc = load_overlay(folder)
         for i, name in enumerate(overlay.depends):
             if name not in available:
                 raise overlay.error(("depends", i), f"depends on unknown overlay '{name}'",
                                     did_you_mean(name, list(available), "overlays"))
             visit(available[name], (*chain, folder.name))
         done.add(folder)
-        ordered.append(overlay)
+        ordered.append((overlay, doc))
 
     for folder in folders:
         visit(Path(folder), ())
     return ordered
 
 
-def render_overlay_checks(overlay: Overlay, variables: Mapping[str, str], forward: Sequence[int]) -> tuple[Check, ...]:
-    """The overlay's checks rendered with the board's variables; every port they reach must be
-    one the board forwards."""
+def render_overlay_checks(doc: Document, variables: Mapping[str, str], forward: Sequence[int]) -> tuple[Check, ...]:
+    """An overlay's checks (its overlay.yaml's Document) rendered with the board's variables;
+    every port they reach must be one the board forwards."""
     schema = load_schema("overlay")
-    items = apply_defaults(overlay.doc.data.get("checks", []), schema["properties"]["checks"], schema)
-    checks = render_checks(overlay.doc, items, variables)
+    items = apply_defaults(doc.data.get("checks", []), schema["properties"]["checks"], schema)
+    checks = render_checks(doc, items, variables)
     for index, check in enumerate(checks):
         if check.port is not None and check.port not in forward:
             key = "tcp" if check.kind == "tcp" else "port"
-            raise overlay.error(("checks", index, key), f"port {check.port} is not forwarded",
-                                "add it to the board's qemu.forward")
+            raise doc.error(("checks", index, key), f"port {check.port} is not forwarded",
+                            "add it to the board's qemu.forward")
     return tuple(checks)
 
 
@@ -235,7 +258,7 @@ def variable_text(value: Any) -> str:
     """How a YAML value reads in a template: lists one item per line, booleans lower-case."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return "\n".join(str(v) for v in value)
     return str(value)
 
@@ -249,10 +272,12 @@ def resolve_variables(board: Board, overlays: Sequence[Overlay], board_doc: Docu
     """
     sources: dict[str, tuple[str, Any]] = {name: (text, None) for name, text in builtin_variables(board).items()}
     for overlay in overlays:
-        for name, spec in overlay.variables.items():
-            if "default" in spec:
-                sources[name] = (variable_text(spec["default"]), (overlay.doc, ("variables", name, "default")))
-    sources.update({name: (text, (board_doc, ("variables", name))) for name, text in board.variables.items()})
+        for name, variable in overlay.variables.items():
+            if variable.default is not None:
+                sources[name] = (variable_text(variable.default),
+                                 (overlay.positions, ("variables", name, "default"), variable.default))
+    sources.update({name: (text, (board_doc, ("variables", name), board_doc.data["variables"][name]))
+                    for name, text in board.variables.items()})
     resolver = _Resolver(sources)
     return {name: resolver[name] for name in sources}
 
@@ -279,11 +304,11 @@ class _Resolver(Mapping[str, str]):
         text, place = self.sources[name]
         if name in self.chain:
             cycle = " -> ".join([*self.chain[self.chain.index(name):], name])
-            doc, keypath = self.sources[self.chain[-1]][1]
-            raise doc.error(keypath, f"variables refer to each other in a cycle: {cycle}")
+            positions, keypath, _ = self.sources[self.chain[-1]][1]
+            raise positions.error(keypath, f"variables refer to each other in a cycle: {cycle}")
         if place is not None and PLACEHOLDER.search(text):
             self.chain.append(name)
-            text = render_at(place[0], place[1], self)
+            text = render_value(*place, self)
             self.chain.pop()
         self.done[name] = text
         return text
@@ -316,22 +341,23 @@ def render(text: str, variables: Mapping[str, str], *, file: str, line: int = 1,
     return PLACEHOLDER.sub(substitute, text)
 
 
-def _render_value(overlay: Overlay, keypath: tuple, variables: Mapping[str, str]) -> str:
-    return render_at(overlay.doc, keypath, variables)
-
-
-def render_at(doc: Any, keypath: tuple, variables: Mapping[str, str]) -> str:
-    """The value at `keypath` of a loaded file (a config.Document), rendered; an undefined
-    variable is an error at its place in that file."""
+def render_at(doc: Document, keypath: tuple, variables: Mapping[str, str]) -> str:
+    """The value at `keypath` of a loaded file, rendered (see render_value)."""
     value = doc.data
     for part in keypath:
         value = value[part]
-    line, column = doc.position(keypath)
+    return render_value(doc, keypath, value, variables)
+
+
+def render_value(positions: Positions, keypath: tuple, value: Any, variables: Mapping[str, str]) -> str:
+    """`value`, found at `keypath` of a loaded file, rendered; an undefined variable is an
+    error at its place in that file."""
+    line, column = positions.position(keypath)
     text = variable_text(value)
     # A block scalar (`|`) starts on the line after its indicator.
     if isinstance(value, str) and "\n" in value:
         line, column = line + 1, 1
-    return render(text, variables, file=str(doc.file), line=line, column=column,
+    return render(text, variables, file=str(positions.file), line=line, column=column,
                   keypath=format_keypath(keypath))
 
 
@@ -358,13 +384,13 @@ def collect_accounts(overlays: Sequence[Overlay]) -> Accounts:
     """Merge users and groups: a later overlay may add settings to a user, never change them."""
     accounts = Accounts()
     for overlay in overlays:
-        for name, spec in overlay.groups.items():
-            if accounts.groups.get(name, spec["gid"]) != spec["gid"]:
+        for name, gid in overlay.groups.items():
+            if accounts.groups.get(name, gid) != gid:
                 raise overlay.error(("groups", name, "gid"), f"group '{name}' already has gid "
                                     f"{accounts.groups[name]}")
-            accounts.groups[name] = spec["gid"]
-        for name, spec in overlay.users.items():
-            _merge_user(accounts, overlay, name, spec)
+            accounts.groups[name] = gid
+        for name, user in overlay.users.items():
+            _merge_user(accounts, overlay, name, user.declared())
     for name, declared in accounts.users.items():
         home = "/root" if name == "root" else f"/home/{name}"
         user = accounts.users[name] = {"group": name, "home": home, "shell": "/bin/false", "gecos": name} | declared
@@ -441,7 +467,7 @@ class Layers:
     packages and boot modules they ask for, and their checks."""
 
     entries: dict[str, Entry] = field(default_factory=dict)
-    rules: list[tuple[Overlay, str, dict]] = field(default_factory=list)  # files: rules for other paths
+    rules: list[tuple[Overlay, str, FileRule]] = field(default_factory=list)  # files: rules for other paths
     packages: list[str] = field(default_factory=list)
     modules: list[str] = field(default_factory=list)
     busybox_config: list[Path] = field(default_factory=list)
@@ -488,7 +514,7 @@ def _add_tree(layers: Layers, overlay: Overlay, variables: Mapping[str, str]) ->
             rule = overlay.files.get(entry.path)
             if rule is not None:
                 entry = _with_rule(entry, rule, overlay, entry.path, layers.accounts)
-            _place(layers, entry, overlay, host, replaces=bool(rule and rule.get("replaces")))
+            _place(layers, entry, overlay, host, replaces=bool(rule and rule.replaces))
             supplied.add(entry.path)
     for path, rule in overlay.files.items():
         if path not in supplied:
@@ -526,18 +552,18 @@ def _entry_from_host(host: Path, image_path: str, overlay: Overlay, variables: M
     return Entry(image_path, EntryType.FILE, mode, data=data, provenance=provenance)
 
 
-def _with_rule(entry: Entry, rule: dict, overlay: Overlay, path: str, accounts: Accounts) -> Entry:
+def _with_rule(entry: Entry, rule: FileRule, overlay: Overlay, path: str, accounts: Accounts) -> Entry:
     uid, gid = entry.uid, entry.gid
-    if "owner" in rule:
-        if rule["owner"] not in accounts.users:
-            raise overlay.error(("files", path, "owner"), f"owner '{rule['owner']}' names no user",
+    if rule.owner is not None:
+        if rule.owner not in accounts.users:
+            raise overlay.error(("files", path, "owner"), f"owner '{rule.owner}' names no user",
                                 "declare it under users: in this or an earlier overlay")
-        uid, gid = accounts.uid(rule["owner"]), accounts.gid(rule["owner"])
-    if "group" in rule:
-        if rule["group"] not in accounts.groups:
-            raise overlay.error(("files", path, "group"), f"group '{rule['group']}' names no group")
-        gid = accounts.groups[rule["group"]]
-    mode = int(rule["mode"], 8) if "mode" in rule else entry.mode
+        uid, gid = accounts.uid(rule.owner), accounts.gid(rule.owner)
+    if rule.group is not None:
+        if rule.group not in accounts.groups:
+            raise overlay.error(("files", path, "group"), f"group '{rule.group}' names no group")
+        gid = accounts.groups[rule.group]
+    mode = rule.mode if rule.mode is not None else entry.mode
     return Entry(entry.path, entry.type, mode, uid, gid, entry.mtime, entry.data, entry.target, entry.rdev,
                  entry.provenance)
 
@@ -576,7 +602,7 @@ def _add_generated(layers: Layers, path: str, data: bytes, overlay: Overlay | No
 
 def _sysctl_file(overlay: Overlay) -> bytes:
     lines = [f"# sysctl settings of overlay {overlay.name} (applied by /etc/init.d/rcS)"]
-    lines += [f"{key} = {variable_text(value).strip()}" for key, value in overlay.sysctl.items()]
+    lines += [f"{key} = {value}" for key, value in overlay.sysctl.items()]
     return _lines(lines)
 
 
@@ -590,7 +616,8 @@ def _add_homes(layers: Layers, variables: Mapping[str, str]) -> None:
         if "authorized_keys_file" in user:
             keys = user["authorized_keys_file"].read_text()
         else:
-            keys = _render_value(overlay, ("users", name, "authorized_keys"), variables)
+            keys = render_value(overlay.positions, ("users", name, "authorized_keys"), user["authorized_keys"],
+                                variables)
         uid, gid = accounts.uid(name), accounts.gid(name)
         provenance = f"overlay:{overlay.name}"
         home = user["home"]
@@ -618,18 +645,19 @@ def _add_services(layers: Layers, overlays: Sequence[Overlay], variables: Mappin
                                     f"overlay '{owners[name].name}'", at_key=True)
             owners[name] = overlay
     for name, overlay in owners.items():
-        spec = {"user": "root", "depends": []} | overlay.services[name]
-        for i, dependency in enumerate(spec["depends"]):
+        service = overlay.services[name]
+        for i, dependency in enumerate(service.depends):
             if dependency not in owners:
                 raise overlay.error(("services", name, "depends", i), f"unknown service '{dependency}'")
-        if spec["user"] not in layers.accounts.users:
-            raise overlay.error(("services", name, "user"), f"user '{spec['user']}' names no user",
+        if service.user not in layers.accounts.users:
+            raise overlay.error(("services", name, "user"), f"user '{service.user}' names no user",
                                 "declare it under users:")
-        command = _render_value(overlay, ("services", name, "command"), variables)
+        command = render_value(overlay.positions, ("services", name, "command"), service.command, variables)
         _check_one_line(overlay, ("services", name, "command"), command)
-        setup = _render_value(overlay, ("services", name, "setup"), variables) if "setup" in spec else ""
+        setup = ("" if service.setup is None
+                 else render_value(overlay.positions, ("services", name, "setup"), service.setup, variables))
         folder = f"{SERVICE_DIR}/{name}"
-        _add_generated(layers, f"{folder}/run", _run_script(name, overlay, spec, command, setup), overlay, mode=0o755)
+        _add_generated(layers, f"{folder}/run", _run_script(name, overlay, service, command, setup), overlay, mode=0o755)
         log = f"#!/bin/sh\n# The output of service {name} goes to syslog, tagged with its name.\nexec logger -t {name}\n"
         _add_generated(layers, f"{folder}/log/run", log.encode(), overlay, mode=0o755)
 
@@ -641,16 +669,16 @@ def _check_one_line(overlay: Overlay, keypath: tuple, text: str) -> None:
         raise overlay.error(keypath, f"{text!r} is not {rule['x-pattern-help']} once its variables are filled in")
 
 
-def _run_script(name: str, overlay: Overlay, spec: dict, command: str, setup: str) -> bytes:
+def _run_script(name: str, overlay: Overlay, service: Service, command: str, setup: str) -> bytes:
     lines = ["#!/bin/sh",
              f"# Service {name} from overlay {overlay.name}, written by fwgen; supervised by runsv",
              "# (or fwgen-service without runit), which starts it again whenever it exits.",
              "exec 2>&1"]
-    if spec.get("depends"):
-        lines.append(f"{SERVICE_HELPER} need {' '.join(spec['depends'])} || exit 1")
+    if service.depends:
+        lines.append(f"{SERVICE_HELPER} need {' '.join(service.depends)} || exit 1")
     if setup.strip():
         lines.append(setup.rstrip())
-    runner = "exec" if spec["user"] == "root" else f"exec {SERVICE_HELPER} as {spec['user']}"
+    runner = "exec" if service.user == "root" else f"exec {SERVICE_HELPER} as {service.user}"
     lines.append(f"{runner} {command.strip()}")
     return _lines(lines)
 
