@@ -121,7 +121,7 @@ def parse_relation(text: str) -> Relation:
     (`[amd64]`, `<!nocheck>`, seen only in source packages) are dropped."""
     match = _RELATION.match(text)
     if not match:
-        raise FormatError(f"bad package relation '{text.strip()}'")
+        raise FormatError(f"bad package relation {text.strip()!r}")
     return Relation(match["name"], match["op"], match["version"], match["arch"])
 
 

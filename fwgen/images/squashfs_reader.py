@@ -137,7 +137,11 @@ class SquashfsImage:
                              (sb.id_table_start, sb.no_ids), (sb.xattr_id_table_start, 1)):
             if start != L.INVALID_TABLE and count and start + 8 <= len(self._data):
                 ends.append(int.from_bytes(self._data[start:start + 8], "little"))
-        return min(e for e in ends if e >= sb.directory_table_start)
+        after = [e for e in ends if e >= sb.directory_table_start]
+        if not after:
+            raise FormatError(f"{self.name}: superblock at 0x0: directory table at {sb.directory_table_start:#x} "
+                              f"starts past the image's end ({sb.bytes_used} bytes used)")
+        return min(after)
 
     def _read_table(self, what: str, start: int, count: int, item: int) -> list[int]:
         raw = self._read_indexed(what, start, count * item)
