@@ -85,8 +85,8 @@ class UnpackBudget:
     """How many bytes archives may still unpack to; beyond it they are refused (LimitError).
 
     `what` names the bound for the message ("limits.package_size (1024 MiB)"). A package's
-    budget has the image's as its `parent`: every byte charged counts against both, and the
-    refusal names whichever is exceeded first."""
+    budget has the image's as its `parent`: every byte charged counts against both, and a
+    refusal names the tighter of the two."""
 
     def __init__(self, limit: int, what: str, parent: UnpackBudget | None = None) -> None:
         self.limit, self.what, self.parent, self.used = limit, what, parent, 0
@@ -253,7 +253,7 @@ def _read_member_content(tar: tarfile.TarFile, info: tarfile.TarInfo, budget: Un
     extracted = tar.extractfile(info)
     content = extracted.read() if extracted else b""
     if len(content) != info.size:
-        raise FormatError(f"{source}: offset {info.offset_data:#x}: {info.name} is truncated")
+        raise FormatError(f"{source}: offset {info.offset_data:#x}: {quoted(info.name)} is truncated")
     return content
 
 
@@ -262,7 +262,9 @@ def _check_tar_end(reader: BoundedReader, offset: int, source: str) -> None:
     # follows the last member must be the end-of-archive zero blocks and nothing else. The
     # header tarfile stopped at is its latest read, which began at `offset`.
     start, last = reader.last_read
-    tail = last[offset - start:] if start <= offset else b"\xff"
+    if start > offset:  # tarfile read on past the header it stopped at: nothing vouches for it
+        raise FormatError(f"{source}: tar offset {offset:#x}: damaged or truncated tar header")
+    tail = last[offset - start:]
     while tail:
         if tail.strip(b"\0"):
             raise FormatError(f"{source}: tar offset {offset:#x}: damaged or truncated tar header")
