@@ -237,11 +237,6 @@ def load_board(
     data = apply_defaults(doc.data, load_schema("board"))
     check_persist_storage(doc, has_persistent_storage(data))
     qemu = _resolve_qemu(doc, data.get("qemu"), path, qemu_dirs)
-    if qemu is not None and qemu.profile.arch.value != data["arch"]:
-        raise doc.error(("qemu", "profile"),
-                        f"qemu profile '{qemu.profile.name}' emulates {qemu.profile.arch.value} "
-                        f"but the board is {data['arch']}",
-                        "pick a profile for the board's arch")
     _check_fit_outputs(doc, data["outputs"])
     stack = _resolve_overlay_stack(doc, data, path, overlay_dirs)
     board = Board(
@@ -271,12 +266,18 @@ def load_board(
         limits=_build_limits(data["limits"], data["outputs"], qemu),
         policy=Policy(**dict(data["policy"], setuid_allowed=tuple(data["policy"]["setuid_allowed"]))),
     )
-    values = resolve_variables(board, [overlay for overlay, _ in stack], doc)  # references resolve, or fail now
-    checks = tuple(render_checks(doc, data["checks"], values))
-    forward = qemu.forward if qemu else ()
+    return _with_variables(board, doc, data["checks"], stack)
+
+
+def _with_variables(board: Board, doc: Document, checks: list[dict], stack: list[tuple[Overlay, Document]]) -> Board:
+    """The board with its variables resolved (references resolve, or fail now), its own
+    checks and its overlays' rendered with them, and the overlays in place."""
+    values = resolve_variables(board, [overlay for overlay, _ in stack], doc)
+    forward = board.qemu.forward if board.qemu else ()
     overlays = tuple(dataclasses.replace(overlay, checks=render_overlay_checks(overlay_doc, values, forward))
                      for overlay, overlay_doc in stack)
-    return dataclasses.replace(board, checks=checks, overlays=overlays, values=values)
+    return dataclasses.replace(board, checks=tuple(render_checks(doc, checks, values)), overlays=overlays,
+                               values=values)
 
 
 def _check_fit_outputs(doc: Document, outputs: list[str]) -> None:
@@ -390,7 +391,11 @@ def _resolve_qemu(doc: Document, qemu: dict | None, board: Path, qemu_dirs) -> Q
         raise doc.error(("qemu", "profile"), f"unknown qemu profile '{name}'",
                         did_you_mean(name, list(profiles), "profiles"))
     memory = int(qemu["memory"]) if "memory" in qemu else None
-    return QemuSpec(profile=read_qemu_profile(profiles[name]), memory=memory,
+    profile = read_qemu_profile(profiles[name])
+    if profile.arch.value != doc.data["arch"]:
+        raise doc.error(("qemu", "profile"), f"qemu profile '{profile.name}' emulates {profile.arch.value} "
+                        f"but the board is {doc.data['arch']}", "pick a profile for the board's arch")
+    return QemuSpec(profile=profile, memory=memory,
                     forward=tuple(qemu["forward"]), timeout=float(qemu["timeout"]))
 
 
