@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from buildutil import REPO, run_fwgen
 
+import fwgen.document
 from fwgen.config import load_board
 from fwgen.errors import ConfigError
 from fwgen.overlay import (
@@ -98,6 +99,32 @@ def test_dependencies_come_first_and_cycles_are_named(tmp_path):
     write(tmp_path / "overlays/c/overlay.yaml", "depends: [a]\n")
     with pytest.raises(ConfigError, match="cycle: a -> b -> c -> a"):
         load_board(tmp_path / "board.yaml")
+
+
+def test_load_board_reads_each_overlay_yaml_once_and_nothing_after_it_does(tmp_path):
+    """A board's overlays are read once, by load_board, even one that two others depend on;
+    planning the image and listing the checks to boot with use what was loaded, so an
+    overlay.yaml spoiled after loading goes unnoticed (before, build and boot read it again)."""
+    write(tmp_path / "overlays/common/overlay.yaml",
+          "variables:\n  port: {default: \"8080\"}\nusers:\n  web: {uid: 80}\n"
+          "services:\n  web:\n    command: httpd -f -p {{ port }}\n    user: web\n"
+          "checks:\n  - run: cat /etc/port\n    expect: '{{ port }}'\n")
+    write(tmp_path / "overlays/common/files/etc/port.tmpl", "{{ port }}\n")
+    write(tmp_path / "overlays/left/overlay.yaml", "depends: [common]\n")
+    write(tmp_path / "overlays/right/overlay.yaml", "depends: [common]\n")
+    reads = []
+    original = fwgen.document._read_text
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fwgen.document, "_read_text", lambda path, file: reads.append(Path(path).parent.name)
+                      or original(path, file))
+        board = load_board(make_board(tmp_path, ["left", "right"], "variables:\n  port: \"9000\"\n"))
+    assert sorted(reads) == sorted([tmp_path.name, "common", "left", "right"])
+    for overlay in board.overlays:
+        (overlay.path / "overlay.yaml").write_text("{{ not: [yaml\n")
+    layers = plan_layers(board.overlays, board.values)
+    assert layers.entries["/etc/port"].data == b"9000\n"
+    assert "exec /sbin/fwgen-service as web httpd -f -p 9000" in layers.entries["/etc/service/web/run"].data.decode()
+    assert [(c.command, c.expect) for c in board.all_checks] == [("cat /etc/port", "9000")]
 
 
 def test_vendor_overlays_dir_and_folders_beside_the_board(tmp_path):
