@@ -24,11 +24,12 @@ from feedgen import (
     build_deb,
     build_ipk,
     serve,
+    write_alpine_repo,
     write_opkg_feed,
 )
 
 from fwgen.arch import Arch
-from fwgen.board import Policy
+from fwgen.board import Feed, Policy
 from fwgen.config import load_board
 from fwgen.errors import ConfigError, FormatError, LimitError, UserError
 from fwgen.fetch import (
@@ -36,10 +37,12 @@ from fwgen.fetch import (
     Package,
     UnpackBudget,
     apk,
+    fetch_packages,
     install_package,
     ipk,
     read_package_entries,
 )
+from fwgen.fetch.cache import Cache
 from fwgen.images.cpio import read_initramfs, write_initramfs
 from fwgen.policy import apply_policy, find_special_files
 from fwgen.rootfs import EntryType, RootFS
@@ -366,3 +369,28 @@ def test_running_out_of_memory_is_one_line_not_a_traceback(tmp_path, monkeypatch
     assert result.output.splitlines() == [
         "fwgen: error: out of memory (fwgen holds the image in memory: run it with more, or lower the board's "
         "limits.package_size and limits.image_size)"]
+
+
+def test_an_apk_is_verified_at_download_without_unpacking_its_data(tmp_path):
+    # Signature and datahash cover the compressed data: the download is checked without
+    # inflating it, and its files are read (and their SHA-1s checked) when it is installed,
+    # within the board's limits. A bomb is not unpacked with the default limit on the way in.
+    signer = RsaSigner.generate()
+    keys = signer.write_public(tmp_path / "keys").parent
+    files = [FileSpec(f"./usr/share/z{i:02}", b"\0" * MIB) for i in range(48)]
+    built = build_apk(ApkSpec("big", "1.0-r0", "aarch64", files), signer)
+    write_alpine_repo(tmp_path / "www", "v3.99/main/aarch64", [built], signer)
+    cache = Cache(tmp_path / "cache", attempts=1)
+    with serve(tmp_path / "www") as url:
+        feed = Feed("alpine-local", "apk", f"{url}/v3.99", components=("main",), keys=(keys,))
+        tracemalloc.start()
+        try:
+            [fetched] = fetch_packages([feed], Arch.AARCH64, ["big"], cache=cache)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 16 * MIB, f"peak {peak / MIB:.0f} MiB while downloading a package of 48 MiB of files"
+    with pytest.raises(LimitError, match=r"^package big 1\.0-r0 \(feed alpine-local\): big-1\.0-r0\.apk: data "
+                                         r"stream: offset 0x[0-9a-f]+: \./usr/share/z\d\d: unpacks to more than "
+                                         r"limits\.package_size \(16 MiB\)$"):
+        install_package(RootFS(), fetched, UnpackBudget(16 * MIB, "limits.package_size (16 MiB)"))

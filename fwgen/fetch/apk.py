@@ -419,20 +419,21 @@ def identity_of(control_stream: bytes) -> str:
     return "Q1" + base64.b64encode(hashlib.sha1(control_stream).digest()).decode()
 
 
-def read_apk(
-    blob: bytes,
-    keys: dict[str, RsaKey],
-    name: str,
-    *,
-    identity: str | None = None,
-    provenance: str = "",
-    budget: UnpackBudget | None = None,
-) -> ApkPackage:
-    """Verify an .apk (signature, index identity, datahash, per-file SHA-1) and read it, the
-    data stream decompressed as it is read and charged to `budget`.
+@dataclass(frozen=True)
+class VerifiedApk:
+    """An .apk whose signature, index identity and datahash hold; its data not yet read."""
 
-    Nothing is returned unless every check passes.
-    """
+    pkginfo: dict[str, list[str]]
+    identity: str
+    key: RsaKey
+    control: list[TarMember]
+    data_start: int  # offset of the data stream(s)
+
+
+def verify_apk(blob: bytes, keys: dict[str, RsaKey], name: str, *, identity: str | None = None,
+               budget: UnpackBudget | None = None) -> VerifiedApk:
+    """Check an .apk's signature, index identity and datahash, without unpacking its data:
+    the signature covers the data's compressed bytes (through datahash, or directly)."""
     # Only the signature and control streams are split off; the data stream(s) that follow
     # are read as one stream, never held decompressed.
     signatures, rest = _signed_parts(blob, name, count=2, budget=budget)
@@ -457,9 +458,27 @@ def read_apk(
     else:
         # Legacy packages: "the signature covers streams 2 and 3".
         key = verify_signatures(signatures, control_bytes + data_bytes, keys, name)
-    stream = open_decompressed(data_bytes, "gz", f"{name}: data stream")
+    return VerifiedApk(pkginfo, actual, key, control, data_start)
+
+
+def read_apk(
+    blob: bytes,
+    keys: dict[str, RsaKey],
+    name: str,
+    *,
+    identity: str | None = None,
+    provenance: str = "",
+    budget: UnpackBudget | None = None,
+) -> ApkPackage:
+    """Verify an .apk (verify_apk, then each file's SHA-1) and read it, the data stream
+    decompressed as it is read and charged to `budget`.
+
+    Nothing is returned unless every check passes.
+    """
+    verified = verify_apk(blob, keys, name, identity=identity, budget=budget)
+    stream = open_decompressed(blob[verified.data_start:], "gz", f"{name}: data stream")
     entries = list(read_tar_stream(stream, f"{name}: data stream", budget, provenance=provenance, check=_check_sha1))
-    return ApkPackage(pkginfo, actual, key, control, entries)
+    return ApkPackage(verified.pkginfo, verified.identity, verified.key, verified.control, entries)
 
 
 def _check_sha1(info: tarfile.TarInfo, content: bytes, where: str) -> None:
@@ -625,14 +644,16 @@ class ApkBackend:
         """Download an .apk and verify it against the index that listed it; return its path.
 
         The cache cannot address it by SHA-256 (APKINDEX has none), so it is kept by URL; a
-        file that fails any check is removed from the cache before the error is raised.
+        file that fails any check is removed from the cache before the error is raised. Its
+        data is not unpacked here: the files' SHA-1s are checked when it is installed, within
+        the board's limits.
         """
         if package.url not in self.listed:
             raise UserError(f"{package.url}: not listed by any verified APKINDEX")
         identity, keys = self.listed[package.url]
         local = cache.fetch(package.url, sha256=None, size=package.size, progress=progress)
         try:
-            read_apk(local.read_bytes(), keys, package.url, identity=identity)
+            verify_apk(local.read_bytes(), keys, package.url, identity=identity)
         except (IntegrityError, FormatError):
             cache.forget(local)
             raise
