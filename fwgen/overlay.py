@@ -270,7 +270,7 @@ def resolve_variables(board: Board, overlays: Sequence[Overlay], board_doc: Docu
     A variable declared without a default and not set by the board stays undefined: using it
     is an error that names the template and the variable; so is a cycle of references.
     """
-    sources: dict[str, tuple[str, Any]] = {name: (text, None) for name, text in builtin_variables(board).items()}
+    sources: dict[str, tuple[str, _Place | None]] = {name: (text, None) for name, text in builtin_variables(board).items()}
     for overlay in overlays:
         for name, variable in overlay.variables.items():
             if variable.default is not None:
@@ -282,12 +282,18 @@ def resolve_variables(board: Board, overlays: Sequence[Overlay], board_doc: Docu
     return {name: resolver[name] for name in sources}
 
 
+# Where a variable's value was written: the file's positions, its key path and the value as written.
+_Place = tuple[Positions, tuple, Any]
+
+
 class _Resolver(Mapping[str, str]):
     """Variables whose values may use other variables: each value is rendered once, on first
     use, from its own text (a value never renders the text another value brought in)."""
 
-    def __init__(self, sources: Mapping[str, tuple[str, Any]]) -> None:
-        self.sources, self.done, self.chain = sources, {}, []
+    def __init__(self, sources: Mapping[str, tuple[str, _Place | None]]) -> None:
+        self.sources = sources
+        self.done: dict[str, str] = {}
+        self.chain: list[str] = []
 
     def __contains__(self, name: object) -> bool:
         return name in self.sources
@@ -304,11 +310,13 @@ class _Resolver(Mapping[str, str]):
         text, place = self.sources[name]
         if name in self.chain:
             cycle = " -> ".join([*self.chain[self.chain.index(name):], name])
-            positions, keypath, _ = self.sources[self.chain[-1]][1]
+            cause = self.sources[self.chain[-1]][1]
+            assert cause is not None  # only written values refer to others
+            positions, keypath, _ = cause
             raise positions.error(keypath, f"variables refer to each other in a cycle: {cycle}")
         if place is not None and PLACEHOLDER.search(text):
             self.chain.append(name)
-            text = render_value(*place, self)
+            text = render_value(place[0], place[1], place[2], self)
             self.chain.pop()
         self.done[name] = text
         return text
@@ -389,8 +397,8 @@ def collect_accounts(overlays: Sequence[Overlay]) -> Accounts:
                 raise overlay.error(("groups", name, "gid"), f"group '{name}' already has gid "
                                     f"{accounts.groups[name]}")
             accounts.groups[name] = gid
-        for name, user in overlay.users.items():
-            _merge_user(accounts, overlay, name, user.declared())
+        for name, declared_user in overlay.users.items():
+            _merge_user(accounts, overlay, name, declared_user.declared())
     for name, declared in accounts.users.items():
         home = "/root" if name == "root" else f"/home/{name}"
         user = accounts.users[name] = {"group": name, "home": home, "shell": "/bin/false", "gecos": name} | declared
