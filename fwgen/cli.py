@@ -18,7 +18,7 @@ import click
 import yaml
 
 from . import __version__
-from .errors import BootError, FwgenError, host_file_error, writing
+from .errors import BootError, FwgenError, host_file_error, quoted, writing
 
 pass_state = click.make_pass_decorator(dict, ensure=True)
 
@@ -378,8 +378,9 @@ def inspect(image, extract_path, as_json):
         return
     for r in rows:
         owner = f"{r['uid']}/{r['gid']}"
-        target = f" -> {r['target']}" if r["target"] else ""
-        click.echo(f"{r['mode']} {owner:>11} {r['size']:>10} {r['path']}{target}")
+        # Names come from the image: one with a newline or an escape sequence is shown quoted.
+        target = f" -> {quoted(r['target'])}" if r["target"] else ""
+        click.echo(f"{r['mode']} {owner:>11} {r['size']:>10} {quoted(r['path'])}{target}")
 
 
 @main.command("busybox")

@@ -394,3 +394,19 @@ def test_an_apk_is_verified_at_download_without_unpacking_its_data(tmp_path):
                                          r"stream: offset 0x[0-9a-f]+: \./usr/share/z\d\d: unpacks to more than "
                                          r"limits\.package_size \(16 MiB\)$"):
         install_package(RootFS(), fetched, UnpackBudget(16 * MIB, "limits.package_size (16 MiB)"))
+
+
+def test_fwgen_inspect_quotes_names_with_control_characters(tmp_path):
+    # An image made elsewhere may hold any name: its listing stays one line per entry, and
+    # no escape sequence reaches the terminal.
+    rootfs = RootFS()
+    rootfs.add_file("/etc/evil\nroot::0:0", b"x")
+    rootfs.add_symlink("/bin/\x1b[2Jclear", "busybox\x07")
+    image = tmp_path / "initramfs.cpio.gz"
+    write_initramfs(rootfs, image, mtime=0)
+    result = run_fwgen("inspect", str(image), cache=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert len(result.stdout.splitlines()) == 5  # /, /bin, /bin/<link>, /etc, /etc/<file>
+    assert "/bin/\\x1b[2Jclear' -> 'busybox\\x07'" in result.stdout
+    assert "'/etc/evil\\nroot::0:0'" in result.stdout
