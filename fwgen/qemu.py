@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import codecs
+import itertools
 import logging
 import os
 import re
@@ -45,6 +46,13 @@ BOOTLOADER_REFUSED = (r"Bad hash value for '[^']*' hash node", r"Bad Data Hash",
 # boot fails in seconds, not after the full timeout.
 FATAL = re.compile(r"Kernel panic|Unable to mount root|Attempted to kill init|"
                    rf"(?P<refused>{'|'.join(BOOTLOADER_REFUSED)})")
+# Kernel messages about a failing disk or a damaged filesystem. One may pass (a probe, a
+# retried read); a console that keeps printing them (a corrupt squashfs read again by every
+# respawned shell) will not reach its marker, so after REPEATED_ERRORS of them the wait
+# fails at once instead of after the full timeout.
+IO_ERROR = re.compile(r"SQUASHFS error|blk_update_request: I/O error|I/O error, dev \w+|Buffer I/O error|"
+                      r"EXT[234]-fs error|FAT-fs \([^)]*\): error|UBIFS error|jffs2: .*(?:error|CRC failed)")
+REPEATED_ERRORS = 10
 # The last line the kernel prints about a panic; the tail is complete once it is in.
 PANIC_END = "end Kernel panic"
 # How long to keep reading after a fatal line, so the tail carries the whole story.
@@ -55,6 +63,8 @@ SHELL_PRELUDE = "stty -echo 2>/dev/null; PS1= PS2=; dmesg -n 1 2>/dev/null"
 # Terminal control sequences (BusyBox's line editor asks for the cursor position with ESC[6n):
 # kept in console.log, stripped from tails so printing one cannot make a terminal type back.
 CONTROL_SEQUENCE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+# The "[    7.617847] " a kernel message starts with.
+KERNEL_TIME = re.compile(r"^\[\s*\d+\.\d+\]\s*")
 # QEMU's message when a hostfwd port is taken between our probe and its bind.
 HOSTFWD_FAILED = re.compile(r"host forwarding rule|hostfwd", re.IGNORECASE)
 
@@ -510,6 +520,10 @@ class Machine:
                 fatal = FATAL.search(self._text, self._cursor)
                 if fatal:
                     raise self._fatal_error(fatal, what)
+                errors = list(itertools.islice(IO_ERROR.finditer(self._text, self._cursor), REPEATED_ERRORS))
+                if len(errors) == REPEATED_ERRORS:
+                    raise self._error(f"the console repeats I/O or filesystem errors ({REPEATED_ERRORS} "
+                                      f"before {what!r} appeared; last: {self._line_at(errors[-1].start())})")
                 if self._eof:
                     raise self._exited_error(f"before {what!r} appeared")
                 now = time.monotonic()
@@ -527,12 +541,16 @@ class Machine:
         end = "\n" if fatal["refused"] else PANIC_END
         while not self._eof and end not in self._text[fatal.start():] and time.monotonic() < grace:
             self._changed.wait(timeout=0.1)
-        line_end = self._text.find("\n", fatal.start())
-        line_start = self._text.rfind("\n", 0, fatal.start()) + 1
-        line = self._text[line_start:line_end if line_end >= 0 else None].strip()
+        line = self._line_at(fatal.start())
         if fatal["refused"]:
             return self._error(f"the bootloader refused the image before {what!r} appeared: {line}")
         return self._error(f"guest died before {what!r} appeared: {line}")
+
+    def _line_at(self, at: int) -> str:
+        """The console line holding offset `at`, without its kernel timestamp."""
+        end = self._text.find("\n", at)
+        line = self._text[self._text.rfind("\n", 0, at) + 1:end if end >= 0 else None]
+        return KERNEL_TIME.sub("", line).strip()
 
     def _exited_error(self, when: str) -> BootError:
         try:

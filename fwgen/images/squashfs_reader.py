@@ -100,6 +100,21 @@ class SquashfsImage:
             raise FormatError(f"{self.name}: {path} is a {inode.type.value}, not a file")
         return self._file_content(path, inode)
 
+    def data_blocks(self, path: str) -> list[tuple[int, int]]:
+        """Where the regular file at `path` keeps its full data blocks: (offset in the image,
+        stored size) each, sparse blocks left out. Its tail may sit in a shared fragment."""
+        inode = self._lookup(path)
+        if inode.type is not EntryType.FILE:
+            raise FormatError(f"{self.name}: {path} is a {inode.type.value}, not a file")
+        sizes = ((at, word & ~L.DATA_UNCOMPRESSED) for at, word in self._block_positions(inode))
+        return [(at, size) for at, size in sizes if size]
+
+    def _block_positions(self, inode: _Inode) -> Iterator[tuple[int, int]]:
+        at = inode.body.start_block
+        for word in inode.blocks:
+            yield at, word
+            at += word & ~L.DATA_UNCOMPRESSED
+
     def close(self) -> None:
         if isinstance(self._data, mmap.mmap):
             self._data.close()
@@ -330,15 +345,12 @@ class SquashfsImage:
     def _file_content(self, path: str, inode: _Inode) -> bytes:
         b = inode.body
         out = bytearray()
-        at = b.start_block
-        for word in inode.blocks:
-            size = word & ~L.DATA_UNCOMPRESSED
+        for at, word in self._block_positions(inode):
             want = min(self.block_size, b.file_size - len(out))
-            if size == 0:  # a sparse block
+            if word & ~L.DATA_UNCOMPRESSED == 0:  # a sparse block
                 out += bytes(want)
                 continue
             out += self._data_block(f"data block of {path}", at, word, want)
-            at += size
         if b.fragment != L.NO_FRAGMENT:
             if b.fragment >= len(self.fragments):
                 raise FormatError(f"{self.name}: {path}: fragment {b.fragment} beyond the fragment table")
