@@ -51,6 +51,8 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if os.environ.get("CI") != "true" or not report.skipped:
         return
+    if item.get_closest_marker("mirror_pinned") and call.when == "call":
+        return  # its recorded inputs left the mirror: a reason to refresh, not a fault of fwgen
     if item.get_closest_marker("network") or item.get_closest_marker("qemu"):
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
