@@ -90,6 +90,38 @@ class UbootSpec:
 
 
 @dataclass(frozen=True)
+class FlashPartition:
+    """One partition of a router's flash. `content` says what the build puts there:
+    bootloader (the U-Boot binary of `uboot`), environment (a U-Boot environment blob of
+    `flash.environment`), firmware (the uImage kernel, the squashfs root and the space left
+    for the overlay) or erased (left 0xFF: calibration data such as `art` is the device's own)."""
+
+    name: str
+    offset: int
+    size: int
+    content: str = "erased"
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+
+@dataclass(frozen=True)
+class FlashSpec:
+    """The `flash` output: the whole flash image and its firmware partition alone."""
+
+    size: int
+    erase_block: int
+    partitions: tuple[FlashPartition, ...]
+    environment: dict[str, str] = field(default_factory=dict)
+    swap_words_below: int = 0  # Malta: 32-bit words byte-swapped below this offset (bi-endian wiring)
+
+    @property
+    def firmware(self) -> FlashPartition:
+        return next(p for p in self.partitions if p.content == "firmware")
+
+
+@dataclass(frozen=True)
 class SdcardSpec:
     """The `sdcard` output (Raspberry Pi): FAT32 boot partition, then root and data from `disk`."""
 
@@ -280,6 +312,7 @@ class Board:
     disk: DiskSpec = field(default_factory=DiskSpec)
     sdcard: SdcardSpec = field(default_factory=SdcardSpec)
     uboot: UbootSpec = field(default_factory=UbootSpec)
+    flash: FlashSpec | None = None
     qemu: QemuSpec | None = None
     checks: tuple[Check, ...] = ()
     limits: Limits = field(default_factory=Limits)

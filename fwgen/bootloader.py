@@ -18,21 +18,31 @@ up by U-Boot); a DTB dumped from QEMU and put into the FIT hangs the kernel.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import UserError
 from .fetch import FetchedPackage, fetch_packages, read_fetched_entries
 from .images.fit import FitConfig, FitImage, make_fit
-from .images.uimage import IH_NMLEN, kernel_payload, make_script, make_uimage
+from .images.flash import firmware_image, flash_image, plan_firmware
+from .images.uimage import (
+    IH_NMLEN,
+    kernel_payload,
+    make_env,
+    make_multi_uimage,
+    make_script,
+    make_uimage,
+)
 from .rootfs import EntryType
 
 if TYPE_CHECKING:
-    from .board import Board
+    from .board import Board, FlashPartition
     from .build import BuildContext
 
 FIT_OUTPUT, SCRIPT_OUTPUT, UBOOT_OUTPUT = "fit", "boot-script", "u-boot"
 FIT_FILE, SCRIPT_FILE, UBOOT_FILE = "image.itb", "boot.scr", "u-boot.bin"
 UIMAGE_OUTPUT, UIMAGE_FILE = "uimage", "uImage"
+FLASH_OUTPUT, FLASH_FILE, FIRMWARE_OUTPUT, FIRMWARE_FILE = "flash", "flash.img", "firmware", "firmware.bin"
 CONFIG = "conf-1"
 # U-Boot's arch names for the FIT (boot/image.c uimage_arch), by fwgen arch.
 FIT_ARCH = {"aarch64": "arm64", "armv7": "arm", "armv6": "arm", "mips": "mips", "mipsel": "mips"}
@@ -62,20 +72,70 @@ def write_uboot_files(ctx: BuildContext) -> dict[str, bytes]:
     return files
 
 
-def write_uimage(ctx: BuildContext) -> None:
-    """The `uimage` output: the kernel as a legacy uImage (type kernel, compressed as
-    `uboot.compression` says)."""
-    if UIMAGE_OUTPUT not in ctx.board.outputs:
+def write_uimage(ctx: BuildContext, image: bytes | None = None) -> None:
+    """The `uimage` output: the kernel as a legacy uImage (`image`, else built here)."""
+    if UIMAGE_OUTPUT not in ctx.board.outputs or UIMAGE_OUTPUT in ctx.outputs:
         return
-    assert ctx.staging is not None and ctx.kernel is not None
-    spec = ctx.board.uboot
-    kernel, load, entry = kernel_payload(ctx.kernel.image, spec.compression, where=ctx.kernel.image_path)
-    image = make_uimage(kernel, name=f"Linux-{ctx.kernel.release}"[:IH_NMLEN], arch=FIT_ARCH[ctx.board.arch.value],
-                        compression=spec.compression, load=spec.kernel_load if load is None else load,
-                        entry=spec.kernel_load if entry is None else entry, time=ctx.epoch)
+    assert ctx.staging is not None
+    image = build_uimage(ctx) if image is None else image
     ctx.outputs[UIMAGE_OUTPUT] = ctx.staging / UIMAGE_FILE
     ctx.outputs[UIMAGE_OUTPUT].write_bytes(image)
-    ctx.progress.info(f"uImage {len(image):,} bytes ({spec.compression} kernel)")
+    ctx.progress.info(f"uImage {len(image):,} bytes ({ctx.board.uboot.compression} kernel)")
+
+
+def build_uimage(ctx: BuildContext, initramfs: bytes | None = None) -> bytes:
+    """The kernel as a legacy uImage (type kernel, compressed as `uboot.compression` says),
+    or with an `initramfs` a multi-file image of both, which `bootm` starts with the second
+    file as the initrd."""
+    assert ctx.kernel is not None
+    spec = ctx.board.uboot
+    kernel, load, entry = kernel_payload(ctx.kernel.image, spec.compression, where=ctx.kernel.image_path)
+    header = dict(name=f"Linux-{ctx.kernel.release}"[:IH_NMLEN], arch=FIT_ARCH[ctx.board.arch.value],
+                  compression=spec.compression, load=spec.kernel_load if load is None else load,
+                  entry=spec.kernel_load if entry is None else entry, time=ctx.epoch)
+    if initramfs is None:
+        return make_uimage(kernel, **header)
+    return make_multi_uimage([kernel, initramfs], **header)
+
+
+def write_flash(ctx: BuildContext, squashfs: Path) -> None:
+    """The `flash` output: the uImage (kernel and boot initramfs) and the squashfs root placed
+    in the firmware partition, checked against its size before anything is written, then
+    firmware.bin and the whole flash.img with U-Boot and its environment in their partitions."""
+    assert ctx.staging is not None and ctx.board.flash is not None
+    flash = ctx.board.flash
+    uimage = build_uimage(ctx, ctx.outputs["initramfs"].read_bytes())
+    root = squashfs.read_bytes()
+    layout = plan_firmware(len(uimage), len(root), flash.firmware.size, flash.erase_block)
+    contents = {"firmware": firmware_image(layout, uimage, root)}
+    for part in flash.partitions:
+        if part.content == "bootloader":
+            contents[part.name] = _uboot_for(ctx, part)
+        elif part.content == "environment":
+            contents[part.name] = make_env(flash.environment.items(), part.size)
+    write_uimage(ctx, uimage)
+    for output, name, data in ((FIRMWARE_OUTPUT, FIRMWARE_FILE, contents["firmware"]),
+                               (FLASH_OUTPUT, FLASH_FILE, flash_image(
+                                   flash.size, [(p.offset, contents[p.content if p.content == "firmware" else p.name])
+                                                for p in flash.partitions if p.content != "erased"],
+                                   swap_words_below=flash.swap_words_below))):
+        ctx.outputs[output] = ctx.staging / name
+        ctx.outputs[output].write_bytes(data)
+    ctx.flash = {"size": flash.size, "erase_block": flash.erase_block, "swap_words_below": flash.swap_words_below,
+                 "partitions": [vars(p) for p in flash.partitions], "firmware": layout.to_dict()}
+    ctx.progress.info(f"flash {flash.size:,} bytes: firmware partition {flash.firmware.name} {layout.size:,} bytes "
+                      f"holds kernel {len(uimage):,} + squashfs {len(root):,}; {layout.free:,} bytes "
+                      f"({100 * layout.free / layout.size:.1f} %) free for the overlay")
+
+
+def _uboot_for(ctx: BuildContext, partition: FlashPartition) -> bytes:
+    package, binary = fetch_uboot(ctx)
+    if len(binary) > partition.size:
+        raise UserError(f"{ctx.board.source}: U-Boot {ctx.board.uboot.binary} is {len(binary):,} bytes, "
+                        f"partition {partition.name} holds {partition.size:,}")
+    ctx.bootloader = {"package": package, "binary": ctx.board.uboot.binary,
+                      "sha256": hashlib.sha256(binary).hexdigest(), "size": len(binary)}
+    return binary
 
 
 def build_fit(ctx: BuildContext) -> bytes:

@@ -26,7 +26,7 @@ import zstandard
 from . import __version__
 from .audit import audit_rootfs
 from .board import Board
-from .bootloader import boots_through_uboot, write_uboot_files, write_uimage
+from .bootloader import boots_through_uboot, write_flash, write_uboot_files, write_uimage
 from .busybox import DEFAULT_SOURCE, BusyboxSource, build_busybox, install_busybox
 from .config import board_digest
 from .errors import UserError, writing
@@ -108,6 +108,7 @@ class BuildContext:
     staging: Path | None = None
     outputs: dict[str, Path] = field(default_factory=dict)
     bootloader: dict | None = None  # the U-Boot package and binary of a board booted through U-Boot
+    flash: dict | None = None  # the flash layout as written, for the manifest and fwgen inspect
 
     @property
     def epoch(self) -> int:
@@ -451,6 +452,8 @@ def write_images(ctx: BuildContext) -> None:
     elif "disk" in ctx.board.outputs:
         write_boot_initramfs(ctx)
         write_disk(ctx)
+    elif "flash" in ctx.board.outputs:
+        write_flash_images(ctx)
     else:
         if "initramfs" in ctx.board.outputs:
             path = ctx.staging / INITRAMFS_FILE
@@ -460,6 +463,16 @@ def write_images(ctx: BuildContext) -> None:
         if "squashfs" in ctx.board.outputs:
             write_root_squashfs(ctx)
     write_uimage(ctx)
+
+
+def write_flash_images(ctx: BuildContext) -> None:
+    """A router's flash: the uImage (kernel and boot initramfs) and the squashfs root in the
+    firmware partition; the squashfs file is kept only when asked for as an output."""
+    write_boot_initramfs(ctx)
+    squashfs = write_root_squashfs(ctx)
+    write_flash(ctx, squashfs)
+    if "squashfs" not in ctx.board.outputs:
+        squashfs.unlink()
 
 
 def write_root_squashfs(ctx: BuildContext) -> Path:
@@ -624,6 +637,7 @@ def write_manifest(ctx: BuildContext) -> dict:
             for name, path in sorted(ctx.outputs.items())
         },
         "boot": {"cmdline": board.kernel.cmdline, "qemu_profile": board.qemu.profile.name if board.qemu else None},
+        **({"flash": ctx.flash} if ctx.flash else {}),
         "special_files": [dict(f.to_dict(), policy=ctx.policy.get((f.path, f.kind))) for f in ctx.special_files],
         "files": {entry.path: entry.provenance for entry in ctx.rootfs},
     }

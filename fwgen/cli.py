@@ -355,12 +355,22 @@ def squashfs(src, out, comp, block_size, all_root):
 @json_option
 @handle_errors
 def inspect(image, extract_path, as_json):
-    """List a squashfs image or an initramfs (modes, owners, sizes, link targets), or describe a
-    FIT or uImage and check its hashes and CRCs (exit code 2 when one does not match)."""
+    """List a squashfs image or an initramfs (modes, owners, sizes, link targets), describe a
+    FIT or uImage and check its hashes and CRCs (exit code 2 when one does not match), or list
+    the partitions of a flash image (flash.img, firmware.bin) and the images inside them."""
+    from .images.flash import describe_flash, format_flash, load_layout
     from .images.inspect import describe_boot_image, format_boot_image, list_image, read_image_file
 
     if extract_path:
         sys.stdout.buffer.write(read_image_file(image, extract_path))
+        return
+    layout = load_layout(image)
+    if layout is not None:
+        rows = describe_flash(image.read_bytes(), layout)
+        if as_json:
+            _emit_json({"image": str(image), "kind": layout["kind"], "layout": layout, "partitions": rows})
+        else:
+            click.echo("\n".join(format_flash(image, layout, rows)))
         return
     boot = describe_boot_image(image)
     if boot is not None:

@@ -25,6 +25,8 @@ from .board import (
     BusyboxSpec,
     DiskSpec,
     Feed,
+    FlashPartition,
+    FlashSpec,
     KernelSpec,
     Limits,
     PackageFile,
@@ -261,6 +263,7 @@ def load_board(
         disk=DiskSpec(**data["disk"]),
         sdcard=SdcardSpec(**dict(data["sdcard"], firmware=tuple(data["sdcard"]["firmware"]))),
         uboot=UbootSpec(**data["uboot"]),
+        flash=_build_flash(doc, data),
         qemu=qemu,
         checks=(),  # rendered below, once the variables are known
         limits=_build_limits(data["limits"], data["outputs"], qemu),
@@ -285,6 +288,46 @@ def _check_fit_outputs(doc: Document, outputs: list[str]) -> None:
     if "fit" in outputs and ("sdcard" in outputs or not {"disk", "initramfs"} & set(outputs)):
         raise doc.error(("outputs",), "output fit needs disk or initramfs beside it (and no sdcard)",
                         "a FIT holds the kernel and the initramfs: the whole root, or the boot one of a disk")
+
+
+def _build_flash(doc: Document, data: dict) -> FlashSpec | None:
+    """The flash layout, checked: partitions in order on erase-block boundaries, inside the
+    flash, exactly one firmware partition; the flash output and the layout come together."""
+    flash = data.get("flash")
+    if ("flash" in data["outputs"]) != (flash is not None):
+        if flash is None:
+            raise doc.error(("outputs",), "output flash needs a flash section (size, partitions)")
+        raise doc.error(("flash",), "a flash section without the flash output in outputs", at_key=True)
+    if flash is None:
+        return None
+    if "uimage" not in data["outputs"] or not {"disk", "initramfs", "fit", "sdcard"}.isdisjoint(data["outputs"]):
+        raise doc.error(("outputs",), "output flash goes with uimage (the kernel in the firmware partition) "
+                        "and none of initramfs, disk, fit, sdcard")
+    block, at, partitions = flash["erase_block"], 0, []
+    for i, part in enumerate(flash["partitions"]):
+        where = ("flash", "partitions", i)
+        offset = part.get("offset", at)
+        if offset < at:
+            raise doc.error((*where, "offset"), f"partition {part['name']} at {offset:#x} overlaps the one before, "
+                            f"which ends at {at:#x}")
+        for key, value in (("offset", offset), ("size", part["size"])):
+            if value % block:
+                raise doc.error((*where, key), f"partition {part['name']} {key} {value:#x} is not a multiple of "
+                                f"the {block:#x}-byte erase block")
+        if offset + part["size"] > flash["size"]:
+            raise doc.error((*where, "size"), f"partition {part['name']} ends at {offset + part['size']:#x}, "
+                            f"past the {flash['size']:#x}-byte flash")
+        partitions.append(FlashPartition(part["name"], offset, part["size"], part["content"]))
+        at = offset + part["size"]
+    names = [p.name for p in partitions]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise doc.error(("flash", "partitions", i, "name"), f"partition {name} is declared twice")
+    firmware = [i for i, p in enumerate(partitions) if p.content == "firmware"]
+    if len(firmware) != 1:
+        raise doc.error(("flash", "partitions"), f"{len(firmware)} partitions hold the firmware, give exactly one "
+                        "content: firmware")
+    return FlashSpec(flash["size"], block, tuple(partitions), dict(flash["environment"]), flash["swap_words_below"])
 
 
 def _build_limits(limits: dict, outputs: list[str], qemu: QemuSpec | None) -> Limits:

@@ -1,0 +1,192 @@
+"""Router flash images: the layout of a board's NOR flash, the kernel and squashfs placed on
+erase-block boundaries in the firmware partition, the size budget checked before anything is
+written, and `fwgen inspect` listing the partitions. The built qemu-mips-router's uImage is
+read by mkimage -l (u-boot-tools, an independent reader)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+from buildutil import REPO, run_fwgen
+
+from fwgen.config import load_board
+from fwgen.errors import ConfigError, UserError
+from fwgen.images.flash import firmware_image, flash_image, plan_firmware, swap_words
+from fwgen.images.squashfs import read_squashfs
+from fwgen.images.uimage import read_uimage
+
+BOARD = "qemu-mips-router"
+
+
+def test_kernel_and_squashfs_start_on_erase_blocks_and_the_rest_is_left_for_the_overlay():
+    layout = plan_firmware(kernel=100_001, squashfs=70_000, partition=0x60000, erase_block=0x10000)
+    assert (layout.kernel.offset, layout.kernel.size) == (0, 100_001)
+    assert (layout.squashfs.offset, layout.squashfs.size) == (0x20000, 70_000)
+    assert (layout.overlay.offset, layout.overlay.size) == (0x40000, 0x20000)
+    assert layout.free == 0x20000
+    image = firmware_image(layout, b"K" * 100_001, b"S" * 70_000)
+    assert len(image) == 0x60000
+    assert image[:100_001] == b"K" * 100_001 and set(image[100_001:0x20000]) == {0xFF}
+    assert image[0x20000:0x20000 + 70_000] == b"S" * 70_000 and set(image[0x20000 + 70_000:]) == {0xFF}
+
+
+def test_a_firmware_that_fits_exactly_leaves_no_free_space():
+    layout = plan_firmware(kernel=0x10000, squashfs=0x20000, partition=0x30000, erase_block=0x10000)
+    assert layout.free == 0 and layout.overlay.offset == 0x30000
+
+
+def test_the_budget_error_gives_the_numbers():
+    with pytest.raises(UserError) as e:
+        plan_firmware(kernel=2_097_152, squashfs=5_242_880, partition=6_291_456, erase_block=65_536)
+    assert e.value.message == ("squashfs 5,242,880 + kernel 2,097,152 bytes exceed the "
+                                            "6,291,456-byte firmware partition by 1,048,576")
+
+
+def test_sizes_count_as_whole_erase_blocks_in_the_budget():
+    with pytest.raises(UserError, match=r"squashfs 131,072 \+ kernel 65,536 bytes exceed the 131,072-byte "
+                                        r"firmware partition by 65,536"):
+        plan_firmware(kernel=1, squashfs=65_537, partition=131_072, erase_block=65_536)
+
+
+def test_words_below_the_swap_end_are_byte_swapped_and_the_rest_is_not():
+    image = flash_image(16, [(0, b"\x01\x02\x03\x04\x05\x06\x07\x08"), (8, b"abcdefgh")], swap_words_below=12)
+    assert image == b"\x04\x03\x02\x01\x08\x07\x06\x05dcbaefgh"
+    assert swap_words(image, 12) == b"\x01\x02\x03\x04\x05\x06\x07\x08abcdefgh"
+    assert flash_image(6, [(2, b"xy")]) == b"\xff\xffxy\xff\xff"
+
+
+def _variant(tmp_path, text: str):
+    path = tmp_path / f"{BOARD}.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    ("{name: firmware, size: 0xbf0000, content: firmware}", "0 partitions hold the firmware"),
+    ("{name: firmware, offset: 0x3f0000, size: 0xbf0000, content: firmware}",
+     "partition firmware at 0x3f0000 overlaps the one before, which ends at 0x400000"),
+    ("{name: firmware, size: 0xbf8000, content: firmware}",
+     "partition firmware size 0xbf8000 is not a multiple of the 0x10000-byte erase block"),
+    ("{name: firmware, size: 0xc00000, content: firmware}",
+     "partition art ends at 0x1010000, past the 0x1000000-byte flash"),
+])
+def test_a_bad_layout_is_refused_at_its_line(tmp_path, change, message):
+    original = (REPO / "boards" / f"{BOARD}.yaml").read_text()
+    line = "    - {name: firmware, size: 0xbf0000, content: firmware}"
+    assert line in original
+    text = original.replace(line, "    - " + change)
+    if message.startswith("0 partitions"):
+        text = text.replace("content: firmware}", "content: erased}")
+    with pytest.raises(ConfigError, match=re.escape(message)) as e:
+        load_board(_variant(tmp_path, text))
+    assert f"{BOARD}.yaml:" in str(e.value)
+
+
+# --- the real board --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("flash")
+    result = run_fwgen("build", "--board", BOARD, "--out", str(out), cache=cache_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out / BOARD, result.stdout + result.stderr
+
+
+@pytest.mark.network
+def test_the_flash_image_holds_uboot_kernel_and_squashfs_where_the_layout_says(built):
+    folder, log = built
+    board = load_board(BOARD)
+    flash = (folder / "flash.img").read_bytes()
+    firmware = (folder / "firmware.bin").read_bytes()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    part = board.flash.firmware
+    assert len(flash) == board.flash.size and len(firmware) == part.size
+    assert flash[part.offset:part.end] == firmware
+    layout = manifest["flash"]["firmware"]
+    uimage = (folder / "uImage").read_bytes()
+    assert layout["kernel"] == {"offset": 0, "size": len(uimage)}
+    assert firmware[:len(uimage)] == uimage
+    assert layout["squashfs"]["offset"] % board.flash.erase_block == 0
+    assert layout["squashfs"]["offset"] == -(-len(uimage) // board.flash.erase_block) * board.flash.erase_block
+    assert layout["overlay"]["offset"] % board.flash.erase_block == 0
+    assert layout["overlay"]["offset"] + layout["free"] == part.size
+    assert set(firmware[layout["overlay"]["offset"]:]) == {0xFF}
+    # The squashfs in place is the whole root, readable as is.
+    squashfs = folder / "root-from-flash.squashfs"
+    squashfs.write_bytes(firmware[layout["squashfs"]["offset"]:layout["overlay"]["offset"]])
+    with read_squashfs(squashfs) as image:
+        assert b"fwgen-router" in image.read_file("/etc/hostname")
+    squashfs.unlink()
+    # U-Boot, word-swapped below 0x3E0000 as Malta's wiring needs; the environment erased.
+    uboot = manifest["inputs"]["bootloader"]
+    unswapped = swap_words(flash, board.flash.swap_words_below)
+    assert hashlib.sha256(unswapped[:uboot["size"]]).hexdigest() == uboot["sha256"]
+    assert flash[:4] == unswapped[:4][::-1]
+    assert set(flash[0x3E0000:0x400000]) == {0xFF}
+    assert f"{layout['free']:,} bytes" in log and "free for the overlay" in log
+    # The uImage: the kernel and the boot initramfs, with the ELF's addresses.
+    image = read_uimage(uimage)
+    assert image.header_crc_ok and image.data_crc_ok and len(image.files) == 2
+
+
+@pytest.mark.network
+def test_mkimage_reads_the_uimage_inside_the_firmware_partition(built, tmp_path):
+    if shutil.which("mkimage") is None:
+        pytest.skip("mkimage (u-boot-tools) is not installed")
+    folder, _ = built
+    manifest = json.loads((folder / "manifest.json").read_text())
+    kernel = manifest["flash"]["firmware"]["kernel"]
+    extracted = tmp_path / "kernel-from-firmware"
+    extracted.write_bytes((folder / "firmware.bin").read_bytes()[kernel["offset"]:kernel["size"]])
+    listed = subprocess.run(["mkimage", "-l", str(extracted)], capture_output=True, text=True, check=True).stdout
+    assert "MIPS Linux Multi-File Image (gzip compressed)" in listed
+    assert "Load Address: 810f0000" in listed and "Entry Point:  810f0000" in listed
+    assert re.search(r"Image 1: \d+ Bytes", listed)
+
+
+@pytest.mark.network
+def test_inspect_lists_the_partitions_and_what_is_inside(built):
+    folder, _ = built
+    result = run_fwgen("inspect", str(folder / "flash.img"), cache=folder)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    squashfs = 0x400000 + manifest["flash"]["firmware"]["squashfs"]["offset"]
+    assert any(line.startswith("  u-boot: 0x00000000-0x003e0000") and "words swapped" in line for line in lines)
+    assert any(line.startswith("  u-boot-env: 0x003e0000-0x00400000") and line.endswith("erased") for line in lines)
+    assert any(line.startswith("  art: 0x00ff0000-0x01000000") for line in lines)
+    assert "    0x00400000: uImage 'Linux-6.1.0-" in result.stdout
+    assert f"    {squashfs:#010x}: squashfs 4.0" in result.stdout
+    assert "CRCs OK" in result.stdout
+    assert f"free for the overlay: {manifest['flash']['firmware']['free']:,} bytes" in result.stdout
+    firmware = run_fwgen("inspect", "--json", str(folder / "firmware.bin"), cache=folder)
+    facts = json.loads(firmware.stdout)
+    assert facts["kind"] == "firmware"
+    assert [f["kind"] for f in facts["partitions"][0]["found"]] == ["uimage", "squashfs"]
+
+
+@pytest.mark.network
+def test_a_firmware_beyond_its_partition_fails_before_writing_with_the_numbers(built, tmp_path, cache_dir):
+    folder, _ = built
+    manifest = json.loads((folder / "manifest.json").read_text())
+    kernel = manifest["flash"]["firmware"]["kernel"]["size"]
+    blocks = manifest["flash"]["firmware"]["overlay"]["offset"] - manifest["flash"]["firmware"]["squashfs"]["offset"]
+    small = 0x400000  # 4 MiB: the kernel alone takes more than 5 MiB
+    text = (REPO / "boards" / f"{BOARD}.yaml").read_text()
+    text = text.replace("{name: firmware, size: 0xbf0000, content: firmware}",
+                        f"{{name: firmware, size: {small:#x}, content: firmware}}")
+    text = text.replace("{name: art, size: 0x10000}", f"{{name: art, size: {0xbf0000 - small + 0x10000:#x}}}")
+    board = _variant(tmp_path, text)
+    out = tmp_path / "out"
+    result = run_fwgen("build", "--board", str(board), "--out", str(out), cache=cache_dir)
+    assert result.returncode == 2, result.stdout + result.stderr
+    kernel_blocks = -(-kernel // 0x10000) * 0x10000
+    expected = (f"squashfs {blocks:,} + kernel {kernel_blocks:,} bytes exceed the {small:,}-byte firmware "
+                f"partition by {blocks + kernel_blocks - small:,}")
+    assert expected in result.stderr
+    assert not out.exists() or not any(out.iterdir())
