@@ -31,6 +31,7 @@ class CheckResult:
     passed: bool
     seconds: float
     detail: str = ""  # on failure: expected vs got
+    console_tail: str = ""  # on failure: the console's last lines when it failed
 
 
 def run_checks(machine: Machine, checks: Sequence[Check], *, progress: Progress = QUIET) -> list[CheckResult]:
@@ -53,7 +54,8 @@ def run_check(machine: Machine, check: Check) -> CheckResult:
             problem = kind_check(machine, check)
         except BootError as e:
             problem = e.message
-    return CheckResult(check.name, check.kind, problem is None, time.monotonic() - started, problem or "")
+    tail = machine.console_tail() if problem is not None else ""
+    return CheckResult(check.name, check.kind, problem is None, time.monotonic() - started, problem or "", tail)
 
 
 def check_run(machine: Machine, check: Check) -> str | None:

@@ -1,6 +1,7 @@
 """The command line: parses arguments, calls the library, prints results.
 
-Every FwgenError becomes one line on stderr and its exit code (2 for user errors);
+Every FwgenError becomes one line on stderr and its exit code (fwgen/errors.py: 1 a check
+failed, 2 bad input, 3 the guest never became ready or QEMU died, 4 an internal error);
 tracebacks only with --verbose. No library code lives here.
 """
 
@@ -18,7 +19,16 @@ import click
 import yaml
 
 from . import __version__
-from .errors import BootError, FwgenError, host_file_error, quoted, writing
+from .errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    BootError,
+    FwgenError,
+    host_file_error,
+    out_of_memory,
+    quoted,
+    writing,
+)
 
 pass_state = click.make_pass_decorator(dict, ensure=True)
 
@@ -51,15 +61,19 @@ def handle_errors(command):
                 traceback.print_exception(e)
             _fail(error, verbose=False)
         except MemoryError as e:
-            # The image is modelled in memory: a machine (or a ulimit) too small for the
-            # board is told so on one line, not with a traceback from wherever it ran out.
-            error = FwgenError("out of memory", "fwgen holds the image in memory: run it with more, or lower "
-                               "the board's limits.package_size and limits.image_size")
-            error.__cause__ = e
-            _fail(error, verbose)
+            _fail(out_of_memory(e), verbose)
         except KeyboardInterrupt:
             click.echo("fwgen: interrupted", err=True)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
+        except click.ClickException:
+            raise
+        except Exception as e:  # a bug: one line (the traceback with --verbose), its own exit code
+            if verbose:
+                traceback.print_exception(e)
+            click.echo(f"fwgen: internal error: {type(e).__name__}: {e}", err=True)
+            if not verbose:
+                click.echo("fwgen: this is a bug: run with --verbose for the traceback", err=True)
+            sys.exit(EXIT_INTERNAL)
 
     return wrapper
 
@@ -106,7 +120,6 @@ qemu_dirs_option = click.option(
     help="Another folder of QEMU machine profiles (repeatable).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-board_option = click.option("--board", "-b", "board_name", required=True, help="A board name or a board file path.")
 out_option = click.option(
     "--out", "out_root", default="out", show_default=True, type=click.Path(path_type=Path, file_okay=False),
     help="Outputs go to OUT/<board>/.",
@@ -128,8 +141,121 @@ def main(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s")
 
 
+def many_boards(command):
+    """The options that pick boards and say how to run and report them (build and boot)."""
+    options = [
+        click.argument("board_args", metavar="[BOARD]...", nargs=-1),
+        click.option("--board", "-b", "board_names", multiple=True,
+                     help="A board name or a board file path (repeatable; boards may also be given as arguments)."),
+        click.option("--all", "all_boards", is_flag=True, help="Every board found (as 'fwgen boards' lists them)."),
+        click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="How many boards to run at once."),
+        click.option("--junit", "junit_file", type=click.Path(path_type=Path, dir_okay=False),
+                     help="Write a JUnit XML report for CI (one test case per step and check) to this file."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _board_list(board_args, board_names, all_boards, boards_dirs) -> list[str]:
+    from .batch import unique
+    from .config import list_boards
+    from .errors import UserError
+
+    names = [*board_names, *board_args]
+    if all_boards:
+        names += [str(path) for _, path, _ in list_boards(list(boards_dirs))]
+    if not names:
+        raise UserError("no board given", "name boards (or --board BOARD), or use --all for every board found")
+    return list(unique(names))
+
+
+def _run_boards(action: str, names: list[str], jobs: int, junit_file: Path | None, as_json: bool,
+                load, work, pipelines, show) -> None:
+    """Run `work` on every board, print each result as it comes (and a summary table for
+    several), write the JUnit report, and exit with the highest of the boards' exit codes."""
+    from datetime import datetime
+
+    from .batch import exit_code, run_board, run_boards
+
+    single = len(names) == 1
+    verbose = click.get_current_context().find_root().params.get("verbose", False)
+    started = datetime.now()
+
+    def done(outcome) -> None:
+        if outcome.error is not None:
+            named = single or outcome.message.startswith(outcome.board)
+            _report_error(outcome, verbose, prefix="" if named else f"{outcome.board}: ")
+        elif not as_json:
+            show(outcome.result)
+
+    outcomes = run_boards(names, lambda name: run_board(name, action, load, work, pipelines),
+                          jobs=jobs, on_done=done)
+    if junit_file is not None:
+        from .junit import write_junit
+
+        write_junit(junit_file, outcomes, action=action, started=started)
+    if as_json:
+        records = [_outcome_json(o) for o in outcomes]
+        _emit_json(records[0] if single else records)
+    if not single:
+        _print_summary(outcomes, err=as_json)
+    code = exit_code(outcomes)
+    if code:
+        sys.exit(code)
+
+
+def _report_error(outcome, verbose: bool, prefix: str) -> None:
+    if verbose:
+        traceback.print_exception(outcome.error)
+    click.echo(f"fwgen: error: {prefix}{outcome.message}", err=True)
+    if outcome.console_tail:
+        click.echo(f"--- {prefix}console tail ---", err=True)
+        click.echo(outcome.console_tail.rstrip(), err=True)
+    if not isinstance(outcome.error, FwgenError) and not verbose:
+        click.echo("fwgen: this is a bug: run with --verbose for the traceback", err=True)
+
+
+def _print_summary(outcomes, *, err: bool) -> None:
+    width = max(len("BOARD"), *(len(o.board) for o in outcomes))
+    steps = max(len("STEP"), *(len(o.step) for o in outcomes))
+    click.echo(f"{'BOARD':{width}}  {'STEP':{steps}}  RESULT  SECONDS", err=err)
+    for o in outcomes:
+        click.echo(f"{o.board:{width}}  {o.step:{steps}}  {o.verdict.upper():6}  {o.seconds:7.1f}", err=err)
+    failed = sum(o.exit_code != 0 for o in outcomes)
+    click.echo(f"{len(outcomes) - failed}/{len(outcomes)} boards passed", err=err)
+
+
+def _outcome_json(outcome) -> dict:
+    """One board's result: what `fwgen build/boot --json` printed for it, with the verdict,
+    the step and the exit code; on an error, the error, where it points and the step."""
+    record = {"board": outcome.board, "action": outcome.action, "result": outcome.verdict,
+              "exit_code": outcome.exit_code, "step": outcome.step, "seconds": round(outcome.seconds, 2)}
+    if outcome.error is not None:
+        record.update(error=outcome.message, where=outcome.where, console_tail=outcome.console_tail or None)
+    elif outcome.action == "build":
+        record.update(_build_json(outcome.result))
+    else:
+        record.update(_boot_json(outcome.result))
+    return record
+
+
+def _build_json(result) -> dict:
+    inputs = result.manifest["inputs"]
+    return {"outdir": str(result.outdir), "build_seconds": round(result.seconds, 2),
+            "outputs": result.manifest["outputs"], "packages": inputs["packages"], "kernel": inputs["kernel"]}
+
+
+def _boot_json(result) -> dict:
+    return {"passed": result.passed, "ready_seconds": round(result.ready_seconds, 2),
+            "console_log": str(result.console_log),
+            "checks": [{"name": c.name, "kind": c.kind, "passed": c.passed, "seconds": round(c.seconds, 2),
+                        "detail": c.detail} for c in result.checks]}
+
+
 @main.command()
-@board_option
+@many_boards
 @board_dirs_option
 @overlay_dirs_option
 @qemu_dirs_option
@@ -138,29 +264,32 @@ def main(verbose: bool) -> None:
               show_default=True, help="Initramfs compression.")
 @json_option
 @handle_errors
-def build(board_name, boards_dirs, overlay_dirs, qemu_dirs, out_root, compression, as_json):
-    """Build a board's firmware into OUT/<board>/."""
+def build(board_args, board_names, all_boards, jobs, junit_file, boards_dirs, overlay_dirs, qemu_dirs,
+          out_root, compression, as_json):
+    """Build boards' firmware, each into OUT/<board>/."""
     from .build import build as build_board
+    from .progress import Progress
 
-    board = _load_board(board_name, boards_dirs, overlay_dirs, qemu_dirs)
-    progress = _progress(as_json)
-    result = build_board(
-        board, outdir=out_root / board.name, cache=_cache(),
-        progress=progress, source_date_epoch=_epoch(), compression=compression,
-    )
-    outputs = result.manifest["outputs"]
-    if as_json:
-        _emit_json({"board": board.name, "outdir": str(result.outdir), "seconds": round(result.seconds, 2),
-                    "outputs": outputs, "packages": result.manifest["inputs"]["packages"],
-                    "kernel": result.manifest["inputs"]["kernel"]})
-        return
-    click.echo(f"built {board.name} in {result.seconds:.1f} s -> {result.outdir}/")
-    for name, info in outputs.items():
-        click.echo(f"  {name:10} {info['file']:24} {info['size']:>10,} bytes  sha256:{info['sha256'][:16]}")
+    names = _board_list(board_args, board_names, all_boards, boards_dirs)
+    cache, epoch = _cache(), _epoch()
+
+    def work(board):
+        progress = Progress(enabled=not as_json, prefix="" if len(names) == 1 else f"[{board.name}] ")
+        result = build_board(board, outdir=out_root / board.name, cache=cache,
+                             progress=progress, source_date_epoch=epoch, compression=compression)
+        return result, 0, "publish_outputs"
+
+    def show(result) -> None:
+        click.echo(f"built {result.board} in {result.seconds:.1f} s -> {result.outdir}/")
+        for name, info in result.manifest["outputs"].items():
+            click.echo(f"  {name:10} {info['file']:24} {info['size']:>10,} bytes  sha256:{info['sha256'][:16]}")
+
+    _run_boards("build", names, jobs, junit_file, as_json,
+                lambda name: _load_board(name, boards_dirs, overlay_dirs, qemu_dirs), work, [build_board], show)
 
 
 @main.command()
-@board_option
+@many_boards
 @board_dirs_option
 @overlay_dirs_option
 @qemu_dirs_option
@@ -171,31 +300,33 @@ def build(board_name, boards_dirs, overlay_dirs, qemu_dirs, out_root, compressio
               help="Start from a fresh copy of the built disk image (forget what earlier boots wrote).")
 @json_option
 @handle_errors
-def boot(board_name, boards_dirs, overlay_dirs, qemu_dirs, out_root, timeout_factor, fresh_disk, as_json):
-    """Boot a built board under QEMU and run its checks."""
+def boot(board_args, board_names, all_boards, jobs, junit_file, boards_dirs, overlay_dirs, qemu_dirs,
+         out_root, timeout_factor, fresh_disk, as_json):
+    """Boot built boards under QEMU and run their checks (each with its own forwarded ports)."""
     from .boot import boot as boot_board
+    from .errors import EXIT_CHECK_FAILED
+    from .progress import Progress
 
-    board = _load_board(board_name, boards_dirs, overlay_dirs, qemu_dirs)
+    names = _board_list(board_args, board_names, all_boards, boards_dirs)
     factor = timeout_factor or float(os.environ.get("FWGEN_TIMEOUT_FACTOR", "1"))
-    result = boot_board(board, out_root / board.name, timeout_factor=factor, fresh_disk=fresh_disk,
-                        progress=_progress(as_json))
-    if as_json:
-        _emit_json({
-            "board": board.name, "passed": result.passed, "ready_seconds": round(result.ready_seconds, 2),
-            "console_log": str(result.console_log),
-            "checks": [{"name": c.name, "kind": c.kind, "passed": c.passed, "seconds": round(c.seconds, 2),
-                        "detail": c.detail} for c in result.checks],
-        })
-    else:
+
+    def work(board):
+        progress = Progress(enabled=not as_json, prefix="" if len(names) == 1 else f"[{board.name}] ")
+        result = boot_board(board, out_root / board.name, timeout_factor=factor, fresh_disk=fresh_disk,
+                            progress=progress)
+        return result, 0 if result.passed else EXIT_CHECK_FAILED, "run_checks"
+
+    def show(result) -> None:
         for c in result.checks:
             click.echo(f"  {'PASS' if c.passed else 'FAIL'}  {c.name}  ({c.seconds:.1f} s)"
                        + ("" if c.passed else f": {c.detail}"))
         verdict = "PASS" if result.passed else "FAIL"
-        click.echo(f"{verdict} {board.name}: ready after {result.ready_seconds:.1f} s, "
+        click.echo(f"{verdict} {result.board}: ready after {result.ready_seconds:.1f} s, "
                    f"{sum(c.passed for c in result.checks)}/{len(result.checks)} checks passed "
                    f"(console: {result.console_log})")
-    if not result.passed:
-        sys.exit(1)
+
+    _run_boards("boot", names, jobs, junit_file, as_json,
+                lambda name: _load_board(name, boards_dirs, overlay_dirs, qemu_dirs), work, [boot_board], show)
 
 
 @main.command()

@@ -1,8 +1,7 @@
 """One error hierarchy for the whole library.
 
-The CLI maps every `FwgenError` to a one-line message; `UserError`s (bad input: a broken
-board file, a tampered package, a dead mirror) exit with code 2, the rest with 1.
-Library code never calls `sys.exit()`.
+The CLI maps every `FwgenError` to a one-line message and its class's exit code (the table
+below, documented in the README); library code never calls `sys.exit()`.
 """
 
 from __future__ import annotations
@@ -26,10 +25,21 @@ def quoted(name: str) -> str:
     return name if name.isprintable() else repr(name)
 
 
-class FwgenError(Exception):
-    """Base of every error fwgen raises on purpose."""
+# fwgen's exit codes, one per kind of failure, so a CI job can tell them apart. With several
+# boards in one call the highest code of any board is the exit code.
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1  # the guest booted, and one of its checks failed
+EXIT_BAD_INPUT = 2  # a broken board file, a tampered package, a dead mirror, a full disk, no memory
+EXIT_BOOT_FAILED = 3  # the guest never became ready, or QEMU died or hung
+EXIT_INTERNAL = 4  # a bug, or a tool that failed where it should not (a compiler, mksquashfs)
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
-    exit_code = 1
+
+class FwgenError(Exception):
+    """Base of every error fwgen raises on purpose. Errors that are neither bad input nor a
+    failed boot are internal: fwgen or a tool it runs broke."""
+
+    exit_code = EXIT_INTERNAL
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -45,7 +55,7 @@ class FwgenError(Exception):
 class UserError(FwgenError):
     """Bad input from the user or the outside world: exit code 2."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 class ConfigError(UserError):
@@ -71,6 +81,16 @@ class ConfigError(UserError):
             prefix += f"{keypath}: "
         super().__init__(prefix + message, hint)
         self.file, self.line, self.column, self.keypath = file, line, column, keypath
+
+
+def out_of_memory(error: MemoryError) -> UserError:
+    """The one-line error for a MemoryError: the image is modelled in memory, so a machine (or a
+    ulimit) too small for the board is the host's limit, told with what to change, not a
+    traceback from wherever it ran out."""
+    problem = UserError("out of memory", "fwgen holds the image in memory: run it with more, or lower "
+                        "the board's limits.package_size and limits.image_size")
+    problem.__cause__ = error
+    return problem
 
 
 class FormatError(UserError):
@@ -155,7 +175,10 @@ def host_file_error(error: OSError) -> StorageError | None:
 
 
 class BootError(FwgenError):
-    """A guest did not boot or a check failed: carries the console tail."""
+    """A guest did not become ready, died or hung: carries the console tail. (A check that
+    fails is a result, not an error: it gives EXIT_CHECK_FAILED.)"""
+
+    exit_code = EXIT_BOOT_FAILED
 
     def __init__(self, message: str, console_tail: str = "", hint: str | None = None) -> None:
         super().__init__(message, hint)

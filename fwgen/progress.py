@@ -16,10 +16,13 @@ from typing import TextIO
 class Progress:
     """Reports named steps and byte/item counters. Thread-safe: downloads run in threads."""
 
-    def __init__(self, stream: TextIO | None = None, *, enabled: bool = True) -> None:
+    def __init__(self, stream: TextIO | None = None, *, enabled: bool = True, prefix: str = "") -> None:
+        """`prefix` starts every line (the board's name when several run at once, whose lines
+        interleave: then counters are not redrawn in place either)."""
         self.stream = stream or sys.stderr
         self.enabled = enabled
-        self.tty = enabled and self.stream.isatty()
+        self.prefix = prefix
+        self.tty = enabled and not prefix and self.stream.isatty()
         self._lock = threading.Lock()
         self._last = 0.0
         self._started = time.monotonic()
@@ -62,7 +65,7 @@ class Progress:
             if self.tty:
                 self.stream.write("\r\033[K" + text + ("\n" if final else ""))
             else:
-                self.stream.write(text + "\n")
+                self.stream.write(self.prefix + text + "\n")
             self.stream.flush()
 
 

@@ -26,7 +26,7 @@ import subprocess
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
@@ -239,23 +239,47 @@ def _without_search_folders(args: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(kept)
 
 
+# Ports this process has handed to its machines and not released yet. A port is free again
+# for the kernel the moment its probe socket closes, and it may hand it out again before QEMU
+# binds it: parallel boots in one fwgen (`fwgen boot --all -j N`) must not share a port.
+_RESERVED_PORTS: set[int] = set()
+_PORTS_LOCK = threading.Lock()
+# How many ports one call may probe before giving up on finding `count` unreserved ones.
+PORT_PROBES = 256
+
+
 def pick_free_ports(count: int) -> list[int]:
-    """`count` distinct TCP ports on 127.0.0.1 that were free a moment ago.
+    """`count` distinct TCP ports on 127.0.0.1 that were free a moment ago and that no other
+    machine of this process holds; reserved until `release_ports`.
 
     The kernel picks them (bind to port 0); all sockets stay open until every port is chosen
-    so the same port is not handed out twice. QEMU may still lose a race for one: `Machine`
-    retries with new ports when QEMU cannot bind.
+    so the same port is not handed out twice. Another program may still take one before QEMU
+    binds it: `Machine` retries with new ports when QEMU cannot bind.
     """
     sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sockets.append(s)
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    ports: list[int] = []
+    with _PORTS_LOCK:
+        try:
+            while len(ports) < count:
+                if len(sockets) >= PORT_PROBES:
+                    raise BootError(f"no {count} free TCP ports on 127.0.0.1 after {PORT_PROBES} tries")
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(s)
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+                if port not in _RESERVED_PORTS and port not in ports:
+                    ports.append(port)
+        finally:
+            for s in sockets:
+                s.close()
+        _RESERVED_PORTS.update(ports)
+    return ports
+
+
+def release_ports(ports: Iterable[int]) -> None:
+    """Give ports from `pick_free_ports` back once their QEMU has exited."""
+    with _PORTS_LOCK:
+        _RESERVED_PORTS.difference_update(ports)
 
 
 @dataclass(frozen=True)
@@ -337,6 +361,7 @@ class Machine:
         self.stderr_log = self.workdir / "qemu.stderr"
         self.argv: list[str] = []
         self._ports: dict[int, int] = {}
+        self._held_ports: tuple[int, ...] = ()  # reserved by pick_free_ports until QEMU is gone
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._log: IO[bytes] | None = None
@@ -365,7 +390,9 @@ class Machine:
         locate_firmware(self.spec.profile)
         self.workdir.mkdir(parents=True, exist_ok=True)
         for attempt in range(3):
+            self._release_ports()
             self._ports = dict(zip(self.spec.forward, pick_free_ports(len(self.spec.forward)), strict=True))
+            self._held_ports = tuple(self._ports.values())
             self._launch()
             if not self._lost_port_race() or attempt == 2:
                 return
@@ -418,7 +445,15 @@ class Machine:
             self._reader.join(timeout=5)
         if self._log is not None:
             self._log.close()
+        if proc is None or proc.poll() is not None:
+            self._release_ports()
         _LIVE.discard(self)
+
+    def _release_ports(self) -> None:
+        # Once only: by then another machine may hold the same numbers. host_port() still
+        # answers with the old ports, for messages.
+        release_ports(self._held_ports)
+        self._held_ports = ()
 
     @property
     def pid(self) -> int | None:
@@ -688,4 +723,4 @@ def _exit_on_signal(signum: int, frame: object) -> None:
 
 
 __all__ = ["BootSpec", "Machine", "Reply", "command_line", "confine_firmware", "firmware_search_path",
-           "locate_firmware", "parse_reply", "pick_free_ports", "qemu_argv"]
+           "locate_firmware", "parse_reply", "pick_free_ports", "qemu_argv", "release_ports"]

@@ -31,6 +31,9 @@ class HostMachine:
     def host_port(self, guest_port: int) -> int:
         return self.port
 
+    def console_tail(self) -> str:
+        return "httpd: listening"
+
 
 def http_check(**fields) -> Check:
     return Check(kind="http", name="http: /", path="/", port=80, timeout=PATIENT, **fields)
@@ -42,6 +45,7 @@ def test_an_http_check_that_gets_the_wrong_status_fails_at_once(server):
     result = run_check(machine, http_check(status=200))
     assert not result.passed
     assert "expected status 200, got 400" in result.detail
+    assert result.console_tail == "httpd: listening"  # what the guest said when the check failed
     assert server.hits["/"] == 1
     assert result.seconds < 10
 

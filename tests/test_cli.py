@@ -62,3 +62,75 @@ def test_boot_without_a_build_says_what_to_do(tmp_path):
     result = invoke("boot", "--board", "qemu-aarch64", "--out", str(tmp_path))
     assert result.exit_code == 2
     assert "fwgen build --board qemu-aarch64" in result.output
+
+
+# --- several boards, JSON on failure, exit codes -----------------------------------------------
+
+
+def test_every_board_given_runs_and_the_exit_code_is_the_highest(tmp_path):
+    """`--board a --board b` ran only b; now every board (options, arguments) gets a result."""
+    bad = REPO / "tests" / "invalid_boards" / "unknown_overlay.yaml"
+    result = CliRunner().invoke(main, ["boot", "--board", "qemu-aarch64", "--board", "qemu-armv7", str(bad),
+                                       "--out", str(tmp_path), "-j", "2", "--json"])
+    assert result.exit_code == 2
+    records = json.loads(result.stdout)
+    assert [r["board"] for r in records] == ["qemu-aarch64", "qemu-armv7", str(bad)]
+    assert [r["step"] for r in records] == ["boot_spec_for", "boot_spec_for", "load_board"]
+    assert records[0]["error"].endswith("no build found (run 'fwgen build --board qemu-aarch64' first)")
+    assert records[2]["where"].endswith("invalid_boards/unknown_overlay.yaml:4:18")
+    table = result.stderr.splitlines()  # with --json the summary goes to stderr
+    assert table[-5].split() == ["BOARD", "STEP", "RESULT", "SECONDS"]
+    assert table[-4].split()[:3] == ["qemu-aarch64", "boot_spec_for", "ERROR"]
+    assert table[-1] == "0/3 boards passed"
+
+
+def test_a_failed_build_prints_json_naming_the_error_where_and_step(tmp_path):
+    bad = REPO / "tests" / "invalid_boards" / "unknown_overlay.yaml"
+    result = CliRunner().invoke(main, ["build", "--board", str(bad), "--out", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 2
+    record = json.loads(result.stdout)
+    assert record["result"] == "error" and record["exit_code"] == 2 and record["step"] == "load_board"
+    assert record["where"].endswith("invalid_boards/unknown_overlay.yaml:4:18")
+    assert "unknown overlay 'htpd'" in record["error"]
+
+
+def test_all_takes_every_board_found(tmp_path):
+    vendor = tmp_path / "vendor"
+    vendor.mkdir()
+    (vendor / "broken.yaml").write_text("arch: aarch64\noverlays: [nope]\n")
+    result = CliRunner().invoke(main, ["boot", "--all", "--boards-dir", str(vendor), "--out", str(tmp_path / "out"),
+                                       "--json"])
+    records = json.loads(result.stdout)
+    assert {"qemu-aarch64", "rpi-zero"} <= {r["board"] for r in records}
+    assert {r["result"] for r in records} == {"error"}  # nothing is built in tmp_path
+    assert result.exit_code == 2
+
+
+def test_no_board_is_bad_input():
+    result = invoke("build")
+    assert result.exit_code == 2
+    assert "no board given" in result.output
+
+
+def test_an_internal_error_exits_4_in_one_line(tmp_path, monkeypatch):
+    import fwgen.build
+
+    def broken(*args, **kwargs):
+        raise KeyError("manifest")
+
+    monkeypatch.setattr(fwgen.build, "build", broken)
+    result = CliRunner().invoke(main, ["build", "--board", "qemu-aarch64", "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 4
+    assert json.loads(result.stdout)["error"] == "internal error: KeyError: 'manifest'"
+    assert "this is a bug" in result.stderr
+
+
+def test_the_readme_documents_every_exit_code():
+    from fwgen import errors
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("Exit codes"):readme.index("With several boards the exit code")]
+    codes = {name: value for name, value in vars(errors).items() if name.startswith("EXIT_")}
+    assert len(set(codes.values())) == len(codes)
+    for value in codes.values():
+        assert f"\n| {value} | " in section, f"exit code {value} is not in the README's exit-code section"

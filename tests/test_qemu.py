@@ -40,6 +40,7 @@ from fwgen.qemu import (
     parse_reply,
     pick_free_ports,
     qemu_argv,
+    release_ports,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -527,3 +528,34 @@ def test_sigterm_to_fwgen_kills_qemu(profile, guest, tmp_path):
         time.sleep(0.1)
     assert _gone(qemu_pid)
 
+
+
+def test_ports_held_by_this_process_are_not_handed_out_again(monkeypatch):
+    """The kernel may offer a just-closed port again; parallel boots in one fwgen must not get
+    the same one (the probes stand in for the kernel's choices)."""
+    import types
+
+    import fwgen.qemu
+
+    offered = iter([40001, 40001, 40001, 40002, 40001])
+
+    class Probe:
+        def __init__(self, *args):
+            self.port = next(offered)
+
+        def bind(self, address):
+            pass
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(fwgen.qemu, "socket", types.SimpleNamespace(socket=Probe, AF_INET=2, SOCK_STREAM=1))
+    first = pick_free_ports(1)
+    second = pick_free_ports(1)
+    release_ports(first)
+    third = pick_free_ports(1)
+    release_ports(second + third)
+    assert (first, second, third) == ([40001], [40002], [40001])
