@@ -220,3 +220,22 @@ def test_host_name_too_long_is_one_line_naming_the_path(tmp_path, command):
     assert result.returncode == 2, result.stderr
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"fwgen: error: {long}") and line.endswith(": file name too long"), line
+
+
+def test_build_with_a_disk_filling_up_mid_image_is_one_error_and_leaves_nothing(cache_dir, tmp_path, monkeypatch):
+    """A fault point in the initramfs writer: half the image written, then ENOSPC (as write(2)
+    reports it, without a file name). The library raises StorageError (the CLI's one line)."""
+    from fwgen import build as build_module
+    from fwgen.config import load_board
+
+    def fill_up(rootfs, path, **kw):
+        path.write_bytes(b"\0" * 4096)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(build_module, "write_initramfs", fill_up)
+    out = tmp_path / "out"
+    with pytest.raises(StorageError) as e:
+        build_module.build(load_board("qemu-aarch64"), outdir=out / "qemu-aarch64", cache=Cache(cache_dir))
+    assert str(e.value).startswith(f"{out}/.qemu-aarch64.tmp-"), str(e.value)
+    assert str(e.value).endswith(": no space left on device while writing the outputs of board qemu-aarch64")
+    assert not out.exists(), "no staging folder and no empty out/ left behind"
