@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from buildutil import REPO, run_fwgen
 
+from fwgen.errors import EXIT_BOOT_FAILED
 from fwgen.images.squashfs_reader import SquashfsImage
 
 pytestmark = [pytest.mark.network, pytest.mark.qemu, pytest.mark.slow]
@@ -75,7 +76,7 @@ def test_corrupt_squashfs_fails_the_boot_early_with_the_tail(built, cache_dir):
                        str(built / "overlays"), "--out", str(built / "out"), "--timeout-factor", "4",
                        cache=cache_dir)
     seconds = time.monotonic() - started
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == EXIT_BOOT_FAILED, result.stderr
     lines = result.stderr.strip().splitlines()
     [error] = [line for line in lines if line.startswith("fwgen: error: ")]
     assert "the console repeats I/O or filesystem errors (10 before 'fwgen: ready' appeared; last: " \
