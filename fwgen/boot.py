@@ -37,10 +37,13 @@ class BootResult:
     ready_seconds: float
     checks: list[CheckResult]
     console_log: Path
+    # Why QEMU was gone before the checks ended (a crash, a check that took the guest down);
+    # "" when it ran to the end. The checks after that fail; the boot failed, not just them.
+    died: str = ""
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
+        return not self.died and all(c.passed for c in self.checks)
 
 
 def boot_spec_for(board: Board, outdir: Path, *, fresh_disk: bool = False) -> BootSpec:
@@ -200,9 +203,11 @@ def _boot_build(board: Board, outdir: Path, *, timeout_factor: float, progress: 
         ready = time.monotonic() - started
         progress.info(f"ready after {ready:.1f} s")
         results = run_checks(machine, board.all_checks, progress=progress)
+        code = machine.returncode
+        died = "" if code is None else f"QEMU exited with code {code} during the checks"
         if all(r.passed for r in results):
             machine.poweroff()
-        return BootResult(board.name, ready, results, machine.console_log)
+        return BootResult(board.name, ready, results, machine.console_log, died)
 
 
 __all__ = ["BootResult", "boot", "boot_spec_for", "prepare_boot_disk", "READY_MARKER"]

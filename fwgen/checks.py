@@ -49,6 +49,8 @@ def run_check(machine: Machine, check: Check) -> CheckResult:
     kind_check = _KINDS.get(check.kind)
     if kind_check is None:
         problem = f"unknown check kind {check.kind!r} (known: {', '.join(sorted(_KINDS))})"
+    elif machine.returncode is not None:  # nothing answers any more: no check waits for it
+        problem = f"not run: QEMU had exited with code {machine.returncode}"
     else:
         try:
             problem = kind_check(machine, check)
@@ -77,7 +79,7 @@ def check_http(machine: Machine, check: Check) -> str | None:
         status, body, problem = _fetch(url)
         if status is not None:
             return _compare_http(status, body, check, url)
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline or machine.returncode is not None:
             return problem
         time.sleep(HTTP_RETRY_INTERVAL)
 
@@ -103,7 +105,7 @@ def check_tcp(machine: Machine, check: Check) -> str | None:
             if check.banner is not None and not line.startswith(check.banner):
                 return f"port {check.port}: expected a banner starting {check.banner!r}, got {_clip(line)!r}"
             return None
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline or machine.returncode is not None:
             return problem
         time.sleep(HTTP_RETRY_INTERVAL)
 

@@ -248,7 +248,7 @@ def _build_json(result) -> dict:
 
 
 def _boot_json(result) -> dict:
-    return {"passed": result.passed, "ready_seconds": round(result.ready_seconds, 2),
+    return {"passed": result.passed, "ready_seconds": round(result.ready_seconds, 2), "died": result.died or None,
             "console_log": str(result.console_log),
             "checks": [{"name": c.name, "kind": c.kind, "passed": c.passed, "seconds": round(c.seconds, 2),
                         "detail": c.detail} for c in result.checks]}
@@ -304,7 +304,7 @@ def boot(board_args, board_names, all_boards, jobs, junit_file, boards_dirs, ove
          out_root, timeout_factor, fresh_disk, as_json):
     """Boot built boards under QEMU and run their checks (each with its own forwarded ports)."""
     from .boot import boot as boot_board
-    from .errors import EXIT_CHECK_FAILED
+    from .errors import EXIT_BOOT_FAILED, EXIT_CHECK_FAILED
     from .progress import Progress
 
     names = _board_list(board_args, board_names, all_boards, boards_dirs)
@@ -314,12 +314,16 @@ def boot(board_args, board_names, all_boards, jobs, junit_file, boards_dirs, ove
         progress = Progress(enabled=not as_json, prefix="" if len(names) == 1 else f"[{board.name}] ")
         result = boot_board(board, out_root / board.name, timeout_factor=factor, fresh_disk=fresh_disk,
                             progress=progress)
+        if result.died:
+            return result, EXIT_BOOT_FAILED, "run_checks"
         return result, 0 if result.passed else EXIT_CHECK_FAILED, "run_checks"
 
     def show(result) -> None:
         for c in result.checks:
             click.echo(f"  {'PASS' if c.passed else 'FAIL'}  {c.name}  ({c.seconds:.1f} s)"
                        + ("" if c.passed else f": {c.detail}"))
+        if result.died:
+            click.echo(f"  {result.died}")
         verdict = "PASS" if result.passed else "FAIL"
         click.echo(f"{verdict} {result.board}: ready after {result.ready_seconds:.1f} s, "
                    f"{sum(c.passed for c in result.checks)}/{len(result.checks)} checks passed "

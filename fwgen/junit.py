@@ -6,7 +6,8 @@ one `<testcase>` per step that can fail on its own:
 
 - a build: one test case, `build`;
 - a boot: `ready` (the guest printed its ready line; its time is the seconds to ready), then
-  one test case per check, with the check's time;
+  one test case per check, with the check's time, and a failed `qemu` when QEMU was gone
+  before the checks ended;
 - a board that failed before any of that (a broken board file, no build, QEMU died): one test
   case for the step that failed.
 
@@ -103,6 +104,10 @@ def _cases(outcome: Outcome) -> list[ET.Element]:
             _fail(case, "failure", check.detail, f"{check.kind} check",
                   "\n".join(filter(None, [check.detail, f"console log: {booted.console_log}",  # type: ignore[attr-defined]
                                           _tail_section(check.console_tail)])))
+        cases.append(case)
+    if booted.died:  # type: ignore[attr-defined]
+        case = _case(classname, "qemu", 0.0)
+        _fail(case, "failure", booted.died, "BootError", f"{booted.died}\nconsole log: {booted.console_log}")  # type: ignore[attr-defined]
         cases.append(case)
     return cases
 

@@ -25,8 +25,9 @@ class HostMachine:
 
     timeout_factor = 1.0
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, returncode: int | None = None) -> None:
         self.port = port
+        self.returncode = returncode  # QEMU's exit code once it has exited
 
     def host_port(self, guest_port: int) -> int:
         return self.port
@@ -107,3 +108,13 @@ def test_a_tcp_check_that_gets_the_wrong_banner_fails_at_once():
     assert not result.passed
     assert "expected a banner starting 'SSH-2.0-', got '220 ftp ready'" in result.detail
     assert len(accepted) == 1 and time.monotonic() - started < 10
+
+
+def test_no_check_waits_for_a_guest_whose_qemu_has_exited():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens: a live guest's daemon would be retried
+    result = run_check(HostMachine(port, returncode=0), http_check(status=200))
+    assert not result.passed
+    assert result.detail == "not run: QEMU had exited with code 0"
+    assert result.seconds < 5

@@ -130,3 +130,27 @@ def test_a_guest_that_never_becomes_ready_exits_3_with_json_on_stdout(vendor, ca
     assert record["result"] == "error" and record["step"] == "wait_for"
     assert "fwgen: ready" in record["error"]
     assert record["where"] == str(out / "boot" / "console.log")
+
+
+def test_a_guest_that_dies_during_the_checks_exits_3(vendor, cache_dir, tmp_path):
+    """A check that takes the guest down: the checks after it fail, and the boot failed (3),
+    not only a check (1)."""
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    text = BOARD.format(name="dies", arch="aarch64").replace("checks:\n", "checks:\n  - run: poweroff -f\n")
+    (boards / "dies.yaml").write_text(text)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "dies").symlink_to((vendor / "out" / "ci-a").resolve())  # ci-a's build, a board that dies
+    report = tmp_path / "report.xml"
+    result = run_fwgen("boot", "dies", "--boards-dir", str(boards), "--out", str(out), "--json",
+                       "--junit", str(report), cache=cache_dir)
+    assert result.returncode == 3, result.stderr
+    record = json.loads(result.stdout)
+    assert record["died"] == "QEMU exited with code 0 during the checks"
+    first, *later = record["checks"]
+    assert first["name"] == "run: poweroff -f" and "QEMU exited with code 0" in first["detail"]
+    assert len(later) >= 2 and {c["detail"] for c in later} == {"not run: QEMU had exited with code 0"}
+    xmlschema.XMLSchema(SCHEMA).validate(str(report))
+    qemu = ET.parse(report).getroot().find("testsuite/testcase[@name='qemu']/failure")
+    assert qemu.get("message") == "QEMU exited with code 0 during the checks"
