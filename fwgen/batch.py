@@ -185,12 +185,13 @@ def exit_code(outcomes: Sequence[Outcome]) -> int:
     return max((o.exit_code for o in outcomes), default=EXIT_OK)
 
 
-def unique(names: Sequence[str]) -> Iterator[str]:
-    """`names` in order without repeats."""
+def unique(names: Sequence[str], key: Callable[[str], str] = str) -> Iterator[str]:
+    """`names` in order, each `key` once (the first name with it)."""
     seen: set[str] = set()
     for name in names:
-        if name not in seen:
-            seen.add(name)
+        identity = key(name)
+        if identity not in seen:
+            seen.add(identity)
             yield name
 
 

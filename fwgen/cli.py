@@ -168,7 +168,18 @@ def _board_list(board_args, board_names, all_boards, boards_dirs) -> list[str]:
         names += [str(path) for _, path, _ in list_boards(list(boards_dirs))]
     if not names:
         raise UserError("no board given", "name boards (or --board BOARD), or use --all for every board found")
-    return list(unique(names))
+    return list(unique(names, key=lambda name: _board_file(name, boards_dirs)))
+
+
+def _board_file(name: str, boards_dirs) -> str:
+    """The file a board name or path stands for (itself when there is none: its run says so),
+    so a board given twice (by name, by path, through --all) runs once."""
+    from .config import find_board
+
+    try:
+        return str(find_board(name, list(boards_dirs)).resolve())
+    except FwgenError:
+        return name
 
 
 def _run_boards(action: str, names: list[str], jobs: int, junit_file: Path | None, as_json: bool,

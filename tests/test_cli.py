@@ -134,3 +134,12 @@ def test_the_readme_documents_every_exit_code():
     assert len(set(codes.values())) == len(codes)
     for value in codes.values():
         assert f"\n| {value} | " in section, f"exit code {value} is not in the README's exit-code section"
+
+
+def test_a_board_given_twice_runs_once(tmp_path):
+    board = REPO / "boards" / "qemu-aarch64.yaml"
+    result = CliRunner().invoke(main, ["boot", "qemu-aarch64", "--board", str(board), "--all",
+                                       "--out", str(tmp_path), "--json"])
+    boards = [r["board"] for r in json.loads(result.stdout)]
+    assert boards.count("qemu-aarch64") == 1 and boards[0] == "qemu-aarch64"
+    assert len(boards) == len(set(boards)) >= 5
