@@ -75,6 +75,16 @@ class DiskSpec:
         return f"{self.device}{separator}{number}"
 
 
+# What a board's U-Boot console commands may use (uboot.commands), filled in by the build.
+CONSOLE_PLACEHOLDERS = {
+    "file": "the uImage's file name, as the TFTP server serves it",
+    "address": "where the uImage is loaded: uboot.fit_address moved up so the initramfs inside is page-aligned",
+    "bootargs": "the kernel command line (kernel.cmdline and rdinit=/init)",
+    "initrd_start": "the initramfs's address inside the loaded uImage (for rd_start=)",
+    "initrd_size": "the initramfs's size in bytes (for rd_size=)",
+}
+
+
 @dataclass(frozen=True)
 class UbootSpec:
     """The `fit` output: U-Boot from a package, and where its boot script puts the images."""
@@ -87,6 +97,8 @@ class UbootSpec:
     ramdisk_load: int = 0x48000000
     compression: str = "gzip"
     boot_size: int = 64  # MiB of the FAT32 boot partition
+    prompt: str | None = None  # U-Boot's prompt, where `fwgen boot` types `commands`
+    commands: tuple[str, ...] = ()  # typed at the prompt over the serial console, with fwgen's placeholders
 
 
 @dataclass(frozen=True)
@@ -168,6 +180,7 @@ class QemuProfile:
     nic: str | None = None
     args: tuple[str, ...] = ()
     firmware: tuple[str, ...] = ()  # files QEMU loads from its search path (-L): BIOS, option ROMs
+    bios_size: int = 0  # bytes of boot flash -bios fills; a board's larger flash image is cut to it
     source: Path | None = None
     dtb_fixups: tuple[Fixup, ...] = ()  # applied to a copy of the board's DTB, for emulation only
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .board import Board
-from .bootloader import UBOOT_OUTPUT
+from .bootloader import FIRMWARE_OUTPUT, FLASH_OUTPUT, UBOOT_OUTPUT
 from .checks import CheckResult, run_checks
 from .dtb import DeviceTree, apply_fixups
 from .errors import UserError, writing
@@ -26,7 +26,10 @@ READY_MARKER = "fwgen: ready"
 BOOT_DISK = "boot/disk.img"
 BOOT_SDCARD = "boot/sdcard.img"
 # A squashfs output alone is a root for flashing: the kernel has nothing to mount it from.
-BOOTABLE_OUTPUTS = frozenset({"initramfs", "disk", "sdcard"})
+BOOTABLE_OUTPUTS = frozenset({"initramfs", "disk", "sdcard", "flash"})
+# A router's flash as the emulated board has written it: the part the machine maps as its boot
+# flash, and the firmware partition (Linux's root and overlay).
+BOOT_FLASH, BOOT_FIRMWARE = "boot/flash-bios.img", "boot/firmware.bin"
 # What the Raspberry Pi firmware would have loaded, read out of the SD card's FAT partition.
 FROM_SDCARD = "boot/from-sdcard"
 
@@ -65,6 +68,8 @@ def boot_spec_for(board: Board, outdir: Path, *, fresh_disk: bool = False) -> Bo
                         f"add one of {', '.join(sorted(BOOTABLE_OUTPUTS))} to outputs")
     if "sdcard" in outputs:
         return sdcard_boot_spec(board, outdir, outdir / outputs["sdcard"]["file"], fresh=fresh_disk)
+    if FLASH_OUTPUT in outputs:
+        return flash_boot_spec(board, outdir, manifest, fresh=fresh_disk)
     if UBOOT_OUTPUT in outputs:
         return uboot_boot_spec(board, outdir, outputs, fresh=fresh_disk)
     initrd = outdir / outputs["initramfs"]["file"] if "initramfs" in outputs else None
@@ -93,17 +98,35 @@ def uboot_boot_spec(board: Board, outdir: Path, outputs: dict, *, fresh: bool = 
         raise UserError(f"{board.source}: output fit without disk: U-Boot has no disk to load the FIT from",
                         "add disk to outputs")
     disk = prepare_boot_disk(outdir / outputs["disk"]["file"], outdir / BOOT_DISK, fresh=fresh)
-    return BootSpec(
-        profile=board.qemu.profile,
-        kernel=None,
-        bios=outdir / outputs[UBOOT_OUTPUT]["file"],
-        memory=board.qemu.memory,
-        forward=board.qemu.forward,
-        drives=(disk,),
-        persistent=True,
-        ready_marker=READY_MARKER,
-        ready_timeout=board.qemu.timeout,
-    )
+    return _bios_boot_spec(board, outdir / outputs[UBOOT_OUTPUT]["file"], disk)
+
+
+def _bios_boot_spec(board: Board, bios: Path, drive: Path, **bootloader) -> BootSpec:
+    """A bootloader started as -bios with the board's writable drive and its QEMU settings."""
+    assert board.qemu is not None
+    return BootSpec(profile=board.qemu.profile, kernel=None, bios=bios, memory=board.qemu.memory,
+                    forward=board.qemu.forward, drives=(drive,), persistent=True, ready_marker=READY_MARKER,
+                    ready_timeout=board.qemu.timeout, **bootloader)
+
+
+def flash_boot_spec(board: Board, outdir: Path, manifest: dict, *, fresh: bool = False) -> BootSpec:
+    """Boot a router as a test lab does: U-Boot starts from the part of the flash image the
+    machine maps as its boot flash (the profile's bios_size), fwgen types the board's U-Boot
+    commands at its prompt (the uImage comes over TFTP from the build folder), and Linux finds
+    its squashfs root and overlay in the firmware partition, attached as a virtio disk."""
+    assert board.qemu is not None
+    profile, outputs = board.qemu.profile, manifest["outputs"]
+    if not profile.bios_size:
+        raise UserError(f"{profile.source or profile.name}: a flash board's profile needs bios_size "
+                        "(the bytes of the flash the machine maps)")
+    bios = outdir / BOOT_FLASH
+    if fresh or not bios.exists():
+        bios.parent.mkdir(parents=True, exist_ok=True)
+        with open(outdir / outputs[FLASH_OUTPUT]["file"], "rb") as f:
+            _write_file(bios, f.read(profile.bios_size))
+    firmware = prepare_boot_disk(outdir / outputs[FIRMWARE_OUTPUT]["file"], outdir / BOOT_FIRMWARE, fresh=fresh)
+    return _bios_boot_spec(board, bios, firmware, bootloader_prompt=board.uboot.prompt,
+                           bootloader_commands=tuple(manifest["flash"]["console_commands"]), tftp=outdir)
 
 
 def sdcard_boot_spec(board: Board, outdir: Path, built: Path, *, fresh: bool = False) -> BootSpec:

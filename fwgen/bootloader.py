@@ -26,12 +26,14 @@ from .fetch import FetchedPackage, fetch_packages, read_fetched_entries
 from .images.fit import FitConfig, FitImage, make_fit
 from .images.flash import firmware_image, flash_image, plan_firmware
 from .images.uimage import (
+    HEADER_SIZE,
     IH_NMLEN,
     kernel_payload,
     make_env,
     make_multi_uimage,
     make_script,
     make_uimage,
+    read_uimage,
 )
 from .rootfs import EntryType
 
@@ -44,6 +46,7 @@ FIT_FILE, SCRIPT_FILE, UBOOT_FILE = "image.itb", "boot.scr", "u-boot.bin"
 UIMAGE_OUTPUT, UIMAGE_FILE = "uimage", "uImage"
 FLASH_OUTPUT, FLASH_FILE, FIRMWARE_OUTPUT, FIRMWARE_FILE = "flash", "flash.img", "firmware", "firmware.bin"
 CONFIG = "conf-1"
+PAGE = 4096  # MIPS Linux's page: an initrd must start on one
 # U-Boot's arch names for the FIT (boot/image.c uimage_arch), by fwgen arch.
 FIT_ARCH = {"aarch64": "arm64", "armv7": "arm", "armv6": "arm", "mips": "mips", "mipsel": "mips"}
 
@@ -103,8 +106,9 @@ def write_flash(ctx: BuildContext, squashfs: Path) -> None:
     in the firmware partition, checked against its size before anything is written, then
     firmware.bin and the whole flash.img with U-Boot and its environment in their partitions."""
     assert ctx.staging is not None and ctx.board.flash is not None
-    flash = ctx.board.flash
-    uimage = build_uimage(ctx, ctx.outputs["initramfs"].read_bytes())
+    flash, board = ctx.board.flash, ctx.board
+    initramfs = ctx.outputs["initramfs"].read_bytes()
+    uimage = build_uimage(ctx, initramfs)
     root = squashfs.read_bytes()
     layout = plan_firmware(len(uimage), len(root), flash.firmware.size, flash.erase_block)
     contents = {"firmware": firmware_image(layout, uimage, root)}
@@ -122,10 +126,25 @@ def write_flash(ctx: BuildContext, squashfs: Path) -> None:
         ctx.outputs[output] = ctx.staging / name
         ctx.outputs[output].write_bytes(data)
     ctx.flash = {"size": flash.size, "erase_block": flash.erase_block, "swap_words_below": flash.swap_words_below,
-                 "partitions": [vars(p) for p in flash.partitions], "firmware": layout.to_dict()}
+                 "partitions": [vars(p) for p in flash.partitions], "firmware": layout.to_dict(),
+                 "console_commands": console_commands(board, uimage, len(initramfs))}
     ctx.progress.info(f"flash {flash.size:,} bytes: firmware partition {flash.firmware.name} {layout.size:,} bytes "
                       f"holds kernel {len(uimage):,} + squashfs {len(root):,}; {layout.free:,} bytes "
                       f"({100 * layout.free / layout.size:.1f} %) free for the overlay")
+
+
+def console_commands(board: Board, uimage: bytes, initrd_size: int) -> list[str]:
+    """The board's U-Boot console commands with the placeholders filled in. The uImage is
+    loaded where the initramfs inside it (the second file of the multi image) starts on a
+    page: MIPS Linux takes rd_start only page-aligned, and U-Boot leaves it in place with
+    initrd_high set to all ones."""
+    files = read_uimage(uimage, where=UIMAGE_FILE).files
+    initrd_offset = HEADER_SIZE + 4 * (len(files) + 1) + files[0] + (-files[0] % 4)
+    address = board.uboot.fit_address + (-(board.uboot.fit_address + initrd_offset) % PAGE)
+    values = {"file": UIMAGE_FILE, "address": f"{address:#x}",
+              "bootargs": f"{board.kernel.cmdline} rdinit=/init".strip(),
+              "initrd_start": f"{address + initrd_offset:#x}", "initrd_size": f"{initrd_size:#x}"}
+    return [command.format(**values) for command in board.uboot.commands]
 
 
 def _uboot_for(ctx: BuildContext, partition: FlashPartition) -> bytes:

@@ -384,6 +384,9 @@ def write_boot_config(ctx: BuildContext) -> None:
     disk, generated = ctx.board.disk, {"provenance": "fwgen"}
     for directory in ("/rom", "/overlay"):
         ctx.rootfs.add_dir(directory, 0o755, **generated)
+    if ctx.board.flash is not None:
+        write_flash_boot_config(ctx)
+        return
     # An SD card's (or a U-Boot disk's) first partition is the FAT boot partition: root and
     # data come after it.
     first = 2 if "sdcard" in ctx.board.outputs or boots_through_uboot(ctx.board) else 1
@@ -394,6 +397,19 @@ def write_boot_config(ctx: BuildContext) -> None:
         f"DATA={data}\nDATA_TYPE={DATA_FS_TYPE}\nRESET_MARKER={RESET_MARKER}\n"
     )
     ctx.rootfs.add_file(BOOT_CONF, conf.encode(), 0o644, **generated)
+
+
+def write_flash_boot_config(ctx: BuildContext) -> None:
+    """A router's firmware partition, as the kernel sees it (`disk.device`): /init finds the
+    squashfs after the uImage (its size from the uImage header, rounded up to the erase
+    block) and the overlay after the squashfs, as OpenWrt's mtdsplit does."""
+    assert ctx.board.flash is not None
+    conf = (
+        f"# Where /init finds the root of board {ctx.board.name}: written by fwgen.\n"
+        f"FIRMWARE={ctx.board.disk.device}\nERASE_BLOCK={ctx.board.flash.erase_block}\n"
+        f"ROOT_TYPE=squashfs\nDATA_TYPE={DATA_FS_TYPE}\nRESET_MARKER={RESET_MARKER}\n"
+    )
+    ctx.rootfs.add_file(BOOT_CONF, conf.encode(), 0o644, provenance="fwgen")
 
 
 def audit_elf_files(ctx: BuildContext) -> None:
@@ -433,12 +449,14 @@ def _root_modules(board: Board) -> list[str]:
     The disk controller's driver is the board's to name: it differs per machine."""
     if not _has_disk_root(board):
         return []
+    if board.flash is not None:
+        return ["squashfs", "overlay", DATA_FS_TYPE, "loop"]
     return ["squashfs", "overlay"] + ([DATA_FS_TYPE] if board.disk.data_size else [])
 
 
 def _has_disk_root(board: Board) -> bool:
     """The root is a squashfs partition on a disk (or an SD card), not the initramfs."""
-    return "disk" in board.outputs or "sdcard" in board.outputs
+    return bool({"disk", "sdcard", "flash"} & set(board.outputs))
 
 
 def write_images(ctx: BuildContext) -> None:

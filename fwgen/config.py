@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import fwgen
 
 from .arch import Arch
 from .board import (
+    CONSOLE_PLACEHOLDERS,
     Board,
     BusyboxSpec,
     DiskSpec,
@@ -205,6 +207,7 @@ def read_qemu_profile(path: Path) -> QemuProfile:
         nic=data["nic"],
         args=tuple(data["args"]),
         firmware=tuple(data["firmware"]),
+        bios_size=data["bios_size"],
         source=path,
         dtb_fixups=tuple(
             Fixup(f["node"], set=tuple((k, tuple(v)) for k, v in f.get("set", {}).items()),
@@ -262,7 +265,7 @@ def load_board(
         outputs=tuple(data["outputs"]),
         disk=DiskSpec(**data["disk"]),
         sdcard=SdcardSpec(**dict(data["sdcard"], firmware=tuple(data["sdcard"]["firmware"]))),
-        uboot=UbootSpec(**data["uboot"]),
+        uboot=_build_uboot(doc, data["uboot"]),
         flash=_build_flash(doc, data),
         qemu=qemu,
         checks=(),  # rendered below, once the variables are known
@@ -288,6 +291,22 @@ def _check_fit_outputs(doc: Document, outputs: list[str]) -> None:
     if "fit" in outputs and ("sdcard" in outputs or not {"disk", "initramfs"} & set(outputs)):
         raise doc.error(("outputs",), "output fit needs disk or initramfs beside it (and no sdcard)",
                         "a FIT holds the kernel and the initramfs: the whole root, or the boot one of a disk")
+
+
+def _build_uboot(doc: Document, uboot: dict) -> UbootSpec:
+    """U-Boot's settings; the console commands may use only the placeholders fwgen fills in."""
+    for i, command in enumerate(uboot["commands"]):
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(command) if name is not None}
+        except ValueError as e:
+            raise doc.error(("uboot", "commands", i), f"{command!r}: {e}", "write a literal brace as {{ or }}") from e
+        unknown = names - set(CONSOLE_PLACEHOLDERS)
+        if unknown:
+            raise doc.error(("uboot", "commands", i), f"unknown placeholder {{{sorted(unknown)[0]}}}",
+                            f"known: {', '.join('{' + n + '}' for n in CONSOLE_PLACEHOLDERS)}")
+    if uboot["commands"] and not uboot.get("prompt"):
+        raise doc.error(("uboot", "commands"), "commands need the prompt U-Boot shows (uboot.prompt)")
+    return UbootSpec(**dict(uboot, commands=tuple(uboot["commands"])))
 
 
 def _build_flash(doc: Document, data: dict) -> FlashSpec | None:
@@ -487,6 +506,8 @@ def _resolve_overlay_stack(doc: Document, data: dict, board: Path, overlay_dirs)
 def has_persistent_storage(data: dict) -> bool:
     """Whether a board (validated, defaults applied) keeps what its guest writes across a
     reboot: a disk or SD card with a data partition (the root's overlay lives there)."""
+    if "flash" in data["outputs"]:
+        return True  # the overlay fills the firmware partition after the squashfs
     return bool({"disk", "sdcard"} & set(data["outputs"])) and data["disk"]["data_size"] > 0
 
 

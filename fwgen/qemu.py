@@ -42,6 +42,14 @@ log = logging.getLogger("fwgen.qemu")
 # would go on to its next boot source, so the boot has failed here.
 BOOTLOADER_REFUSED = (r"Bad hash value for '[^']*' hash node", r"Bad Data Hash", r"Bad Data CRC",
                       r"Bad Header Checksum")
+# What U-Boot prints when a command typed at its prompt failed (cmd/net.c, net/tftp.c,
+# cmd/bootm.c, common/command.c): the next command would act on nothing.
+BOOTLOADER_FAILED = re.compile(r"Unknown command '[^']*'|TFTP error|Retry count exceeded|"
+                               r"Wrong Image Format|Bad Magic Number|ERROR: can't get kernel image|"
+                               r"## Error|Error: inflate\(\) returned|No ethernet found|"
+                               r"Could not get PHY|DHCP client could not|Not enough space")
+# U-Boot's autoboot countdown: any key stops it at the prompt.
+AUTOBOOT = "Hit any key to stop autoboot"
 # Console lines that mean the guest is dead. Checked while waiting for a marker so a broken
 # boot fails in seconds, not after the full timeout.
 FATAL = re.compile(r"Kernel panic|Unable to mount root|Attempted to kill init|"
@@ -87,6 +95,9 @@ class BootSpec:
     ready_marker: str | None = None  # the line that says the guest is up (what reboot() waits for)
     ready_timeout: float = 120.0
     bios: Path | None = None  # a bootloader started instead of -kernel (U-Boot's u-boot.bin)
+    bootloader_prompt: str | None = None  # typed at after start: the bootloader's prompt
+    bootloader_commands: tuple[str, ...] = ()  # typed at that prompt, one at a time, as a test lab does
+    tftp: Path | None = None  # a folder QEMU's user network serves by TFTP
 
 
 def qemu_argv(spec: BootSpec, host_ports: Mapping[int, int] | None = None) -> list[str]:
@@ -156,7 +167,8 @@ def _network_args(spec: BootSpec, host_ports: Mapping[int, int]) -> list[str]:
         # Without any network option some machines add a default NIC (malta: pcnet, whose
         # option ROM efi-pcnet.rom a minimal QEMU install lacks).
         return ["-nic", "none"]
-    netdev = "user,id=n0" + "".join(
+    tftp = f",tftp={_drive_path(spec.tftp)}" if spec.tftp else ""
+    netdev = "user,id=n0" + tftp + "".join(
         f",hostfwd=tcp:127.0.0.1:{host_ports[port]}-:{port}" for port in spec.forward
     )
     return ["-netdev", netdev, "-device", f"{nic},netdev=n0"]
@@ -395,8 +407,10 @@ class Machine:
             self._held_ports = tuple(self._ports.values())
             self._launch()
             if not self._lost_port_race() or attempt == 2:
-                return
+                break
             log.debug("QEMU could not bind a forwarded port; retrying with new ports")
+        if self.spec.bootloader_commands:
+            self.drive_bootloader()
 
     def _launch(self) -> None:
         self.argv = qemu_argv(self.spec, self._ports)
@@ -418,6 +432,35 @@ class Machine:
         self._reader = threading.Thread(target=self._read_console, name="qemu-console", daemon=True)
         self._reader.start()
         self.progress.info(f"QEMU pid {self._proc.pid}, console log {self.console_log}")
+
+    def drive_bootloader(self) -> float:
+        """Type the boot spec's bootloader commands at its prompt, as a test lab drives a
+        board's U-Boot over its serial console: stop the autoboot countdown if there is one,
+        then one command per prompt, the last (bootm) without waiting for a prompt again.
+        Returns the seconds to the first prompt. A command U-Boot answers with a failure
+        fails the boot at once, with U-Boot's line."""
+        spec = self.spec
+        assert spec.bootloader_prompt is not None
+        prompt = re.compile(re.escape(AUTOBOOT) + "|" + re.escape(spec.bootloader_prompt))
+        started = time.monotonic()
+        self.wait_for(prompt, 60)
+        if self._text.endswith(AUTOBOOT, 0, self._cursor):
+            self.send("\n")
+            self.wait_for(spec.bootloader_prompt, 30)
+        first = time.monotonic() - started
+        for number, command in enumerate(spec.bootloader_commands):
+            with self._changed:
+                since = len(self._text)
+            self.send(command + "\n")
+            if number == len(spec.bootloader_commands) - 1:
+                return first
+            self.wait_for(spec.bootloader_prompt, 120)
+            with self._changed:
+                answer = self._text[since:self._cursor]
+            failed = BOOTLOADER_FAILED.search(answer)
+            if failed:
+                raise self._error(f"the bootloader failed at {command!r}: {self._line_at(since + failed.start())}")
+        return first
 
     def _lost_port_race(self) -> bool:
         """True when QEMU exited at once because a forwarded port was taken."""

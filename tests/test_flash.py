@@ -190,3 +190,62 @@ def test_a_firmware_beyond_its_partition_fails_before_writing_with_the_numbers(b
                 f"partition by {blocks + kernel_blocks - small:,}")
     assert expected in result.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+# --- booting it: U-Boot from the flash, driven over the console ----------------------------
+
+def _confined(board, folder):
+    """The board with a profile whose QEMU finds only the firmware the profile declares."""
+    from dataclasses import replace
+
+    from fwgen.qemu import confine_firmware
+
+    profile = confine_firmware(board.qemu.profile, folder / "qemu")
+    return replace(board, qemu=replace(board.qemu, profile=profile))
+
+
+@pytest.mark.network
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_the_router_boots_through_uboot_from_its_flash_with_only_declared_firmware(built, tmp_path):
+    """U-Boot starts from the word-swapped flash, fwgen types the board's commands at its
+    prompt, the uImage comes by TFTP, Linux mounts the squashfs and the overlay it finds in
+    the firmware partition; every check passes, a reboot keeps what was written (persist)."""
+    import os
+
+    from fwgen.boot import boot
+
+    folder, _ = built
+    board = _confined(load_board(BOARD), tmp_path)
+    result = boot(board, folder, timeout_factor=float(os.environ.get("FWGEN_TIMEOUT_FACTOR", "1")), fresh_disk=True)
+    assert result.passed, [(c.name, c.detail) for c in result.checks if not c.passed]
+    names = [c.name for c in result.checks]
+    assert "console: U-Boot 2023.01" in names and any(n.startswith("persist") for n in names)
+    console = result.console_log.read_text(errors="replace")
+    assert "maltael # tftpboot 0x" in console and "Bytes transferred = " in console
+    assert "MIPS Linux Multi-File Image (gzip compressed)" in console
+    assert "fwgen-init: firmware /dev/vda: squashfs at " in console
+    manifest = json.loads((folder / "manifest.json").read_text())
+    layout = manifest["flash"]["firmware"]
+    assert (f"squashfs at {layout['squashfs']['offset']}, overlay at {layout['overlay']['offset']}") in console
+    print(f"qemu-mips-router: ready after {result.ready_seconds:.1f} s")
+
+
+@pytest.mark.network
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_a_uboot_command_that_fails_stops_the_boot_with_uboots_line(built, tmp_path):
+    from dataclasses import replace
+
+    from fwgen.boot import boot_spec_for
+    from fwgen.errors import BootError
+    from fwgen.qemu import Machine
+
+    folder, _ = built
+    spec = boot_spec_for(load_board(BOARD), folder, fresh_disk=True)
+    commands = tuple(c.replace("uImage", "no-such-uImage") for c in spec.bootloader_commands)
+    assert commands != spec.bootloader_commands
+    with Machine(replace(spec, bootloader_commands=commands), tmp_path) as machine:
+        with pytest.raises(BootError, match=r"the bootloader failed at 'tftpboot 0x[0-9a-f]+ no-such-uImage': "
+                                            r"TFTP error: 'File not found'"):
+            machine.start()
