@@ -87,6 +87,21 @@ def test_a_bad_layout_is_refused_at_its_line(tmp_path, change, message):
     assert f"{BOARD}.yaml:" in str(e.value)
 
 
+def test_an_unknown_placeholder_in_the_uboot_commands_is_refused_at_its_line(tmp_path):
+    original = (REPO / "boards" / f"{BOARD}.yaml").read_text()
+    assert "    - tftpboot {address} {file}\n" in original
+    text = original.replace("    - tftpboot {address} {file}\n", "    - tftpboot {adress} {file}\n")
+    with pytest.raises(ConfigError, match=r"unknown placeholder \{adress\}") as e:
+        load_board(_variant(tmp_path, text))
+    assert re.search(rf"{BOARD}\.yaml:\d+:\d+: uboot\.commands\[2\]", str(e.value))
+
+
+def test_the_flash_output_and_its_layout_come_together(tmp_path):
+    original = (REPO / "boards" / f"{BOARD}.yaml").read_text()
+    with pytest.raises(ConfigError, match="output flash needs a flash section"):
+        load_board(_variant(tmp_path, original[:original.index("flash:\n")] + original[original.index("qemu:\n"):]))
+
+
 # --- the real board --------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
