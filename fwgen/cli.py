@@ -23,6 +23,7 @@ from .errors import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     BootError,
+    FormatError,
     FwgenError,
     host_file_error,
     out_of_memory,
@@ -504,7 +505,7 @@ def inspect(image, extract_path, as_json):
     """List a squashfs image or an initramfs (modes, owners, sizes, link targets), describe a
     FIT or uImage and check its hashes and CRCs (exit code 2 when one does not match), or list
     the partitions of a flash image (flash.img, firmware.bin) and the images inside them."""
-    from .images.flash import describe_flash, format_flash, load_layout
+    from .images.flash import describe_flash, load_layout, scanned_layout
     from .images.inspect import describe_boot_image, format_boot_image, list_image, read_image_file
 
     if extract_path:
@@ -512,11 +513,7 @@ def inspect(image, extract_path, as_json):
         return
     layout = load_layout(image)
     if layout is not None:
-        rows = describe_flash(image.read_bytes(), layout)
-        if as_json:
-            _emit_json({"image": str(image), "kind": layout["kind"], "layout": layout, "partitions": rows})
-        else:
-            click.echo("\n".join(format_flash(image, layout, rows)))
+        _print_flash(image, layout, describe_flash(image.read_bytes(), layout), as_json)
         return
     boot = describe_boot_image(image)
     if boot is not None:
@@ -528,7 +525,16 @@ def inspect(image, extract_path, as_json):
         if not ok:
             sys.exit(2)
         return
-    kind, rows = list_image(image)
+    try:
+        kind, rows = list_image(image)
+    except FormatError:
+        # Neither filesystem: a flash dump, if images sit on its erase-block boundaries.
+        layout = scanned_layout(image.stat().st_size)
+        found = describe_flash(image.read_bytes(), layout)
+        if not found[0]["found"]:
+            raise
+        _print_flash(image, layout, found, as_json)
+        return
     if as_json:
         _emit_json({"image": str(image), "kind": kind, "entries": rows})
         return
@@ -537,6 +543,15 @@ def inspect(image, extract_path, as_json):
         # Names come from the image: one with a newline or an escape sequence is shown quoted.
         target = f" -> {quoted(r['target'])}" if r["target"] else ""
         click.echo(f"{r['mode']} {owner:>11} {r['size']:>10} {quoted(r['path'])}{target}")
+
+
+def _print_flash(image: Path, layout: dict, rows: list[dict], as_json: bool) -> None:
+    from .images.flash import format_flash
+
+    if as_json:
+        _emit_json({"image": str(image), "kind": layout["kind"], "layout": layout, "partitions": rows})
+    else:
+        click.echo("\n".join(format_flash(image, layout, rows)))
 
 
 @main.command("busybox")

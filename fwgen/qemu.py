@@ -95,7 +95,7 @@ class BootSpec:
     ready_marker: str | None = None  # the line that says the guest is up (what reboot() waits for)
     ready_timeout: float = 120.0
     bios: Path | None = None  # a bootloader started instead of -kernel (U-Boot's u-boot.bin)
-    bootloader_prompt: str | None = None  # typed at after start: the bootloader's prompt
+    bootloader_prompt: str | None = None  # the bootloader's prompt, where bootloader_commands are typed
     bootloader_commands: tuple[str, ...] = ()  # typed at that prompt, one at a time, as a test lab does
     tftp: Path | None = None  # a folder QEMU's user network serves by TFTP
 

@@ -186,6 +186,20 @@ def test_inspect_lists_the_partitions_and_what_is_inside(built):
 
 
 @pytest.mark.network
+def test_inspect_searches_a_flash_dump_without_its_manifest(built, tmp_path):
+    folder, _ = built
+    dump = tmp_path / "dump.bin"
+    shutil.copyfile(folder / "flash.img", dump)
+    result = run_fwgen("inspect", str(dump), cache=tmp_path)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((folder / "manifest.json").read_text())
+    squashfs = 0x400000 + manifest["flash"]["firmware"]["squashfs"]["offset"]
+    assert "flash dump, 16,777,216 bytes" in result.stdout and "searched" in result.stdout
+    assert "    0x00400000: uImage 'Linux-6.1.0-" in result.stdout
+    assert f"    {squashfs:#010x}: squashfs 4.0" in result.stdout
+
+
+@pytest.mark.network
 def test_a_firmware_beyond_its_partition_fails_before_writing_with_the_numbers(built, tmp_path, cache_dir):
     folder, _ = built
     manifest = json.loads((folder / "manifest.json").read_text())

@@ -221,6 +221,14 @@ def test_free_ports_are_distinct_and_bindable():
             s.bind(("127.0.0.1", port))
 
 
+def test_argv_for_a_bootloader_with_a_tftp_folder(profile, tmp_path):
+    """U-Boot as -bios loads its kernel from QEMU's TFTP server: no -kernel, the folder served."""
+    spec = BootSpec(profile, None, bios=tmp_path / "flash.img", tftp=tmp_path / "out,1", forward=(80,))
+    argv = qemu_argv(spec, {80: 40080})
+    assert argv[argv.index("-bios") + 1] == str(tmp_path / "flash.img") and "-kernel" not in argv
+    assert argv[argv.index("-netdev") + 1] == f"user,id=n0,tftp={tmp_path}/out,,1,hostfwd=tcp:127.0.0.1:40080-:80"
+
+
 def test_argv_without_a_nic_asks_for_none(profile, tmp_path):
     """Malta adds a pcnet NIC (needing efi-pcnet.rom) when no network option is given."""
     argv = qemu_argv(BootSpec(replace(profile, nic=None), tmp_path / "Image"))

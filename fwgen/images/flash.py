@@ -175,6 +175,13 @@ def load_layout(path: Path) -> dict | None:
     return None
 
 
+def scanned_layout(size: int, erase_block: int = 0x10000) -> dict:
+    """A layout for a flash dump no manifest describes: one region, the whole file, searched
+    on `erase_block` boundaries (64 KiB, the usual NOR sector) as binwalk would."""
+    return {"kind": "dump", "size": size, "erase_block": erase_block,
+            "partitions": [{"name": "(no layout)", "offset": 0, "size": size, "content": "unknown"}]}
+
+
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
@@ -208,15 +215,19 @@ def describe_flash(data: bytes, layout: dict) -> list[dict]:
 
 def format_flash(path: Path, layout: dict, rows: list[dict]) -> list[str]:
     """The lines `fwgen inspect` prints for a flash image."""
-    what = "firmware partition" if layout["kind"] == "firmware" else "flash image"
-    lines = [f"{path}: {what}, {layout['size'] if layout['kind'] == 'flash' else layout['firmware']['size']:,} bytes, "
-             f"erase block {layout['erase_block']:,} (layout from manifest.json)"]
+    kind = layout["kind"]
+    what = {"firmware": "firmware partition", "flash": "flash image", "dump": "flash dump"}[kind]
+    source = "no manifest.json beside it lists it: searched" if kind == "dump" else "layout from manifest.json"
+    lines = [f"{path}: {what}, {layout['firmware']['size'] if kind == 'firmware' else layout['size']:,} bytes, "
+             f"erase block {layout['erase_block']:,} ({source})"]
     for row in rows:
         note = ", words swapped as the board's wiring needs" if row["swapped"] else ""
         lines.append(f"  {row['name']}: {row['offset']:#010x}-{row['offset'] + row['size']:#010x} "
                      f"({row['size']:,} bytes, {row['content']}){note}: "
                      + (f"{row['used']:,} bytes before the erased tail" if row["used"] else "erased"))
         lines += [f"    {f['offset']:#010x}: {f['summary']}" for f in row["found"]]
-    firmware = layout["firmware"]
+    firmware = layout.get("firmware")
+    if firmware is None:
+        return lines
     lines.append(f"  free for the overlay: {firmware['free']:,} bytes of the {firmware['size']:,}-byte firmware partition")
     return lines
