@@ -29,10 +29,11 @@ from fwgen.errors import FwgenError
 from fwgen.fetch import apk, deb, ipk, usign
 from fwgen.fetch.archive import UnpackBudget, list_ar_members, read_tar_stream
 from fwgen.images.cpio import read_cpio, read_initramfs
+from fwgen.images.flash import describe_flash, flash_image, scanned_layout
 from fwgen.images.squashfs_reader import read_squashfs
 from fwgen.images.uimage import make_multi_uimage, multi_files, read_uimage
 
-CASES = 200  # per reader: 16 readers, 3,200 cases in about 10 s
+CASES = 200  # per reader: 17 readers, 3,400 cases in about 10 s
 CASE_SECONDS = 5.0  # a case's bound; a real one takes milliseconds
 
 
@@ -204,6 +205,17 @@ def _as_multi_file(data: bytes) -> bytes:
                              load=facts["load"], entry=facts["entry"], time=facts["time"])
 
 
+def _scan_flash(data: bytes, ctx: Context) -> None:
+    # What `fwgen inspect` does with a flash dump no manifest describes, on 4 KiB boundaries.
+    describe_flash(data, scanned_layout(len(data), 0x1000))
+
+
+def _as_flash_dump(data: bytes) -> bytes:
+    # The squashfs sample on the block after a small multi-file uImage, in erased flash.
+    uimage = make_multi_uimage([b"kernel" * 100, b"initramfs" * 50], name="fuzz", arch="mips")
+    return flash_image(0x4000 + len(data) + 0x1000, [(0, uimage), (0x2000, data)])
+
+
 def _read_opkg_index(data: bytes, ctx: Context) -> None:
     ipk.verify_index(data, ctx.packages_sig, ctx.usign_keys, "fuzz/Packages")
 
@@ -232,6 +244,7 @@ READERS = {
     "debian-packages": Reader(("openwrt-core-mvebu/Packages",), _parse_debian_packages, _as_debian_stanzas),
     "uimage": Reader(("uimage/uboot.image_with_header",), _read_uimage),
     "uimage-multi": Reader(("uimage/uboot.image_with_header",), _read_uimage, _as_multi_file),
+    "flash-dump": Reader(("squashfs/fact-gzip.sqfs",), _scan_flash, _as_flash_dump),
 }
 
 
