@@ -102,6 +102,60 @@ def test_the_flash_output_and_its_layout_come_together(tmp_path):
         load_board(_variant(tmp_path, original[:original.index("flash:\n")] + original[original.index("qemu:\n"):]))
 
 
+def _flash_context(tmp_path, text: str, kernel: bytes, squashfs: bytes):
+    """A build context at the flash step: kernel loaded, boot initramfs and squashfs written."""
+    from fwgen.build import BuildContext
+    from fwgen.kernel import Kernel
+
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    ctx = BuildContext(board=load_board(_variant(tmp_path, text)), outdir=tmp_path / "out", cache=None,
+                       source_date_epoch=1_700_000_000, staging=staging)
+    ctx.kernel = Kernel("6.1.0-test", kernel, "/boot/vmlinuz-6.1.0-test", {}, "test")
+    (staging / "initramfs.cpio.gz").write_bytes(b"initramfs" * 1000)
+    ctx.outputs["initramfs"] = staging / "initramfs.cpio.gz"
+    (staging / "rootfs.squashfs").write_bytes(squashfs)
+    return ctx, staging / "rootfs.squashfs"
+
+
+def _without_uboot(text: str) -> str:
+    # The U-Boot partition left erased: no package to fetch for a test of the layout alone.
+    return text.replace("{name: u-boot, size: 0x3e0000, content: bootloader}", "{name: u-boot, size: 0x3e0000}")
+
+
+def test_an_environment_partition_holds_the_boards_variables_with_their_crc(tmp_path):
+    import zlib
+
+    from fwgen.bootloader import write_flash
+
+    text = _without_uboot((REPO / "boards" / f"{BOARD}.yaml").read_text())
+    text = text.replace("{name: u-boot-env, size: 0x20000, content: erased}", "{name: u-boot-env, size: 0x20000, content: environment}")
+    text = text.replace("  swap_words_below: 0x3e0000\n", "  swap_words_below: 0x3e0000\n  environment: {bootdelay: '3', ethaddr: '52:54:00:12:34:56'}\n")
+    ctx, squashfs = _flash_context(tmp_path, text, b"\x01" * 100_000, b"hsqs" + bytes(70_000))
+    write_flash(ctx, squashfs)
+    flash = (ctx.staging / "flash.img").read_bytes()
+    env = flash[0x3E0000:0x400000]
+    assert int.from_bytes(env[:4], "little") == zlib.crc32(env[4:])
+    assert env[4:].startswith(b"bootdelay=3\0ethaddr=52:54:00:12:34:56\0\0")
+    assert set(flash[:0x3E0000]) == {0xFF}
+    uimage = (ctx.staging / "uImage").read_bytes()
+    assert ctx.flash["firmware"]["squashfs"]["offset"] == -(-len(uimage) // 0x10000) * 0x10000
+    assert flash[0x400000:0x400000 + len(uimage)] == uimage
+    assert ctx.flash["console_commands"][2].startswith("tftpboot 0x84")
+
+
+def test_the_budget_check_comes_before_any_flash_output_is_written(tmp_path):
+    from fwgen.bootloader import write_flash
+
+    text = _without_uboot((REPO / "boards" / f"{BOARD}.yaml").read_text())
+    ctx, squashfs = _flash_context(tmp_path, text, bytes(range(256)) * 20_000, b"hsqs" + bytes(0xbf0000))
+    before = sorted(p.name for p in ctx.staging.iterdir())
+    with pytest.raises(UserError, match=r"exceed the 12,517,376-byte firmware partition by "):
+        write_flash(ctx, squashfs)
+    assert sorted(p.name for p in ctx.staging.iterdir()) == before
+    assert set(ctx.outputs) == {"initramfs"} and ctx.flash is None
+
+
 # --- the real board --------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
