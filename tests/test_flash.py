@@ -16,7 +16,13 @@ from buildutil import REPO, run_fwgen
 
 from fwgen.config import load_board
 from fwgen.errors import ConfigError, UserError
-from fwgen.images.flash import firmware_image, flash_image, plan_firmware, swap_words
+from fwgen.images.flash import (
+    describe_flash,
+    firmware_image,
+    flash_image,
+    plan_firmware,
+    swap_words,
+)
 from fwgen.images.squashfs import read_squashfs
 from fwgen.images.uimage import read_uimage
 
@@ -142,6 +148,12 @@ def test_an_environment_partition_holds_the_boards_variables_with_their_crc(tmp_
     assert ctx.flash["firmware"]["squashfs"]["offset"] == -(-len(uimage) // 0x10000) * 0x10000
     assert flash[0x400000:0x400000 + len(uimage)] == uimage
     assert ctx.flash["console_commands"][2].startswith("tftpboot 0x84")
+    rows = describe_flash(flash, dict(ctx.flash, kind="flash"))
+    [env_row] = [r for r in rows if r["name"] == "u-boot-env"]
+    assert [f["summary"] for f in env_row["found"]] == ["U-Boot environment, 2 variable(s) (bootdelay, ethaddr), CRC OK"]
+    spoiled = flash[:0x3E0010] + b"x" + flash[0x3E0011:]
+    [env_row] = [r for r in describe_flash(spoiled, dict(ctx.flash, kind="flash")) if r["name"] == "u-boot-env"]
+    assert "CRC MISMATCH" in env_row["found"][0]["summary"]
 
 
 def test_the_budget_check_comes_before_any_flash_output_is_written(tmp_path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,18 @@ def identify(data: bytes, at: int, end: int) -> Found | None:
     return None
 
 
+def identify_environment(chunk: bytes, offset: int) -> Found:
+    """A U-Boot environment partition (mkenvimage's layout: CRC32 of the rest, little-endian,
+    then name=value pairs ended by an empty one): its variables' names and whether the CRC
+    matches, as U-Boot checks it when it loads the environment."""
+    ok = len(chunk) > 4 and zlib.crc32(chunk[4:]) == int.from_bytes(chunk[:4], "little")
+    pairs = chunk[4:].split(b"\0\0", 1)[0].split(b"\0")
+    names = [pair.split(b"=", 1)[0].decode("utf-8", "replace") for pair in pairs if b"=" in pair]
+    verdict = "CRC OK" if ok else "CRC MISMATCH (U-Boot uses its built-in default)"
+    return Found(offset, "environment", len(chunk),
+                 f"U-Boot environment, {len(names)} variable(s) ({', '.join(names[:8])}), {verdict}")
+
+
 def load_layout(path: Path) -> dict | None:
     """The flash layout the build recorded in the manifest.json beside `path`, when that
     manifest lists `path` (same name, size and SHA-256) as its flash or firmware output:
@@ -207,6 +220,8 @@ def describe_flash(data: bytes, layout: dict) -> list[dict]:
             data[region.offset:region.end]
         local = Region(0, len(chunk))
         found = [Found(f.offset + region.offset, f.kind, f.size, f.summary) for f in scan_region(chunk, local, step)]
+        if part["content"] == "environment":
+            found.append(identify_environment(chunk, region.offset))
         used = len(chunk.rstrip(bytes([ERASED])))
         rows.append(dict(part, found=[vars(f) for f in found], used=used,
                          swapped=region.offset < swapped, truncated=region.end > len(data)))
