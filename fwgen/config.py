@@ -505,9 +505,10 @@ def _resolve_overlay_stack(doc: Document, data: dict, board: Path, overlay_dirs)
 
 def has_persistent_storage(data: dict) -> bool:
     """Whether a board (validated, defaults applied) keeps what its guest writes across a
-    reboot: a disk or SD card with a data partition (the root's overlay lives there)."""
+    reboot: a disk or SD card with a data partition, or a router's flash, whose firmware
+    partition keeps the overlay after the squashfs."""
     if "flash" in data["outputs"]:
-        return True  # the overlay fills the firmware partition after the squashfs
+        return True
     return bool({"disk", "sdcard"} & set(data["outputs"])) and data["disk"]["data_size"] > 0
 
 
