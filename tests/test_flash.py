@@ -344,3 +344,27 @@ def test_a_uboot_command_that_fails_stops_the_boot_with_uboots_line(built, tmp_p
         with pytest.raises(BootError, match=r"the bootloader failed at 'tftpboot 0x[0-9a-f]+ no-such-uImage': "
                                             r"TFTP error: 'File not found'"):
             machine.start()
+
+
+@pytest.mark.network
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_a_flipped_byte_in_the_tftp_uimage_is_refused_by_uboot_and_reported(built, tmp_path):
+    from dataclasses import replace
+
+    from fwgen.boot import READY_MARKER, boot_spec_for
+    from fwgen.errors import BootError
+    from fwgen.qemu import Machine
+
+    folder, _ = built
+    spec = boot_spec_for(load_board(BOARD), folder, fresh_disk=True)
+    served = tmp_path / "tftp"
+    served.mkdir()
+    uimage = bytearray((folder / "uImage").read_bytes())
+    uimage[len(uimage) // 2] ^= 0xFF
+    (served / "uImage").write_bytes(bytes(uimage))
+    with Machine(replace(spec, tftp=served), tmp_path) as machine:
+        machine.start()
+        with pytest.raises(BootError, match=r"the bootloader refused the image before 'fwgen: ready' appeared: "
+                                            r".*Bad Data CRC"):
+            machine.wait_for(READY_MARKER, timeout=60)
