@@ -499,11 +499,14 @@ def squashfs(src, out, comp, block_size, all_root):
 @main.command()
 @click.argument("image", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--extract", "extract_path", help="Write this file of the image to stdout.")
+@click.option("--key", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="A PEM RSA key (public or private): verify a FIT's signatures with it.")
 @json_option
 @handle_errors
-def inspect(image, extract_path, as_json):
+def inspect(image, extract_path, key, as_json):
     """List a squashfs image or an initramfs (modes, owners, sizes, link targets), describe a
-    FIT or uImage and check its hashes and CRCs (exit code 2 when one does not match), or list
+    FIT or uImage and check its hashes and CRCs (exit code 2 when one does not match; with
+    --key, a FIT's signatures too), or list
     the partitions of a flash image (flash.img, firmware.bin) and the images inside them."""
     from .images.flash import describe_flash, load_layout, scanned_layout
     from .images.inspect import describe_boot_image, format_boot_image, list_image, read_image_file
@@ -515,7 +518,7 @@ def inspect(image, extract_path, as_json):
     if layout is not None:
         _print_flash(image, layout, describe_flash(image.read_bytes(), layout), as_json)
         return
-    boot = describe_boot_image(image)
+    boot = describe_boot_image(image, key)
     if boot is not None:
         kind, facts, ok = boot
         if as_json:

@@ -229,3 +229,152 @@ def test_boot_script_of_the_uboot_board_sets_bootargs_and_refuses_a_quote():
     quoted = replace(board, kernel=replace(board.kernel, cmdline="console=ttyAMA0 x='y'"))
     with pytest.raises(UserError, match="cannot pass a single quote or newline to the kernel"):
         build_boot_script(quoted, EPOCH)
+
+
+# --- signatures ---------------------------------------------------------------------------
+
+def _rsa_key(tmp_path, name: str = "dev", bits: int = 2048):
+    """A fresh RSA key as U-Boot's mkimage wants it in a key directory: NAME.key (the PEM
+    private key) and NAME.crt (a self-signed certificate, where mkimage -K reads the public key)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    keydir = tmp_path / "keys"
+    keydir.mkdir(exist_ok=True)
+    (keydir / f"{name}.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    start = datetime.datetime(2023, 1, 1, tzinfo=datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(1).not_valid_before(start).not_valid_after(start + datetime.timedelta(days=3650))
+            .sign(key, hashes.SHA256()))
+    (keydir / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key, keydir
+
+
+def _signed_fit(key, name: str = "dev") -> bytes:
+    from fwgen.images.fitsig import sign_fit
+
+    return sign_fit(DeviceTree.parse(_fit()), key, key_name=name, timestamp=EPOCH, signer=("fwgen", "test"))
+
+
+def _signature(blob: bytes, config: str = "conf-1") -> dict[str, bytes]:
+    return DeviceTree.parse(blob).find(f"/configurations/{config}/signature-1").properties
+
+
+def _verdicts(blob: bytes, key) -> list[bool | None]:
+    from fwgen.images.fitsig import read_signatures
+
+    return [s.ok for s in read_signatures(blob, DeviceTree.parse(blob), key)]
+
+
+@needs_uboot_tools
+@pytest.mark.parametrize("bits", [2048, 4096])
+def test_mkimage_signing_fwgens_fit_again_writes_the_same_signature_and_key_node(tmp_path, bits):
+    """mkimage -F re-signs an existing FIT in place, choosing the regions itself: PKCS#1 v1.5
+    is deterministic, so its `value` equals fwgen's only if both signed the same bytes."""
+    from fwgen.images.fitsig import key_node
+
+    key, keydir = _rsa_key(tmp_path, bits=bits)
+    ours = _signed_fit(key)
+    assert _signature(ours, "conf-1")["algo"] == f"sha256,rsa{bits}".encode() + b"\0"
+    theirs, pubkey = tmp_path / "again.itb", tmp_path / "pubkey.dtb"
+    theirs.write_bytes(ours)
+    pubkey.write_bytes(DeviceTree(Node("")).to_bytes())
+    subprocess.run(["mkimage", "-F", "-k", str(keydir), "-K", str(pubkey), "-r", str(theirs)],
+                   check=True, capture_output=True, env={**os.environ, "SOURCE_DATE_EPOCH": str(EPOCH)})
+    for config in ("conf-1", "conf-2"):
+        mine, again = _signature(ours, config), _signature(theirs.read_bytes(), config)
+        assert again["signer-name"] == b"mkimage\0"  # mkimage really rewrote the node
+        for prop in ("value", "hashed-nodes", "hashed-strings"):
+            assert mine[prop] == again[prop], (config, prop)
+    assert DeviceTree.parse(ours).find("/configurations/conf-2/signature-1").strings("hashed-nodes") == [
+        "/", "/configurations/conf-2", "/images/kernel-1", "/images/kernel-1/hash-1",
+        "/images/ramdisk-1", "/images/ramdisk-1/hash-1"]
+    written = DeviceTree.parse(pubkey.read_bytes()).find("/signature/key-dev").properties
+    assert written == key_node(key.public_key(), "dev").properties
+
+
+@needs_uboot_tools
+def test_fwgen_verifies_a_fit_mkimage_signed_and_refuses_another_key(tmp_path):
+    key, keydir = _rsa_key(tmp_path)
+    (tmp_path / "kernel.bin").write_bytes(KERNEL)
+    (tmp_path / "ramdisk.bin").write_bytes(INITRAMFS)
+    its = tmp_path / "image.its"
+    its.write_text("""/dts-v1/;
+/ { description = "mkimage"; #address-cells = <1>;
+  images {
+    kernel-1 { data = /incbin/("kernel.bin"); type = "kernel"; arch = "arm64"; os = "linux";
+               compression = "none"; load = <0x40400000>; entry = <0x40400000>; hash-1 { algo = "sha256"; }; };
+    ramdisk-1 { data = /incbin/("ramdisk.bin"); type = "ramdisk"; arch = "arm64"; os = "linux";
+                compression = "none"; load = <0x48000000>; hash-1 { algo = "sha256"; }; }; };
+  configurations { default = "conf-1";
+    conf-1 { kernel = "kernel-1"; ramdisk = "ramdisk-1";
+             signature-1 { algo = "sha256,rsa2048"; key-name-hint = "dev"; sign-images = "kernel", "ramdisk"; }; }; };
+};
+""")
+    signed = tmp_path / "image.itb"
+    subprocess.run(["mkimage", "-f", str(its), "-k", str(keydir), str(signed)], check=True, capture_output=True,
+                   cwd=tmp_path, env={**os.environ, "SOURCE_DATE_EPOCH": str(EPOCH)})
+    blob = signed.read_bytes()
+    assert _verdicts(blob, key.public_key()) == [True]
+    (tmp_path / "other").mkdir()
+    other, _ = _rsa_key(tmp_path / "other")
+    assert _verdicts(blob, other.public_key()) == [False]
+
+
+def test_a_changed_configuration_or_hash_breaks_the_signature_and_inspect_says_so(tmp_path):
+    key, _ = _rsa_key(tmp_path)
+    signed = _signed_fit(key)
+    assert _verdicts(signed, key.public_key()) == [True, True]
+    assert _verdicts(signed, None) == [None, None]
+    # conf-2 now boots the FIT's DTB too: the same images, a changed configuration
+    tree = DeviceTree.parse(signed)
+    tree.find("/configurations/conf-2").set_strings("fdt", ["fdt-1"])
+    assert _verdicts(tree.to_bytes(), key.public_key()) == [True, False]
+    # a kernel hash value changed together with its data: the hashes match, the signature not
+    tree = DeviceTree.parse(signed)
+    kernel = tree.find("/images/kernel-1")
+    kernel.properties["data"] = bytes(len(kernel.properties["data"]))
+    tree.find("/images/kernel-1/hash-1").properties["value"] = hashlib.sha256(kernel.properties["data"]).digest()
+    assert _verdicts(tree.to_bytes(), key.public_key()) == [False, False]
+
+    pem = tmp_path / "keys" / "dev.key"
+    path = tmp_path / "image.itb"
+    path.write_bytes(signed)
+    good = CliRunner().invoke(main, ["inspect", str(path), "--key", str(pem)])
+    assert good.exit_code == 0, good.output
+    assert "configuration conf-2 signature sha256,rsa2048 key 'dev' over kernel, ramdisk: OK" in good.output
+    unchecked = CliRunner().invoke(main, ["inspect", str(path)])
+    assert unchecked.exit_code == 0 and "ramdisk: (not checked)" in unchecked.output
+    flipped = bytearray(signed)
+    at = signed.index(compress(KERNEL, "gzip")[100:132]) + 5
+    flipped[at] ^= 0xFF
+    path.write_bytes(bytes(flipped))
+    bad = CliRunner().invoke(main, ["inspect", str(path), "--key", str(pem)])
+    assert bad.exit_code == 2 and "MISMATCH" in bad.output  # the kernel's sha256 no longer matches
+    path.write_bytes(tree.to_bytes())
+    forged = CliRunner().invoke(main, ["inspect", str(path), "--key", str(pem), "--json"])
+    assert forged.exit_code == 2
+    assert [s["verified"] for s in json.loads(forged.output)["signatures"]] == [False, False]
+
+
+def test_a_signing_key_that_is_not_rsa_is_refused_with_its_path(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from fwgen.images.fitsig import load_private_key
+
+    pem = tmp_path / "ec.pem"
+    pem.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    with pytest.raises(UserError, match=r"ec\.pem: the FIT signing key must be RSA"):
+        load_private_key(pem)
+    (tmp_path / "junk.pem").write_text("not a key\n")
+    with pytest.raises(UserError, match=r"junk\.pem: not an unencrypted PEM private key"):
+        load_private_key(tmp_path / "junk.pem")

@@ -7,10 +7,12 @@ import datetime
 import stat
 from pathlib import Path
 
+from ..dtb import DeviceTree
 from ..errors import FormatError, UserError
 from ..rootfs import EntryType
 from .cpio import read_initramfs
 from .fit import is_fdt, read_fit
+from .fitsig import load_public_key, read_signatures
 from .squashfs import read_squashfs
 from .uimage import is_uimage, read_uimage
 
@@ -36,17 +38,22 @@ def list_image(path: Path) -> tuple[str, list[dict]]:
     return "initramfs", rows
 
 
-def describe_boot_image(path: Path) -> tuple[str, dict, bool] | None:
-    """(kind, description, every check passed) for a FIT or a legacy uImage, else None."""
+def describe_boot_image(path: Path, key: Path | None = None) -> tuple[str, dict, bool] | None:
+    """(kind, description, every check passed) for a FIT or a legacy uImage, else None. With
+    `key` (a PEM public or private key) a FIT's signatures are verified with it."""
     with open(path, "rb") as f:
         head = f.read(64)
     if is_uimage(head):
         facts = read_uimage(path.read_bytes(), where=str(path)).describe()
         return "uimage", facts, facts["header_crc_ok"] and facts["data_crc_ok"]
     if is_fdt(head):
-        fit = read_fit(path.read_bytes(), where=str(path))
+        blob = path.read_bytes()
+        fit = read_fit(blob, where=str(path))
+        signatures = read_signatures(blob, DeviceTree.parse(blob, where=str(path)),
+                                     load_public_key(key) if key else None)
         ok = all(h.ok is not False for i in fit.images for h in i.hashes)
-        return "fit", fit.describe(), ok
+        ok = ok and all(s.ok is not False for s in signatures)
+        return "fit", {**fit.describe(), "signatures": [s.describe() for s in signatures]}, ok
     return None
 
 
@@ -96,6 +103,9 @@ def format_boot_image(kind: str, facts: dict) -> list[str]:
                      f"{i['size']:,} bytes{', ' + where if where else ''}; {hashes}")
     for name, refs in facts["configurations"].items():
         lines.append(f"  configuration {name}: " + ", ".join(f"{k} {v}" for k, v in refs.items()))
+    for s in facts.get("signatures", []):
+        lines.append(f"  configuration {s['config']} signature {s['algo']} key {s['key-name-hint']!r} over "
+                     f"{', '.join(s['sign-images'])}: {_verdict(s['verified'])}")
     return lines
 
 
