@@ -14,12 +14,12 @@ from .bootloader import FIRMWARE_OUTPUT, FLASH_OUTPUT, UBOOT_OUTPUT
 from .checks import CheckResult, run_checks
 from .dtb import DeviceTree, apply_fixups
 from .errors import UserError, writing
+from .guest import READY_MARKER, kernel_cmdline
 from .images.sdcard import read_boot_files
 from .progress import QUIET, Progress
 from .publish import set_file_mode, use_build
 from .qemu import BootSpec, Machine
 
-READY_MARKER = "fwgen: ready"
 # The board's disk as the emulated board has written it, beside the console log: the built
 # image stays as the manifest describes it, and a rebuild (which replaces the output folder)
 # starts from a fresh copy.
@@ -80,7 +80,7 @@ def boot_spec_for(board: Board, outdir: Path, *, fresh_disk: bool = False) -> Bo
         profile=board.qemu.profile,
         kernel=outdir / outputs["kernel"]["file"],
         initrd=initrd,
-        append=f"{board.kernel.cmdline} rdinit=/init".strip(),
+        append=kernel_cmdline(board.kernel.cmdline),
         memory=board.qemu.memory,
         forward=board.qemu.forward,
         drives=drives,

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from .errors import UserError
 from .fetch import FetchedPackage, fetch_packages, read_fetched_entries
+from .guest import kernel_cmdline
 from .images.fit import FitConfig, FitImage, make_fit
 from .images.flash import firmware_image, flash_image, plan_firmware
 from .images.uimage import (
@@ -142,7 +143,7 @@ def console_commands(board: Board, uimage: bytes, initrd_size: int) -> list[str]
     initrd_offset = HEADER_SIZE + 4 * (len(files) + 1) + files[0] + (-files[0] % 4)
     address = board.uboot.fit_address + (-(board.uboot.fit_address + initrd_offset) % PAGE)
     values = {"file": UIMAGE_FILE, "address": f"{address:#x}",
-              "bootargs": f"{board.kernel.cmdline} rdinit=/init".strip(),
+              "bootargs": kernel_cmdline(board.kernel.cmdline),
               "initrd_start": f"{address + initrd_offset:#x}", "initrd_size": f"{initrd_size:#x}"}
     return [command.format(**values) for command in board.uboot.commands]
 
@@ -178,7 +179,7 @@ def build_boot_script(board: Board, epoch: int) -> bytes:
     """boot.scr: set the kernel command line, load the FIT, check and start it with U-Boot's
     control device tree."""
     spec, address = board.uboot, f"{board.uboot.fit_address:#x}"
-    cmdline = f"{board.kernel.cmdline} rdinit=/init".strip()
+    cmdline = kernel_cmdline(board.kernel.cmdline)
     if "'" in cmdline or "\n" in cmdline:
         # U-Boot's shell takes the line in single quotes, which have no escape.
         raise UserError(f"{board.source}: kernel.cmdline {cmdline!r}: a board booted through U-Boot "

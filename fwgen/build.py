@@ -40,13 +40,22 @@ from .fetch import (
     read_fetched_entries,
 )
 from .fetch.cache import Cache
+from .guest import (
+    BOOT_CONF,
+    BOOT_INITRAMFS_PATHS,
+    DATA_FS_TYPE,
+    DATA_MOUNT,
+    ROOT_MOUNT,
+    disk_boot_conf,
+    flash_boot_conf,
+    kernel_cmdline,
+)
 from .images.cpio import write_initramfs
 from .images.disk import Partition, write_disk_image
 from .images.sdcard import INITRAMFS_NAME, KERNEL_NAME, check_boot_size, config_txt, write_sdcard
 from .images.squashfs import write_squashfs
 from .kernel import (
     IMAGE_NAME,
-    MODULE_LIST,
     MODULE_TREE,
     Kernel,
     Module,
@@ -66,15 +75,6 @@ SQUASHFS_FILE = "rootfs.squashfs"
 DISK_FILE = "disk.img"
 SDCARD_FILE = "sdcard.img"
 MANIFEST_FILE = "manifest.json"
-# Read by /init (a shell script sources it) and by /sbin/factory-reset.
-BOOT_CONF = "/etc/fwgen/boot.conf"
-# The data partition's filesystem: BusyBox mke2fs writes ext2, which the ext4 driver mounts.
-DATA_FS_TYPE = "ext4"
-# A file at the top of the data partition, outside the overlay, asking /init for a wipe.
-RESET_MARKER = "factory-reset"
-# Paths of the root filesystem that the boot initramfs of a disk board also carries.
-BOOT_INITRAMFS_PATHS = ("/init", "/bin/busybox", MODULE_LIST, BOOT_CONF, "/dev/console", "/dev/null",
-                        "/proc", "/sys", "/dev", "/tmp", "/rom", "/overlay")
 MIB = 1 << 20
 
 
@@ -382,7 +382,7 @@ def write_boot_config(ctx: BuildContext) -> None:
     """Tell /init where the root and data partitions are: the squashfs is mounted at /rom,
     the data partition (or RAM) at /overlay, and the two joined by overlayfs become /."""
     disk, generated = ctx.board.disk, {"provenance": "fwgen"}
-    for directory in ("/rom", "/overlay"):
+    for directory in (ROOT_MOUNT, DATA_MOUNT):
         ctx.rootfs.add_dir(directory, 0o755, **generated)
     if ctx.board.flash is not None:
         write_flash_boot_config(ctx)
@@ -391,11 +391,7 @@ def write_boot_config(ctx: BuildContext) -> None:
     # data come after it.
     first = 2 if "sdcard" in ctx.board.outputs or boots_through_uboot(ctx.board) else 1
     data = disk.partition(first + 1) if disk.data_size else ""
-    conf = (
-        f"# How /init mounts the root of board {ctx.board.name}: written by fwgen.\n"
-        f"ROOT={disk.partition(first)}\nROOT_TYPE=squashfs\n"
-        f"DATA={data}\nDATA_TYPE={DATA_FS_TYPE}\nRESET_MARKER={RESET_MARKER}\n"
-    )
+    conf = disk_boot_conf(ctx.board.name, disk.partition(first), data)
     ctx.rootfs.add_file(BOOT_CONF, conf.encode(), 0o644, **generated)
 
 
@@ -404,11 +400,7 @@ def write_flash_boot_config(ctx: BuildContext) -> None:
     squashfs after the uImage (its size from the uImage header, rounded up to the erase
     block) and the overlay after the squashfs, as OpenWrt's mtdsplit does."""
     assert ctx.board.flash is not None
-    conf = (
-        f"# Where /init finds the root of board {ctx.board.name}: written by fwgen.\n"
-        f"FIRMWARE={ctx.board.disk.device}\nERASE_BLOCK={ctx.board.flash.erase_block}\n"
-        f"ROOT_TYPE=squashfs\nDATA_TYPE={DATA_FS_TYPE}\nRESET_MARKER={RESET_MARKER}\n"
-    )
+    conf = flash_boot_conf(ctx.board.name, ctx.board.disk.device, ctx.board.flash.erase_block)
     ctx.rootfs.add_file(BOOT_CONF, conf.encode(), 0o644, provenance="fwgen")
 
 
@@ -557,7 +549,7 @@ def write_sdcard_image(ctx: BuildContext) -> None:
     if spec.dtb:
         boot_files[spec.dtb] = _read_dtb(ctx, spec.dtb)
     boot_files["config.txt"] = config_txt(board.name, dtb=spec.dtb, extra=spec.config).encode()
-    boot_files["cmdline.txt"] = f"{board.kernel.cmdline} rdinit=/init".strip().encode() + b"\n"
+    boot_files["cmdline.txt"] = kernel_cmdline(board.kernel.cmdline).encode() + b"\n"
     check_boot_size(spec.boot_size, boot_files, "sdcard.boot_size")
     path = ctx.staging / SDCARD_FILE
     size = write_sdcard(path, boot_files=boot_files, root=squashfs, boot_size=spec.boot_size * MIB,

@@ -29,6 +29,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from .errors import FormatError, UserError, parse_error
+from .guest import MODULE_LIST
 from .rootfs import Entry, EntryType, RootFS
 
 # /lib/modules/<release>/... (Debian up to bookworm) or /usr/lib/modules/<release>/... (merged /usr).
@@ -37,7 +38,6 @@ IMAGE_NAME = re.compile(r"^(?:vmlinuz|vmlinux|Image|zImage|Image\.gz)(?:-(?P<rel
 # linux_banner in init/version.c: "Linux version " UTS_RELEASE " (" LINUX_COMPILE_BY "@" ...
 # The "(" tells it from the "%s version %s" format strings elsewhere in the image.
 BANNER = re.compile(rb"Linux version (?P<release>[^\s%\0]+) \(")
-MODULE_LIST = "/etc/fwgen/modules"
 
 
 @dataclass(frozen=True)

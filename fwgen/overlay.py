@@ -41,15 +41,12 @@ from .document import (
     validate,
 )
 from .errors import ConfigError
+from .guest import SERVICE_DIR, SERVICE_HELPER
 from .rootfs import Entry, EntryType, RootFS
 
 TEMPLATE_SUFFIX = ".tmpl"
 # `{{ name }}`: the whole template language. Anything richer belongs in a script on the device.
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-SERVICE_DIR = "/etc/service"
-# Guest helper shipped by the base overlay: runs the supervisor, waits for dependencies,
-# switches users (see overlays/base/files/sbin/fwgen-service).
-SERVICE_HELPER = "/sbin/fwgen-service"
 ALL_PORTS = range(1, 65536)
 
 

@@ -100,4 +100,4 @@ def test_squashfs_output_alone_is_written_and_cannot_be_booted(tmp_path, cache_d
     booted = run_fwgen("boot", "--board", str(board), "--out", str(tmp_path / "out"), cache=cache_dir)
     assert booted.returncode == 2
     assert booted.stderr.strip().endswith(
-        "sqfs-only.yaml: outputs squashfs: nothing QEMU can boot (add one of disk, initramfs, sdcard to outputs)")
+        "sqfs-only.yaml: outputs squashfs: nothing QEMU can boot (add one of disk, flash, initramfs, sdcard to outputs)")
