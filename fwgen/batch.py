@@ -84,7 +84,7 @@ class Outcome:
         return self.error.console_tail if isinstance(self.error, BootError) else ""
 
 
-def failed_step(error: BaseException, pipelines: Sequence[Callable], default: str) -> str:
+def failed_step(error: BaseException | None, pipelines: Sequence[Callable], default: str) -> str:
     """The step `error` came out of, read from the traceback: the public function the
     pipeline (one of `pipelines`, or a private helper of its module) was calling when it was
     raised. Context-manager frames (contextlib, `errors.writing`) are skipped, and an error

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
 from .fetch import FetchedPackage, fetch_packages, read_fetched_entries
@@ -94,7 +94,7 @@ def build_uimage(ctx: BuildContext, initramfs: bytes | None = None) -> bytes:
     assert ctx.kernel is not None
     spec = ctx.board.uboot
     kernel, load, entry = kernel_payload(ctx.kernel.image, spec.compression, where=ctx.kernel.image_path)
-    header = dict(name=f"Linux-{ctx.kernel.release}"[:IH_NMLEN], arch=FIT_ARCH[ctx.board.arch.value],
+    header: dict[str, Any] = dict(name=f"Linux-{ctx.kernel.release}"[:IH_NMLEN], arch=FIT_ARCH[ctx.board.arch.value],
                   compression=spec.compression, load=spec.kernel_load if load is None else load,
                   entry=spec.kernel_load if entry is None else entry, time=ctx.epoch)
     if initramfs is None:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import zstandard
 
@@ -358,7 +359,7 @@ def prune_package_files(rootfs: RootFS, patterns: Sequence[str]) -> dict[str, in
 
 def write_generated_files(ctx: BuildContext) -> None:
     rootfs, board = ctx.rootfs, ctx.board
-    generated = {"provenance": "fwgen"}
+    generated: dict[str, Any] = {"provenance": "fwgen"}
     for directory in ("/proc", "/sys", "/dev", "/tmp", "/run", "/var/log", "/srv", "/root"):
         if directory not in rootfs:
             rootfs.add_dir(directory, 0o1777 if directory == "/tmp" else 0o755, **generated)

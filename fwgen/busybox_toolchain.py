@@ -125,7 +125,7 @@ def _is_link_input(name: str) -> bool:
 
 
 def _link_inputs(zig_dir: Path) -> dict[str, str]:
-    found = {}
+    found: dict[str, str] = {}
     outputs = zig_dir / "o"
     if not outputs.is_dir():
         return found

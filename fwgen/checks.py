@@ -47,6 +47,7 @@ def run_check(machine: Machine, check: Check) -> CheckResult:
     """Run one check; its failures (and a dead guest) become a failed result."""
     started = time.monotonic()
     kind_check = _KINDS.get(check.kind)
+    problem: str | None
     if kind_check is None:
         problem = f"unknown check kind {check.kind!r} (known: {', '.join(sorted(_KINDS))})"
     elif machine.returncode is not None:  # nothing answers any more: no check waits for it

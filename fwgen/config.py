@@ -371,8 +371,10 @@ def _board_name(doc: Document, data: dict, path: Path) -> str:
 
 
 def _relative_file(doc: Document, keypath: KeyPath, value: str | None, board: Path) -> Path | None:
-    if value is None:
-        return None
+    return None if value is None else _existing_file(doc, keypath, value, board)
+
+
+def _existing_file(doc: Document, keypath: KeyPath, value: str, board: Path) -> Path:
     resolved = (board.parent / value).resolve()
     if not resolved.exists():
         raise doc.error(keypath, f"{value} not found", f"looked for {resolved}")
@@ -381,7 +383,7 @@ def _relative_file(doc: Document, keypath: KeyPath, value: str | None, board: Pa
 
 def _build_feed(doc: Document, index: int, feed: dict, board: Path) -> Feed:
     keys = tuple(
-        _relative_file(doc, ("feeds", index, "keys", k), key, board) for k, key in enumerate(feed["keys"])
+        _existing_file(doc, ("feeds", index, "keys", k), key, board) for k, key in enumerate(feed["keys"])
     )
     line, column = doc.position(("feeds", index))
     return Feed(name=feed["name"], type=feed["type"], url=feed["url"], suite=feed["suite"],

@@ -173,7 +173,7 @@ def _yaml_error(file: str, e: yaml.MarkedYAMLError) -> ConfigError:
         problem, hint = "tab character in indentation", "YAML indents with spaces only"
     elif e.context and "single document" in e.context:
         problem, hint = "a second document where one is expected", "remove the '---' line"
-    elif e.context and e.context_mark and e.problem_mark and e.context_mark.line != mark.line:
+    elif e.context and e.context_mark and mark and e.context_mark.line != mark.line:
         # "while parsing a block mapping" names where the unfinished construct began.
         hint = f"{e.context} started on line {e.context_mark.line + 1}"
     line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
@@ -304,11 +304,10 @@ def _translate(doc: Document, error: jsonschema.exceptions.ValidationError, root
         return doc.error((*path, again), f"lists {_show(value[again])} twice")
     if keyword == "enum":
         noun = subschema.get("x-noun", "value")
-        known = ", ".join(str(v) for v in rule)
         planned = subschema.get("x-not-implemented", {})
         if value in planned:  # named in the docs or by other tools: say why, not "unknown"
             return doc.error(path, f"{noun} {_show(value)} ({planned[value]}) is not implemented yet",
-                             f"fwgen writes: {known}")
+                             f"fwgen writes: {', '.join(str(v) for v in rule)}")
         hint = (Arch.hint_for(str(value)) if noun == "arch"  # the Arch table knows other tools' names
                 else did_you_mean(str(value), [str(v) for v in rule], "known"))
         return doc.error(path, f"unknown {noun} {_show(value)}", hint)

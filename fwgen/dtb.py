@@ -157,7 +157,7 @@ def read_dtb(path: Path) -> DeviceTree:
 
 
 def _read_reservations(data: bytes, offset: int, where: str) -> list[tuple[int, int]]:
-    found = []
+    found: list[tuple[int, int]] = []
     while True:
         if offset + 16 > len(data):
             raise FormatError(f"{where}: memory reservation map at {offset:#x} runs past the end")

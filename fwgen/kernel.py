@@ -20,8 +20,9 @@ import posixpath
 import re
 import struct
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import zstandard
 from construct import ConstructError
@@ -122,7 +123,8 @@ def _choose_image(images: list[Entry], source: str) -> Entry:
 
 
 def _find_release(image: Entry, banner: str | None, module_releases: set[str], source: str) -> str:
-    named = IMAGE_NAME.match(posixpath.basename(image.path))["release"]
+    match = IMAGE_NAME.match(posixpath.basename(image.path))
+    named = match["release"] if match else None
     if named and banner and named != banner:
         raise UserError(f"{source}: {image.path} is named for release {named} but its banner says {banner}")
     release = named or banner
@@ -169,7 +171,7 @@ def _image_texts(image: bytes) -> Iterable[bytes]:
     yield from _embedded_payloads(image)
 
 
-_PAYLOAD_MAGICS = {
+_PAYLOAD_MAGICS: dict[bytes, Callable[[], Any]] = {
     b"\x1f\x8b\x08": lambda: zlib.decompressobj(wbits=31),
     b"\xfd7zXZ\x00": lambda: lzma.LZMADecompressor(format=lzma.FORMAT_XZ),
     b"\x28\xb5\x2f\xfd": lambda: zstandard.ZstdDecompressor().decompressobj(),

@@ -501,8 +501,8 @@ def plan_layers(overlays: Sequence[Overlay], variables: Mapping[str, str]) -> La
 def apply_layers(rootfs: RootFS, layers: Layers) -> None:
     """Add the planned entries (later layers already won), then the owner and mode rules
     for paths the overlays did not supply themselves (a package's folder, a generated one)."""
-    for entry in layers.entries.values():
-        rootfs.add(entry)
+    for planned in layers.entries.values():
+        rootfs.add(planned)
     for overlay, path, rule in layers.rules:
         entry = rootfs.get(path)
         if entry is None:

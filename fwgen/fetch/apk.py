@@ -25,7 +25,7 @@ import io
 import re
 import tarfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +46,8 @@ from .package import Package, Relation
 
 SHIPPED_KEYS = Path(__file__).resolve().parent.parent / "keys" / "alpine"
 
-SIGNATURE_HASHES = {"RSA": hashes.SHA1, "RSA256": hashes.SHA256, "RSA512": hashes.SHA512}
+SIGNATURE_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "RSA": hashes.SHA1, "RSA256": hashes.SHA256, "RSA512": hashes.SHA512}
 MAX_SIGNATURE_SIZE = 64 * 1024
 CHECKSUM_PAX = "APK-TOOLS.checksum.SHA1"
 _INFLATE_CHUNK = 1 << 20
@@ -83,7 +84,8 @@ def _inflate_stream(blob: bytes, offset: int, where: str, budget: UnpackBudget) 
     """The gzip member at `offset` inflated, a chunk at a time so that a bomb is refused by
     `budget` before it is held, and the offset just past it."""
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip header and trailer
-    pending, parts = memoryview(blob)[offset:], []
+    pending: bytes | memoryview = memoryview(blob)[offset:]
+    parts = []
     try:
         while not inflater.eof:
             part = inflater.decompress(pending, _INFLATE_CHUNK)

@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import construct as c
 import zstandard
@@ -123,7 +123,11 @@ class UnpackBudget:
         return UnpackBudget(binding.limit - binding.used, binding.what)
 
 
-def open_decompressed(data: bytes, compression: str, source: str) -> BinaryIO:
+# What a decompressing reader is (gzip, lzma and bz2 files are buffered streams, not BinaryIO).
+ByteStream = BinaryIO | io.BufferedIOBase
+
+
+def open_decompressed(data: bytes, compression: str, source: str) -> ByteStream:
     """A stream of `data` decompressed by its suffix: "", "gz", "xz", "bz2", "zst".
 
     Nothing is decompressed until it is read: a reader bounds what it takes with a budget."""
@@ -139,7 +143,7 @@ def open_decompressed(data: bytes, compression: str, source: str) -> BinaryIO:
             return bz2.BZ2File(raw)
         case "zst":
             # Streaming reader: zstd frames made by dpkg need not declare their size.
-            return zstandard.ZstdDecompressor().stream_reader(raw)  # type: ignore[return-value]
+            return zstandard.ZstdDecompressor().stream_reader(raw)
     raise FormatError(f"{source}: unknown compression '{compression}'")
 
 
@@ -155,7 +159,7 @@ class BoundedReader:
     """A forward-only view of a decompressing stream for tarfile: every byte read is charged
     to `budget`, and decompression errors become FormatError naming `source`."""
 
-    def __init__(self, stream: BinaryIO, budget: UnpackBudget, source: str) -> None:
+    def __init__(self, stream: ByteStream, budget: UnpackBudget, source: str) -> None:
         self._stream, self._budget, self._source = stream, budget, source
         self.position = 0
         self.last_read = (0, b"")  # (offset, bytes) of the latest read: tarfile's final header
@@ -206,7 +210,7 @@ def read_tar_entries(data: bytes, source: str, budget: UnpackBudget | None = Non
 
 
 def read_tar_stream(
-    stream: BinaryIO,
+    stream: ByteStream,
     source: str,
     budget: UnpackBudget | None = None,
     *,
@@ -292,7 +296,7 @@ def entry_from_tar_member(
         raise FormatError(f"{where}: {e.message}") from e
     if path == "/":
         return None
-    common = dict(mode=info.mode & 0o7777, uid=info.uid, gid=info.gid, mtime=int(info.mtime),
+    common: dict[str, Any] = dict(mode=info.mode & 0o7777, uid=info.uid, gid=info.gid, mtime=int(info.mtime),
                   provenance=provenance)
     if info.isreg():
         if check:

@@ -82,6 +82,8 @@ def verify_clearsigned(data: bytes, certs: tuple[pysequoia.Cert, ...], source: s
         ) from e
     if not verified.valid_sigs:
         raise IntegrityError(f"{source}: no valid signature by a trusted key")
+    if verified.bytes is None:
+        raise IntegrityError(f"{source}: the signature carries no signed text")
     return verified.bytes
 
 

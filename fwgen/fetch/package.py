@@ -98,13 +98,16 @@ class PackageIndex:
             self.by_name.setdefault(package.name, []).append(package)
             for provided in package.provides:
                 self.providers.setdefault(provided.name, []).append((package, provided))
-        newest_first = functools.cmp_to_key(lambda a, b: self.compare(b.version, a.version))
+        def older(a: Package, b: Package) -> int:
+            return self.compare(b.version, a.version)
+
+        newest_first = functools.cmp_to_key(older)
         for candidates in self.by_name.values():
             # Newest first; among equal versions the earlier feed wins (stable sort).
             candidates.sort(key=newest_first)
-        for provided in self.providers.values():
+        for offers in self.providers.values():
             # The highest provider priority first (all 0 outside Alpine), then by name, newest first.
-            provided.sort(key=lambda pair: (-pair[0].provider_priority, pair[0].name, newest_first(pair[0])))
+            offers.sort(key=lambda pair: (-pair[0].provider_priority, pair[0].name, newest_first(pair[0])))
 
     def offers(self, name: str) -> bool:
         """Whether a package of this architecture (or a neutral one) is, or provides, `name`."""

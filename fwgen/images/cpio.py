@@ -20,13 +20,16 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import zstandard
 from construct import Adapter, Bytes, ConstructError, OneOf, Padding, Struct, this
 
 from ..errors import FormatError, UserError, parse_error, quoted
 from ..rootfs import Entry, EntryType, RootFS
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 NEWC_MAGIC = b"070701"
 CRC_MAGIC = b"070702"
@@ -122,7 +125,7 @@ class CpioMember:
 # -- writing ---------------------------------------------------------------------------
 
 
-def write_cpio(rootfs: RootFS, out: BinaryIO, *, mtime: int) -> None:
+def write_cpio(rootfs: RootFS, out: SupportsWrite[bytes], *, mtime: int) -> None:
     """Write `rootfs` as a newc archive to `out`.
 
     Entries come in the model's order (directories before their contents), inode numbers are
@@ -191,9 +194,9 @@ def _build_member(name: str, header: dict[str, int], data: bytes) -> bytes:
     raw_name = _encode_text(name, "name", name) + b"\0"
     if len(raw_name) > PATH_MAX:
         raise FormatError(f"initramfs: {name[:60]}...: name longer than {PATH_MAX} bytes")
-    header = dict(header, c_magic=NEWC_MAGIC, c_namesize=len(raw_name))
+    fields: dict[str, Any] = {**header, "c_magic": NEWC_MAGIC, "c_namesize": len(raw_name)}
     try:
-        return NEWC_MEMBER.build({"header": header, "name": raw_name, "data": data})
+        return NEWC_MEMBER.build({"header": fields, "name": raw_name, "data": data})
     except ConstructError as e:
         raise parse_error(f"initramfs: {name}", "cannot write member", e) from e
 
@@ -229,7 +232,7 @@ def write_initramfs(rootfs: RootFS, path: Path, *, compression: str = "gzip", mt
         raise
 
 
-def _open_compressor(compression: str, raw: BinaryIO) -> BinaryIO:
+def _open_compressor(compression: str, raw: BinaryIO) -> io.BufferedIOBase | zstandard.ZstdCompressionWriter:
     if compression == "gzip":
         # filename="" leaves FNAME out of the header; mtime=0 keeps the output reproducible.
         # Level 6: a quarter of level 9's time for 0.3% more bytes on a board's initramfs.
@@ -276,7 +279,7 @@ def read_initramfs(path: Path) -> list[CpioMember]:
     return _read_segments(path.read_bytes(), str(path), allow_compressed=True)
 
 
-_DECOMPRESSORS: dict[bytes, tuple[str, Callable[[], object]]] = {
+_DECOMPRESSORS: dict[bytes, tuple[str, Callable[[], Any]]] = {
     b"\x1f\x8b": ("gzip", lambda: zlib.decompressobj(wbits=31)),
     b"\xfd7zXZ\x00": ("xz", lambda: lzma.LZMADecompressor(format=lzma.FORMAT_XZ)),
     b"\x28\xb5\x2f\xfd": ("zstd", lambda: zstandard.ZstdDecompressor().decompressobj()),

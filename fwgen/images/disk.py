@@ -304,7 +304,7 @@ def _gpt_tables(placed: list[_Placed], disk_size: int, seed: bytes) -> list[tupl
             "attributes": GPT_LEGACY_BIOS_BOOTABLE if p.part.bootable else 0,
             "partition_name": name.ljust(72, b"\0"),
         })
-    array = bytes(array.ljust(GPT_ENTRIES * GPT_ENTRY_SIZE, b"\0"))
+    table = bytes(array.ljust(GPT_ENTRIES * GPT_ENTRY_SIZE, b"\0"))
     backup_array_lba = last_lba - GPT_ARRAY_SECTORS
     common = {
         "first_usable_lba": 2 + GPT_ARRAY_SECTORS,
@@ -312,15 +312,15 @@ def _gpt_tables(placed: list[_Placed], disk_size: int, seed: bytes) -> list[tupl
         "disk_guid": _guid(seed, "disk").bytes_le,
         "number_of_partition_entries": GPT_ENTRIES,
         "size_of_partition_entry": GPT_ENTRY_SIZE,
-        "partition_entry_array_crc32": zlib.crc32(array),
+        "partition_entry_array_crc32": zlib.crc32(table),
     }
     primary = _gpt_header(common, my_lba=1, alternate_lba=last_lba, entry_lba=2)
     backup = _gpt_header(common, my_lba=last_lba, alternate_lba=1, entry_lba=backup_array_lba)
     # The protective MBR: one partition of type 0xEE covering the disk (capped at 2 TiB).
     protective = _mbr_entry(0, 0xEE, 1, min(last_lba, 0xFFFFFFFF))
     mbr = _build_mbr(0, [protective] + [_EMPTY_MBR_ENTRY] * 3)
-    return [(0, mbr), (SECTOR, primary), (2 * SECTOR, array),
-            (backup_array_lba * SECTOR, array), (last_lba * SECTOR, backup)]
+    return [(0, mbr), (SECTOR, primary), (2 * SECTOR, table),
+            (backup_array_lba * SECTOR, table), (last_lba * SECTOR, backup)]
 
 
 def _gpt_header(common: dict, *, my_lba: int, alternate_lba: int, entry_lba: int) -> bytes:

@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from construct import (
     Bytes,
@@ -389,7 +389,7 @@ def _label_bytes(label: str) -> bytes:
 
 def write_fat(
     files: Mapping[str, bytes],
-    out: BinaryIO,
+    out: IO[bytes],
     *,
     size: int,
     mtime: int,
@@ -439,7 +439,7 @@ def _parent_of(root: _Node, target: _Node) -> _Node | None:
     return None
 
 
-def _write_reserved(out: BinaryIO, offset: int, layout: FatLayout, label: bytes, volume_id: int,
+def _write_reserved(out: IO[bytes], offset: int, layout: FatLayout, label: bytes, volume_id: int,
                     hidden_sectors: int, *, free: int, next_free: int) -> None:
     boot = BootSector.build(dict(
         BS_jmpBoot=b"\xeb\x58\x90", BS_OEMName=b"FWGEN   ", BPB_BytsPerSec=SECTOR,
@@ -513,7 +513,8 @@ class FatVolume:
         self.fat = [int.from_bytes(table[i * 4 : i * 4 + 4], "little") & 0x0FFFFFFF for i in range(count)]
 
     def _chain(self, first: int) -> list[int]:
-        chain, cluster = [], first
+        chain: list[int] = []
+        cluster = first
         while 2 <= cluster < 0x0FFFFFF8:
             if cluster >= len(self.fat) or len(chain) > len(self.fat):
                 raise FormatError(f"{self.where}: cluster chain from {first} is broken at {cluster}")

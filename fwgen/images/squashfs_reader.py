@@ -11,6 +11,7 @@ import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from construct import ConstructError
 
@@ -37,8 +38,8 @@ class SquashfsEntry:
 
 @dataclass
 class _Inode:
-    header: object
-    body: object
+    header: Any  # construct Containers: fields by the inode type
+    body: Any
     type: EntryType
     extra: bytes = b""  # symlink target
     blocks: tuple[int, ...] = ()  # data block size words
