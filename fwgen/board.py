@@ -92,6 +92,7 @@ class UbootSpec:
     package: str = "u-boot-qemu"
     binary: str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin"
     device: str = "virtio 0:1"  # U-Boot's name of the boot partition
+    signing_key: Path | None = None  # PEM RSA key signing the FIT's configurations, never copied into an image
     fit_address: int = 0x50000000  # away from every load address (gzip inflates in place)
     kernel_load: int = 0x40400000
     ramdisk_load: int = 0x48000000

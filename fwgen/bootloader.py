@@ -21,10 +21,13 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import __version__
+from .dtb import DeviceTree
 from .errors import UserError
 from .fetch import FetchedPackage, fetch_packages, read_fetched_entries
 from .guest import kernel_cmdline
 from .images.fit import FitConfig, FitImage, make_fit
+from .images.fitsig import algo_name, fingerprint, key_dtb, load_private_key, sign_fit
 from .images.flash import firmware_image, flash_image, plan_firmware
 from .images.uimage import (
     HEADER_SIZE,
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
     from .build import BuildContext
 
 FIT_OUTPUT, SCRIPT_OUTPUT, UBOOT_OUTPUT = "fit", "boot-script", "u-boot"
+KEY_OUTPUT, KEY_FILE = "fit-key", "fit-key.dtb"
 FIT_FILE, SCRIPT_FILE, UBOOT_FILE = "image.itb", "boot.scr", "u-boot.bin"
 UIMAGE_OUTPUT, UIMAGE_FILE = "uimage", "uImage"
 FLASH_OUTPUT, FLASH_FILE, FIRMWARE_OUTPUT, FIRMWARE_FILE = "flash", "flash.img", "firmware", "firmware.bin"
@@ -71,6 +75,8 @@ def write_uboot_files(ctx: BuildContext) -> dict[str, bytes]:
                       "sha256": hashlib.sha256(binary).hexdigest(), "size": len(binary)}
     ctx.outputs[UBOOT_OUTPUT] = ctx.staging / UBOOT_FILE
     ctx.outputs[UBOOT_OUTPUT].write_bytes(binary)
+    if ctx.board.uboot.signing_key is not None:
+        ctx.bootloader["fit_signature"] = write_key_dtb(ctx)
     ctx.progress.info(f"FIT {len(files[FIT_FILE]):,} bytes, {SCRIPT_FILE} {len(files[SCRIPT_FILE])} bytes, "
                       f"U-Boot {len(binary):,} bytes from {package.package.name} {package.package.version}")
     return files
@@ -172,7 +178,25 @@ def build_fit(ctx: BuildContext) -> bytes:
                  load=spec.ramdisk_load, description="fwgen initramfs"),
     ]
     configs = [FitConfig(CONFIG, "kernel-1", "ramdisk-1", description=ctx.board.name)]
-    return make_fit(images, configs, description=f"fwgen {ctx.board.name}", timestamp=ctx.epoch)
+    fit = make_fit(images, configs, description=f"fwgen {ctx.board.name}", timestamp=ctx.epoch)
+    if spec.signing_key is None:
+        return fit
+    key = load_private_key(spec.signing_key)
+    return sign_fit(DeviceTree.parse(fit), key, key_name=spec.signing_key.stem, timestamp=ctx.epoch,
+                    signer=("fwgen", __version__))
+
+
+def write_key_dtb(ctx: BuildContext) -> dict:
+    """fit-key.dtb: the public key as U-Boot's control DTB wants it (/signature/key-NAME,
+    required = "conf"), for a vendor's U-Boot build; returns the manifest's record of the key
+    (its fingerprint, never the key itself)."""
+    assert ctx.staging is not None and ctx.board.uboot.signing_key is not None
+    name = ctx.board.uboot.signing_key.stem
+    public = load_private_key(ctx.board.uboot.signing_key).public_key()
+    ctx.outputs[KEY_OUTPUT] = ctx.staging / KEY_FILE
+    ctx.outputs[KEY_OUTPUT].write_bytes(key_dtb(public, name))
+    return {"algo": algo_name(public), "key_name": name, "public_key_sha256": fingerprint(public),
+            "required": "conf", "key_dtb": KEY_FILE}
 
 
 def build_boot_script(board: Board, epoch: int) -> bytes:

@@ -265,7 +265,7 @@ def load_board(
         outputs=tuple(data["outputs"]),
         disk=DiskSpec(**data["disk"]),
         sdcard=SdcardSpec(**dict(data["sdcard"], firmware=tuple(data["sdcard"]["firmware"]))),
-        uboot=_build_uboot(doc, data["uboot"]),
+        uboot=_build_uboot(doc, data["uboot"], path),
         flash=_build_flash(doc, data),
         qemu=qemu,
         checks=(),  # rendered below, once the variables are known
@@ -293,7 +293,7 @@ def _check_fit_outputs(doc: Document, outputs: list[str]) -> None:
                         "a FIT holds the kernel and the initramfs: the whole root, or the boot one of a disk")
 
 
-def _build_uboot(doc: Document, uboot: dict) -> UbootSpec:
+def _build_uboot(doc: Document, uboot: dict, board: Path) -> UbootSpec:
     """U-Boot's settings; the console commands may use only the placeholders fwgen fills in."""
     for i, command in enumerate(uboot["commands"]):
         try:
@@ -306,7 +306,8 @@ def _build_uboot(doc: Document, uboot: dict) -> UbootSpec:
                             f"known: {', '.join('{' + n + '}' for n in CONSOLE_PLACEHOLDERS)}")
     if uboot["commands"] and not uboot.get("prompt"):
         raise doc.error(("uboot", "commands"), "commands need the prompt U-Boot shows (uboot.prompt)")
-    return UbootSpec(**dict(uboot, commands=tuple(uboot["commands"])))
+    key = _relative_file(doc, ("uboot", "signing_key"), uboot.get("signing_key"), board)
+    return UbootSpec(**dict(uboot, commands=tuple(uboot["commands"]), signing_key=key))
 
 
 def _build_flash(doc: Document, data: dict) -> FlashSpec | None:

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -21,6 +22,7 @@ from fwgen.images.fit import FitConfig, FitImage, make_fit, read_fit
 from fwgen.images.uimage import compress
 
 EPOCH = 1700002853
+REPO_BOARDS = Path(__file__).resolve().parents[1] / "boards"
 KERNEL = os.urandom(40000) + bytes(60000)
 INITRAMFS = os.urandom(7001)
 
@@ -378,3 +380,65 @@ def test_a_signing_key_that_is_not_rsa_is_refused_with_its_path(tmp_path):
     (tmp_path / "junk.pem").write_text("not a key\n")
     with pytest.raises(UserError, match=r"junk\.pem: not an unencrypted PEM private key"):
         load_private_key(tmp_path / "junk.pem")
+
+
+@pytest.mark.network
+@needs_uboot_tools
+def test_a_board_with_a_signing_key_signs_its_fit_and_records_only_the_fingerprint(tmp_path, cache_dir):
+    """qemu-aarch64-uboot built through the library with uboot.signing_key: the FIT verifies,
+    mkimage re-signing it writes the same value, fit-key.dtb holds the node mkimage -K writes,
+    and no output holds the private key."""
+    import dataclasses
+
+    from cryptography.hazmat.primitives import serialization
+
+    from fwgen.build import build
+    from fwgen.config import load_board
+    from fwgen.fetch.cache import Cache
+    from fwgen.images.fitsig import fingerprint
+
+    key, keydir = _rsa_key(tmp_path)
+    board = load_board("qemu-aarch64-uboot")
+    board = dataclasses.replace(board, uboot=dataclasses.replace(board.uboot, signing_key=keydir / "dev.key"))
+    out = tmp_path / "out"
+    build(board, outdir=out, cache=Cache(cache_dir), source_date_epoch=EPOCH)
+    record = json.loads((out / "manifest.json").read_text())["inputs"]["bootloader"]["fit_signature"]
+    assert record == {"algo": "sha256,rsa2048", "key_name": "dev", "public_key_sha256": fingerprint(key.public_key()),
+                      "required": "conf", "key_dtb": "fit-key.dtb"}
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert record["public_key_sha256"] == hashlib.sha256(der).hexdigest()
+    fit = (out / "image.itb").read_bytes()
+    assert _verdicts(fit, key.public_key()) == [True]
+    secret = key.private_numbers().d.to_bytes(256, "big")[:64]
+    pem = (keydir / "dev.key").read_bytes()[40:100]
+    for path in out.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert secret not in data and pem not in data, path
+
+    again, pubkey = tmp_path / "again.itb", tmp_path / "pubkey.dtb"
+    again.write_bytes(fit)
+    pubkey.write_bytes(DeviceTree(Node("")).to_bytes())
+    subprocess.run(["mkimage", "-F", "-k", str(keydir), "-K", str(pubkey), "-r", str(again)],
+                   check=True, capture_output=True, env={**os.environ, "SOURCE_DATE_EPOCH": str(EPOCH)})
+    assert _signature(again.read_bytes())["value"] == _signature(fit)["value"]
+    ours = DeviceTree.parse((out / "fit-key.dtb").read_bytes()).find("/signature/key-dev").properties
+    assert ours == DeviceTree.parse(pubkey.read_bytes()).find("/signature/key-dev").properties
+
+
+def test_a_boards_signing_key_is_read_relative_to_the_board_file_or_refused_at_its_line(tmp_path):
+    from fwgen.config import load_board
+    from fwgen.errors import ConfigError
+
+    shipped = (REPO_BOARDS / "qemu-aarch64-uboot.yaml").read_text()
+    assert "signing_key" not in shipped  # the shipped boards are not signed
+    folder = tmp_path / "boards"
+    folder.mkdir()
+    (folder / "keys").mkdir()
+    (folder / "keys" / "dev.key").write_text("a key\n")
+    board_file = folder / "signed.yaml"
+    board_file.write_text(shipped.replace("\nuboot:\n", "\nuboot:\n  signing_key: keys/dev.key\n", 1))
+    assert load_board(board_file).uboot.signing_key == (folder / "keys" / "dev.key").resolve()
+    board_file.write_text(shipped.replace("\nuboot:\n", "\nuboot:\n  signing_key: keys/none.key\n", 1))
+    with pytest.raises(ConfigError, match=r"signed\.yaml:\d+:\d+.*keys/none\.key not found"):
+        load_board(board_file)
