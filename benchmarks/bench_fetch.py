@@ -47,8 +47,8 @@ def fwgen_child(cache_root: str, arch: str, names: list[str]) -> None:
     """Run in a fresh interpreter: resolve, download and extract; print timings as JSON."""
     started = time.perf_counter()
     from fwgen.board import Feed
+    from fwgen.cache import Cache
     from fwgen.fetch import download_packages, install_package, resolve_packages
-    from fwgen.fetch.cache import Cache
     from fwgen.rootfs import RootFS
 
     imported = time.perf_counter()

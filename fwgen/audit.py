@@ -32,8 +32,8 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import ARMAttributesSection, SymbolTableSection
 
 from .arch import EM_AARCH64, EM_ARM, EM_MIPS, Arch
+from .cache import Cache, discard_damaged
 from .errors import UserError
-from .fetch.cache import Cache, discard_damaged
 from .policy import SpecialFile, find_special_files
 from .progress import QUIET, Progress
 from .rootfs import EntryType, RootFS

@@ -29,6 +29,7 @@ from .audit import audit_rootfs
 from .board import Board
 from .bootloader import boots_through_uboot, write_flash, write_uboot_files, write_uimage
 from .busybox import DEFAULT_SOURCE, BusyboxSource, build_busybox, install_busybox
+from .cache import Cache
 from .config import board_digest
 from .errors import UserError, writing
 from .fetch import (
@@ -40,7 +41,6 @@ from .fetch import (
     provenance_of,
     read_fetched_entries,
 )
-from .fetch.cache import Cache
 from .guest import (
     BOOT_CONF,
     BOOT_INITRAMFS_PATHS,

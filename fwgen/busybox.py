@@ -41,8 +41,8 @@ from pathlib import Path
 from .arch import Arch
 from .busybox_download import download_source
 from .busybox_toolchain import Toolchain, checked_zig_cache, find_toolchain
+from .cache import discard_damaged
 from .errors import ConfigError, FwgenError
-from .fetch.cache import discard_damaged
 from .progress import QUIET, Progress
 from .rootfs import EntryType, RootFS
 from .run import kill_group, run, spawn

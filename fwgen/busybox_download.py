@@ -1,6 +1,6 @@
 """Fetching the pinned BusyBox source tarball: mirrors in order, through the package cache.
 
-`fwgen.fetch.cache.Cache` verifies the SHA-256, publishes atomically and locks; here it is
+`fwgen.cache.Cache` verifies the SHA-256, publishes atomically and locks; here it is
 asked with few retries so a dead mirror (busybox.net is unreachable from some CI machines)
 costs seconds before the next one is tried.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .cache import Cache
 from .errors import FetchError, IntegrityError
-from .fetch.cache import Cache
 from .progress import Progress
 
 if TYPE_CHECKING:

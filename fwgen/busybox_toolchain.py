@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .arch import Arch
+from .cache import discard_damaged
 from .errors import ToolMissingError
-from .fetch.cache import discard_damaged
 from .progress import Progress
 from .run import run
 

@@ -86,7 +86,7 @@ def _progress(as_json: bool):
 
 
 def _cache():
-    from .fetch.cache import Cache
+    from .cache import Cache
 
     root = os.environ.get("FWGEN_CACHE")
     return Cache(Path(root)) if root else Cache.default()

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from fwgen.fetch.cache import Cache
+from fwgen.cache import Cache
 
 
 class Server:

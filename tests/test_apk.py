@@ -11,9 +11,9 @@ from feedgen import ApkSpec, FileSpec, RsaSigner, build_apk, serve, write_alpine
 
 from fwgen.arch import Arch
 from fwgen.board import Feed
+from fwgen.cache import Cache
 from fwgen.errors import FetchError, FormatError, IntegrityError, UserError
 from fwgen.fetch import apk, apkversion
-from fwgen.fetch.cache import Cache
 from fwgen.fetch.package import PackageIndex
 from fwgen.fetch.resolver import resolve
 from fwgen.fetch.verify import verify_file

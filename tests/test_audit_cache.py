@@ -9,7 +9,7 @@ import pytest
 from fwgen import audit
 from fwgen.arch import Arch
 from fwgen.audit import INSPECT_VERSION, audit_rootfs
-from fwgen.fetch.cache import Cache
+from fwgen.cache import Cache
 from fwgen.rootfs import RootFS
 
 

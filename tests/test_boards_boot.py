@@ -149,8 +149,8 @@ def test_a_vendor_kernel_given_as_files_boots(out_root, cache_dir, tmp_path):
 
     from fwgen.arch import Arch
     from fwgen.board import Feed
+    from fwgen.cache import Cache
     from fwgen.fetch import fetch_packages, read_package_entries
-    from fwgen.fetch.cache import Cache
     from fwgen.rootfs import EntryType
 
     cache = Cache(cache_dir)

@@ -28,9 +28,9 @@ from fwgen.audit import INSPECT_VERSION, audit_rootfs
 from fwgen.busybox import DEFAULT_SOURCE, build_busybox
 from fwgen.busybox_download import download_source
 from fwgen.busybox_toolchain import LINK_INPUTS_RECORD, checked_zig_cache
+from fwgen.cache import Cache
 from fwgen.errors import FwgenError
 from fwgen.fetch import deb, load_index
-from fwgen.fetch.cache import Cache
 from fwgen.progress import Progress
 
 # The fixtures too: a private cache, a big .deb, and no parsed index remembered across tests.

@@ -16,9 +16,9 @@ from buildutil import REPO, run_fwgen
 from feedgen import FileSpec, IpkSpec, build_ipk
 from localhttp import content_files
 
+from fwgen.cache import Cache
 from fwgen.errors import FormatError, StorageError, UserError
 from fwgen.fetch import FetchedPackage, install_package
-from fwgen.fetch.cache import Cache
 from fwgen.fetch.package import Package
 from fwgen.images.inspect import list_image
 from fwgen.images.squashfs import write_squashfs
@@ -142,7 +142,7 @@ class _FullFile(io.RawIOBase):
 
 
 def test_download_onto_a_full_disk_is_one_line_naming_the_file(server, tmp_path, monkeypatch):
-    from fwgen.fetch import cache as cache_module
+    from fwgen import cache as cache_module
 
     real_fdopen = os.fdopen
     monkeypatch.setattr(cache_module.os, "fdopen", lambda fd, mode: _FullFile(real_fdopen(fd, mode), 1000))

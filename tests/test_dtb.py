@@ -147,8 +147,8 @@ def test_debian_rpi_zero_dtb_round_trips_and_takes_the_fixup(rpi_dtb: bytes):
 def rpi_dtb(cache_dir) -> bytes:
     from fwgen.arch import Arch
     from fwgen.board import Feed
+    from fwgen.cache import Cache
     from fwgen.fetch import fetch_packages, read_package_entries
-    from fwgen.fetch.cache import Cache
 
     feed = Feed("debian", "deb", "http://deb.debian.org/debian")
     [meta] = fetch_packages([feed], Arch.ARMV6, ["linux-image-rpi"], nodeps=["linux-image-rpi"],

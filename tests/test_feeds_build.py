@@ -30,10 +30,10 @@ from feedgen import (
 
 from fwgen.arch import Arch
 from fwgen.board import Feed
+from fwgen.cache import Cache
 from fwgen.config import load_board
 from fwgen.errors import ResolveError, UserError
 from fwgen.fetch import apk, fetch_packages, resolve_packages
-from fwgen.fetch.cache import Cache
 from fwgen.fetch.package import PackageIndex
 from fwgen.fetch.resolver import resolve
 from fwgen.images.cpio import read_initramfs

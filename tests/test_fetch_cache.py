@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from localhttp import content_files, send
 
+from fwgen.cache import Cache
 from fwgen.errors import FetchError, IntegrityError
-from fwgen.fetch.cache import Cache
 
 PAYLOAD = b"fwgen payload " * 5000
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()

@@ -12,10 +12,10 @@ from feedgen import FileSpec, IpkSpec, UsignSigner, build_ipk, write_opkg_feed
 from localhttp import Server, send
 
 from fwgen.arch import Arch
+from fwgen.cache import Cache
 from fwgen.config import load_board
 from fwgen.errors import FetchError
 from fwgen.fetch import fetch_packages
-from fwgen.fetch.cache import Cache
 
 ARCH = Arch.MIPSEL
 FOLDER = f"/packages/{ARCH.openwrt}/base"

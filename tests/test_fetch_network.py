@@ -8,8 +8,8 @@ import pytest
 
 from fwgen.arch import Arch
 from fwgen.board import Feed
+from fwgen.cache import Cache
 from fwgen.fetch import fetch_packages, install_package, load_index, read_package_entries, resolve
-from fwgen.fetch.cache import Cache
 from fwgen.rootfs import EntryType, RootFS
 
 pytestmark = pytest.mark.network

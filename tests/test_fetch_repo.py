@@ -18,9 +18,9 @@ from test_fetch_deb import add_member, build_deb, build_tar
 
 from fwgen.arch import Arch
 from fwgen.board import Feed
+from fwgen.cache import Cache
 from fwgen.errors import FetchError, IntegrityError
 from fwgen.fetch import fetch_packages, install_package, load_index
-from fwgen.fetch.cache import Cache
 from fwgen.fetch.deb import DebBackend
 from fwgen.progress import QUIET
 from fwgen.rootfs import RootFS

@@ -30,6 +30,7 @@ from feedgen import (
 
 from fwgen.arch import Arch
 from fwgen.board import Feed, Policy
+from fwgen.cache import Cache
 from fwgen.config import load_board
 from fwgen.errors import ConfigError, FormatError, LimitError, UserError
 from fwgen.fetch import (
@@ -42,7 +43,6 @@ from fwgen.fetch import (
     ipk,
     read_package_entries,
 )
-from fwgen.fetch.cache import Cache
 from fwgen.images.cpio import read_initramfs, write_initramfs
 from fwgen.policy import apply_policy, find_special_files
 from fwgen.rootfs import EntryType, RootFS

@@ -10,10 +10,10 @@ from feedgen import FileSpec, IpkSpec, UsignSigner, build_ipk, serve, write_opkg
 
 from fwgen.arch import Arch
 from fwgen.board import Feed
+from fwgen.cache import Cache
 from fwgen.errors import FormatError, IntegrityError, UserError
 from fwgen.fetch import ipk
 from fwgen.fetch.backend import read_head
-from fwgen.fetch.cache import Cache
 from fwgen.fetch.package import PackageIndex, Relation
 from fwgen.fetch.resolver import resolve
 from fwgen.fetch.verify import verify_file

@@ -21,6 +21,7 @@ from localhttp import content_files
 
 from fwgen.arch import Arch
 from fwgen.board import Feed, PackageFile
+from fwgen.cache import Cache
 from fwgen.config import load_board
 from fwgen.errors import ConfigError, IntegrityError, ResolveError, UserError
 from fwgen.fetch import (
@@ -31,7 +32,6 @@ from fwgen.fetch import (
     read_package_file,
     resolve_packages,
 )
-from fwgen.fetch.cache import Cache
 from fwgen.images.cpio import read_initramfs
 from fwgen.rootfs import EntryType, RootFS
 

@@ -25,8 +25,8 @@ import pytest
 from buildutil import REPO
 
 from fwgen.build import build
+from fwgen.cache import Cache
 from fwgen.config import load_board
-from fwgen.fetch.cache import Cache
 
 pytestmark = [pytest.mark.network, pytest.mark.slow, pytest.mark.mirror_pinned]
 

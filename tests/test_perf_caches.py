@@ -23,9 +23,9 @@ from test_fetch_deb import add_member, build_deb, build_tar
 from test_fetch_repo import LocalRepo
 
 from fwgen.arch import Arch
+from fwgen.cache import Cache
 from fwgen.errors import FormatError
 from fwgen.fetch import deb, load_index, read_package_entries
-from fwgen.fetch.cache import Cache
 from fwgen.kernel import find_modinfo_section, read_modinfo, read_modinfo_section
 
 

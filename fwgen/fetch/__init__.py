@@ -22,12 +22,12 @@ from pathlib import Path
 
 from ..arch import Arch
 from ..board import Feed, PackageFile
+from ..cache import Cache
 from ..errors import FetchError, FormatError, IntegrityError, LimitError, ResolveError, UserError
 from ..progress import QUIET, Progress
 from ..rootfs import Entry, EntryType, RootFS
 from .archive import UnpackBudget
 from .backend import Backend, backend_for_file, feed_arch, get_backend, register_backend
-from .cache import Cache
 from .package import Package, PackageIndex, Relation
 from .resolver import ExcludedDependency, Resolution, name_matches, resolve
 

@@ -35,13 +35,13 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from ..arch import Arch
 from ..board import Feed
+from ..cache import Cache
 from ..errors import FormatError, IntegrityError, UserError
 from ..progress import Progress
 from ..rootfs import Entry
 from . import apkversion
 from .archive import UnpackBudget, open_decompressed, read_tar_stream
 from .backend import FileHead, feed_arch, head_of, register_backend
-from .cache import Cache
 from .package import Package, Relation
 
 SHIPPED_KEYS = Path(__file__).resolve().parent.parent / "keys" / "alpine"

@@ -18,10 +18,10 @@ from ..errors import FormatError, UserError
 if TYPE_CHECKING:
     from ..arch import Arch
     from ..board import Feed
+    from ..cache import Cache
     from ..progress import Progress
     from ..rootfs import Entry
     from .archive import UnpackBudget
-    from .cache import Cache
     from .package import Package
 
 

@@ -29,6 +29,7 @@ import zstandard
 
 from ..arch import Arch
 from ..board import Feed
+from ..cache import Cache, discard_damaged
 from ..errors import FormatError, IntegrityError, UserError, quoted
 from ..progress import Progress
 from ..rootfs import Entry
@@ -43,7 +44,6 @@ from .archive import (
     read_tar_entries,
 )
 from .backend import FileHead, feed_arch, register_backend
-from .cache import Cache, discard_damaged
 from .package import AlternativesGroup, Package, Relation
 
 KEYS_DIR = Path(__file__).resolve().parent.parent / "keys"

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..arch import Arch
 from ..board import Feed
+from ..cache import Cache
 from ..errors import FormatError, IntegrityError, UserError, quoted
 from ..progress import Progress
 from ..rootfs import Entry, EntryType
@@ -37,7 +38,6 @@ from .archive import (
     read_tar_stream,
 )
 from .backend import GZIP_MAGIC, FileHead, feed_arch, register_backend
-from .cache import Cache
 from .package import AlternativesGroup, Package, Relation
 
 # OpenWrt's largest feed (packages) lists about 9,000 packages in under 8 MiB of Packages.

@@ -37,8 +37,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import FetchError, IntegrityError, writing
-from ..progress import QUIET, Progress
+from .errors import FetchError, IntegrityError, writing
+from .progress import QUIET, Progress
 
 _CHUNK = 1 << 16
 _USER_AGENT = "fwgen/0.1 (+https://github.com/fwgen)"
