@@ -382,26 +382,34 @@ def test_a_signing_key_that_is_not_rsa_is_refused_with_its_path(tmp_path):
         load_private_key(tmp_path / "junk.pem")
 
 
-@pytest.mark.network
-@needs_uboot_tools
-def test_a_board_with_a_signing_key_signs_its_fit_and_records_only_the_fingerprint(tmp_path, cache_dir):
-    """qemu-aarch64-uboot built through the library with uboot.signing_key: the FIT verifies,
-    mkimage re-signing it writes the same value, fit-key.dtb holds the node mkimage -K writes,
-    and no output holds the private key."""
+@pytest.fixture(scope="module")
+def signed_board(tmp_path_factory, cache_dir):
+    """qemu-aarch64-uboot built through the library with uboot.signing_key: (key, keydir, out)."""
     import dataclasses
-
-    from cryptography.hazmat.primitives import serialization
 
     from fwgen.build import build
     from fwgen.config import load_board
     from fwgen.fetch.cache import Cache
-    from fwgen.images.fitsig import fingerprint
 
+    tmp_path = tmp_path_factory.mktemp("signed")
     key, keydir = _rsa_key(tmp_path)
     board = load_board("qemu-aarch64-uboot")
     board = dataclasses.replace(board, uboot=dataclasses.replace(board.uboot, signing_key=keydir / "dev.key"))
     out = tmp_path / "out"
     build(board, outdir=out, cache=Cache(cache_dir), source_date_epoch=EPOCH)
+    return key, keydir, out
+
+
+@pytest.mark.network
+@needs_uboot_tools
+def test_a_board_with_a_signing_key_signs_its_fit_and_records_only_the_fingerprint(tmp_path, signed_board):
+    """The signed board's FIT verifies, mkimage re-signing it writes the same value,
+    fit-key.dtb holds the node mkimage -K writes, and no output holds the private key."""
+    from cryptography.hazmat.primitives import serialization
+
+    from fwgen.images.fitsig import fingerprint
+
+    key, keydir, out = signed_board
     record = json.loads((out / "manifest.json").read_text())["inputs"]["bootloader"]["fit_signature"]
     assert record == {"algo": "sha256,rsa2048", "key_name": "dev", "public_key_sha256": fingerprint(key.public_key()),
                       "required": "conf", "key_dtb": "fit-key.dtb"}
@@ -442,3 +450,69 @@ def test_a_boards_signing_key_is_read_relative_to_the_board_file_or_refused_at_i
     board_file.write_text(shipped.replace("\nuboot:\n", "\nuboot:\n  signing_key: keys/none.key\n", 1))
     with pytest.raises(ConfigError, match=r"signed\.yaml:\d+:\d+.*keys/none\.key not found"):
         load_board(board_file)
+
+
+def _uboot_verdict(out, disk, dtb) -> str:
+    """Start Debian's U-Boot (the board's u-boot.bin) on QEMU virt with `dtb` as its control
+    DTB and `disk`; the lines from its first FIT check up to its verdict on the configuration."""
+    import select
+    import time
+
+    marker = re.compile(rb"Verifying Hash Integrity \.\.\. (sha256,rsa2048:dev[+-].*|OK)")
+    argv = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a53", "-m", "512", "-nographic",
+            "-bios", str(out / "u-boot.bin"), "-drive", f"if=none,file={disk},format=raw,id=d0",
+            "-device", "virtio-blk-device,drive=d0", "-net", "none", *(["-dtb", str(dtb)] if dtb else [])]
+    seen = b""
+    deadline = time.monotonic() + 60 * float(os.environ.get("FWGEN_TIMEOUT_FACTOR", "1"))
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as qemu:
+        try:
+            while time.monotonic() < deadline and not marker.search(seen):
+                if select.select([qemu.stdout], [], [], 1)[0]:
+                    chunk = os.read(qemu.stdout.fileno(), 4096)  # type: ignore[union-attr]
+                    if not chunk:
+                        break
+                    seen += chunk
+            time.sleep(1)  # U-Boot's next lines say what it does with the verdict
+            while select.select([qemu.stdout], [], [], 0.5)[0] and (chunk := os.read(qemu.stdout.fileno(), 4096)):  # type: ignore[union-attr]
+                seen += chunk
+        finally:
+            qemu.kill()
+    found = marker.search(seen)
+    assert found, seen.decode(errors="replace")[-2000:]
+    return seen[found.start():].decode(errors="replace")
+
+
+@pytest.mark.network
+@pytest.mark.qemu
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("mcopy") is None or shutil.which("qemu-system-aarch64") is None,
+                    reason="needs mtools and qemu-system-aarch64 (see .ci/setup)")
+def test_uboot_with_the_key_in_its_control_dtb_checks_the_signature_and_refuses_a_changed_config(
+        tmp_path, signed_board):
+    """Debian's U-Boot enforces the signature once its control DTB holds fwgen's key node:
+    QEMU's own virt DTB (dumped) plus /signature/key-dev, given to QEMU as -dtb. A FIT whose
+    configuration was changed after signing is refused; without the key, U-Boot boots it."""
+    from fwgen.images.fitsig import key_node
+
+    key, _, out = signed_board
+    dumped = tmp_path / "virt.dtb"
+    subprocess.run(["qemu-system-aarch64", "-M", f"virt,dumpdtb={dumped}", "-cpu", "cortex-a53", "-m", "512",
+                    "-nographic", "-net", "none"], check=True, capture_output=True, timeout=60)
+    control = DeviceTree.parse(dumped.read_bytes())
+    control.root.children.append(Node("signature", children=[key_node(key.public_key(), "dev")]))
+    with_key = tmp_path / "virt-key.dtb"
+    with_key.write_bytes(control.to_bytes())
+
+    disk = tmp_path / "disk.img"
+    shutil.copyfile(out / "disk.img", disk)
+    assert "sha256,rsa2048:dev+ OK" in _uboot_verdict(out, disk, with_key)
+
+    forged = DeviceTree.parse((out / "image.itb").read_bytes())
+    forged.find("/configurations/conf-1").set_strings("description", ["forged"])
+    (tmp_path / "forged.itb").write_bytes(forged.to_bytes())
+    subprocess.run(["mcopy", "-o", "-i", f"{disk}@@{4 << 20}", str(tmp_path / "forged.itb"), "::image.itb"],
+                   check=True, capture_output=True)
+    refused = _uboot_verdict(out, disk, with_key)
+    assert "sha256,rsa2048:dev- " in refused and "Failed to verify required signature 'key-dev'" in refused
+    assert "Starting kernel" not in refused
+    assert _uboot_verdict(out, disk, None).startswith("Verifying Hash Integrity ... OK")
