@@ -388,8 +388,8 @@ def signed_board(tmp_path_factory, cache_dir):
     import dataclasses
 
     from fwgen.build import build
+    from fwgen.cache import Cache
     from fwgen.config import load_board
-    from fwgen.fetch.cache import Cache
 
     tmp_path = tmp_path_factory.mktemp("signed")
     key, keydir = _rsa_key(tmp_path)
