@@ -366,6 +366,16 @@ def test_a_changed_configuration_or_hash_breaks_the_signature_and_inspect_says_s
     assert [s["verified"] for s in json.loads(forged.output)["signatures"]] == [False, False]
 
 
+def test_a_malformed_signature_node_is_reported_as_failing_not_as_a_crash(tmp_path):
+    key, _ = _rsa_key(tmp_path)
+    # conf-2 has no fdt: naming it in sign-images adds no node, the signature still holds
+    for prop, value, verdict in (("hashed-strings", b"", False), ("hashed-nodes", b"/\0", False),
+                                 ("sign-images", b"fdt\0kernel\0ramdisk\0", True)):
+        tree = DeviceTree.parse(_signed_fit(key))
+        tree.find("/configurations/conf-2/signature-1").properties[prop] = value
+        assert _verdicts(tree.to_bytes(), key.public_key()) == [True, verdict], prop
+
+
 def test_a_signing_key_that_is_not_rsa_is_refused_with_its_path(tmp_path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec

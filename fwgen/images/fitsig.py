@@ -85,7 +85,7 @@ def hashed_nodes(tree: DeviceTree, config_name: str, images: list[str]) -> list[
     paths = ["/", f"/configurations/{config_name}"]
     images_node = tree.root.child("images") or Node("images")
     for prop in images:
-        for name in config.strings(prop):
+        for name in config.strings(prop) if prop in config.properties else []:
             image = images_node.child(name)
             if image is None:
                 raise FormatError(f"FIT configuration {config_name}: {prop} names image {name!r}, which is absent")
@@ -229,7 +229,9 @@ def _verifies(blob: bytes, tree: DeviceTree, config: str, sig: Node, listed: lis
         if set(hashed_nodes(tree, config, images)) - set(listed):
             return False
         cells = sig.cells("hashed-strings")
-        data = signed_data(blob, listed, cells[-1])
+        if len(cells) != 2:
+            return False
+        data = signed_data(blob, listed, cells[1])
         key.verify(sig.properties.get("value", b""), data, padding.PKCS1v15(), hashes.SHA256())
     except (InvalidSignature, FormatError, UserError, ValueError):
         return False
