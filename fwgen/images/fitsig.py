@@ -21,6 +21,7 @@ under `/signature/key-NAME`; `key_node` writes that node.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,8 +105,12 @@ def signed_data(blob: bytes, nodes: list[str], strings_size: int) -> bytes:
         raise FormatError(f"FIT signature: hashed-strings {strings_size} exceeds the {header.size_dt_strings}-byte strings block")
     struct = blob[header.off_dt_struct : header.off_dt_struct + header.size_dt_struct]
     strings = blob[header.off_dt_strings : header.off_dt_strings + header.size_dt_strings]
-    wanted = set(nodes)
-    out = bytearray()
+    covered = b"".join(struct[start:end] for start, end in _covered_tokens(struct, strings, set(nodes)))
+    return covered + strings[:strings_size]
+
+
+def _covered_tokens(struct: bytes, strings: bytes, wanted: set[str]) -> Iterator[tuple[int, int]]:
+    """(start, end) of every structure-block token the signature covers, in order."""
     path: list[str] = []
     levels: list[int] = []  # how much each open node is wanted: 2 listed, 1 a child of one, 0 not
     last_included = False
@@ -114,10 +119,8 @@ def signed_data(blob: bytes, nodes: list[str], strings_size: int) -> bytes:
         token = int.from_bytes(struct[at : at + 4], "big")
         end = _token_end(struct, at, token)
         if token == FDT_BEGIN_NODE:
-            name = struct[at + 4 : struct.index(b"\0", at + 4)].decode("utf-8", "replace")
-            path.append(name)
-            parent = levels[-1] if levels else 0
-            level = 2 if "/" + "/".join(path[1:]) in wanted else max(parent - 1, 0)
+            path.append(_cstring(struct, at + 4))
+            level = 2 if "/" + "/".join(path[1:]) in wanted else max((levels[-1] if levels else 0) - 1, 0)
             levels.append(level)
             include = level > 0
         elif token == FDT_END_NODE:
@@ -125,20 +128,21 @@ def signed_data(blob: bytes, nodes: list[str], strings_size: int) -> bytes:
             include = levels.pop() > 0 or last_included
             path.pop()
         elif token in (FDT_PROP, FDT_NOP):
-            include = bool(levels) and levels[-1] >= 2
-            if token == FDT_PROP:
-                nameoff = int.from_bytes(struct[at + 8 : at + 12], "big")
-                name = strings[nameoff : strings.index(b"\0", nameoff)].decode("utf-8", "replace")
-                include = include and name not in EXCLUDED_PROPERTIES
+            include = bool(levels) and levels[-1] >= 2 and (
+                token == FDT_NOP or _cstring(strings, int.from_bytes(struct[at + 8 : at + 12], "big"))
+                not in EXCLUDED_PROPERTIES)
         elif token == FDT_END:
             include = True
         else:
             raise FormatError(f"FIT signature: unexpected token {token} at struct offset {at:#x}")
         if include:
-            out += struct[at:end]
+            yield at, end
         last_included = include
         at = end
-    return bytes(out) + strings[:strings_size]
+
+
+def _cstring(data: bytes, start: int) -> str:
+    return data[start : data.index(b"\0", start)].decode("utf-8", "replace")
 
 
 def _token_end(struct: bytes, at: int, token: int) -> int:
