@@ -22,14 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import zstandard
-
 from . import __version__
 from .audit import audit_rootfs
 from .board import Board
 from .bootloader import boots_through_uboot, write_flash, write_uboot_files, write_uimage
 from .busybox import DEFAULT_SOURCE, BusyboxSource, build_busybox, install_busybox
 from .cache import Cache
+from .compression import ZSTD
 from .config import board_digest
 from .errors import UserError, writing
 from .fetch import (
@@ -271,8 +270,8 @@ def _read_tree(folder: Path) -> list[tuple[str, bytes]]:
 def _read_tarball(path: Path) -> list[tuple[str, bytes]]:
     """Regular files of a tar archive (plain, gzip, xz, bzip2 or zstd)."""
     raw = path.read_bytes()
-    if raw[:4] == b"\x28\xb5\x2f\xfd":  # zstd frame magic; tarfile cannot read zstd itself
-        raw = zstandard.ZstdDecompressor().decompressobj().decompress(raw)
+    if ZSTD.matches(raw):  # tarfile cannot read zstd itself
+        raw = ZSTD.decompressobj().decompress(raw)
     try:
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r:*") as tar:
             return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]  # type: ignore[union-attr]

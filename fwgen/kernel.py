@@ -13,22 +13,19 @@ from __future__ import annotations
 
 import collections
 import difflib
-import gzip
 import io
-import lzma
 import posixpath
 import re
 import struct
-import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-import zstandard
 from construct import ConstructError
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from .compression import BOOT_COMPRESSIONS, by_suffix
+from .compression import ERRORS as DECOMPRESSION_ERRORS
 from .errors import FormatError, UserError, parse_error
 from .guest import MODULE_LIST
 from .rootfs import Entry, EntryType, RootFS
@@ -171,25 +168,18 @@ def _image_texts(image: bytes) -> Iterable[bytes]:
     yield from _embedded_payloads(image)
 
 
-_PAYLOAD_MAGICS: dict[bytes, Callable[[], Any]] = {
-    b"\x1f\x8b\x08": lambda: zlib.decompressobj(wbits=31),
-    b"\xfd7zXZ\x00": lambda: lzma.LZMADecompressor(format=lzma.FORMAT_XZ),
-    b"\x28\xb5\x2f\xfd": lambda: zstandard.ZstdDecompressor().decompressobj(),
-}
-
-
 def _embedded_payloads(image: bytes, tries: int = 4) -> Iterable[bytes]:
     # The magic bytes can also occur by chance; try the first few hits of each.
-    for magic, make in _PAYLOAD_MAGICS.items():
-        start = image.find(magic)
+    for kind in BOOT_COMPRESSIONS:
+        start = image.find(kind.magic)
         for _ in range(tries):
             if start < 0:
                 break
             try:
-                yield make().decompress(image[start:])
-            except (zlib.error, lzma.LZMAError, zstandard.ZstdError):
+                yield kind.decompressobj().decompress(image[start:])
+            except DECOMPRESSION_ERRORS:
                 pass
-            start = image.find(magic, start + 1)
+            start = image.find(kind.magic, start + 1)
 
 
 def _read_modules(files: list[tuple[str, Entry]], where: str) -> dict[str, Module]:
@@ -214,18 +204,18 @@ def read_module(path: str, data: bytes, *, where: str | None = None) -> Module:
     return Module(_module_name(name), path, data, depends, vermagic, tuple(info.get("alias", [])))
 
 
+_MODULE_SUFFIXES = ("xz", "zst", "gz")  # .ko.xz and the like, as kmod reads them
+
+
 def _decompress_module(path: str, data: bytes, where: str) -> tuple[bytes, str]:
+    stem, _, suffix = path.rpartition(".")
+    kind = by_suffix(suffix) if stem.endswith(".ko") and suffix in _MODULE_SUFFIXES else None
+    if kind is None:
+        return data, path
     try:
-        if path.endswith(".ko.xz"):
-            return lzma.decompress(data), path[: -len(".xz")]
-        if path.endswith(".ko.zst"):
-            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
-            return reader.read(), path[: -len(".zst")]
-        if path.endswith(".ko.gz"):
-            return gzip.decompress(data), path[: -len(".gz")]
-    except (lzma.LZMAError, zstandard.ZstdError, OSError, EOFError) as e:
+        return kind.open_reader(io.BytesIO(data)).read(), stem
+    except DECOMPRESSION_ERRORS as e:
         raise FormatError(f"{where}: cannot decompress: {e}") from e
-    return data, path
 
 
 def read_modinfo(data: bytes, *, where: str = "module") -> dict[str, list[str]]:

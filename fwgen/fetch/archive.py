@@ -5,21 +5,17 @@ Both yield `fwgen.rootfs.Entry` objects; nothing is written to the host.
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import io
-import lzma
 import tarfile
 import unicodedata
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import construct as c
-import zstandard
 
+from ..compression import ERRORS, ByteStream, by_suffix
 from ..errors import FormatError, LimitError, UserError, parse_error, quoted
 from ..rootfs import Entry, EntryType, normalize_path
 
@@ -78,7 +74,7 @@ MIB = 1 << 20
 # kernel packages unpack to a few hundred MiB.
 DEFAULT_PACKAGE_SIZE = 1024 * MIB
 _CHUNK = 1 << 20
-_DECOMPRESS_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error, zstandard.ZstdError, ValueError)
+_DECOMPRESS_ERRORS: tuple[type[Exception], ...] = (*ERRORS, ValueError)
 
 
 class UnpackBudget:
@@ -123,28 +119,17 @@ class UnpackBudget:
         return UnpackBudget(binding.limit - binding.used, binding.what)
 
 
-# What a decompressing reader is (gzip, lzma and bz2 files are buffered streams, not BinaryIO).
-ByteStream = BinaryIO | io.BufferedIOBase
-
-
 def open_decompressed(data: bytes, compression: str, source: str) -> ByteStream:
     """A stream of `data` decompressed by its suffix: "", "gz", "xz", "bz2", "zst".
 
     Nothing is decompressed until it is read: a reader bounds what it takes with a budget."""
     raw = io.BytesIO(data)
-    match compression:
-        case "":
-            return raw
-        case "gz":
-            return gzip.GzipFile(fileobj=raw, mode="rb")
-        case "xz" | "lzma":
-            return lzma.LZMAFile(raw)
-        case "bz2":
-            return bz2.BZ2File(raw)
-        case "zst":
-            # Streaming reader: zstd frames made by dpkg need not declare their size.
-            return zstandard.ZstdDecompressor().stream_reader(raw)
-    raise FormatError(f"{source}: unknown compression '{compression}'")
+    if not compression:
+        return raw
+    found = by_suffix(compression)
+    if found is None:
+        raise FormatError(f"{source}: unknown compression '{compression}'")
+    return found.open_reader(raw)
 
 
 def decompress(data: bytes, compression: str, source: str, budget: UnpackBudget | None = None) -> bytes:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
+from ..compression import GZIP
 from ..errors import FormatError, UserError
 
 if TYPE_CHECKING:
@@ -55,7 +56,6 @@ class Backend(Protocol):
     # file describes by its own control data, for files no index lists (`package_files`).
 
 
-GZIP_MAGIC = b"\x1f\x8b"
 HEAD_BYTES = 4096  # of the file itself
 INFLATED_BYTES = 512  # of a gzip file's decompressed stream: one whole tar header
 MAX_HEAD_INPUT = 1 << 16  # compressed bytes read at most to inflate that much
@@ -80,14 +80,14 @@ def read_head(path: Path) -> FileHead:
     """The FileHead of the file at `path`: every format check reads its file through this."""
     with open(path, "rb") as f:
         raw = f.read(HEAD_BYTES)
-        inflated = _inflate_head(raw, f) if raw[:2] == GZIP_MAGIC else b""
+        inflated = _inflate_head(raw, f) if GZIP.matches(raw) else b""
     return FileHead(raw, inflated)
 
 
 def head_of(blob: bytes) -> FileHead:
     """The FileHead of a file already in memory."""
     raw = blob[:HEAD_BYTES]
-    inflated = _inflate_head(raw, io.BytesIO(blob[HEAD_BYTES:])) if raw[:2] == GZIP_MAGIC else b""
+    inflated = _inflate_head(raw, io.BytesIO(blob[HEAD_BYTES:])) if GZIP.matches(raw) else b""
     return FileHead(raw, inflated)
 
 

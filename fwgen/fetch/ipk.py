@@ -25,6 +25,7 @@ from pathlib import Path
 from ..arch import Arch
 from ..board import Feed
 from ..cache import Cache
+from ..compression import GZIP
 from ..errors import FormatError, IntegrityError, UserError, quoted
 from ..progress import Progress
 from ..rootfs import Entry, EntryType
@@ -37,7 +38,7 @@ from .archive import (
     open_decompressed,
     read_tar_stream,
 )
-from .backend import GZIP_MAGIC, FileHead, feed_arch, register_backend
+from .backend import FileHead, feed_arch, register_backend
 from .package import AlternativesGroup, Package, Relation
 
 # OpenWrt's largest feed (packages) lists about 9,000 packages in under 8 MiB of Packages.
@@ -135,7 +136,7 @@ class VerifiedIndex:
 
 def verify_index(packages: bytes, signature: bytes, keys: dict[str, usign.UsignKey], name: str) -> VerifiedIndex:
     """Check `Packages.sig` over the uncompressed `Packages` (given plain or gzipped)."""
-    if packages[:2] == GZIP_MAGIC:
+    if GZIP.matches(packages):
         # Inflated before the signature can be checked: bounded, or a forged Packages.gz
         # fills memory before it is refused.
         limit = UnpackBudget(INDEX_SIZE, f"the index limit ({INDEX_SIZE >> 20} MiB)")
@@ -164,7 +165,7 @@ def split_ipk(blob: bytes, name: str, budget: UnpackBudget | None = None) -> Ipk
     if blob.startswith(AR_MAGIC):
         found = {m.name: blob[m.offset : m.offset + m.size] for m in list_ar_members(blob, name)}
         container = "ar"
-    elif blob[:2] == GZIP_MAGIC:
+    elif GZIP.matches(blob):
         found = _outer_tar_members(blob, name, (budget or UnpackBudget.default()).headroom())
         container = "tar.gz"
     else:

@@ -16,8 +16,6 @@ import os
 import posixpath
 import stat
 import tempfile
-import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -25,6 +23,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import zstandard
 from construct import Adapter, Bytes, ConstructError, OneOf, Padding, Struct, this
 
+from ..compression import BOOT_COMPRESSIONS, by_magic
+from ..compression import ERRORS as DECOMPRESSION_ERRORS
 from ..errors import FormatError, UserError, parse_error, quoted
 from ..rootfs import Entry, EntryType, RootFS
 
@@ -279,13 +279,6 @@ def read_initramfs(path: Path) -> list[CpioMember]:
     return _read_segments(path.read_bytes(), str(path), allow_compressed=True)
 
 
-_DECOMPRESSORS: dict[bytes, tuple[str, Callable[[], Any]]] = {
-    b"\x1f\x8b": ("gzip", lambda: zlib.decompressobj(wbits=31)),
-    b"\xfd7zXZ\x00": ("xz", lambda: lzma.LZMADecompressor(format=lzma.FORMAT_XZ)),
-    b"\x28\xb5\x2f\xfd": ("zstd", lambda: zstandard.ZstdDecompressor().decompressobj()),
-}
-
-
 def _read_segments(data: bytes, source: str, *, allow_compressed: bool) -> list[CpioMember]:
     members: list[CpioMember] = []
     offset = 0
@@ -297,14 +290,13 @@ def _read_segments(data: bytes, source: str, *, allow_compressed: bool) -> list[
             found, offset = _read_archive(data, offset, source)
             members += found
             continue
-        kind = next((k for k in _DECOMPRESSORS if data.startswith(k, offset)), None)
+        kind = by_magic(data, offset, among=BOOT_COMPRESSIONS)
         if kind is None or not allow_compressed:
             raise FormatError(f"{source}: offset 0x{offset:x}: not a newc cpio archive (magic {data[offset:offset + 6]!r})")
-        name, make = _DECOMPRESSORS[kind]
-        decompressor = make()
+        name, decompressor = kind.name, kind.decompressobj()
         try:
             inner = decompressor.decompress(data[offset:])
-        except (zlib.error, lzma.LZMAError, zstandard.ZstdError) as e:
+        except DECOMPRESSION_ERRORS as e:
             raise FormatError(f"{source}: offset 0x{offset:x}: bad {name} data: {e}") from e
         if not decompressor.eof:
             raise FormatError(f"{source}: offset 0x{offset:x}: {name} stream is truncated")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from construct import Bytes, Const, Int8ub, Int32ub, Struct
 
+from ..compression import GZIP
 from ..errors import PARSE_ERRORS, FormatError, UserError, parse_error
 from ..kernel import flatten_elf, is_elf
 
@@ -232,7 +233,7 @@ def kernel_payload(kernel: bytes, compression: str, *, where: str) -> tuple[byte
     if is_elf(kernel):
         flat = flatten_elf(kernel, where=where)
         kernel, load, entry = flat.data, flat.load, flat.entry
-    elif kernel[:2] == b"\x1f\x8b":
+    elif GZIP.matches(kernel):
         try:
             kernel = gzip.decompress(kernel)
         except (OSError, EOFError, zlib.error) as e:
