@@ -14,7 +14,6 @@ import fnmatch
 import hashlib
 import io
 import json
-import posixpath
 import tarfile
 import time
 from collections.abc import Sequence
@@ -25,7 +24,6 @@ from typing import Any
 from . import __version__
 from .audit import audit_rootfs
 from .board import Board
-from .bootloader import boots_through_uboot, write_flash, write_uboot_files, write_uimage
 from .busybox import DEFAULT_SOURCE, BusyboxSource, build_busybox, install_busybox
 from .cache import Cache
 from .compression import ZSTD
@@ -42,18 +40,12 @@ from .fetch import (
 )
 from .guest import (
     BOOT_CONF,
-    BOOT_INITRAMFS_PATHS,
     DATA_FS_TYPE,
     DATA_MOUNT,
     ROOT_MOUNT,
     disk_boot_conf,
     flash_boot_conf,
-    kernel_cmdline,
 )
-from .images.cpio import write_initramfs
-from .images.disk import Partition, write_disk_image
-from .images.sdcard import INITRAMFS_NAME, KERNEL_NAME, check_boot_size, config_txt, write_sdcard
-from .images.squashfs import write_squashfs
 from .kernel import (
     IMAGE_NAME,
     MODULE_TREE,
@@ -63,6 +55,7 @@ from .kernel import (
     load_kernel,
     resolve_modules,
 )
+from .outputs import MIB, outputs_of, write_outputs
 from .overlay import Layers, apply_layers, plan_layers
 from .policy import SpecialFile, apply_policy, find_special_files
 from .progress import QUIET, Progress
@@ -70,12 +63,7 @@ from .publish import create_staging, publish
 from .rootfs import Entry, EntryType, RootFS
 
 KERNEL_FILE = "kernel"
-INITRAMFS_FILE = "initramfs.cpio.gz"
-SQUASHFS_FILE = "rootfs.squashfs"
-DISK_FILE = "disk.img"
-SDCARD_FILE = "sdcard.img"
 MANIFEST_FILE = "manifest.json"
-MIB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -155,7 +143,7 @@ def build(
             fetch_kernel(ctx)
             build_board_busybox(ctx)
             assemble_rootfs(ctx)
-            take_boot_firmware(ctx)
+            prepare_outputs(ctx)
             audit_elf_files(ctx)
         select_kernel_modules(ctx)
         enforce_policy(ctx)
@@ -389,7 +377,7 @@ def write_boot_config(ctx: BuildContext) -> None:
         return
     # An SD card's (or a U-Boot disk's) first partition is the FAT boot partition: root and
     # data come after it.
-    first = 2 if "sdcard" in ctx.board.outputs or boots_through_uboot(ctx.board) else 1
+    first = 2 if any(output.boot_partition for output in outputs_of(ctx.board)) else 1
     data = disk.partition(first + 1) if disk.data_size else ""
     conf = disk_boot_conf(ctx.board.name, disk.partition(first), data)
     ctx.rootfs.add_file(BOOT_CONF, conf.encode(), 0o644, **generated)
@@ -424,6 +412,13 @@ def select_kernel_modules(ctx: BuildContext) -> None:
     install_modules(ctx.rootfs, ctx.kernel, ctx.modules, provenance=ctx.kernel.source)
 
 
+def prepare_outputs(ctx: BuildContext) -> None:
+    """Output-specific steps on the root filesystem, before the ELF audit."""
+    for output in outputs_of(ctx.board):
+        if output.prepare is not None:
+            output.prepare(ctx)
+
+
 def enforce_policy(ctx: BuildContext) -> None:
     """List the image's device nodes, setuid, setgid and world-writable paths; those a package
     brought are held against the board's `policy` (refused, warned about or allowed)."""
@@ -448,177 +443,17 @@ def _root_modules(board: Board) -> list[str]:
 
 def _has_disk_root(board: Board) -> bool:
     """The root is a squashfs partition on a disk (or an SD card), not the initramfs."""
-    return bool({"disk", "sdcard", "flash"} & set(board.outputs))
+    return any(output.root_on_disk for output in outputs_of(board))
 
 
 def write_images(ctx: BuildContext) -> None:
+    """The kernel, then each output of the board through the output table."""
     assert ctx.staging is not None and ctx.kernel is not None
     ctx.progress.step("writing images")
     kernel_path = ctx.staging / KERNEL_FILE
     kernel_path.write_bytes(ctx.kernel.image)
     ctx.outputs["kernel"] = kernel_path
-    if "sdcard" in ctx.board.outputs:
-        write_sdcard_image(ctx)
-    elif "disk" in ctx.board.outputs:
-        write_boot_initramfs(ctx)
-        write_disk(ctx)
-    elif "flash" in ctx.board.outputs:
-        write_flash_images(ctx)
-    else:
-        if "initramfs" in ctx.board.outputs:
-            path = ctx.staging / INITRAMFS_FILE
-            write_initramfs(ctx.rootfs, path, compression=ctx.compression, mtime=ctx.epoch)
-            ctx.outputs["initramfs"] = path
-            write_uboot_files(ctx)
-        if "squashfs" in ctx.board.outputs:
-            write_root_squashfs(ctx)
-    write_uimage(ctx)
-
-
-def write_flash_images(ctx: BuildContext) -> None:
-    """A router's flash: the uImage (kernel and boot initramfs) and the squashfs root in the
-    firmware partition; the squashfs file is kept only when asked for as an output."""
-    write_boot_initramfs(ctx)
-    squashfs = write_root_squashfs(ctx)
-    write_flash(ctx, squashfs)
-    if "squashfs" not in ctx.board.outputs:
-        squashfs.unlink()
-
-
-def write_root_squashfs(ctx: BuildContext) -> Path:
-    """The whole root filesystem as squashfs: an output of its own when the board asks for
-    one, else only the content of a disk's or SD card's root partition."""
-    assert ctx.staging is not None
-    path = ctx.staging / SQUASHFS_FILE
-    write_squashfs(ctx.rootfs, path, compression=ctx.compression, mtime=ctx.epoch, progress=ctx.progress)
-    if "squashfs" in ctx.board.outputs:
-        ctx.outputs["squashfs"] = path
-    return path
-
-
-def write_disk(ctx: BuildContext) -> None:
-    """The whole root filesystem as squashfs in partition 1, an empty data partition 2 that
-    /init formats on first boot. The squashfs file is kept only when asked for as an output.
-    A board booted through U-Boot gets a FAT boot partition first, with the FIT and boot.scr."""
-    assert ctx.staging is not None
-    disk = ctx.board.disk
-    squashfs = write_root_squashfs(ctx)
-    boot_files = write_uboot_files(ctx)
-    if boot_files:
-        write_boot_partition_disk(ctx, boot_files, squashfs)
-        return
-    root_size = _round_up(squashfs.stat().st_size + disk.root_slack * MIB, MIB)
-    partitions = [Partition("root", 0x83, squashfs, root_size)]
-    if disk.data_size:
-        partitions.append(Partition("data", 0x83, None, disk.data_size * MIB))
-    path = ctx.staging / DISK_FILE
-    write_disk_image(path, partitions, progress=ctx.progress)
-    ctx.outputs["disk"] = path
-    if "squashfs" not in ctx.board.outputs:
-        squashfs.unlink()
-    ctx.progress.info(f"disk {path.stat().st_size // MIB} MiB: root {root_size // MIB} MiB, data {disk.data_size} MiB")
-
-
-def write_boot_partition_disk(ctx: BuildContext, boot_files: dict[str, bytes], squashfs: Path) -> None:
-    """FAT32 boot partition, squashfs root, data partition: the SD card's layout (a power of
-    two in size), which suits a virtio disk as well."""
-    assert ctx.staging is not None
-    boot_size = ctx.board.uboot.boot_size
-    check_boot_size(boot_size, boot_files, "uboot.boot_size")
-    path = ctx.staging / DISK_FILE
-    size = write_sdcard(path, boot_files=boot_files, root=squashfs, boot_size=boot_size * MIB,
-                        data_size=ctx.board.disk.data_size * MIB, mtime=ctx.epoch, progress=ctx.progress)
-    ctx.outputs["disk"] = path
-    if "squashfs" not in ctx.board.outputs:
-        squashfs.unlink()
-    ctx.progress.info(f"disk {size // MIB} MiB: boot {boot_size} MiB ({', '.join(boot_files)}), root, "
-                      f"data {ctx.board.disk.data_size} MiB")
-
-
-def write_sdcard_image(ctx: BuildContext) -> None:
-    """The Raspberry Pi SD card: the boot firmware moves out of the root filesystem into the
-    FAT boot partition, with config.txt, cmdline.txt, kernel, DTB and boot initramfs; then
-    the squashfs root and the data partition."""
-    assert ctx.staging is not None and ctx.kernel is not None
-    board, spec = ctx.board, ctx.board.sdcard
-    boot_files = dict(ctx.boot_firmware)
-    squashfs = write_root_squashfs(ctx)
-    write_boot_initramfs(ctx)
-    boot_files[KERNEL_NAME] = ctx.kernel.image
-    boot_files[INITRAMFS_NAME] = ctx.outputs["initramfs"].read_bytes()
-    if spec.dtb:
-        boot_files[spec.dtb] = _read_dtb(ctx, spec.dtb)
-    boot_files["config.txt"] = config_txt(board.name, dtb=spec.dtb, extra=spec.config).encode()
-    boot_files["cmdline.txt"] = kernel_cmdline(board.kernel.cmdline).encode() + b"\n"
-    check_boot_size(spec.boot_size, boot_files, "sdcard.boot_size")
-    path = ctx.staging / SDCARD_FILE
-    size = write_sdcard(path, boot_files=boot_files, root=squashfs, boot_size=spec.boot_size * MIB,
-                        data_size=board.disk.data_size * MIB, mtime=ctx.epoch, progress=ctx.progress)
-    ctx.outputs["sdcard"] = path
-    if "squashfs" not in board.outputs:
-        squashfs.unlink()
-    ctx.progress.info(f"sdcard {size // MIB} MiB: boot {spec.boot_size} MiB ({len(boot_files)} files), "
-                      f"root {squashfs.name if squashfs.exists() else 'squashfs'}")
-
-
-def take_boot_firmware(ctx: BuildContext) -> None:
-    """An SD-card board's boot firmware (VideoCore code, not the board's CPU's) moves out of
-    the root filesystem, before the ELF audit, into the files of the FAT boot partition."""
-    if "sdcard" not in ctx.board.outputs:
-        return
-    spec = ctx.board.sdcard
-    files = {}
-    for name in spec.firmware:
-        entry = ctx.rootfs.resolve(f"{spec.firmware_dir}/{name}")
-        if entry is None or entry.type is not EntryType.FILE:
-            raise UserError(f"{ctx.board.source}: sdcard firmware {spec.firmware_dir}/{name} is in no package",
-                            "add the firmware package (raspi-firmware) to packages and nodeps")
-        files[name] = entry.data
-    ctx.rootfs.remove(spec.firmware_dir)
-    ctx.boot_firmware = files
-    ctx.progress.info(f"boot firmware: {', '.join(files)} from {spec.firmware_dir}")
-
-
-def _read_dtb(ctx: BuildContext, name: str) -> bytes:
-    """The DTB from the kernel package: /usr/lib/linux-image-<release>/ (Debian) or /boot/dtbs/."""
-    assert ctx.kernel is not None
-    places = (f"/usr/lib/linux-image-{ctx.kernel.release}/", "/boot/dtbs/", "/boot/")
-    for entry in ctx.kernel_entries:
-        if entry.type is EntryType.FILE and entry.path.startswith(places) and entry.path.endswith("/" + name):
-            return entry.data
-    raise UserError(f"{ctx.board.source}: sdcard.dtb {name} is not in the kernel package",
-                    f"looked in {', '.join(places)}")
-
-
-def write_boot_initramfs(ctx: BuildContext) -> None:
-    """The initramfs of a disk board holds only what /init needs: BusyBox, the boot
-    modules, /init and its configuration."""
-    assert ctx.staging is not None and ctx.kernel is not None
-    wanted = set(BOOT_INITRAMFS_PATHS)
-    wanted.update(f"/lib/modules/{ctx.kernel.release}/{m.path}" for m in ctx.modules)
-    busybox = ctx.rootfs.get("/bin/busybox")
-    wanted.update(e.path for e in ctx.rootfs
-                  if e.type is EntryType.SYMLINK and ctx.rootfs.resolve(e.path) is busybox)
-    wanted.update(parent for path in list(wanted) for parent in _parents(path))
-    boot = RootFS()
-    for entry in ctx.rootfs:  # parents come first, so they keep their modes and owners
-        if entry.path in wanted:
-            boot.add(entry)
-    path = ctx.staging / INITRAMFS_FILE
-    write_initramfs(boot, path, compression=ctx.compression, mtime=ctx.epoch)
-    ctx.outputs["initramfs"] = path
-
-
-def _parents(path: str) -> list[str]:
-    parents = []
-    while path != "/":
-        path = posixpath.dirname(path)
-        parents.append(path)
-    return parents
-
-
-def _round_up(value: int, unit: int) -> int:
-    return -(-value // unit) * unit
+    write_outputs(ctx)
 
 
 def write_manifest(ctx: BuildContext) -> dict:

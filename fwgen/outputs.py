@@ -1,0 +1,426 @@
+"""The output table: each image fwgen can write is one entry saying what its writer also
+writes, how it prepares the root filesystem, where /init finds the root, and how the result
+boots under QEMU (its BootSpec). build.py and boot.py walk the table; a new output adds an
+entry (and its writer under images/), never an `if output == ...` elsewhere.
+
+The writers take the build's context (build.BuildContext, imported for types only: build
+imports this module); the boot specs take the board, the build folder and its manifest.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .bootloader import (
+    FIRMWARE_OUTPUT,
+    FLASH_OUTPUT,
+    UBOOT_OUTPUT,
+    UIMAGE_OUTPUT,
+    write_flash,
+    write_uboot_files,
+    write_uimage,
+)
+from .dtb import DeviceTree, apply_fixups
+from .errors import UserError
+from .guest import BOOT_INITRAMFS_PATHS, READY_MARKER, kernel_cmdline
+from .images.cpio import write_initramfs
+from .images.disk import Partition, write_disk_image
+from .images.sdcard import (
+    INITRAMFS_NAME,
+    KERNEL_NAME,
+    check_boot_size,
+    config_txt,
+    read_boot_files,
+    write_sdcard,
+)
+from .images.squashfs import write_squashfs
+from .publish import set_file_mode
+from .qemu import BootSpec
+from .rootfs import EntryType, RootFS
+
+if TYPE_CHECKING:
+    from .board import Board
+    from .build import BuildContext
+
+INITRAMFS, SQUASHFS, DISK, SDCARD, FIT = "initramfs", "squashfs", "disk", "sdcard", "fit"
+INITRAMFS_FILE = "initramfs.cpio.gz"
+SQUASHFS_FILE = "rootfs.squashfs"
+DISK_FILE = "disk.img"
+SDCARD_FILE = "sdcard.img"
+MIB = 1 << 20
+# The board's disk as the emulated board has written it, beside the console log: the built
+# image stays as the manifest describes it, and a rebuild (which replaces the output folder)
+# starts from a fresh copy.
+BOOT_DISK = "boot/disk.img"
+BOOT_SDCARD = "boot/sdcard.img"
+# A router's flash as the emulated board has written it: the part the machine maps as its boot
+# flash, and the firmware partition (Linux's root and overlay).
+BOOT_FLASH, BOOT_FIRMWARE = "boot/flash-bios.img", "boot/firmware.bin"
+# What the Raspberry Pi firmware would have loaded, read out of the SD card's FAT partition.
+FROM_SDCARD = "boot/from-sdcard"
+
+# boot_spec(board, build folder, manifest, fresh): the QEMU invocation for a built board.
+BootSpecFor = Callable[["Board", Path, dict, bool], BootSpec]
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str
+    # Writes the output's files into ctx.staging and records them in ctx.outputs; None when
+    # another output's writer always writes it (the FIT goes with a disk or an initramfs).
+    write: Callable[[BuildContext], None] | None
+    # How the built result boots; None when QEMU cannot boot it (a squashfs alone).
+    boot_spec: BootSpecFor | None = None
+    # Outputs this one's writer writes too (its boot initramfs, the squashfs of its root
+    # partition, the FIT on its boot partition) or stands in for (an SD card is the disk).
+    covers: tuple[str, ...] = ()
+    # The root is a squashfs partition /init mounts (a disk, an SD card, the firmware partition).
+    root_on_disk: bool = False
+    # The disk's first partition is a FAT boot partition: root and data come after it.
+    boot_partition: bool = False
+    # A step on the root filesystem before the ELF audit (an SD card's firmware moves out).
+    prepare: Callable[[BuildContext], None] | None = None
+
+
+def outputs_of(board: Board) -> list[Output]:
+    """The board's outputs as table entries, in the table's order."""
+    return [output for output in OUTPUTS if output.name in board.outputs]
+
+
+def write_outputs(ctx: BuildContext) -> None:
+    """Each output the board asks for, unless an earlier one's writer wrote it already."""
+    written: set[str] = set()
+    for output in outputs_of(ctx.board):
+        if output.write is not None and output.name not in written:
+            output.write(ctx)
+            written.update((output.name, *output.covers))
+
+
+def boot_spec(board: Board, outdir: Path, manifest: dict, *, fresh: bool) -> BootSpec | None:
+    """The first built output (in table order) that boots; None when none does."""
+    for output in OUTPUTS:
+        if output.name in manifest["outputs"] and output.boot_spec is not None:
+            return output.boot_spec(board, outdir, manifest, fresh)
+    return None
+
+
+def write_full_initramfs(ctx: BuildContext) -> None:
+    """The whole root filesystem as the initramfs, and the FIT holding it when asked for."""
+    assert ctx.staging is not None
+    path = ctx.staging / INITRAMFS_FILE
+    write_initramfs(ctx.rootfs, path, compression=ctx.compression, mtime=ctx.epoch)
+    ctx.outputs[INITRAMFS] = path
+    write_uboot_files(ctx)
+
+
+def write_disk_output(ctx: BuildContext) -> None:
+    write_boot_initramfs(ctx)
+    write_disk(ctx)
+
+
+def write_squashfs_output(ctx: BuildContext) -> None:
+    write_root_squashfs(ctx)
+
+
+def write_uimage_output(ctx: BuildContext) -> None:
+    write_uimage(ctx)
+
+
+def write_flash_images(ctx: BuildContext) -> None:
+    """A router's flash: the uImage (kernel and boot initramfs) and the squashfs root in the
+    firmware partition; the squashfs file is kept only when asked for as an output."""
+    write_boot_initramfs(ctx)
+    squashfs = write_root_squashfs(ctx)
+    write_flash(ctx, squashfs)
+    _drop_unless_asked(ctx, squashfs)
+
+
+def write_root_squashfs(ctx: BuildContext) -> Path:
+    """The whole root filesystem as squashfs: an output of its own when the board asks for
+    one, else only the content of a disk's or SD card's root partition."""
+    assert ctx.staging is not None
+    path = ctx.staging / SQUASHFS_FILE
+    write_squashfs(ctx.rootfs, path, compression=ctx.compression, mtime=ctx.epoch, progress=ctx.progress)
+    if SQUASHFS in ctx.board.outputs:
+        ctx.outputs[SQUASHFS] = path
+    return path
+
+
+def write_disk(ctx: BuildContext) -> None:
+    """The whole root filesystem as squashfs in partition 1, an empty data partition 2 that
+    /init formats on first boot. The squashfs file is kept only when asked for as an output.
+    A board booted through U-Boot gets a FAT boot partition first, with the FIT and boot.scr."""
+    assert ctx.staging is not None
+    disk = ctx.board.disk
+    squashfs = write_root_squashfs(ctx)
+    boot_files = write_uboot_files(ctx)
+    if boot_files:
+        write_boot_partition_disk(ctx, boot_files, squashfs)
+        return
+    root_size = _round_up(squashfs.stat().st_size + disk.root_slack * MIB, MIB)
+    partitions = [Partition("root", 0x83, squashfs, root_size)]
+    if disk.data_size:
+        partitions.append(Partition("data", 0x83, None, disk.data_size * MIB))
+    path = ctx.staging / DISK_FILE
+    write_disk_image(path, partitions, progress=ctx.progress)
+    ctx.outputs[DISK] = path
+    _drop_unless_asked(ctx, squashfs)
+    ctx.progress.info(f"disk {path.stat().st_size // MIB} MiB: root {root_size // MIB} MiB, data {disk.data_size} MiB")
+
+
+def write_boot_partition_disk(ctx: BuildContext, boot_files: dict[str, bytes], squashfs: Path) -> None:
+    """FAT32 boot partition, squashfs root, data partition: the SD card's layout (a power of
+    two in size), which suits a virtio disk as well."""
+    assert ctx.staging is not None
+    boot_size = ctx.board.uboot.boot_size
+    check_boot_size(boot_size, boot_files, "uboot.boot_size")
+    path = ctx.staging / DISK_FILE
+    size = write_sdcard(path, boot_files=boot_files, root=squashfs, boot_size=boot_size * MIB,
+                        data_size=ctx.board.disk.data_size * MIB, mtime=ctx.epoch, progress=ctx.progress)
+    ctx.outputs[DISK] = path
+    _drop_unless_asked(ctx, squashfs)
+    ctx.progress.info(f"disk {size // MIB} MiB: boot {boot_size} MiB ({', '.join(boot_files)}), root, "
+                      f"data {ctx.board.disk.data_size} MiB")
+
+
+def write_sdcard_image(ctx: BuildContext) -> None:
+    """The Raspberry Pi SD card: the boot firmware moves out of the root filesystem into the
+    FAT boot partition, with config.txt, cmdline.txt, kernel, DTB and boot initramfs; then
+    the squashfs root and the data partition."""
+    assert ctx.staging is not None and ctx.kernel is not None
+    board, spec = ctx.board, ctx.board.sdcard
+    boot_files = dict(ctx.boot_firmware)
+    squashfs = write_root_squashfs(ctx)
+    write_boot_initramfs(ctx)
+    boot_files[KERNEL_NAME] = ctx.kernel.image
+    boot_files[INITRAMFS_NAME] = ctx.outputs[INITRAMFS].read_bytes()
+    if spec.dtb:
+        boot_files[spec.dtb] = _read_dtb(ctx, spec.dtb)
+    boot_files["config.txt"] = config_txt(board.name, dtb=spec.dtb, extra=spec.config).encode()
+    boot_files["cmdline.txt"] = kernel_cmdline(board.kernel.cmdline).encode() + b"\n"
+    check_boot_size(spec.boot_size, boot_files, "sdcard.boot_size")
+    path = ctx.staging / SDCARD_FILE
+    size = write_sdcard(path, boot_files=boot_files, root=squashfs, boot_size=spec.boot_size * MIB,
+                        data_size=board.disk.data_size * MIB, mtime=ctx.epoch, progress=ctx.progress)
+    ctx.outputs[SDCARD] = path
+    _drop_unless_asked(ctx, squashfs)
+    ctx.progress.info(f"sdcard {size // MIB} MiB: boot {spec.boot_size} MiB ({len(boot_files)} files), "
+                      f"root {squashfs.name if squashfs.exists() else 'squashfs'}")
+
+
+def take_boot_firmware(ctx: BuildContext) -> None:
+    """An SD-card board's boot firmware (VideoCore code, not the board's CPU's) moves out of
+    the root filesystem, before the ELF audit, into the files of the FAT boot partition."""
+    spec = ctx.board.sdcard
+    files = {}
+    for name in spec.firmware:
+        entry = ctx.rootfs.resolve(f"{spec.firmware_dir}/{name}")
+        if entry is None or entry.type is not EntryType.FILE:
+            raise UserError(f"{ctx.board.source}: sdcard firmware {spec.firmware_dir}/{name} is in no package",
+                            "add the firmware package (raspi-firmware) to packages and nodeps")
+        files[name] = entry.data
+    ctx.rootfs.remove(spec.firmware_dir)
+    ctx.boot_firmware = files
+    ctx.progress.info(f"boot firmware: {', '.join(files)} from {spec.firmware_dir}")
+
+
+def _read_dtb(ctx: BuildContext, name: str) -> bytes:
+    """The DTB from the kernel package: /usr/lib/linux-image-<release>/ (Debian) or /boot/dtbs/."""
+    assert ctx.kernel is not None
+    places = (f"/usr/lib/linux-image-{ctx.kernel.release}/", "/boot/dtbs/", "/boot/")
+    for entry in ctx.kernel_entries:
+        if entry.type is EntryType.FILE and entry.path.startswith(places) and entry.path.endswith("/" + name):
+            return entry.data
+    raise UserError(f"{ctx.board.source}: sdcard.dtb {name} is not in the kernel package",
+                    f"looked in {', '.join(places)}")
+
+
+def write_boot_initramfs(ctx: BuildContext) -> None:
+    """The initramfs of a disk board holds only what /init needs: BusyBox, the boot
+    modules, /init and its configuration."""
+    assert ctx.staging is not None and ctx.kernel is not None
+    wanted = set(BOOT_INITRAMFS_PATHS)
+    wanted.update(f"/lib/modules/{ctx.kernel.release}/{m.path}" for m in ctx.modules)
+    busybox = ctx.rootfs.get("/bin/busybox")
+    wanted.update(e.path for e in ctx.rootfs
+                  if e.type is EntryType.SYMLINK and ctx.rootfs.resolve(e.path) is busybox)
+    wanted.update(parent for path in list(wanted) for parent in _parents(path))
+    boot = RootFS()
+    for entry in ctx.rootfs:  # parents come first, so they keep their modes and owners
+        if entry.path in wanted:
+            boot.add(entry)
+    path = ctx.staging / INITRAMFS_FILE
+    write_initramfs(boot, path, compression=ctx.compression, mtime=ctx.epoch)
+    ctx.outputs[INITRAMFS] = path
+
+
+def _parents(path: str) -> list[str]:
+    parents = []
+    while path != "/":
+        path = posixpath.dirname(path)
+        parents.append(path)
+    return parents
+
+
+def _round_up(value: int, unit: int) -> int:
+    return -(-value // unit) * unit
+
+
+
+
+def _drop_unless_asked(ctx: BuildContext, squashfs: Path) -> None:
+    """The squashfs of a root partition is kept as a file only when asked for as an output."""
+    if SQUASHFS not in ctx.board.outputs:
+        squashfs.unlink()
+
+
+def kernel_boot_spec(board: Board, outdir: Path, manifest: dict, fresh: bool) -> BootSpec:
+    """QEMU starts the kernel with the initramfs (-kernel, -initrd); a disk board's boot
+    initramfs mounts the root from a writable copy of the disk (see prepare_boot_disk)."""
+    assert board.qemu is not None
+    outputs = manifest["outputs"]
+    initrd = outdir / outputs[INITRAMFS]["file"] if INITRAMFS in outputs else None
+    drives: tuple[Path, ...] = ()
+    if DISK in outputs:
+        drives = (prepare_boot_disk(outdir / outputs[DISK]["file"], outdir / BOOT_DISK, fresh=fresh),)
+    return BootSpec(
+        profile=board.qemu.profile,
+        kernel=outdir / outputs["kernel"]["file"],
+        initrd=initrd,
+        append=kernel_cmdline(board.kernel.cmdline),
+        memory=board.qemu.memory,
+        forward=board.qemu.forward,
+        drives=drives,
+        persistent=True,
+        ready_marker=READY_MARKER,
+        ready_timeout=board.qemu.timeout,
+    )
+
+
+def uboot_boot_spec(board: Board, outdir: Path, manifest: dict, fresh: bool) -> BootSpec:
+    """Boot through U-Boot as the board would: QEMU starts u-boot.bin, whose distro boot finds
+    boot.scr on the disk's FAT partition, loads the FIT, checks its hashes and starts Linux."""
+    assert board.qemu is not None
+    outputs = manifest["outputs"]
+    if DISK not in outputs:
+        raise UserError(f"{board.source}: output fit without disk: U-Boot has no disk to load the FIT from",
+                        "add disk to outputs")
+    disk = prepare_boot_disk(outdir / outputs[DISK]["file"], outdir / BOOT_DISK, fresh=fresh)
+    return _bios_boot_spec(board, outdir / outputs[UBOOT_OUTPUT]["file"], disk)
+
+
+def _bios_boot_spec(board: Board, bios: Path, drive: Path, **bootloader) -> BootSpec:
+    """A bootloader started as -bios with the board's writable drive and its QEMU settings."""
+    assert board.qemu is not None
+    return BootSpec(profile=board.qemu.profile, kernel=None, bios=bios, memory=board.qemu.memory,
+                    forward=board.qemu.forward, drives=(drive,), persistent=True, ready_marker=READY_MARKER,
+                    ready_timeout=board.qemu.timeout, **bootloader)
+
+
+def flash_boot_spec(board: Board, outdir: Path, manifest: dict, fresh: bool) -> BootSpec:
+    """Boot a router as a test lab does: U-Boot starts from the part of the flash image the
+    machine maps as its boot flash (the profile's bios_size), fwgen types the board's U-Boot
+    commands at its prompt (the uImage comes over TFTP from the build folder), and Linux finds
+    its squashfs root and overlay in the firmware partition, attached as a virtio disk."""
+    assert board.qemu is not None
+    profile, outputs = board.qemu.profile, manifest["outputs"]
+    if not profile.bios_size:
+        raise UserError(f"{profile.source or profile.name}: a flash board's profile needs bios_size "
+                        "(the bytes of the flash the machine maps)")
+    bios = outdir / BOOT_FLASH
+    if fresh or not bios.exists():
+        bios.parent.mkdir(parents=True, exist_ok=True)
+        with open(outdir / outputs[FLASH_OUTPUT]["file"], "rb") as f:
+            _write_file(bios, f.read(profile.bios_size))
+    firmware = prepare_boot_disk(outdir / outputs[FIRMWARE_OUTPUT]["file"], outdir / BOOT_FIRMWARE, fresh=fresh)
+    return _bios_boot_spec(board, bios, firmware, bootloader_prompt=board.uboot.prompt,
+                           bootloader_commands=tuple(manifest["flash"]["console_commands"]), tftp=outdir)
+
+
+def sdcard_boot_spec(board: Board, outdir: Path, manifest: dict, fresh: bool) -> BootSpec:
+    """Boot an SD-card board as its firmware would: kernel, initramfs, DTB and command line
+    come out of the card's FAT partition (config.txt says which files), not from the build
+    folder. The profile's DTB fix-ups change a copy, for emulation only."""
+    assert board.qemu is not None
+    card = prepare_boot_disk(outdir / manifest["outputs"][SDCARD]["file"], outdir / BOOT_SDCARD, fresh=fresh)
+    files = read_boot_files(card)
+    folder = outdir / FROM_SDCARD
+    folder.mkdir(parents=True, exist_ok=True)
+    kernel = _write_file(folder / "kernel.img", files.kernel)
+    initrd = _write_file(folder / "initramfs", files.initramfs) if files.initramfs else None
+    dtb = None
+    if files.dtb is not None:
+        tree = DeviceTree.parse(files.dtb, where=f"{card}: {files.dtb_name}")
+        apply_fixups(tree, board.qemu.profile.dtb_fixups)
+        dtb = _write_file(folder / (files.dtb_name or "board.dtb"), tree.to_bytes())
+    return BootSpec(
+        profile=board.qemu.profile,
+        kernel=kernel,
+        initrd=initrd,
+        dtb=dtb,
+        append=files.cmdline,
+        memory=board.qemu.memory,
+        forward=board.qemu.forward,
+        sd_card=card,
+        persistent=True,
+        ready_marker=READY_MARKER,
+        ready_timeout=board.qemu.timeout,
+    )
+
+
+def _write_file(path: Path, data: bytes) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    set_file_mode(Path(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def prepare_boot_disk(built: Path, disk: Path, *, fresh: bool = False) -> Path:
+    """Copy the built disk image to `disk` unless a copy is there already (or `fresh`).
+
+    The copy is sparse (runs of zeros, such as the unformatted data partition, are skipped)
+    and appears atomically."""
+    if disk.exists() and not fresh:
+        return disk
+    disk.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=disk.parent, prefix=f".{disk.name}.", suffix=".tmp")
+    try:
+        with open(built, "rb") as src, os.fdopen(fd, "wb") as dst:
+            for chunk in iter(lambda: src.read(64 << 10), b""):
+                if chunk.count(0) == len(chunk):
+                    dst.seek(len(chunk), os.SEEK_CUR)
+                else:
+                    dst.write(chunk)
+            dst.truncate()
+        set_file_mode(Path(tmp))
+        os.replace(tmp, disk)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return disk
+
+
+# In order of precedence: the first bootable output a build has is how it boots, and an
+# output an earlier writer covers is not written again.
+OUTPUTS = (
+    Output(SDCARD, write_sdcard_image, sdcard_boot_spec, covers=(DISK, INITRAMFS, SQUASHFS),
+           root_on_disk=True, boot_partition=True, prepare=take_boot_firmware),
+    Output(FLASH_OUTPUT, write_flash_images, flash_boot_spec, covers=(INITRAMFS, SQUASHFS, UIMAGE_OUTPUT),
+           root_on_disk=True),
+    Output(FIT, None, uboot_boot_spec, boot_partition=True),
+    Output(DISK, write_disk_output, kernel_boot_spec, covers=(INITRAMFS, SQUASHFS, FIT), root_on_disk=True),
+    Output(INITRAMFS, write_full_initramfs, kernel_boot_spec, covers=(FIT,)),
+    Output(SQUASHFS, write_squashfs_output),
+    Output(UIMAGE_OUTPUT, write_uimage_output),
+)
+# A squashfs output alone is a root for flashing: the kernel has nothing to mount it from.
+# The FIT boots only beside a disk or an initramfs, which is what a board names.
+BOOTABLE_OUTPUTS = frozenset(o.name for o in OUTPUTS if o.boot_spec is not None and o.write is not None)
