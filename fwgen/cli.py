@@ -509,7 +509,13 @@ def inspect(image, extract_path, key, as_json):
     --key, a FIT's signatures too), or list
     the partitions of a flash image (flash.img, firmware.bin) and the images inside them."""
     from .images.flash import describe_flash, load_layout, scanned_layout
-    from .images.inspect import describe_boot_image, format_boot_image, list_image, read_image_file
+    from .images.inspect import (
+        describe_boot_image,
+        format_boot_image,
+        is_squashfs,
+        list_image,
+        read_image_file,
+    )
 
     if extract_path:
         sys.stdout.buffer.write(read_image_file(image, extract_path))
@@ -531,6 +537,8 @@ def inspect(image, extract_path, key, as_json):
     try:
         kind, rows = list_image(image)
     except FormatError:
+        if is_squashfs(image):
+            raise  # a damaged squashfs, not a flash dump that happens to start with one
         # Neither filesystem: a flash dump, if images sit on its erase-block boundaries.
         layout = scanned_layout(image.stat().st_size)
         found = describe_flash(image.read_bytes(), layout)

@@ -226,13 +226,14 @@ def test_build_with_a_disk_filling_up_mid_image_is_one_error_and_leaves_nothing(
     """A fault point in the initramfs writer: half the image written, then ENOSPC (as write(2)
     reports it, without a file name). The library raises StorageError (the CLI's one line)."""
     from fwgen import build as build_module
+    from fwgen import outputs as outputs_module
     from fwgen.config import load_board
 
     def fill_up(rootfs, path, **kw):
         path.write_bytes(b"\0" * 4096)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(build_module, "write_initramfs", fill_up)
+    monkeypatch.setattr(outputs_module, "write_initramfs", fill_up)
     out = tmp_path / "out"
     with pytest.raises(StorageError) as e:
         build_module.build(load_board("qemu-aarch64"), outdir=out / "qemu-aarch64", cache=Cache(cache_dir))

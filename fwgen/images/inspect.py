@@ -19,14 +19,14 @@ from .uimage import is_uimage, read_uimage
 SQUASHFS_MAGIC = b"hsqs"
 
 
-def _is_squashfs(path: Path) -> bool:
+def is_squashfs(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(4) == SQUASHFS_MAGIC
 
 
 def list_image(path: Path) -> tuple[str, list[dict]]:
     """(kind, rows): one row per entry with path, type, mode string, uid, gid, size, target."""
-    if _is_squashfs(path):
+    if is_squashfs(path):
         with read_squashfs(path) as image:
             rows = [_row(e.path, e.type, e.mode, e.uid, e.gid, e.size, e.target, e.rdev)
                     for e in image.entries()]
@@ -63,7 +63,7 @@ def read_image_file(path: Path, member: str) -> bytes:
         if is_fdt(f.read(4)):
             return read_fit(path.read_bytes(), where=str(path)).image(member).data
     wanted = "/" + member.strip("/")
-    if _is_squashfs(path):
+    if is_squashfs(path):
         with read_squashfs(path) as image:
             return image.read_file(wanted)
     for m in read_initramfs(path):
