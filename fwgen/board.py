@@ -103,6 +103,18 @@ class UbootSpec:
 
 
 @dataclass(frozen=True)
+class UpdateSpec:
+    """Firmware updates (the board's `update:`): how many slots, which keys the device trusts
+    for bundles, which hardware a bundle must name, and what makes a trial boot good."""
+
+    slots: str = "ab"  # "ab" or "single"
+    keys: tuple[Path, ...] = ()  # usign/signify public keys, absolute
+    compatible: tuple[str, ...] = ()  # never empty once loaded: the board's name by default
+    trials: int = 3
+    health: str | None = None  # None: every service of the board running
+
+
+@dataclass(frozen=True)
 class FlashPartition:
     """One partition of a router's flash. `content` says what the build puts there:
     bootloader (the U-Boot binary of `uboot`), environment (a U-Boot environment blob of
@@ -327,6 +339,8 @@ class Board:
     sdcard: SdcardSpec = field(default_factory=SdcardSpec)
     uboot: UbootSpec = field(default_factory=UbootSpec)
     flash: FlashSpec | None = None
+    version: str = "0"  # the firmware version
+    update: UpdateSpec | None = None  # None: the board has no updates
     qemu: QemuSpec | None = None
     checks: tuple[Check, ...] = ()
     limits: Limits = field(default_factory=Limits)

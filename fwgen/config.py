@@ -37,6 +37,7 @@ from .board import (
     QemuSpec,
     SdcardSpec,
     UbootSpec,
+    UpdateSpec,
 )
 from .document import (
     Document,
@@ -267,6 +268,8 @@ def load_board(
         sdcard=SdcardSpec(**dict(data["sdcard"], firmware=tuple(data["sdcard"]["firmware"]))),
         uboot=_build_uboot(doc, data["uboot"], path),
         flash=_build_flash(doc, data),
+        version=data["version"],
+        update=_build_update(doc, data, path),
         qemu=qemu,
         checks=(),  # rendered below, once the variables are known
         limits=_build_limits(data["limits"], data["outputs"], qemu),
@@ -308,6 +311,17 @@ def _build_uboot(doc: Document, uboot: dict, board: Path) -> UbootSpec:
         raise doc.error(("uboot", "commands"), "commands need the prompt U-Boot shows (uboot.prompt)")
     key = _relative_file(doc, ("uboot", "signing_key"), uboot.get("signing_key"), board)
     return UbootSpec(**dict(uboot, commands=tuple(uboot["commands"]), signing_key=key))
+
+
+def _build_update(doc: Document, data: dict, board: Path) -> UpdateSpec | None:
+    """The board's `update:`, its keys read relative to the board file."""
+    if "update" not in data:
+        return None
+    update = data["update"]
+    keys = tuple(_existing_file(doc, ("update", "keys", i), key, board) for i, key in enumerate(update["keys"]))
+    compatible = tuple(update.get("compatible") or [_board_name(doc, data, board)])
+    return UpdateSpec(slots=update["slots"], keys=keys, compatible=compatible, trials=update["trials"],
+                      health=update.get("health"))
 
 
 def _build_flash(doc: Document, data: dict) -> FlashSpec | None:
