@@ -326,6 +326,7 @@ class Board:
     busybox: BusyboxSpec = field(default_factory=BusyboxSpec)
     packages: tuple[str, ...] = ()  # installed with their dependencies
     package_feeds: dict[str, str] = field(default_factory=dict)  # package -> the feed it is pinned to
+    package_versions: dict[str, str] = field(default_factory=dict)  # package -> the exact version pinned
     exclude: tuple[str, ...] = ()  # never installed, even when something depends on them
     nodeps: tuple[str, ...] = ()  # installed without following their dependencies
     package_files: tuple[PackageFile, ...] = ()  # resolved as if the feeds of their format listed them

@@ -187,8 +187,8 @@ def fetch_board_packages(ctx: BuildContext) -> None:
     ctx.progress.step(f"resolving and fetching {len(names)} package(s) for {board.arch.value}")
     ctx.packages = fetch_packages(
         board.feeds, board.arch, names, exclude=board.exclude, nodeps=board.nodeps,
-        pins=board.package_feeds, files=board.package_files, provided=board.provides,
-        cache=ctx.cache, progress=ctx.progress,
+        pins=board.package_feeds, versions=board.package_versions, files=board.package_files,
+        provided=board.provides, cache=ctx.cache, progress=ctx.progress,
     )
 
 

@@ -254,8 +254,9 @@ def load_board(
         feeds=tuple(_build_feed(doc, i, feed, path) for i, feed in enumerate(data["feeds"])),
         kernel=_build_kernel(doc, data["kernel"], path),
         busybox=_build_busybox(doc, data["busybox"], path),
-        packages=tuple(p if isinstance(p, str) else p["name"] for p in data["packages"]),
+        packages=tuple(_package_name(p) for p in data["packages"]),
         package_feeds=_pinned_feeds(doc, data),
+        package_versions=_pinned_versions(data["packages"]),
         exclude=tuple(data["exclude"]),
         nodeps=tuple(data["nodeps"]),
         package_files=_build_package_files(doc, data["package_files"], path),
@@ -425,12 +426,27 @@ def _split_provided(item: str) -> tuple[str, str | None]:
     return name, version or None
 
 
+def _package_name(item: str | dict) -> str:
+    """A `packages` item's name: 'jq', 'jq=1.6-2.1' and {name: jq, ...} all name jq."""
+    return item.partition("=")[0] if isinstance(item, str) else item["name"]
+
+
+def _pinned_versions(items: list[str | dict]) -> dict[str, str]:
+    """`packages` items written 'name=version' or {name, version}: package name -> version."""
+    pinned = {}
+    for item in items:
+        name, _, version = item.partition("=") if isinstance(item, str) else (item["name"], "", item.get("version", ""))
+        if version:
+            pinned[name] = version
+    return pinned
+
+
 def _pinned_feeds(doc: Document, data: dict) -> dict[str, str]:
     """`packages` items written `{name, feed}`: package name -> feed name, checked."""
     feeds = [feed["name"] for feed in data["feeds"]]
     pinned: dict[str, str] = {}
     for i, item in enumerate(data["packages"]):
-        if isinstance(item, str):
+        if isinstance(item, str) or "feed" not in item:
             continue
         if item["feed"] not in feeds:
             raise doc.error(("packages", i, "feed"), f"unknown feed '{item['feed']}'",

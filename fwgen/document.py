@@ -330,6 +330,8 @@ def _plain_words(keyword: str, rule: Any, value: Any, schema: dict) -> str:
         return f"needs at least {rule} item{'s' if rule != 1 else ''}"
     if keyword == "pattern":
         return f"{_show(value)} is not {schema.get('x-pattern-help', f'matching {rule}')}"
+    if keyword == "anyOf" and "x-anyof-help" in schema:
+        return str(schema["x-anyof-help"])
     return f"{_show(value)}: {keyword} {rule!r} not satisfied"
 
 

@@ -106,6 +106,7 @@ def resolve_packages(
     exclude: Collection[str] = (),
     nodeps: Collection[str] = (),
     pins: Mapping[str, str] | None = None,
+    versions: Mapping[str, str] | None = None,
     files: Sequence[PackageFile] = (),
     provided: Mapping[str, str | None] | None = None,
     cache: Cache | None = None,
@@ -116,7 +117,8 @@ def resolve_packages(
     Feeds of several formats can be mixed. Each requested name comes from the first feed, in
     feed order, that has it (or from the feed `pins` names for it), and its dependencies are
     resolved among the feeds of that feed's format only: a Debian glibc binary is never
-    satisfied by an Alpine musl library. Indexes are loaded format by format, only as far as
+    satisfied by an Alpine musl library. `versions` pins packages to exact versions
+    (see `resolve`). Indexes are loaded format by format, only as far as
     needed to place every name. With one format, every name is resolved in it.
 
     For formats with `install_if` (Alpine), packages whose conditions the resolution meets
@@ -159,7 +161,7 @@ def resolve_packages(
         if placed:
             group_pins = {n: pins[n] for n in placed if n in pins}
             parts.append(_resolve_with_install_if(index, group[0].type, placed, exclude, nodeps, group_pins,
-                                                  provided or {}))
+                                                  provided or {}, versions or {}))
     if unplaced:
         raise ResolveError(f"cannot install {unplaced[0]}: no package {unplaced[0]} in "
                            f"{', '.join(f.name for f in feeds)}")
@@ -206,8 +208,10 @@ def _check_file_arches(files: Sequence[tuple[PackageFile, Package]], index: Pack
 def _resolve_with_install_if(
     index: PackageIndex, feed_type: str, names: list[str], exclude: Collection[str],
     nodeps: Collection[str], pins: Mapping[str, str], provided: Mapping[str, str | None],
+    versions: Mapping[str, str],
 ) -> Resolution:
-    resolution = resolve(index, names, exclude=exclude, nodeps=nodeps, pins=pins, provided=provided)
+    resolution = resolve(index, names, exclude=exclude, nodeps=nodeps, pins=pins, provided=provided,
+                         versions=versions)
     additions = getattr(get_backend(feed_type), "install_if_additions", None)
     if additions is None:
         return resolution
@@ -221,7 +225,8 @@ def _resolve_with_install_if(
         if not added:
             return resolution
         names = [*names, *added]
-        resolution = resolve(index, names, exclude=exclude, nodeps=nodeps, pins=pins, provided=provided)
+        resolution = resolve(index, names, exclude=exclude, nodeps=nodeps, pins=pins, provided=provided,
+                             versions=versions)
 
 
 @contextlib.contextmanager
@@ -271,6 +276,7 @@ def fetch_packages(
     exclude: Collection[str] = (),
     nodeps: Collection[str] = (),
     pins: Mapping[str, str] | None = None,
+    versions: Mapping[str, str] | None = None,
     files: Sequence[PackageFile] = (),
     provided: Mapping[str, str | None] | None = None,
     cache: Cache | None = None,
@@ -283,8 +289,8 @@ def fetch_packages(
     (dependencies first). `files` and `provided` as `resolve_packages` takes them."""
     cache = cache or Cache.default()
     resolution = resolve_packages(
-        feeds, arch, names, exclude=exclude, nodeps=nodeps, pins=pins, files=files, provided=provided,
-        cache=cache, progress=progress,
+        feeds, arch, names, exclude=exclude, nodeps=nodeps, pins=pins, versions=versions, files=files,
+        provided=provided, cache=cache, progress=progress,
     )
     return download_packages(resolution.packages, feeds=feeds, cache=cache, progress=progress, jobs=jobs)
 

@@ -63,6 +63,7 @@ def resolve(
     nodeps: Collection[str] = (),
     pins: Mapping[str, str] | None = None,
     provided: Mapping[str, str | None] | None = None,
+    versions: Mapping[str, str] | None = None,
 ) -> Resolution:
     """Resolve `names` and their dependencies over `index`.
 
@@ -76,17 +77,21 @@ def resolve(
     dependency before any package does, reported in `Resolution.provided`. As with a
     package's provides (Debian Policy 7.5), only a versioned one satisfies a versioned
     dependency.
+    `versions`: name -> the one version of that package that may be chosen, wherever it is
+    (requested or a dependency); equal as the format compares versions ("0:1.6-2" is "1.6-2").
     Raises ResolveError explaining the chain when no consistent choice exists.
     """
-    return _Resolver(index, frozenset(exclude), frozenset(nodeps), dict(pins or {}), dict(provided or {})).run(names)
+    return _Resolver(index, frozenset(exclude), frozenset(nodeps), dict(pins or {}), dict(provided or {}),
+                     dict(versions or {})).run(names)
 
 
 class _Resolver:
     def __init__(self, index: PackageIndex, exclude: frozenset[str], nodeps: frozenset[str],
-                 pins: dict[str, str], provided: dict[str, str | None]) -> None:
+                 pins: dict[str, str], provided: dict[str, str | None], versions: dict[str, str]) -> None:
         self.index = index
         self.pins = pins
         self.provided = provided
+        self.versions = versions
         self.exclude = _Names(exclude)
         self.nodeps = _Names(nodeps)
         self.state = _State()
@@ -182,7 +187,12 @@ class _Resolver:
                 provided.op == "=" and index.satisfies(provided.version or "", relation.op, relation.version or "")
             ):
                 found.append(provider)
+        found = [p for p in found if self._pinned_version_fits(p)]
         return found if feed is None else [p for p in found if p.feed == feed]
+
+    def _pinned_version_fits(self, package: Package) -> bool:
+        wanted = self.versions.get(package.name)
+        return wanted is None or self.index.compare(package.version, wanted) == 0
 
     def _arch_fits(self, package: Package, relation: Relation) -> bool:
         if package.arch not in (self.index.native_arch, self.index.neutral_arch):
@@ -247,9 +257,11 @@ class _Resolver:
             return f"{chosen.name} {chosen.version} is already chosen"
         if relation.name in self.exclude:
             return f"{relation.name} is excluded"
+        pinned = self.versions.get(relation.name)
+        if fitting and pinned is not None and not any(self._pinned_version_fits(p) for p in fitting):
+            return f"{relation.name} is pinned to {pinned} but {self._versions_text(fitting)}"
         if fitting:
-            versions = ", ".join(sorted({p.version for p in fitting}, key=cmp_to_key(index.compare)))
-            return f"{fitting[0].feed} has {versions}"
+            return self._versions_text(fitting)
         if same_name:
             arches = ", ".join(sorted({p.arch for p in same_name}))
             return f"{relation.name} exists only for {arches}"
@@ -261,6 +273,14 @@ class _Resolver:
                         "priority: name one in the board's packages")
             return f"no provider of {relation.name} satisfies {relation}"
         return f"no package {relation.name} in {self.feeds}"
+
+    def _versions_text(self, packages: list[Package]) -> str:
+        """"debian has 1.6-2.1" or "debian has 1.6-2.1, local has 1.7-1", oldest first per feed."""
+        feeds: dict[str, set[str]] = {}
+        for package in packages:
+            feeds.setdefault(package.feed, set()).add(package.version)
+        return ", ".join(f"{feed} has {', '.join(sorted(versions, key=cmp_to_key(self.index.compare)))}"
+                         for feed, versions in feeds.items())
 
     # -- ordering ---------------------------------------------------------------------------
     def _install_order(self, names: Sequence[str]) -> list[str]:
