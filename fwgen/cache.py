@@ -39,6 +39,7 @@ from pathlib import Path
 
 from .errors import FetchError, IntegrityError, writing
 from .progress import QUIET, Progress
+from .project import active_projects
 
 _CHUNK = 1 << 16
 _USER_AGENT = "fwgen/0.1 (+https://github.com/fwgen)"
@@ -77,8 +78,10 @@ class Cache:
 
     @classmethod
     def default(cls) -> Cache:
-        """The user's cache: $FWGEN_CACHE, else $XDG_CACHE_HOME/fwgen, else ~/.cache/fwgen."""
-        root = os.environ.get("FWGEN_CACHE")
+        """The user's cache: $FWGEN_CACHE, else the project's `[cache] dir` (fwgen.toml), else
+        $XDG_CACHE_HOME/fwgen, else ~/.cache/fwgen."""
+        root = os.environ.get("FWGEN_CACHE") or next(
+            (str(project.cache_dir) for project in active_projects() if project.cache_dir), None)
         if not root:
             base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
             root = os.path.join(base, "fwgen")

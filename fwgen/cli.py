@@ -88,8 +88,7 @@ def _progress(as_json: bool):
 def _cache():
     from .cache import Cache
 
-    root = os.environ.get("FWGEN_CACHE")
-    return Cache(Path(root)) if root else Cache.default()
+    return Cache.default()
 
 
 def _epoch() -> int | None:
@@ -122,9 +121,17 @@ qemu_dirs_option = click.option(
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 out_option = click.option(
-    "--out", "out_root", default="out", show_default=True, type=click.Path(path_type=Path, file_okay=False),
-    help="Outputs go to OUT/<board>/.",
+    "--out", "out_root", type=click.Path(path_type=Path, file_okay=False),
+    help="Outputs go to OUT/<board>/ (default: the project's `out` in fwgen.toml, else ./out).",
 )
+
+
+def _out_root(given: Path | None) -> Path:
+    from .project import active_projects
+
+    if given is not None:
+        return given
+    return next((project.out for project in active_projects() if project.out), Path("out"))
 
 
 def _load_board(board_name, boards_dirs, overlay_dirs, qemu_dirs):
@@ -283,7 +290,7 @@ def build(board_args, board_names, all_boards, jobs, junit_file, boards_dirs, ov
     from .progress import Progress
 
     names = _board_list(board_args, board_names, all_boards, boards_dirs)
-    cache, epoch = _cache(), _epoch()
+    cache, epoch, out_root = _cache(), _epoch(), _out_root(out_root)
 
     def work(board):
         progress = Progress(enabled=not as_json, prefix="" if len(names) == 1 else f"[{board.name}] ")
@@ -320,6 +327,7 @@ def boot(board_args, board_names, all_boards, jobs, junit_file, boards_dirs, ove
     from .progress import Progress
 
     names = _board_list(board_args, board_names, all_boards, boards_dirs)
+    out_root = _out_root(out_root)
     factor = timeout_factor or float(os.environ.get("FWGEN_TIMEOUT_FACTOR", "1"))
 
     def work(board):

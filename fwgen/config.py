@@ -63,6 +63,7 @@ from .overlay import (
     resolve_variables,
     variable_text,
 )
+from .project import active_projects
 
 # ---------------------------------------------------------------------------------------------
 # Folders
@@ -78,15 +79,19 @@ class TreeDirs:
 
 
 def default_dirs() -> TreeDirs:
-    """The in-tree boards/, qemu/ and overlays/ folders, where they exist."""
+    """Where boards, QEMU profiles and overlays are found when no flag names a folder: the
+    project's (fwgen.toml found from the working folder, then FWGEN_PATH's trees), then the
+    tree's own boards/, qemu/ and overlays/ where they exist."""
+    projects = active_projects()
     # In a checkout the package sits in <repo>/fwgen; an installed wheel has no such siblings.
     root = Path(fwgen.__file__).resolve().parents[1]
 
-    def existing(name: str) -> tuple[Path, ...]:
-        folder = root / name
-        return (folder,) if folder.is_dir() else ()
+    def folders(name: str) -> tuple[Path, ...]:
+        tree = root / name
+        return (*(folder for project in projects for folder in getattr(project, name)),
+                *((tree,) if tree.is_dir() else ()))
 
-    return TreeDirs(boards=existing("boards"), qemu=existing("qemu"), overlays=existing("overlays"))
+    return TreeDirs(boards=folders("boards"), qemu=folders("qemu"), overlays=folders("overlays"))
 
 
 def _unique(paths: Iterable[Path]) -> list[Path]:
