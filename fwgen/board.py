@@ -346,6 +346,7 @@ class Board:
     checks: tuple[Check, ...] = ()
     limits: Limits = field(default_factory=Limits)
     policy: Policy = field(default_factory=Policy)
+    inherits: tuple[Path, ...] = ()  # the board files it extends, nearest first
 
     @property
     def all_checks(self) -> tuple[Check, ...]:

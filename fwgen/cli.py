@@ -378,9 +378,11 @@ def boards(boards_dirs, as_json):
 @qemu_dirs_option
 @click.option("--files", "list_files", is_flag=True,
               help="List every path the overlays supply, with the layer that supplied it.")
+@click.option("--origins", is_flag=True,
+              help="Every setting the board file (and the boards it extends) gives, with its file:line.")
 @json_option
 @handle_errors
-def show(board_name, boards_dirs, overlay_dirs, qemu_dirs, list_files, as_json):
+def show(board_name, boards_dirs, overlay_dirs, qemu_dirs, list_files, origins, as_json):
     """Print the fully resolved board (YAML, or JSON with --json)."""
     from .config import board_to_dict
 
@@ -388,11 +390,26 @@ def show(board_name, boards_dirs, overlay_dirs, qemu_dirs, list_files, as_json):
     if list_files:
         _show_files(board, as_json)
         return
+    if origins:
+        _show_origins(board, boards_dirs, as_json)
+        return
     data = board_to_dict(board)
     if as_json:
         _emit_json(data)
     else:
         click.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
+
+
+def _show_origins(board, boards_dirs, as_json: bool) -> None:
+    from .config import board_origins
+
+    rows = board_origins(board.source, list(boards_dirs))
+    if as_json:
+        _emit_json([{"key": key, "value": value, "origin": origin} for key, value, origin in rows])
+        return
+    width = max((len(key) for key, _, _ in rows), default=3)
+    for key, value, origin in rows:
+        click.echo(f"{key:{width}}  {json.dumps(value, default=str):40}  {origin}")
 
 
 def _show_files(board, as_json: bool) -> None:

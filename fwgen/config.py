@@ -46,6 +46,7 @@ from .document import (
     did_you_mean,
     display_path,
     format_keypath,
+    inherit,
     load_schema,
     read_yaml,
     schema_regex,
@@ -170,8 +171,12 @@ def _peek_description(path: Path) -> str:
 
 
 def board_digest(board: Board) -> str:
-    """SHA-256 (hex) of the board file's bytes, for the manifest."""
-    return hashlib.sha256(board.source.read_bytes()).hexdigest()
+    """SHA-256 (hex) of the board file's bytes (and, for a board that extends others, of theirs
+    after it), for the manifest."""
+    digest = hashlib.sha256(board.source.read_bytes())
+    for parent in board.inherits:
+        digest.update(hashlib.sha256(parent.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +232,60 @@ def read_qemu_profile(path: Path) -> QemuProfile:
 # Boards
 
 
+def read_board_document(path: Path, boards_dirs: Sequence[Path] = (),
+                        _children: tuple[Path, ...] = ()) -> tuple[Document, tuple[Path, ...]]:
+    """A board file with what it `extends:` applied beneath it, and the files it inherits from
+    (nearest first). The parent is a board name (found as any board is) or a path relative to
+    the child; its own `name:` is never inherited."""
+    doc = read_yaml(display_path(path))
+    if not isinstance(doc.data, dict) or "extends" not in doc.data:
+        return doc, ()
+    parent_name = doc.data["extends"]
+    if not isinstance(parent_name, str) or not parent_name:
+        raise doc.error(("extends",), "extends names one board (a name or a path)")
+    parent_path = _parent_board(doc, parent_name, path, boards_dirs)
+    if parent_path in (path, *_children):
+        raise doc.error(("extends",), f"boards extend each other in a circle through {parent_name}")
+    parent, grandparents = read_board_document(parent_path, boards_dirs, (*_children, path))
+    child = dataclasses.replace(doc, data={k: v for k, v in doc.data.items() if k != "extends"})
+    return inherit(parent, child, not_inherited=("name", "extends")), (parent_path, *grandparents)
+
+
+def board_origins(path: Path, boards_dirs: Sequence[Path] = ()) -> list[tuple[str, Any, str]]:
+    """(key path, value, file:line) of every value the board file and those it extends set,
+    after inheritance: where each setting of the merged board was written."""
+    doc, _ = read_board_document(path, boards_dirs)
+    rows: list[tuple[str, Any, str]] = []
+
+    def walk(value: Any, keypath: KeyPath) -> None:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                walk(item, (*keypath, key))
+        elif isinstance(value, list) and any(isinstance(item, (dict, list)) or
+                                             doc.file_of((*keypath, i)) != doc.file_of(keypath)
+                                             for i, item in enumerate(value)):
+            for i, item in enumerate(value):
+                walk(item, (*keypath, i))
+        else:
+            line, _ = doc.position(keypath)
+            rows.append((format_keypath(keypath), value, f"{doc.file_of(keypath)}:{line}"))
+
+    walk(doc.data, ())
+    return rows
+
+
+def _parent_board(doc: Document, name: str, child: Path, boards_dirs: Sequence[Path]) -> Path:
+    if _is_path(name):
+        candidate = (child.parent / name).resolve()
+        if not candidate.is_file():
+            raise doc.error(("extends",), f"{name} not found", f"looked for {candidate}")
+        return candidate
+    try:
+        return find_board(name, [child.parent, *boards_dirs]).resolve()
+    except UserError as e:
+        raise doc.error(("extends",), e.message, e.hint) from None
+
+
 def load_board(
     name_or_path: str | Path,
     *,
@@ -242,7 +301,7 @@ def load_board(
     the board file.
     """
     path = find_board(name_or_path, boards_dirs).resolve()
-    doc = read_yaml(display_path(path))
+    doc, parents = read_board_document(path, boards_dirs)
     validate(doc, "board")
     check_checks(doc)
     data = apply_defaults(doc.data, load_schema("board"))
@@ -279,6 +338,7 @@ def load_board(
         qemu=qemu,
         checks=(),  # rendered below, once the variables are known
         limits=_build_limits(data["limits"], data["outputs"], qemu),
+        inherits=parents,
         policy=Policy(**dict(data["policy"], setuid_allowed=tuple(data["policy"]["setuid_allowed"]))),
     )
     return _with_variables(board, doc, data["checks"], stack)
@@ -395,8 +455,15 @@ def _relative_file(doc: Document, keypath: KeyPath, value: str | None, board: Pa
     return None if value is None else _existing_file(doc, keypath, value, board)
 
 
+def _written_beside(doc: Document, keypath: KeyPath, board: Path) -> Path:
+    """The folder a relative path at `keypath` is read from: the board file's, or for a value
+    inherited through `extends:`, the parent's that wrote it."""
+    written = doc.file_of(keypath)
+    return board.parent if written == doc.file else Path(written).resolve().parent
+
+
 def _existing_file(doc: Document, keypath: KeyPath, value: str, board: Path) -> Path:
-    resolved = (board.parent / value).resolve()
+    resolved = (_written_beside(doc, keypath, board) / value).resolve()
     if not resolved.exists():
         raise doc.error(keypath, f"{value} not found", f"looked for {resolved}")
     return resolved
@@ -409,7 +476,7 @@ def _build_feed(doc: Document, index: int, feed: dict, board: Path) -> Feed:
     line, column = doc.position(("feeds", index))
     return Feed(name=feed["name"], type=feed["type"], url=feed["url"], suite=feed["suite"],
                 components=tuple(feed["components"]), keys=keys, arch=feed.get("arch"),
-                where=f"{doc.file}:{line}:{column}")
+                where=f"{doc.file_of(('feeds', index))}:{line}:{column}")
 
 
 def _build_package_files(doc: Document, items: list[dict], board: Path) -> tuple[PackageFile, ...]:
@@ -421,7 +488,7 @@ def _build_package_files(doc: Document, items: list[dict], board: Path) -> tuple
         if not path.is_file():
             raise doc.error(keypath, f"{item['path']} is not a file", f"looked at {path}")
         line, column = doc.position(keypath)
-        files.append(PackageFile(path, item["sha256"], f"{doc.file}:{line}:{column}: {format_keypath(keypath[:2])}"))
+        files.append(PackageFile(path, item["sha256"], f"{doc.file_of(keypath)}:{line}:{column}: {format_keypath(keypath[:2])}"))
     return tuple(files)
 
 
@@ -512,7 +579,7 @@ def _resolve_overlays(doc: Document, names: list[str], board: Path, available: M
     resolved = []
     for i, name in enumerate(names):
         if _is_path(name) or name.startswith("."):
-            folder = (board.parent / name).resolve()
+            folder = (_written_beside(doc, ("overlays", i), board) / name).resolve()
             if not (folder / "overlay.yaml").is_file():
                 raise doc.error(("overlays", i), f"no overlay at '{name}'",
                                 f"{folder} has no overlay.yaml")

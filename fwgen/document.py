@@ -48,6 +48,9 @@ class Positions:
     file: str
     values: dict[KeyPath, tuple[int, int]]  # key path -> (line, column) of the value node
     keys: dict[KeyPath, tuple[int, int]]  # key path -> (line, column) of the mapping key
+    # Key path -> the file its subtree came from, where that is not `file`: a board that
+    # `extends:` another keeps its parent's values with the parent's positions.
+    origins: dict[KeyPath, str] = dataclasses.field(default_factory=dict)
 
     def error(self, path: KeyPath, message: str, hint: str | None = None, *, at_key=False):
         """A ConfigError at `path`: at the key itself when `at_key`, else at its value.
@@ -57,9 +60,16 @@ class Positions:
         where = self.position(path, at_key=at_key)
         shown = path[:-1] if at_key else path
         return ConfigError(
-            message, file=self.file, line=where[0], column=where[1],
+            message, file=self.file_of(path), line=where[0], column=where[1],
             keypath=format_keypath(shown) or None, hint=hint,
         )
+
+    def file_of(self, path: KeyPath) -> str:
+        """The file the node at `path` was written in."""
+        for length in range(len(path), 0, -1):
+            if path[:length] in self.origins:
+                return self.origins[path[:length]]
+        return self.file
 
     def position(self, path: KeyPath, *, at_key: bool = False) -> tuple[int, int]:
         """The nearest known position: the node itself, else its closest ancestor."""
@@ -79,7 +89,90 @@ class Document(Positions):
 
     def positions(self) -> Positions:
         """The positions alone, for a dataclass built from this file to keep."""
-        return Positions(self.file, self.values, self.keys)
+        return Positions(self.file, self.values, self.keys, self.origins)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inheritance: a child document on top of its parent
+
+
+APPEND = "+"  # `packages+: [jq]` appends to the parent's list; `packages: [jq]` replaces it
+
+
+def inherit(parent: Document, child: Document, *, not_inherited: tuple[str, ...] = ()) -> Document:
+    """The child's settings on top of its parent's, every node keeping its own file's position.
+
+    Mappings merge key by key, recursively; any other value the child gives (a list too)
+    replaces the parent's; a key written `name+` appends the child's list to the parent's.
+    Top-level keys in `not_inherited` (a board's own name) are taken from the child only.
+    """
+    merged = Document(child.file, {(): child.values.get((), (1, 1))}, {}, {})
+    data = _merge(parent, child, (), merged, not_inherited)
+    return dataclasses.replace(merged, data=data)
+
+
+def _merge(parent: Document, child: Document, path: KeyPath, out: Document, skip: tuple[str, ...]) -> dict:
+    base = _node(parent.data, path)
+    result: dict = {}
+    for key, value in base.items():
+        if key not in skip:
+            result[key] = value
+            _copy_positions(parent, (*path, key), (*path, key), out)
+    for key, value in _node(child.data, path).items():
+        plain = key[:-len(APPEND)] if key.endswith(APPEND) else key
+        if key.endswith(APPEND):
+            result[plain] = _appended(parent, child, path, key, result.get(plain), out)
+        elif isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = _merge(parent, child, (*path, key), out, ())
+            out.keys[(*path, key)] = child.keys[(*path, key)]
+            out.values[(*path, key)] = child.values[(*path, key)]
+            out.origins[(*path, key)] = child.file_of((*path, key))
+        else:
+            _drop_positions((*path, key), out)
+            result[key] = value
+            _copy_positions(child, (*path, key), (*path, key), out)
+    return result
+
+
+def _appended(parent: Document, child: Document, path: KeyPath, key: str, inherited: Any, out: Document) -> list:
+    plain, given = key[:-len(APPEND)], _node(child.data, path)[key]
+    if plain in _node(child.data, path):
+        raise child.error((*path, key), f"both {plain} and {key} given", "replace the list, or append to it", at_key=True)
+    if not isinstance(given, list):
+        raise child.error((*path, key), f"{key} appends a list, got {_describe(given)}")
+    if inherited is not None and not isinstance(inherited, list):
+        raise child.error((*path, key), f"{key} appends to a list, but the parent's {plain} is {_describe(inherited)}",
+                          at_key=True)
+    start = len(inherited or [])
+    for i in range(len(given)):
+        _copy_positions(child, (*path, key, i), (*path, plain, start + i), out)
+    out.keys[(*path, plain)] = child.keys[(*path, key)]
+    out.values.setdefault((*path, plain), child.values[(*path, key)])
+    return [*(inherited or []), *given]
+
+
+def _node(data: Any, path: KeyPath) -> dict:
+    for part in path:
+        data = data[part]
+    return data if isinstance(data, dict) else {}
+
+
+def _copy_positions(source: Document, old: KeyPath, new: KeyPath, out: Document) -> None:
+    """Positions (and origins) of `source`'s subtree at `old`, now found at `new`."""
+    for table, target in ((source.values, out.values), (source.keys, out.keys)):
+        for path, where in table.items():
+            if path[:len(old)] == old:
+                target[new + path[len(old):]] = where
+    for path, file in source.origins.items():
+        if path[:len(old)] == old:
+            out.origins[new + path[len(old):]] = file
+    out.origins[new] = source.file_of(old)
+
+
+def _drop_positions(path: KeyPath, out: Document) -> None:
+    for table in (out.values, out.keys, out.origins):
+        for known in [p for p in table if p[:len(path)] == path]:
+            del table[known]
 
 
 def format_keypath(path: KeyPath) -> str:

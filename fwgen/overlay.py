@@ -362,7 +362,7 @@ def render_value(positions: Positions, keypath: tuple, value: Any, variables: Ma
     # A block scalar (`|`) starts on the line after its indicator.
     if isinstance(value, str) and "\n" in value:
         line, column = line + 1, 1
-    return render(text, variables, file=str(positions.file), line=line, column=column,
+    return render(text, variables, file=positions.file_of(keypath), line=line, column=column,
                   keypath=format_keypath(keypath))
 
 
