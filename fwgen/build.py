@@ -291,7 +291,7 @@ def build_board_busybox(ctx: BuildContext) -> None:
     # The board's fragments first, then what its overlays need (later wins, as for files).
     fragments = [*spec.config, *(f for f in ctx.layers.busybox_config if f not in spec.config)]
     path = build_busybox(ctx.board.arch, source=source, fragments=fragments,
-                         cache_root=ctx.cache.root, progress=ctx.progress)
+                         cache_root=ctx.cache.root, progress=ctx.progress, remote=ctx.cache.remote)
     ctx.busybox = BuiltBusybox(source.version, path.read_bytes(), path.parent.name)
 
 

@@ -37,6 +37,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .arch import Arch
 from .busybox_download import download_source
@@ -46,6 +47,9 @@ from .errors import ConfigError, FwgenError
 from .progress import QUIET, Progress
 from .rootfs import EntryType, RootFS
 from .run import kill_group, run, spawn
+
+if TYPE_CHECKING:
+    from .remote_cache import RemoteCache
 
 DATA = Path(__file__).parent / "data" / "busybox"
 BASE_FRAGMENT = DATA / "fwgen.config"
@@ -96,12 +100,14 @@ def build_busybox(
     cache_root: Path,
     progress: Progress = QUIET,
     jobs: int = 2,
+    remote: RemoteCache | None = None,
 ) -> Path:
     """Build (or find in the cache) a static musl BusyBox for `arch`; return the binary's path.
 
     `fragments` are Kconfig fragments (`CONFIG_X=y`, `# CONFIG_X is not set`) applied in
     order after `make defconfig` and fwgen's own settings. A fresh build must pass the
-    functional gate under qemu-user and the ELF audit before it is published.
+    functional gate under qemu-user and the ELF audit before it is published; so must one
+    pulled from the `remote` cache, which is asked before compiling and offered what was built.
     """
     toolchain = find_toolchain()
     fragment_texts = [_read_fragment(f) for f in (BASE_FRAGMENT, *fragments)]
@@ -113,6 +119,9 @@ def build_busybox(
     with _locked(root / f"{key}.lock"):
         if published.is_file() and _published_intact(root / key, progress):
             progress.step(f"busybox {source.version} for {arch.value}: cached ({key})")
+            _share_build(remote, root / key, progress)
+            return published
+        if remote is not None and _pull_build(remote, root / key, arch, progress):
             return published
         tarball = download_source(source, Path(cache_root), progress)
         progress.step(f"building busybox {source.version} for {arch.value} (zig {toolchain.version})")
@@ -126,6 +135,7 @@ def build_busybox(
                 _compile(tree, make, env, tree_root / "build.log", root / "failed" / f"{key}.log", arch, progress)
             meta = _describe(arch, source, toolchain, fragments, tree / "busybox")
             _verify_and_publish(tree, tree_root / "build.log", root / key, arch, meta, progress)
+            _share_build(remote, root / key, progress)
     progress.info(f"busybox for {arch.value}: {published.stat().st_size} bytes")
     return published
 
@@ -458,9 +468,6 @@ def _describe(arch: Arch, source: BusyboxSource, toolchain: Toolchain, fragments
 def _verify_and_publish(tree: Path, log: Path, dest: Path, arch: Arch, meta: dict, progress: Progress) -> None:
     """Copy the results to a staging folder, run the gate and the audit on that copy, then
     rename it to `dest` in one step: readers see a verified build or nothing."""
-    from .audit import audit_paths
-    from .busybox_gate import check_busybox
-
     with tempfile.TemporaryDirectory(prefix=f"publish-{dest.name}-", dir=dest.parent) as tmp:
         stage = Path(tmp) / dest.name
         stage.mkdir()
@@ -468,14 +475,54 @@ def _verify_and_publish(tree: Path, log: Path, dest: Path, arch: Arch, meta: dic
         shutil.copyfile(tree / ".config", stage / "config")
         shutil.copyfile(log, stage / "build.log")
         (stage / "build.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        progress.step(f"checking busybox for {arch.value} under {arch.qemu_user}")
-        check_busybox(stage / "busybox", arch)
-        report = audit_paths([stage / "busybox"], arch)
-        if report.errors:
-            raise BusyboxBuildError(f"busybox for {arch.value} fails the ELF audit: {report.errors[0]}")
-        if dest.exists():  # a leftover without its binary (the caller holds the lock)
-            shutil.rmtree(dest)
-        os.replace(stage, dest)
+        _check_and_publish(stage, dest, arch, progress)
+
+
+def _check_and_publish(stage: Path, dest: Path, arch: Arch, progress: Progress) -> None:
+    """Run the functional gate and the audit on the build in `stage`, then rename it to `dest`."""
+    from .audit import audit_paths
+    from .busybox_gate import check_busybox
+
+    progress.step(f"checking busybox for {arch.value} under {arch.qemu_user}")
+    check_busybox(stage / "busybox", arch)
+    report = audit_paths([stage / "busybox"], arch)
+    if report.errors:
+        raise BusyboxBuildError(f"busybox for {arch.value} fails the ELF audit: {report.errors[0]}")
+    if dest.exists():  # a leftover without its binary (the caller holds the lock)
+        shutil.rmtree(dest)
+    os.replace(stage, dest)
+
+
+# -- the remote cache -------------------------------------------------------------------------
+_BUILD_FILES = ("busybox", "build.json", "config", "build.log")
+
+
+def _share_build(remote: RemoteCache | None, entry: Path, progress: Progress) -> None:
+    if remote is not None:
+        remote.push(f"busybox-{entry.name}", [entry / name for name in _BUILD_FILES], progress)
+
+
+def _pull_build(remote: RemoteCache, dest: Path, arch: Arch, progress: Progress) -> bool:
+    """Take build `dest` from the remote cache: its files verified by digest, the binary by the
+    SHA-256 in its build.json, then the gate and the audit as for a local build. Whether it did."""
+    folder = remote.pull(f"busybox-{dest.name}", dest.parent, progress, remedy="building it locally")
+    if folder is None:
+        return False
+    try:
+        if sorted(p.name for p in folder.iterdir()) != sorted(_BUILD_FILES):
+            progress.warn(f"remote cache {remote}: busybox-{dest.name}: not the files of a build; refused, building it locally")
+            return False
+        if not _published_intact(folder, progress):
+            return False
+        (folder / "busybox").chmod(0o755)
+        try:
+            _check_and_publish(folder, dest, arch, progress)
+        except FwgenError as e:  # the gate's or the audit's verdict, or qemu-user failing
+            progress.warn(f"remote cache {remote}: busybox-{dest.name}: {e}; refused, building it locally")
+            return False
+        return True
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextmanager

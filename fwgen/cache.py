@@ -36,10 +36,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import FetchError, IntegrityError, writing
 from .progress import QUIET, Progress
 from .project import active_projects
+
+if TYPE_CHECKING:
+    from .remote_cache import RemoteCache
 
 _CHUNK = 1 << 16
 _USER_AGENT = "fwgen/0.1 (+https://github.com/fwgen)"
@@ -58,7 +62,8 @@ class Cache:
     """Content-addressed download cache. `Cache.default()` honours FWGEN_CACHE.
 
     `unhashed_ttl`: how long a file fetched without a known hash (a signed index such as
-    InRelease) is reused before it is fetched again, in seconds.
+    InRelease) is reused before it is fetched again, in seconds. `remote`: a registry asked
+    for verified downloads and shared derived files before they are made (remote_cache.py).
     """
 
     def __init__(
@@ -69,8 +74,10 @@ class Cache:
         backoff: float = 1.0,
         timeout: float = 60.0,
         unhashed_ttl: float = 600.0,
+        remote: RemoteCache | None = None,
     ) -> None:
         self.root = Path(root)
+        self.remote = remote
         self.attempts = attempts
         self.backoff = backoff
         self.timeout = timeout
@@ -169,10 +176,55 @@ class Cache:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with self._locked(dest.name):
             if self._reusable(dest, sha256, size, progress):
+                self.share(dest, progress)
+                return dest
+            if sha256 is not None and self.pull_shared(dest, progress, sha256=sha256, remedy="downloading it"):
                 return dest
             with writing(dest, f"the download of {url}"):
                 self._download(url, dest, sha256=sha256, size=size, progress=progress)
+            if sha256 is not None:
+                self.share(dest, progress)
         return dest
+
+    # -- the remote cache ----------------------------------------------------------------------
+    def remote_tag(self, path: Path) -> str:
+        """The remote cache's tag of a file entry: sha256-<hash>, derived-<hash>.<kind>."""
+        rel = Path(path).relative_to(self.root).parts
+        return f"{rel[0]}-{rel[-1]}"
+
+    def pull_shared(self, path: Path, progress: Progress = QUIET, *, remedy: str,
+                    sha256: str | None = None) -> bool:
+        """Fill the missing file entry `path` from the remote cache; whether it did. `sha256`:
+        the entry is a download named by its SHA-256, and only that content is taken."""
+        if self.remote is None:
+            return False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        folder = self.remote.pull(self.remote_tag(path), path.parent, progress, remedy=remedy, sha256=sha256)
+        if folder is None:
+            return False
+        try:
+            [pulled] = list(folder.iterdir())
+            os.replace(pulled, path)
+        except (ValueError, OSError) as e:
+            progress.warn(f"remote cache {self.remote}: {self.remote_tag(path)}: not one file ({e}); refused, {remedy}")
+            return False
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return True
+
+    def share(self, path: Path, progress: Progress = QUIET) -> None:
+        """Push the file entry `path` to the remote cache, if pushing is allowed and it lacks it."""
+        if self.remote is not None and path.is_file():
+            self.remote.push(self.remote_tag(path), [path], progress)
+
+    @contextlib.contextmanager
+    def shared_derived(self, path: Path, progress: Progress = QUIET) -> Iterator[Path]:
+        """Around the code that reads or computes the derived file `path`: it is pulled from the
+        remote cache first if missing, and pushed after if the remote cache lacks it."""
+        if not path.exists():
+            self.pull_shared(path, progress, remedy="computing it")
+        yield path
+        self.share(path, progress)
 
     # -- internals -------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -88,7 +88,25 @@ def _progress(as_json: bool):
 def _cache():
     from .cache import Cache
 
-    return Cache.default()
+    cache = Cache.default()
+    cache.remote = _remote_cache()
+    return cache
+
+
+def _remote_cache():
+    """The registry named by FWGEN_REMOTE_CACHE, else by the project's `[cache] remote`
+    (fwgen.toml); FWGEN_REMOTE_CACHE_PUSH=1 lets fwgen push to it."""
+    from .project import active_projects
+
+    address, where = os.environ.get("FWGEN_REMOTE_CACHE"), "FWGEN_REMOTE_CACHE"
+    if not address:
+        project = next((p for p in active_projects() if p.remote_cache), None)
+        if project is None:
+            return None
+        address, where = project.remote_cache, f"{project.source}: cache.remote"
+    from .remote_cache import RemoteCache
+
+    return RemoteCache.from_address(address, push=os.environ.get("FWGEN_REMOTE_CACHE_PUSH") == "1", where=where)
 
 
 def _epoch() -> int | None:
@@ -604,7 +622,8 @@ def busybox_command(arch_name, fragments, out_file, as_json):
     from .busybox import build_busybox, export_busybox
 
     arch = Arch.from_name(arch_name)
-    binary = build_busybox(arch, fragments=list(fragments), cache_root=_cache().root,
+    cache = _cache()
+    binary = build_busybox(arch, fragments=list(fragments), cache_root=cache.root, remote=cache.remote,
                            progress=_progress(as_json))
     with writing(out_file, f"busybox for {arch.value}"):
         export_busybox(binary, out_file)

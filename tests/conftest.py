@@ -34,6 +34,25 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("fwgen-cache")
 
 
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    """One real OCI registry (Debian's docker-registry, tests/registry.py) for the session.
+    Tests use repositories of their own; blobs are shared by digest across repositories, so a
+    test that tampers with one tampers only with content no other test pushes."""
+    import shutil
+
+    from registry import LocalRegistry
+
+    if shutil.which("docker-registry") is None:
+        message = "docker-registry not installed (apt-get install docker-registry; .ci/setup does)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    local = LocalRegistry(tmp_path_factory.mktemp("registry"))
+    yield local
+    local.close()
+
+
 @pytest.fixture
 def server():
     """A scripted HTTP server on 127.0.0.1 (tests/localhttp.py), closed after the test."""

@@ -259,8 +259,8 @@ class DebBackend:
             if release.by_hash:
                 url = f"{dists}/{path.rsplit('/', 1)[0]}/by-hash/SHA256/{entry.sha256}"
             local = cache.fetch(url, sha256=entry.sha256, size=entry.size, progress=progress)
-            parsed = cache.derived_path(entry.sha256, PARSED_INDEX_KIND)
-            packages += _read_packages_file(local, path, feed.name, base, url, parsed)
+            with cache.shared_derived(cache.derived_path(entry.sha256, PARSED_INDEX_KIND), progress) as parsed:
+                packages += _read_packages_file(local, path, feed.name, base, url, parsed)
         return packages
 
     def fetch_release(self, feed: Feed, cache: Cache, progress: Progress) -> Release:
