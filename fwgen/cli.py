@@ -101,7 +101,7 @@ def _remote_cache():
     address, where = os.environ.get("FWGEN_REMOTE_CACHE"), "FWGEN_REMOTE_CACHE"
     if not address:
         project = next((p for p in active_projects() if p.remote_cache), None)
-        if project is None:
+        if project is None or project.remote_cache is None:
             return None
         address, where = project.remote_cache, f"{project.source}: cache.remote"
     from .remote_cache import RemoteCache
