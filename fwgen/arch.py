@@ -33,6 +33,7 @@ class ArchFacts:
     zig_cpu: tuple[str, ...]  # extra compiler flags selecting the CPU
     uname_m: str  # what `uname -m` prints on this arch
     linux_arch: str  # kernel ARCH= / U-Boot arch family
+    host_triplet: str  # autotools' --host (config.sub knows it; zig's mips ABI suffixes it does not)
 
 
 class Arch(enum.Enum):
@@ -124,12 +125,12 @@ _OTHER_NAMES: dict[str, tuple[Arch | None, str]] = {
 }
 
 
-#            debian      alpine     openwrt                      machine     cls end       float   cpu   qemu-system             qemu-user              ucpu       zig target               zig cpu flags                  uname -m   linux
+#            debian      alpine     openwrt                      machine     cls end       float   cpu   qemu-system             qemu-user              ucpu       zig target               zig cpu flags                  uname -m   linux    --host
 _FACTS: dict[Arch, ArchFacts] = {
-    Arch.ARMV6: ArchFacts("armel", "armhf", "arm_arm1176jzf-s_vfp", EM_ARM, 32, "little", "hard", "v6", "qemu-system-arm", "qemu-arm-static", "arm1176", "arm-linux-musleabihf", ("-mcpu=arm1176jzf_s",), "armv6l", "arm"),
-    Arch.ARMV7: ArchFacts("armhf", "armv7", "arm_cortex-a7_neon-vfpv4", EM_ARM, 32, "little", "hard", "v7", "qemu-system-arm", "qemu-arm-static", None, "arm-linux-musleabihf", ("-mcpu=cortex_a7",), "armv7l", "arm"),
-    Arch.AARCH64: ArchFacts("arm64", "aarch64", "aarch64_cortex-a53", EM_AARCH64, 64, "little", "n/a", None, "qemu-system-aarch64", "qemu-aarch64-static", None, "aarch64-linux-musl", (), "aarch64", "arm64"),
-    Arch.MIPS: ArchFacts(None, None, "mips_24kc", EM_MIPS, 32, "big", "soft", None, "qemu-system-mips", "qemu-mips-static", None, "mips-linux-musleabi", ("-fPIC",), "mips", "mips"),
-    Arch.MIPSEL: ArchFacts("mipsel", None, "mipsel_24kc", EM_MIPS, 32, "little", "soft", None, "qemu-system-mipsel", "qemu-mipsel-static", None, "mipsel-linux-musleabi", ("-fPIC",), "mips", "mips"),
-    Arch.MIPS64EL: ArchFacts("mips64el", None, "mips64el_mips64r2", EM_MIPS, 64, "little", "hard", None, "qemu-system-mips64el", "qemu-mips64el-static", None, "mips64el-linux-muslabi64", ("-mcpu=mips64r2", "-fPIC"), "mips64", "mips"),
+    Arch.ARMV6: ArchFacts("armel", "armhf", "arm_arm1176jzf-s_vfp", EM_ARM, 32, "little", "hard", "v6", "qemu-system-arm", "qemu-arm-static", "arm1176", "arm-linux-musleabihf", ("-mcpu=arm1176jzf_s",), "armv6l", "arm", "arm-linux-musleabihf"),
+    Arch.ARMV7: ArchFacts("armhf", "armv7", "arm_cortex-a7_neon-vfpv4", EM_ARM, 32, "little", "hard", "v7", "qemu-system-arm", "qemu-arm-static", None, "arm-linux-musleabihf", ("-mcpu=cortex_a7",), "armv7l", "arm", "arm-linux-musleabihf"),
+    Arch.AARCH64: ArchFacts("arm64", "aarch64", "aarch64_cortex-a53", EM_AARCH64, 64, "little", "n/a", None, "qemu-system-aarch64", "qemu-aarch64-static", None, "aarch64-linux-musl", (), "aarch64", "arm64", "aarch64-linux-musl"),
+    Arch.MIPS: ArchFacts(None, None, "mips_24kc", EM_MIPS, 32, "big", "soft", None, "qemu-system-mips", "qemu-mips-static", None, "mips-linux-musleabi", ("-fPIC",), "mips", "mips", "mips-linux-musl"),
+    Arch.MIPSEL: ArchFacts("mipsel", None, "mipsel_24kc", EM_MIPS, 32, "little", "soft", None, "qemu-system-mipsel", "qemu-mipsel-static", None, "mipsel-linux-musleabi", ("-fPIC",), "mips", "mips", "mipsel-linux-musl"),
+    Arch.MIPS64EL: ArchFacts("mips64el", None, "mips64el_mips64r2", EM_MIPS, 64, "little", "hard", None, "qemu-system-mips64el", "qemu-mips64el-static", None, "mips64el-linux-muslabi64", ("-mcpu=mips64r2", "-fPIC"), "mips64", "mips", "mips64el-linux-musl"),
 }

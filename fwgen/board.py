@@ -285,6 +285,32 @@ class Service:
 
 
 @dataclass(frozen=True)
+class Build:
+    """A program an overlay compiles for the board's architecture (fwgen.compile)."""
+
+    name: str
+    overlay: str  # the overlay's name, for messages and provenance
+    keypath: tuple  # ("builds", name) in overlay.yaml, for errors with a position
+    folder: Path | None = None  # the source folder inside the overlay; or a tarball:
+    urls: tuple[str, ...] = ()
+    sha256: str | None = None
+    patches: tuple[Path, ...] = ()
+    system: str = "make"  # make, configure, cmake or cc
+    configure_args: tuple[str, ...] = ()
+    make_args: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()  # system cc: the C files
+    program: str | None = None  # system cc: the program it links
+    static: bool = True
+    install: dict[str, str] = field(default_factory=dict)  # image path -> file in the source tree
+    links: dict[str, str] = field(default_factory=dict)  # image path -> symlink target
+
+    @property
+    def filename(self) -> str:
+        """The tarball's name (the last part of its first URL)."""
+        return self.urls[0].rsplit("/", 1)[-1] if self.urls else self.name
+
+
+@dataclass(frozen=True)
 class Overlay:
     """One overlay of a board, loaded once with the board (fwgen.config.load_board): its
     overlay.yaml validated (defaults applied), its checks rendered with the board's variables
@@ -304,6 +330,7 @@ class Overlay:
     sysctl: dict[str, str] = field(default_factory=dict)  # key -> value, as text
     modules: tuple[str, ...] = ()
     busybox_config: tuple[Path, ...] = ()  # Kconfig fragments the overlay's services need
+    builds: tuple[Build, ...] = ()  # programs compiled for the board (fwgen.compile)
     checks: tuple[Check, ...] = ()  # rendered, run after the board's own
 
     @property

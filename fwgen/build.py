@@ -26,6 +26,7 @@ from .audit import audit_rootfs
 from .board import Board
 from .busybox import DEFAULT_SOURCE, BusyboxSource, build_busybox, install_busybox
 from .cache import Cache
+from .compile import BuiltFiles, compile_build, install_build
 from .compression import ZSTD
 from .config import board_digest
 from .errors import UserError, writing
@@ -90,6 +91,7 @@ class BuildContext:
     modules: list[Module] = field(default_factory=list)
     layers: Layers = field(default_factory=Layers)
     busybox: BuiltBusybox | None = None
+    built: list[BuiltFiles] = field(default_factory=list)  # the overlays' builds, in order
     pruned: dict[str, int] = field(default_factory=dict)  # exclude_paths pattern -> paths removed
     special_files: list[SpecialFile] = field(default_factory=list)  # device nodes, setuid, world-writable
     policy: dict[tuple[str, str], str] = field(default_factory=dict)  # (path, kind) -> what the policy said
@@ -142,6 +144,7 @@ def build(
             fetch_board_packages(ctx)
             fetch_kernel(ctx)
             build_board_busybox(ctx)
+            compile_overlay_builds(ctx)
             assemble_rootfs(ctx)
             prepare_outputs(ctx)
             audit_elf_files(ctx)
@@ -295,6 +298,12 @@ def build_board_busybox(ctx: BuildContext) -> None:
     ctx.busybox = BuiltBusybox(source.version, path.read_bytes(), path.parent.name)
 
 
+def compile_overlay_builds(ctx: BuildContext) -> None:
+    """Compile (or find in the cache) the programs the overlays build for this board."""
+    ctx.built = [compile_build(b, ctx.board.arch, cache_root=ctx.cache.root, progress=ctx.progress)
+                 for b in ctx.layers.builds]
+
+
 def assemble_rootfs(ctx: BuildContext) -> None:
     """Packages first, then BusyBox's applet links, overlays in order, generated files last."""
     rootfs = ctx.rootfs
@@ -318,6 +327,8 @@ def assemble_rootfs(ctx: BuildContext) -> None:
             raise UserError(f"no /bin/busybox in the image: package {ctx.board.busybox.package} did not provide it")
         install_busybox(rootfs, busybox.data, ctx.board.arch, provenance=busybox.provenance)
     apply_layers(rootfs, ctx.layers)
+    for built in ctx.built:
+        install_build(rootfs, built)
     ctx.progress.info(f"overlays {', '.join(o.name for o in ctx.board.overlays)}: {len(ctx.layers.entries)} path(s)")
     write_generated_files(ctx)
 
@@ -469,6 +480,9 @@ def write_manifest(ctx: BuildContext) -> dict:
             "kernel": dict(_kernel_record(ctx), release=ctx.kernel.release, image=ctx.kernel.image_path),
             "kernel_modules": [m.name for m in ctx.modules],
             "busybox": _busybox_record(ctx),
+            "builds": [{"build": b.provenance.removeprefix("build:"), "key": b.key,
+                        "files": {path: _sha256_file(host) for path, (host, _) in sorted(b.files.items())}}
+                       for b in ctx.built],
             **({"bootloader": dict(ctx.bootloader, package=_package_record(ctx.bootloader["package"]))}
                if ctx.bootloader else {}),
             "overlays": [{"name": o.name, "path": str(o.path)} for o in ctx.board.overlays],

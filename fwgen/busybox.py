@@ -116,7 +116,7 @@ def build_busybox(
     root = Path(cache_root) / "busybox"
     published = root / key / "busybox"
     (root / "trees").mkdir(parents=True, exist_ok=True)
-    with _locked(root / f"{key}.lock"):
+    with locked(root / f"{key}.lock"):
         if published.is_file() and _published_intact(root / key, progress):
             progress.step(f"busybox {source.version} for {arch.value}: cached ({key})")
             _share_build(remote, root / key, progress)
@@ -126,7 +126,7 @@ def build_busybox(
         tarball = download_source(source, Path(cache_root), progress)
         progress.step(f"building busybox {source.version} for {arch.value} (zig {toolchain.version})")
         tree_root = root / "trees" / tree_key(arch, source, patches, toolchain)
-        with _locked(tree_root.with_name(tree_root.name + ".lock")):
+        with locked(tree_root.with_name(tree_root.name + ".lock")):
             tree = _prepare_tree(tarball, tree_root, source, patches, progress)
             make = _make_command(toolchain, arch, tree_root / "bin", jobs)
             env = _build_env(Path(cache_root), tree_root)
@@ -300,7 +300,7 @@ def _prepare_tree(tarball: Path, tree_root: Path, source: BusyboxSource, patches
             tar.extractall(tmp / "src", filter="data")
         if not (tmp / "src" / tree.name / "Makefile").is_file():
             raise BusyboxBuildError(f"{source.filename}: no {tree.name}/Makefile inside")
-        _apply_patches(tmp / "src" / tree.name, patches)
+        apply_patches(tmp / "src" / tree.name, patches)
         _write_manifest(tmp)
         os.replace(tmp, tree_root)
     finally:
@@ -392,7 +392,7 @@ def _published_intact(entry: Path, progress: Progress) -> bool:
     return False
 
 
-def _apply_patches(tree: Path, patches: Sequence[Path]) -> None:
+def apply_patches(tree: Path, patches: Sequence[Path]) -> None:
     for patch in patches:
         run(["patch", "-p1", "--batch", "--forward", "-i", patch], cwd=tree)
 
@@ -440,12 +440,12 @@ def _compile(tree: Path, make: list[str], env: dict[str, str], log: Path, failed
         failed_log.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(log, failed_log)
         raise BusyboxBuildError(
-            f"busybox for {arch.value} failed to compile: {' | '.join(_error_lines(log))}",
+            f"busybox for {arch.value} failed to compile: {' | '.join(error_lines(log))}",
             hint=f"full log: {failed_log}",
         )
 
 
-def _error_lines(log: Path, count: int = 5) -> list[str]:
+def error_lines(log: Path, count: int = 5) -> list[str]:
     lines = log.read_text(errors="replace").splitlines()
     errors = [line.strip() for line in lines if "error:" in line or "Error " in line]
     return (errors or [line.strip() for line in lines if line.strip()])[-count:]
@@ -526,7 +526,7 @@ def _pull_build(remote: RemoteCache, dest: Path, arch: Arch, progress: Progress)
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """An exclusive flock on `path`: a second build of the same key waits, then finds it cached."""
     with open(path, "a+b") as f:
         fcntl.flock(f, fcntl.LOCK_EX)

@@ -1,4 +1,4 @@
-"""Fetching the pinned BusyBox source tarball: mirrors in order, through the package cache.
+"""Fetching a pinned source tarball (BusyBox's, an overlay build's): mirrors in order, through the package cache.
 
 `fwgen.cache.Cache` verifies the SHA-256, publishes atomically and locks; here it is
 asked with few retries so a dead mirror (busybox.net is unreachable from some CI machines)
@@ -8,20 +8,28 @@ costs seconds before the next one is tried.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .cache import Cache
 from .errors import FetchError, IntegrityError
 from .progress import Progress
 
-if TYPE_CHECKING:
-    from .busybox import BusyboxSource
+
+class PinnedSource(Protocol):
+    """A source tarball pinned by SHA-256, with the mirrors to try in order."""
+
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def urls(self) -> tuple[str, ...]: ...
+    @property
+    def filename(self) -> str: ...
 
 ATTEMPTS = 2
 TIMEOUT = 20.0
 
 
-def download_source(source: BusyboxSource, cache_root: Path, progress: Progress) -> Path:
+def download_source(source: PinnedSource, cache_root: Path, progress: Progress) -> Path:
     """The verified tarball in the cache, downloaded from the first mirror that serves it."""
     cache = Cache(cache_root, attempts=ATTEMPTS, backoff=0.5, timeout=TIMEOUT)
     failures = []

@@ -68,6 +68,9 @@ class Toolchain:
         scripts = {
             "gcc": cc,
             "cc": cc,
+            # overlay builds (fwgen.compile) may hold C++; BusyBox never calls these.
+            "c++": f'exec {zig} c++ {flags} "$@"\n',
+            "g++": f'exec {zig} c++ {flags} "$@"\n',
             "ar": f'exec {zig} ar "$@"\n',
             "ranlib": f'exec {zig} ranlib "$@"\n',
             "objcopy": f'exec {zig} objcopy "$@"\n',

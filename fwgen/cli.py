@@ -635,6 +635,20 @@ def busybox_command(arch_name, fragments, out_file, as_json):
 
 
 @main.command()
+@click.option("--board", "board_name", required=True, help="The board whose architecture to target.")
+@board_dirs_option
+@overlay_dirs_option
+@qemu_dirs_option
+@handle_errors
+def sdk(board_name, boards_dirs, overlay_dirs, qemu_dirs):
+    """Print the board's cross toolchain as shell exports: eval "$(fwgen sdk --board B)"."""
+    from .compile import sdk_script
+
+    board = _load_board(board_name, boards_dirs, overlay_dirs, qemu_dirs)
+    click.echo(sdk_script(board.arch, _cache().root), nl=False)
+
+
+@main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
 @click.option("--arch", "arch_name", help="Check that every ELF file fits this architecture.")
 @json_option

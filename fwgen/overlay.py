@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .board import Board, Check, FileRule, Overlay, Service, User, Variable
+from .board import Board, Build, Check, FileRule, Overlay, Service, User, Variable
 from .document import (
     Document,
     Positions,
@@ -71,6 +71,7 @@ def load_overlay(path: Path) -> tuple[Overlay, Document]:
         modules=tuple(data["modules"]),
         busybox_config=tuple(_overlay_file(doc, path, ("busybox_config", i), name)
                              for i, name in enumerate(data["busybox_config"])),
+        builds=tuple(_build(doc, path, name, spec) for name, spec in data["builds"].items()),
     )
     for image_path in overlay.files:
         if ".." in image_path.split("/"):
@@ -98,11 +99,44 @@ def _service(spec: dict) -> Service:
     return Service(**dict(spec, depends=tuple(spec.get("depends", ()))))
 
 
-def _overlay_file(doc: Document, folder: Path, keypath: tuple, name: str) -> Path:
-    """A file the overlay names, which must lie inside the overlay folder."""
+def _build(doc: Document, folder: Path, name: str, spec: dict) -> Build:
+    """One entry of `builds:`, its files resolved inside the overlay folder."""
+    keypath = ("builds", name)
+    source = spec["source"]
+    if ("folder" in source) == ("urls" in source or "sha256" in source):
+        raise doc.error((*keypath, "source"), "give either folder, or urls with sha256")
+    if "folder" not in source and not ("urls" in source and "sha256" in source):
+        raise doc.error((*keypath, "source"), "a tarball needs both urls and sha256")
+    if spec.get("system", "make") == "cc" and not (spec.get("sources", ()) and spec.get("program")):
+        raise doc.error(keypath, "system cc needs sources (the C files) and program (its name)")
+    source_folder = None
+    if "folder" in source:
+        source_folder = _overlay_path(doc, folder, (*keypath, "source", "folder"), source["folder"])
+        if not source_folder.is_dir():
+            raise doc.error((*keypath, "source", "folder"), f"{source['folder']} is not a folder in the overlay")
+    for image_path, built in spec["install"].items():
+        if built.startswith("/") or ".." in built.split("/"):
+            raise doc.error((*keypath, "install", image_path), f"'{built}' is not a path inside the build's source folder")
+    return Build(
+        name=name, overlay=folder.name, keypath=keypath, folder=source_folder,
+        urls=tuple(source.get("urls", ())), sha256=source.get("sha256"),
+        patches=tuple(_overlay_file(doc, folder, (*keypath, "patches", i), p) for i, p in enumerate(spec.get("patches", ()))),
+        system=spec.get("system", "make"), configure_args=tuple(spec.get("configure_args", ())), make_args=tuple(spec.get("make_args", ())),
+        sources=tuple(spec.get("sources", ())), program=spec.get("program"), static=spec.get("static", True),
+        install=dict(spec["install"]), links=dict(spec.get("links", {})),
+    )
+
+
+def _overlay_path(doc: Document, folder: Path, keypath: tuple, name: str) -> Path:
     resolved = (folder / name).resolve()
     if not resolved.is_relative_to(folder.resolve()):
         raise doc.error(keypath, f"'{name}' escapes the overlay folder")
+    return resolved
+
+
+def _overlay_file(doc: Document, folder: Path, keypath: tuple, name: str) -> Path:
+    """A file the overlay names, which must lie inside the overlay folder."""
+    resolved = _overlay_path(doc, folder, keypath, name)
     if not resolved.is_file():
         raise doc.error(keypath, f"{name} not found", f"looked for {resolved}")
     return resolved
@@ -476,6 +510,7 @@ class Layers:
     packages: list[str] = field(default_factory=list)
     modules: list[str] = field(default_factory=list)
     busybox_config: list[Path] = field(default_factory=list)
+    builds: list[Build] = field(default_factory=list)  # compiled for the board (fwgen.compile)
     checks: list[Check] = field(default_factory=list)
     accounts: Accounts = field(default_factory=Accounts)
 
@@ -489,13 +524,32 @@ def plan_layers(overlays: Sequence[Overlay], variables: Mapping[str, str]) -> La
         layers.modules += [m for m in overlay.modules if m not in layers.modules]
         layers.busybox_config += [f for f in overlay.busybox_config if f not in layers.busybox_config]
         layers.checks += overlay.checks
+        layers.builds += overlay.builds
         if overlay.sysctl:
             _add_generated(layers, f"/etc/sysctl.d/50-{overlay.name}.conf", _sysctl_file(overlay), overlay)
     for path, data in account_files(layers.accounts).items():
         _add_generated(layers, path, data, None, mode=0o600 if path == "/etc/shadow" else 0o644)
     _add_homes(layers, variables)
     _add_services(layers, overlays, variables)
+    _check_built_paths(layers, overlays)
     return layers
+
+
+def _check_built_paths(layers: Layers, overlays: Sequence[Overlay]) -> None:
+    """A path a build installs is no overlay's file, and no other build's."""
+    owner: dict[str, Build] = {}
+    by_name = {o.name: o for o in overlays}
+    for build in layers.builds:
+        for path in (*build.install, *build.links):
+            kind = "install" if path in build.install else "links"
+            overlay = by_name[build.overlay]
+            if path in layers.entries:
+                raise overlay.error((*build.keypath, kind, path), f"'{path}' is also a file of the overlays "
+                                    f"({layers.entries[path].provenance})", at_key=True)
+            if path in owner:
+                raise overlay.error((*build.keypath, kind, path), f"'{path}' is also installed by build "
+                                    f"{owner[path].overlay}/{owner[path].name}", at_key=True)
+            owner[path] = build
 
 
 def apply_layers(rootfs: RootFS, layers: Layers) -> None:

@@ -276,10 +276,11 @@ def test_a_later_overlay_may_not_change_a_user(tmp_path):
 # --- shipped overlays --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "overlays").iterdir()))
+@pytest.mark.parametrize("name", sorted(str(p.parent.relative_to(REPO / "overlays"))
+                                         for p in (REPO / "overlays").rglob("overlay.yaml")))
 def test_shipped_overlay_plans_cleanly(name, tmp_path):
-    extra = "qemu:\n  profile: virt-aarch64\n  forward: [80, 22]\n"
-    board, layers = plan(make_board(tmp_path, [name], extra))
+    extra = "qemu:\n  profile: virt-aarch64\n  forward: [80, 22, 8081]\n"  # 8081: examples/statusd
+    board, layers = plan(make_board(tmp_path, [str(REPO / "overlays" / name)], extra))
     assert "/etc/passwd" in layers.entries and "/sbin/fwgen-service" in layers.entries
     assert layers.checks, f"overlay {name} declares checks"
 
