@@ -608,6 +608,54 @@ def _print_flash(image: Path, layout: dict, rows: list[dict], as_json: bool) -> 
         click.echo("\n".join(format_flash(image, layout, rows)))
 
 
+@main.command("publish")
+@click.argument("board_name", metavar="BOARD")
+@click.argument("address", metavar="oci://HOST/REPO:TAG")
+@board_dirs_option
+@overlay_dirs_option
+@qemu_dirs_option
+@out_option
+@json_option
+@handle_errors
+def publish_command(board_name, address, boards_dirs, overlay_dirs, qemu_dirs, out_root, as_json):
+    """Push BOARD's build (images, manifest, SBOMs, signatures) to a registry as one artifact."""
+    from .artifact import publish_build
+    from .oci import parse_reference
+    from .publish import use_build
+
+    reference = parse_reference(address, where="publish", tagged=True)
+    board = _load_board(board_name, boards_dirs, overlay_dirs, qemu_dirs)
+    outdir = _out_root(out_root) / board.name
+    with use_build(outdir) as folder:
+        if not (folder / "manifest.json").is_file():
+            from .errors import UserError
+
+            raise UserError(f"{outdir}: no build of {board.name} to publish", f"run: fwgen build {board_name}")
+        digest, files = publish_build(folder, reference, version=board.version)
+    if as_json:
+        _emit_json({"reference": str(reference), "digest": digest, "files": files})
+    else:
+        click.echo(f"{reference}@{digest}: {len(files)} files ({', '.join(files)})")
+
+
+@main.command("pull")
+@click.argument("address", metavar="oci://HOST/REPO:TAG")
+@click.option("--dest", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="A new (or empty) folder for the files; written whole and verified, or not at all.")
+@json_option
+@handle_errors
+def pull_command(address, dest, as_json):
+    """Fetch a published build, every file verified by its digest."""
+    from .artifact import pull_build
+    from .oci import parse_reference
+
+    files = pull_build(parse_reference(address, where="pull", tagged=True), dest)
+    if as_json:
+        _emit_json({"dest": str(dest), "files": files})
+    else:
+        click.echo(f"{dest}: {len(files)} files ({', '.join(files)})")
+
+
 @main.command("busybox")
 @click.option("--arch", "arch_name", required=True, help="Target architecture (armv6, armv7, aarch64, mips, mipsel, mips64el).")
 @click.option("--config", "fragments", multiple=True, type=click.Path(path_type=Path, exists=True, dir_okay=False),

@@ -233,6 +233,14 @@ def _descriptor_digest(descriptor: dict, reference: Reference) -> str:
     return digest
 
 
+def layer_file_name(layer: object) -> str:
+    """The file name a layer is pulled as (its title): a plain name, never a path."""
+    name = (layer.get("annotations") or {}).get(TITLE) if isinstance(layer, dict) else None
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise IntegrityError(f"a layer without a plain file name ({name!r})")
+    return name
+
+
 def _title(descriptor: dict) -> str:
     return str((descriptor.get("annotations") or {}).get(TITLE, "untitled"))
 

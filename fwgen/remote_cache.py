@@ -28,7 +28,7 @@ import threading
 from pathlib import Path
 
 from .errors import FetchError, IntegrityError
-from .oci import Layer, Reference, Registry, RegistryUnreachable, parse_reference
+from .oci import Layer, Reference, Registry, RegistryUnreachable, layer_file_name, parse_reference
 from .progress import QUIET, Progress
 
 ARTIFACT_TYPE = "application/vnd.fwgen.cache-entry.v1"
@@ -116,12 +116,7 @@ def _checked_layers(manifest: dict, tag: str, sha256: str | None) -> list[tuple[
     """(file name, descriptor) of each layer, after checking the manifest is the entry asked for."""
     if (manifest.get("annotations") or {}).get(ENTRY) != tag:
         raise IntegrityError(f"the manifest is not the one of entry {tag}")
-    layers = []
-    for layer in manifest["layers"]:
-        title = (layer.get("annotations") or {}).get("org.opencontainers.image.title") if isinstance(layer, dict) else None
-        if not isinstance(title, str) or title in ("", ".", "..") or "/" in title or title.startswith(".remote-"):
-            raise IntegrityError(f"a layer without a plain file name: {title!r}")
-        layers.append((title, layer))
+    layers = [(layer_file_name(layer), layer) for layer in manifest["layers"]]
     if sha256 is not None and [layer.get("digest") for _, layer in layers] != [f"sha256:{sha256}"]:
         raise IntegrityError(f"the entry is not the one file sha256:{sha256}")
     if len({title for title, _ in layers}) != len(layers):

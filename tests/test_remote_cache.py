@@ -13,13 +13,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from buildutil import run_fwgen
+from click.testing import CliRunner
 from localhttp import Server
 from registry import free_port
 
 import fwgen.busybox as busybox
 from fwgen.arch import Arch
 from fwgen.cache import Cache
+from fwgen.cli import main
 from fwgen.progress import Progress
 from fwgen.remote_cache import RemoteCache
 
@@ -149,22 +150,26 @@ def test_a_corrupted_busybox_build_is_refused_and_never_cached(registry, cache_d
     assert sorted(p.name for p in (tmp_path / "empty" / "busybox").iterdir()) == [f"{entry.name}.lock", "trees"]
 
 
-def test_fwgen_busybox_takes_the_build_from_the_projects_remote_cache(registry, cache_dir, tmp_path):
+def test_fwgen_busybox_takes_the_build_from_the_projects_remote_cache(registry, cache_dir, tmp_path, monkeypatch):
     """The CLI reads `[cache] remote` of fwgen.toml: an empty local cache gets the build from
     the registry (a compile would take minutes and print 'building busybox')."""
     entry = _published_build(cache_dir)
     busybox.build_busybox(Arch.AARCH64, cache_root=cache_dir, remote=remote(registry, "cli", push=True))
     (tmp_path / "fwgen.toml").write_text(f'[cache]\nremote = "{registry.address("cli")}"\n')
-    result = run_fwgen("busybox", "--arch", "aarch64", "--out", str(tmp_path / "bb"), cache=tmp_path / "empty",
-                       cwd=tmp_path, timeout=120)
-    assert result.returncode == 0, result.stderr
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FWGEN_CACHE", str(tmp_path / "empty"))
+    monkeypatch.delenv("FWGEN_REMOTE_CACHE", raising=False)
+    _no_compiling(monkeypatch)
+    result = CliRunner().invoke(main, ["busybox", "--arch", "aarch64", "--out", str(tmp_path / "bb")])
+    assert result.exit_code == 0, result.stderr
     assert "from the remote cache" in result.stderr and "building busybox" not in result.stderr
     assert (tmp_path / "bb").read_bytes() == (entry / "busybox").read_bytes()
 
 
-def test_a_malformed_FWGEN_REMOTE_CACHE_is_one_line_and_exit_2(tmp_path):
-    result = run_fwgen("busybox", "--arch", "aarch64", "--out", str(tmp_path / "bb"), cache=tmp_path,
-                       env={"FWGEN_REMOTE_CACHE": "https://registry.example/cache"})
-    assert result.returncode == 2
+def test_a_malformed_FWGEN_REMOTE_CACHE_is_one_line_and_exit_2(tmp_path, monkeypatch):
+    monkeypatch.setenv("FWGEN_CACHE", str(tmp_path))
+    monkeypatch.setenv("FWGEN_REMOTE_CACHE", "https://registry.example/cache")
+    result = CliRunner().invoke(main, ["busybox", "--arch", "aarch64", "--out", str(tmp_path / "bb")])
+    assert result.exit_code == 2
     assert result.stderr == ("fwgen: error: FWGEN_REMOTE_CACHE: 'https://registry.example/cache' "
                              "is not an oci://HOST/REPO address\n")
