@@ -24,6 +24,7 @@ from typing import Any
 from . import __version__
 from .audit import audit_rootfs
 from .board import Board
+from .bundle import check_signing_key
 from .busybox import DEFAULT_SOURCE, BusyboxSource, build_busybox, install_busybox
 from .cache import Cache
 from .compile import BuiltFiles, compile_build, install_build
@@ -62,6 +63,7 @@ from .policy import SpecialFile, apply_policy, find_special_files
 from .progress import QUIET, Progress
 from .publish import create_staging, publish
 from .rootfs import Entry, EntryType, RootFS
+from .usign import UsignSecretKey
 
 KERNEL_FILE = "kernel"
 MANIFEST_FILE = "manifest.json"
@@ -99,6 +101,7 @@ class BuildContext:
     outputs: dict[str, Path] = field(default_factory=dict)
     bootloader: dict | None = None  # the U-Boot package and binary of a board booted through U-Boot
     flash: dict | None = None  # the flash layout as written, for the manifest and fwgen inspect
+    signing_key: UsignSecretKey | None = None  # signs the update bundle; never written anywhere
 
     @property
     def epoch(self) -> int:
@@ -122,9 +125,14 @@ def build(
     progress: Progress = QUIET,
     source_date_epoch: int | None = None,
     compression: str = "gzip",
+    signing_key: UsignSecretKey | None = None,
 ) -> BuildResult:
-    """Build `board` into `outdir` (replaced atomically). Returns the manifest."""
+    """Build `board` into `outdir` (replaced atomically). Returns the manifest. A
+    `signing_key` signs the update bundle of a board with `update:`; it must be one the
+    board's update.keys lists."""
     started = time.monotonic()
+    if signing_key is not None and board.update is not None:
+        check_signing_key(signing_key, board.update.keys, str(board.source))
     ctx = BuildContext(
         board=board,
         outdir=outdir,
@@ -132,6 +140,7 @@ def build(
         progress=progress,
         source_date_epoch=source_date_epoch,
         compression=compression,
+        signing_key=signing_key,
     )
     # The whole overlay stack is validated (templates, conflicts, owners) before anything is written.
     ctx.layers = plan_layers(board.overlays, board.values)

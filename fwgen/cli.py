@@ -152,6 +152,19 @@ def _out_root(given: Path | None) -> Path:
     return next((project.out for project in active_projects() if project.out), Path("out"))
 
 
+sign_option = click.option(
+    "--sign", "sign_key", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="A secret key from fwgen keygen (usign/signify, unencrypted): sign the update bundle with it.",
+)
+
+
+def _secret_key(path: Path | None):
+    """The secret key in `path`, read once before any board runs (None without one)."""
+    from .usign import load_secret_key
+
+    return load_secret_key(path) if path is not None else None
+
+
 def _load_board(board_name, boards_dirs, overlay_dirs, qemu_dirs):
     from .config import load_board
 
@@ -299,21 +312,22 @@ def _boot_json(result) -> dict:
 @out_option
 @click.option("--compression", type=click.Choice(["gzip", "xz", "zstd", "none"]), default="gzip",
               show_default=True, help="Initramfs compression.")
+@sign_option
 @json_option
 @handle_errors
 def build(board_args, board_names, all_boards, jobs, junit_file, boards_dirs, overlay_dirs, qemu_dirs,
-          out_root, compression, as_json):
+          out_root, compression, sign_key, as_json):
     """Build boards' firmware, each into OUT/<board>/."""
     from .build import build as build_board
     from .progress import Progress
 
     names = _board_list(board_args, board_names, all_boards, boards_dirs)
-    cache, epoch, out_root = _cache(), _epoch(), _out_root(out_root)
+    cache, epoch, out_root, key = _cache(), _epoch(), _out_root(out_root), _secret_key(sign_key)
 
     def work(board):
         progress = Progress(enabled=not as_json, prefix="" if len(names) == 1 else f"[{board.name}] ")
-        result = build_board(board, outdir=out_root / board.name, cache=cache,
-                             progress=progress, source_date_epoch=epoch, compression=compression)
+        result = build_board(board, outdir=out_root / board.name, cache=cache, progress=progress,
+                             source_date_epoch=epoch, compression=compression, signing_key=key)
         return result, 0, "publish_outputs"
 
     def show(result) -> None:
@@ -504,14 +518,21 @@ def fetch(arch_name, packages, dest, mirror, suite, components, exclude, nodeps,
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--keys", "keys_dirs", multiple=True, type=click.Path(path_type=Path, exists=True),
-              help="A key file or folder of trusted keys (repeatable); default: the keys fwgen ships.")
+@click.option("--keys", "--key", "keys_dirs", multiple=True, type=click.Path(path_type=Path, exists=True),
+              help="A key file or folder of trusted keys (repeatable); default: the keys fwgen ships "
+                   "(for an update bundle: none, and its signature is not checked).")
+@click.option("--board", "board_name", help="An update bundle must name this board among its compatible ones.")
 @json_option
 @handle_errors
-def verify(path, keys_dirs, as_json):
-    """Check a .deb, .apk, .ipk or index file: what it is, whether it verifies, with which key."""
+def verify(path, keys_dirs, board_name, as_json):
+    """Check a .deb, .apk, .ipk or index file (what it is, whether it verifies, with which
+    key), or an update bundle (its signature, then every part's size and sha256)."""
+    from .bundle import is_bundle
     from .fetch.verify import verify_file
 
+    if is_bundle(path):
+        _verify_bundle(path, keys_dirs, board_name, as_json)
+        return
     report = verify_file(path, list(keys_dirs))
     if as_json:
         _emit_json({"file": str(path), "kind": report.kind, "ok": report.ok, "key": report.key,
@@ -520,6 +541,58 @@ def verify(path, keys_dirs, as_json):
         click.echo(str(report))
     if not report.ok:
         sys.exit(2)
+
+
+def _verify_bundle(path: Path, keys_dirs, board_name: str | None, as_json: bool) -> None:
+    from .bundle import verify_bundle
+    from .errors import UserError
+    from .usign import load_keys
+
+    keys = load_keys(list(keys_dirs)) if keys_dirs else None
+    if keys_dirs and not keys:
+        raise UserError(f"no usign/signify public key in {', '.join(map(str, keys_dirs))}")
+    _show_bundle(verify_bundle(path, keys, board=board_name), as_json)
+
+
+def _show_bundle(report, as_json: bool) -> None:
+    if as_json:
+        _emit_json({"file": str(report.path), "kind": "update bundle", "ok": True, "signed_by": report.signed_by,
+                    "signature_key": report.signature_key, **report.metadata})
+        return
+    click.echo(report.summary())
+    for part in report.parts:
+        click.echo(f"  {part['name']:8} {part['file']:18} {part['size']:>12,} bytes  sha256:{part['sha256'][:16]}")
+
+
+@main.command()
+@click.argument("name", type=click.Path(path_type=Path, dir_okay=False))
+@handle_errors
+def keygen(name):
+    """Write a new Ed25519 key pair, NAME.key (secret, mode 0600) and NAME.pub, in the
+    usign/signify format (OpenWrt's usign and OpenBSD's signify read both). Never overwrites."""
+    from .usign import load_secret_key, write_key_pair
+
+    secret, public = write_key_pair(name)
+    click.echo(f"{secret}: secret key {load_secret_key(secret).key_id} (keep it off the build machines "
+               f"and out of images)\n{public}: public key: list it in a board's update.keys")
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path, exists=True))
+@click.option("--key", "key_file", required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="The secret key (fwgen keygen's NAME.key, or signify -G -n's .sec).")
+@json_option
+@handle_errors
+def sign(path, key_file, as_json):
+    """Sign an update bundle built unsigned (replacing any signature it had), after checking
+    its parts. The bundle is rewritten atomically."""
+    from .bundle import is_bundle, sign_bundle
+    from .errors import UserError
+
+    key = _secret_key(key_file)
+    if not path.is_file() or not is_bundle(path):
+        raise UserError(f"{path}: not an update bundle", "fwgen sign signs the update.bundle of a build")
+    _show_bundle(sign_bundle(path, key), as_json)
 
 
 @main.command()

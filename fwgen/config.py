@@ -384,6 +384,9 @@ def _build_update(doc: Document, data: dict, board: Path) -> UpdateSpec | None:
     if "update" not in data:
         return None
     update = data["update"]
+    if not {"disk", "sdcard", "flash"} & set(data["outputs"]):
+        raise doc.error(("update",), "an update bundle carries a root partition: the board has none",
+                        "add disk, sdcard or flash to outputs", at_key=True)
     keys = tuple(_existing_file(doc, ("update", "keys", i), key, board) for i, key in enumerate(update["keys"]))
     compatible = tuple(update.get("compatible") or [_board_name(doc, data, board)])
     return UpdateSpec(slots=update["slots"], keys=keys, compatible=compatible, trials=update["trials"],

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from .bootloader import (
     FIRMWARE_OUTPUT,
+    FIT_OUTPUT,
     FLASH_OUTPUT,
     UBOOT_OUTPUT,
     UIMAGE_OUTPUT,
@@ -26,6 +27,7 @@ from .bootloader import (
     write_uboot_files,
     write_uimage,
 )
+from .bundle import build_metadata, part_for, write_bundle
 from .dtb import DeviceTree, apply_fixups
 from .errors import UserError
 from .guest import BOOT_INITRAMFS_PATHS, READY_MARKER, kernel_cmdline
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from .build import BuildContext
 
 INITRAMFS, SQUASHFS, DISK, SDCARD, FIT = "initramfs", "squashfs", "disk", "sdcard", "fit"
+BUNDLE, BUNDLE_FILE = "bundle", "update.bundle"
 INITRAMFS_FILE = "initramfs.cpio.gz"
 SQUASHFS_FILE = "rootfs.squashfs"
 DISK_FILE = "disk.img"
@@ -86,11 +89,15 @@ class Output:
     boot_partition: bool = False
     # A step on the root filesystem before the ELF audit (an SD card's firmware moves out).
     prepare: Callable[[BuildContext], None] | None = None
+    # Written for every board this says yes to, never listed in `outputs:` (the update bundle
+    # follows from `update:`).
+    implied_by: Callable[[Board], bool] | None = None
 
 
 def outputs_of(board: Board) -> list[Output]:
     """The board's outputs as table entries, in the table's order."""
-    return [output for output in OUTPUTS if output.name in board.outputs]
+    return [output for output in OUTPUTS
+            if output.name in board.outputs or (output.implied_by is not None and output.implied_by(board))]
 
 
 def write_outputs(ctx: BuildContext) -> None:
@@ -274,9 +281,31 @@ def _round_up(value: int, unit: int) -> int:
 
 
 
-def _drop_unless_asked(ctx: BuildContext, squashfs: Path) -> None:
-    """The squashfs of a root partition is kept as a file only when asked for as an output."""
-    if SQUASHFS not in ctx.board.outputs:
+def write_update_bundle(ctx: BuildContext) -> None:
+    """The update bundle (fwgen/bundle.py) of a board with `update:`: the FIT (or the kernel,
+    or a router's uImage) and the squashfs root a slot receives, signed when the build has a
+    key. The squashfs was kept for it; it goes now unless asked for as an output."""
+    board, update = ctx.board, ctx.board.update
+    assert ctx.staging is not None and update is not None
+    squashfs = ctx.staging / SQUASHFS_FILE
+    kernel = next(part_for(name, ctx.outputs[output]) for name, output in
+                  (("fit", FIT_OUTPUT), ("kernel", UIMAGE_OUTPUT), ("kernel", "kernel")) if output in ctx.outputs)
+    parts = [kernel, part_for("rootfs", squashfs)]
+    metadata = build_metadata(board=board.name, compatible=update.compatible, version=board.version,
+                              build_id=str(ctx.epoch), slots=update.slots, parts=parts)
+    path = ctx.staging / BUNDLE_FILE
+    write_bundle(path, metadata, parts, mtime=ctx.epoch, key=ctx.signing_key)
+    ctx.outputs[BUNDLE] = path
+    _drop_unless_asked(ctx, squashfs, bundled=True)
+    signed = f"signed by key {ctx.signing_key.key_id}" if ctx.signing_key else "unsigned"
+    ctx.progress.info(f"update bundle {path.stat().st_size // 1024:,} KiB ({signed}): "
+                      f"{', '.join(p.name for p in parts)}, version {board.version}")
+
+
+def _drop_unless_asked(ctx: BuildContext, squashfs: Path, *, bundled: bool = False) -> None:
+    """The squashfs of a root partition is kept as a file only when asked for as an output;
+    a board with `update:` keeps it until its bundle is written."""
+    if SQUASHFS not in ctx.board.outputs and (bundled or ctx.board.update is None):
         squashfs.unlink()
 
 
@@ -420,6 +449,8 @@ OUTPUTS = (
     Output(INITRAMFS, write_full_initramfs, kernel_boot_spec, covers=(FIT,)),
     Output(SQUASHFS, write_squashfs_output),
     Output(UIMAGE_OUTPUT, write_uimage_output),
+    # Last: it packs what the writers above wrote.
+    Output(BUNDLE, write_update_bundle, implied_by=lambda board: board.update is not None),
 )
 # A squashfs output alone is a root for flashing: the kernel has nothing to mount it from.
 # The FIT boots only beside a disk or an initramfs, which is what a board names.

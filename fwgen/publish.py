@@ -28,6 +28,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import UserError
 
@@ -201,3 +202,20 @@ def set_file_mode(path: Path) -> None:
     """A file made with mkstemp (0600) after publishing, such as fwgen boot's copies, gets
     the same rule."""
     os.chmod(path, 0o666 & ~current_umask())
+
+
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[BinaryIO]:
+    """A temporary file beside `path`, open for writing, that replaces `path` (with the
+    umask's mode) when the block ends and is removed when it fails: `path` is the old file
+    or the whole new one, never a part."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+        set_file_mode(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -26,7 +26,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
-from fwgen.fetch import usign
+from fwgen import usign
 from fwgen.fetch.apk import identity_of
 
 MTIME = 1_700_000_000

@@ -25,8 +25,9 @@ from pathlib import Path
 import pytest
 from feedgen import ar_archive
 
+from fwgen import usign
 from fwgen.errors import FwgenError
-from fwgen.fetch import apk, deb, ipk, usign
+from fwgen.fetch import apk, deb, ipk
 from fwgen.fetch.archive import UnpackBudget, list_ar_members, read_tar_stream
 from fwgen.images.cpio import read_cpio, read_initramfs
 from fwgen.images.flash import describe_flash, flash_image, scanned_layout

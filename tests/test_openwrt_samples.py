@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from fwgen import usign
 from fwgen.arch import Arch
 from fwgen.audit import audit_rootfs
 from fwgen.errors import FormatError
-from fwgen.fetch import FetchedPackage, install_package, ipk, read_package_entries, usign
+from fwgen.fetch import FetchedPackage, install_package, ipk, read_package_entries
 from fwgen.fetch.backend import INFLATED_BYTES, backend_for_file, read_head
 from fwgen.fetch.verify import identify, verify_file
 from fwgen.rootfs import EntryType, RootFS

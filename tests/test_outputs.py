@@ -23,7 +23,17 @@ def schema_outputs() -> set[str]:
 def test_every_output_the_schema_accepts_is_one_table_entry():
     names = [output.name for output in OUTPUTS]
     assert len(names) == len(set(names))
-    assert set(names) == schema_outputs()
+    # An implied output (the update bundle, from `update:`) is never listed in `outputs:`.
+    assert {output.name for output in OUTPUTS if output.implied_by is None} == schema_outputs()
+    assert {output.name for output in OUTPUTS if output.implied_by is not None} == {"bundle"}
+
+
+def test_an_update_section_adds_the_bundle_to_the_boards_outputs(tmp_path):
+    text = (REPO / "boards" / "qemu-aarch64-disk.yaml").read_text()
+    board = tmp_path / "with-update.yaml"
+    board.write_text(text.replace("name: qemu-aarch64-disk", "name: with-update") + "update:\n  slots: single\n")
+    assert "bundle" not in [o.name for o in outputs_of(load_board("qemu-aarch64-disk"))]
+    assert [o.name for o in outputs_of(load_board(str(board)))][-1] == "bundle"
 
 
 def test_covered_outputs_are_table_entries_and_a_writerless_entry_is_always_covered():

@@ -8,8 +8,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from feedgen import UsignSigner
 
+from fwgen import usign
 from fwgen.errors import FormatError, IntegrityError
-from fwgen.fetch import usign
 
 MESSAGE = b"Package: base-files\nVersion: 1\n"
 

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import usign
 from ..arch import Arch
 from ..board import Feed
 from ..cache import Cache
@@ -29,7 +30,7 @@ from ..compression import GZIP
 from ..errors import FormatError, IntegrityError, UserError, quoted
 from ..progress import Progress
 from ..rootfs import Entry, EntryType
-from . import debversion, usign
+from . import debversion
 from .archive import (
     AR_MAGIC,
     UnpackBudget,

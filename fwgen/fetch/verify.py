@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import usign
 from ..errors import FormatError, IntegrityError
-from . import apk, ipk, usign
+from . import apk, ipk
 from .archive import list_ar_members
 from .backend import backend_for_head, head_of, read_head
 
