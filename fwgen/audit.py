@@ -190,6 +190,28 @@ def _check_libraries(rootfs: RootFS, report: AuditReport) -> None:
                 info.errors.append(f"{info.float_abi}-float, but {name} ({found}) is {lib.float_abi}-float")
 
 
+def runtime_files(rootfs: RootFS, path: str) -> dict[str, bytes]:
+    """What running the image's program at `path` on the host needs beside it: its ELF
+    interpreter and the libraries it loads (transitively), each under the path the loader
+    asks for, with the bytes of the file that path resolves to in the image. A qemu-user
+    sysroot (`-L`) of these runs a dynamically linked package binary at build time."""
+    search = _library_dirs(rootfs)
+    files: dict[str, bytes] = {}
+    pending = [path]
+    while pending:
+        info = inspect_elf(pending[0], rootfs[pending.pop(0)].data)
+        wanted = [(info.interpreter, info.interpreter)] if info.interpreter else []
+        wanted += [(posixpath.join(posixpath.dirname(found), name), found) for name in info.needed
+                   if (found := _find_library(rootfs, name, search, info)) is not None]
+        for asked, found in wanted:
+            resolved = _resolved_file(rootfs, found)
+            if asked in files or resolved is None:
+                continue
+            files[asked] = rootfs[resolved].data
+            pending.append(resolved)
+    return files
+
+
 def audit_paths(paths: Iterable[Path | str], arch: Arch | None) -> AuditReport:
     """Audit files and folders on the host. A folder is treated as a root filesystem (its
     DT_NEEDED are resolved inside it); a single file's DT_NEEDED are listed, not resolved."""

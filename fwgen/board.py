@@ -28,6 +28,7 @@ class Feed:
     keys: tuple[Path, ...] = ()  # extra trusted keys; empty = the keys fwgen ships for the type
     where: str = field(default="", compare=False)  # "boards/x.yaml:8:5", for errors only
     arch: str | None = None  # the feed's package arch name; None: the type's name for the board's arch
+    device_url: str | None = None  # where the device reaches the feed (/etc/apk/repositories); None: url
 
 
 @dataclass(frozen=True)

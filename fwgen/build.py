@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .audit import audit_rootfs
+from .audit import audit_rootfs, runtime_files
 from .board import Board
 from .bundle import check_signing_key
 from .busybox import DEFAULT_SOURCE, BusyboxSource, build_busybox, install_busybox
@@ -39,6 +39,7 @@ from .fetch import (
     package_label,
     provenance_of,
     read_fetched_entries,
+    write_apk_state,
 )
 from .guest import (
     BOOT_CONF,
@@ -63,6 +64,7 @@ from .policy import SpecialFile, apply_policy, find_special_files
 from .progress import QUIET, Progress
 from .publish import create_staging, publish
 from .rootfs import Entry, EntryType, RootFS
+from .scripts import ScriptDecision, handle_package_scripts
 from .usign import UsignSecretKey
 
 KERNEL_FILE = "kernel"
@@ -102,6 +104,7 @@ class BuildContext:
     bootloader: dict | None = None  # the U-Boot package and binary of a board booted through U-Boot
     flash: dict | None = None  # the flash layout as written, for the manifest and fwgen inspect
     signing_key: UsignSecretKey | None = None  # signs the update bundle; never written anywhere
+    package_scripts: list[ScriptDecision] = field(default_factory=list)  # what became of each package script
 
     @property
     def epoch(self) -> int:
@@ -319,8 +322,8 @@ def assemble_rootfs(ctx: BuildContext) -> None:
     ctx.progress.step(f"assembling the root filesystem from {len(ctx.packages)} package(s)")
     limits = ctx.board.limits
     image = UnpackBudget(limits.image_size * MIB, f"limits.image_size ({limits.image_size} MiB)")
-    for fetched in ctx.packages:
-        install_package(rootfs, fetched, package_budget(ctx.board, image))
+    installed = [(fetched, install_package(rootfs, fetched, package_budget(ctx.board, image)))
+                 for fetched in ctx.packages]
     ctx.pruned = prune_package_files(rootfs, ctx.board.exclude_paths)
     if ctx.pruned:
         ctx.progress.info(f"left out {sum(ctx.pruned.values())} package file(s) matching exclude_paths")
@@ -328,18 +331,33 @@ def assemble_rootfs(ctx: BuildContext) -> None:
         # A deterministic default for SOURCE_DATE_EPOCH: the newest file the packages bring.
         ctx.source_date_epoch = max((e.mtime or 0 for e in rootfs), default=0)
     if ctx.busybox is not None:
-        install_busybox(rootfs, ctx.busybox.binary, ctx.board.arch,
-                        provenance=f"busybox:{ctx.busybox.version}-musl")
+        links = install_busybox(rootfs, ctx.busybox.binary, ctx.board.arch,
+                                provenance=f"busybox:{ctx.busybox.version}-musl")
     else:
         busybox = rootfs.get("/bin/busybox")
         if busybox is None or busybox.type is not EntryType.FILE:
             raise UserError(f"no /bin/busybox in the image: package {ctx.board.busybox.package} did not provide it")
-        install_busybox(rootfs, busybox.data, ctx.board.arch, provenance=busybox.provenance)
+        links = install_busybox(rootfs, busybox.data, ctx.board.arch, provenance=busybox.provenance,
+                                sysroot=runtime_files(rootfs, "/bin/busybox"))
     apply_layers(rootfs, ctx.layers)
     for built in ctx.built:
         install_build(rootfs, built)
     ctx.progress.info(f"overlays {', '.join(o.name for o in ctx.board.overlays)}: {len(ctx.layers.entries)} path(s)")
+    record_package_state(ctx, installed, len(links))
     write_generated_files(ctx)
+
+
+def record_package_state(ctx: BuildContext, installed: list[tuple[FetchedPackage, list[Entry]]], links: int) -> None:
+    """The package scripts (performed, deferred or not run: fwgen.scripts) and the package
+    manager's own state on the device (apk's installed database, world and repositories)."""
+    board = ctx.board
+    ctx.package_scripts = handle_package_scripts(ctx.rootfs, ctx.packages, busybox_package=board.busybox.package,
+                                                 applets=links)
+    deferred = sum(d.action == "first-boot" for d in ctx.package_scripts)
+    if ctx.package_scripts:
+        ctx.progress.info(f"package scripts: {len(ctx.package_scripts)}, {deferred} deferred to the first boot")
+    world = [*board.packages, *ctx.layers.packages, *([board.busybox.package] if board.busybox.package else [])]
+    write_apk_state(ctx.rootfs, installed, feeds=board.feeds, world=world, arch=board.arch, epoch=ctx.epoch)
 
 
 def package_budget(board: Board, image: UnpackBudget | None = None) -> UnpackBudget:
@@ -506,6 +524,7 @@ def write_manifest(ctx: BuildContext) -> dict:
         },
         "boot": {"cmdline": board.kernel.cmdline, "qemu_profile": board.qemu.profile.name if board.qemu else None},
         **({"flash": ctx.flash} if ctx.flash else {}),
+        "package_scripts": [d.to_dict() for d in ctx.package_scripts],
         "special_files": [dict(f.to_dict(), policy=ctx.policy.get((f.path, f.kind))) for f in ctx.special_files],
         "files": {entry.path: entry.provenance for entry in ctx.rootfs},
     }

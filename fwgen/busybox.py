@@ -33,7 +33,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,16 +140,20 @@ def build_busybox(
     return published
 
 
-def install_busybox(rootfs: RootFS, binary: bytes, arch: Arch, *, provenance: str = "busybox") -> list[str]:
+def install_busybox(rootfs: RootFS, binary: bytes, arch: Arch, *, provenance: str = "busybox",
+                    sysroot: Mapping[str, bytes] | None = None) -> list[str]:
     """Add /bin/busybox and a symlink for every applet the binary lists; return the links.
 
     The applet list comes from the binary's own `--list-full` run under qemu-user, so it
-    always matches the configuration. A path the root filesystem already holds (a package's
-    real program) is left alone.
+    always matches the configuration: what `busybox --install -s` does on the device
+    (Alpine's busybox runs it as its .post-install). A path the root filesystem already
+    holds (a package's real program) is left alone, as --install leaves it. A dynamically
+    linked BusyBox (Alpine's) runs with `sysroot`: image path -> bytes of its loader and
+    libraries.
     """
     rootfs.add_file("/bin/busybox", binary, 0o755, provenance=provenance)
     installed = []
-    for applet in list_applets(binary, arch):
+    for applet in list_applets(binary, arch, sysroot):
         path = "/" + applet
         if path in rootfs:
             continue
@@ -172,13 +176,22 @@ def export_busybox(binary: Path, out: Path) -> None:
             os.unlink(tmp)
 
 
-def list_applets(binary: bytes, arch: Arch) -> list[str]:
-    """The binary's `--list-full` (paths like `bin/sh`, `usr/bin/awk`), run under qemu-user."""
+def list_applets(binary: bytes, arch: Arch, sysroot: Mapping[str, bytes] | None = None) -> list[str]:
+    """The binary's `--list-full` (paths like `bin/sh`, `usr/bin/awk`), run under qemu-user
+    (with `sysroot`'s files, image path -> bytes, as its root for the loader and libraries)."""
     with tempfile.TemporaryDirectory(prefix="fwgen-busybox-") as tmp:
         path = Path(tmp) / "busybox"
         path.write_bytes(binary)
         path.chmod(0o755)
-        out = run(qemu_user_argv(arch, path, "--list-full"), timeout=60).stdout.decode()
+        root = Path(tmp) / "sysroot"
+        for image_path, data in (sysroot or {}).items():
+            target = root / image_path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        argv = qemu_user_argv(arch, path, "--list-full")
+        if sysroot:
+            argv[1:1] = ["-L", str(root)]
+        out = run(argv, timeout=60).stdout.decode()
     applets = [line.strip() for line in out.splitlines() if line.strip()]
     for applet in applets:
         if applet.startswith("/") or ".." in applet.split("/"):

@@ -35,6 +35,10 @@ RC_DIR = "/etc/fwgen/rc.d"
 SERVICE_DIR = "/etc/service"
 # The guest side of supervised services: `need NAME...` and `as USER CMD...` (overlay.py).
 SERVICE_HELPER = "/sbin/fwgen-service"
+# Package scripts deferred to the first boot (fwgen/scripts.py): the scripts and their `list`
+# (file and argument a line), which /sbin/fwgen-package-scripts runs once from rc.d.
+PACKAGE_SCRIPTS = "/usr/lib/fwgen/package-scripts"
+PACKAGE_SCRIPTS_RUNNER = "/sbin/fwgen-package-scripts"
 # The line rcS prints last, once every service runs: `fwgen boot` waits for it.
 READY_MARKER = "fwgen: ready"
 

@@ -34,7 +34,7 @@ from .resolver import ExcludedDependency, Resolution, name_matches, resolve
 __all__ = [
     "Backend", "Cache", "ExcludedDependency", "FetchedPackage", "Package", "PackageIndex",
     "Relation", "Resolution", "fetch_packages", "group_feeds", "install_package", "load_index",
-    "package_label", "provenance_of", "read_package_file",
+    "package_label", "provenance_of", "read_control_files", "read_package_file", "write_apk_state",
     "read_fetched_entries", "read_package_entries", "register_backend", "resolve", "resolve_packages",
     "UnpackBudget",
 ]
@@ -330,22 +330,56 @@ def provenance_of(package: Package) -> str:
     return f"{package.format}:{package.name}"
 
 
-def install_package(rootfs: RootFS, fetched: FetchedPackage, budget: UnpackBudget | None = None) -> None:
-    """Extract the package's data into the in-memory rootfs, provenance f"deb:{name}".
-    No maintainer scripts are run. What it unpacks to is charged to `budget` (a package
-    budget whose parent is the image's, say); beyond it, LimitError naming the package.
+def install_package(rootfs: RootFS, fetched: FetchedPackage, budget: UnpackBudget | None = None) -> list[Entry]:
+    """Extract the package's data into the in-memory rootfs, provenance f"deb:{name}", and
+    return its entries as the package holds them (for the package manager's database).
+    No maintainer scripts are run here (fwgen.scripts decides what becomes of them). What it
+    unpacks to is charged to `budget` (a package budget whose parent is the image's, say);
+    beyond it, LimitError naming the package.
 
     Like dpkg, a directory the rootfs already has as a symlink to a directory (merged /usr:
     /bin -> usr/bin) is followed, not replaced.
     """
     provenance = provenance_of(fetched.package)
-    for entry in read_fetched_entries(fetched, budget):
+    entries = read_fetched_entries(fetched, budget)
+    for entry in entries:
         path = _follow_directory_links(rootfs, entry.path)
         existing = rootfs.get(path)
         if entry.type is EntryType.DIR and existing is not None:
             if existing.type is EntryType.SYMLINK:
                 continue  # keep the layout's symlinked directory
         rootfs.add(replace(entry, path=path, provenance=provenance))
+    return entries
+
+
+def read_control_files(fetched: FetchedPackage) -> dict[str, bytes]:
+    """The files of a fetched package's control part (.PKGINFO or control, the scripts),
+    by name without a leading "./" or "/"."""
+    return get_backend(fetched.package.format).read_control_files(fetched.path)
+
+
+def write_apk_state(rootfs: RootFS, installed: Sequence[tuple[FetchedPackage, list[Entry]]], *,
+                    feeds: Sequence[Feed], world: Collection[str], arch: Arch, epoch: int) -> list[str]:
+    """apk's installed database, world, repositories and keys for the Alpine packages of
+    `installed` (install order), so that apk on the device knows what is installed and
+    where to get more; returns the repository lines written (none without an apk feed)."""
+    from .apk import ApkBackend
+    from .apkdb import InstalledApk, write_apk_database
+
+    backend = get_backend("apk")
+    assert isinstance(backend, ApkBackend)
+    packages = [InstalledApk(backend.verified(f.path), f.path.stat().st_size, entries)
+                for f, entries in installed if f.package.format == "apk"]
+    if not packages:
+        return []
+    apk_feeds = [feed for feed in feeds if feed.type == "apk"]
+    repositories = [f"{(feed.device_url or feed.url).rstrip('/')}/{component.strip('/')}"
+                    for feed in apk_feeds for component in feed.components]
+    keys = {p.apk.key.name: p.apk.key.source.read_bytes() for p in packages}
+    names = {p.name for p in packages}
+    write_apk_database(rootfs, packages, world=[n for n in world if n in names], repositories=repositories,
+                       arch=feed_arch(backend, apk_feeds[0], arch), keys=keys, epoch=epoch)
+    return repositories
 
 
 def _follow_directory_links(rootfs: RootFS, path: str) -> str:

@@ -662,6 +662,15 @@ class ApkBackend:
         self._verified_with[local] = keys
         return local
 
+    def read_control_files(self, path: Path) -> dict[str, bytes]:
+        """The files of the verified control stream: `.PKGINFO` and the scripts."""
+        return {m.name: m.data for m in self.verified(path).control if m.info.isreg()}
+
+    def verified(self, path: Path) -> VerifiedApk:
+        """An .apk's control data, its signature checked as read_entries checks it."""
+        keys = self._verified_with.get(path) or load_rsa_keys((SHIPPED_KEYS,))
+        return verify_apk(path.read_bytes(), keys, str(path))
+
     def read_entries(self, path: Path, budget: UnpackBudget | None = None) -> Iterator[Entry]:
         """The verified data entries of an .apk, its signature checked with the keys of the
         feed it was fetched from (the shipped Alpine keys for a file fetched otherwise)."""

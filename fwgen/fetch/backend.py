@@ -52,6 +52,10 @@ class Backend(Protocol):
         unpacks to is charged to `budget` (the default package limit when None) as it is
         decompressed, refused with LimitError beyond it."""
 
+    def read_control_files(self, path: Path) -> dict[str, bytes]:
+        """The files of the package's control part (metadata and maintainer scripts) by name,
+        without a leading "./" or "/"."""
+
     # Optional: read_package(path, *, feed, base_url, filename) -> Package, the package a
     # file describes by its own control data, for files no index lists (`package_files`).
 

@@ -32,7 +32,7 @@ from ..board import Feed
 from ..cache import Cache, discard_damaged
 from ..errors import FormatError, IntegrityError, UserError, quoted
 from ..progress import Progress
-from ..rootfs import Entry
+from ..rootfs import Entry, EntryType
 from . import debversion
 from .archive import (
     AR_MAGIC,
@@ -289,6 +289,12 @@ class DebBackend:
             tar = _read_transcoded_tar(cache, path, data, member, budget)
             return read_tar_entries(tar, _member_source(path, member), budget)
         return read_member_tar(path, data, members, "data", budget)
+
+    def read_control_files(self, path: Path) -> dict[str, bytes]:
+        """The files of a .deb's control.tar: control, md5sums, the maintainer scripts..."""
+        data = path.read_bytes()
+        entries = read_member_tar(path, data, list_ar_members(data, str(path)), "control")
+        return {e.path.lstrip("/"): e.data for e in entries if e.type is EntryType.FILE}
 
     def read_package(self, path: Path, *, feed: str, base_url: str, filename: str) -> Package:
         """The package a .deb file describes by its own control file: what a `Packages`

@@ -291,6 +291,12 @@ class IpkBackend:
             cache.forget(index)
             raise
 
+    def read_control_files(self, path: Path) -> dict[str, bytes]:
+        """The files of an .ipk's control.tar.gz: control, conffiles, the scripts..."""
+        members = split_ipk(path.read_bytes(), str(path))
+        entries = _read_inner_tar(members.control_tar_gz, f"{path}: control.tar.gz")
+        return {e.path.lstrip("/"): e.data for e in entries if e.type is EntryType.FILE}
+
     def read_entries(self, path: Path, budget: UnpackBudget | None = None) -> Iterator[Entry]:
         return iter(read_ipk_entries(path.read_bytes(), str(path), budget=budget))
 
