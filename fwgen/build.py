@@ -146,7 +146,7 @@ def build(
         signing_key=signing_key,
     )
     # The whole overlay stack is validated (templates, conflicts, owners) before anything is written.
-    ctx.layers = plan_layers(board.overlays, board.values)
+    ctx.layers = plan_layers(board.overlays, board.values, board.arch)
     created = make_folders(outdir.parent)
     staging = create_staging(outdir)
     ctx.staging = staging.path

@@ -447,7 +447,7 @@ def _show_origins(board, boards_dirs, as_json: bool) -> None:
 def _show_files(board, as_json: bool) -> None:
     from .overlay import list_layer_files, plan_layers
 
-    rows = list_layer_files(plan_layers(board.overlays, board.values))
+    rows = list_layer_files(plan_layers(board.overlays, board.values, board.arch))
     if as_json:
         _emit_json([{"path": p, "type": t, "mode": m, "layer": layer} for p, t, m, layer in rows])
         return

@@ -24,9 +24,10 @@ import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from . import __version__
+from .arch import Arch
 from .board import Board, Build, Check, FileRule, Overlay, Service, User, Variable
 from .document import (
     Document,
@@ -515,11 +516,13 @@ class Layers:
     accounts: Accounts = field(default_factory=Accounts)
 
 
-def plan_layers(overlays: Sequence[Overlay], variables: Mapping[str, str]) -> Layers:
-    """Validate the whole overlay stack and compute what it adds; nothing is written."""
+def plan_layers(overlays: Sequence[Overlay], variables: Mapping[str, str], arch: Arch | None = None) -> Layers:
+    """Validate the whole overlay stack and compute what it adds; nothing is written. With the
+    board's `arch`, its `files-<arch>/` folders are added and every ELF program is checked
+    against it."""
     layers = Layers(accounts=collect_accounts(overlays))
     for overlay in overlays:
-        _add_tree(layers, overlay, variables)
+        _add_tree(layers, overlay, variables, arch)
         layers.packages += [p for p in overlay.packages if p not in layers.packages]
         layers.modules += [m for m in overlay.modules if m not in layers.modules]
         layers.busybox_config += [f for f in overlay.busybox_config if f not in layers.busybox_config]
@@ -564,21 +567,60 @@ def apply_layers(rootfs: RootFS, layers: Layers) -> None:
         rootfs.add(_with_rule(entry, rule, overlay, path, layers.accounts))
 
 
-def _add_tree(layers: Layers, overlay: Overlay, variables: Mapping[str, str]) -> None:
-    top = overlay.path / "files"
+ARCH_FILES_PREFIX = "files-"  # files-aarch64/: files for the boards of one architecture only
+
+
+def _add_tree(layers: Layers, overlay: Overlay, variables: Mapping[str, str], arch: Arch | None) -> None:
     supplied = set()
-    if top.is_dir():
+    for top in _file_trees(overlay, arch):
         for host, image_path in _walk(top):
             entry = _entry_from_host(host, image_path, overlay, variables)
+            if arch is not None:
+                _check_elf_arch(entry, host, arch)
             rule = overlay.files.get(entry.path)
             if rule is not None:
                 entry = _with_rule(entry, rule, overlay, entry.path, layers.accounts)
-            _place(layers, entry, overlay, host, replaces=bool(rule and rule.replaces))
+            # An architecture's file stands in for the overlay's own generic one of that path.
+            own = entry.path in supplied and top.name != "files"
+            _place(layers, entry, overlay, host, replaces=bool(rule and rule.replaces) or own)
             supplied.add(entry.path)
     for path, rule in overlay.files.items():
         if path not in supplied:
             _with_rule(Entry(path, EntryType.FILE, 0o644), rule, overlay, path, layers.accounts)  # validate now
             layers.rules.append((overlay, path, rule))
+
+
+def _file_trees(overlay: Overlay, arch: Arch | None) -> list[Path]:
+    """`files/`, then `files-<arch>/` for the board's architecture; the other architectures'
+    folders are left out, and a `files-*` folder naming no architecture is a mistake."""
+    known = [a.value for a in Arch]
+    for folder in sorted(overlay.path.glob(f"{ARCH_FILES_PREFIX}*")):
+        name = folder.name.removeprefix(ARCH_FILES_PREFIX)
+        if folder.is_dir() and name not in known:
+            raise ConfigError(f"{folder.name}/ names no architecture fwgen knows", file=str(display_path(folder)),
+                              hint=did_you_mean(name, known, "architectures") or f"known: {', '.join(known)}")
+    trees = [overlay.path / "files"]
+    if arch is not None:
+        trees.append(overlay.path / f"{ARCH_FILES_PREFIX}{arch.value}")
+    return [top for top in trees if top.is_dir()]
+
+
+def _check_elf_arch(entry: Entry, host: Path, arch: Arch) -> None:
+    """Refuse, before anything is fetched or compiled, an overlay's program built for another
+    architecture (the ELF header's class, byte order and machine): the audit at the end would
+    find it too, after minutes of work."""
+    header = entry.data[:20] if entry.type is EntryType.FILE and entry.data else b""
+    if len(header) < 20 or header[:4] != b"\x7fELF" or header[5] not in (1, 2):
+        return
+    endian: Literal["little", "big"] = "little" if header[5] == 1 else "big"
+    found = (int.from_bytes(header[18:20], endian), 32 if header[4] == 1 else 64, endian)
+    if found == (arch.elf_machine, arch.elf_class, arch.endian):
+        return
+    matching = [a.value for a in Arch if (a.elf_machine, a.elf_class, a.endian) == found]
+    what = "/".join(matching) if matching else f"machine {found[0]}, {found[1]}-bit {endian}-endian"
+    raise ConfigError(f"an ELF program for {what}, but the board is {arch.value}", file=str(display_path(host)),
+                      hint=f"put it in {ARCH_FILES_PREFIX}{matching[0] if matching else '<arch>'}/ of the overlay: "
+                           "files/ is for every architecture")
 
 
 def _walk(top: Path) -> Iterable[tuple[Path, str]]:

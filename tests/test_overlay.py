@@ -35,7 +35,7 @@ def write(path: Path, text: str) -> Path:
 
 def plan(board_file: Path):
     board = load_board(board_file)
-    return board, plan_layers(board.overlays, board.values)
+    return board, plan_layers(board.overlays, board.values, board.arch)
 
 
 def make_board(folder: Path, overlays: list[str], extra: str = "") -> Path:
