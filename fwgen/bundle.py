@@ -98,7 +98,7 @@ def write_bundle(path: Path, metadata: bytes, parts: list[Part], *, mtime: int,
             _add_bytes(tar, SIGNATURE, signature, mtime)
         for part in parts:
             with open(part.path, "rb") as f:
-                tar.addfile(_member(part.file, part.path.stat().st_size, mtime), f)
+                tar.addfile(tar_member(part.file, part.path.stat().st_size, mtime), f)
 
 
 def is_bundle(path: Path) -> bool:
@@ -139,7 +139,7 @@ def sign_bundle(path: Path, key: usign.UsignSecretKey) -> BundleReport:
         _add_bytes(signed, SIGNATURE, key.sign(raw).encode(), mtime)
         for member in tar:
             if member.name not in (METADATA, SIGNATURE):
-                signed.addfile(_member(member.name, member.size, mtime), tar.extractfile(member))
+                signed.addfile(tar_member(member.name, member.size, mtime), tar.extractfile(member))
     return BundleReport(path, report.metadata, key.key_id, key.key_id)
 
 
@@ -223,16 +223,17 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     return f.read()
 
 
-def _member(name: str, size: int, mtime: int) -> tarfile.TarInfo:
+def tar_member(name: str, size: int, mtime: int, *, mode: int = 0o644, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
+    """A tar header that says nothing of the build machine: owner 0, no owner names."""
     info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = size, mtime, 0o644
+    info.type, info.size, info.mtime, info.mode = kind, size, mtime, mode
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     return info
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mtime: int) -> None:
-    tar.addfile(_member(name, len(data), mtime), io.BytesIO(data))
+    tar.addfile(tar_member(name, len(data), mtime), io.BytesIO(data))
 
 
 def _sha256_file(path: Path) -> str:

@@ -526,12 +526,17 @@ def fetch(arch_name, packages, dest, mirror, suite, components, exclude, nodeps,
 @handle_errors
 def verify(path, keys_dirs, board_name, as_json):
     """Check a .deb, .apk, .ipk or index file (what it is, whether it verifies, with which
-    key), or an update bundle (its signature, then every part's size and sha256)."""
+    key), an update bundle (its signature, then every part's size and sha256) or a sysupgrade
+    image (its fwtool trailers, signature and metadata)."""
     from .bundle import is_bundle
     from .fetch.verify import verify_file
+    from .sysupgrade import is_sysupgrade
 
     if is_bundle(path):
         _verify_bundle(path, keys_dirs, board_name, as_json)
+        return
+    if is_sysupgrade(path):
+        _verify_sysupgrade(path, keys_dirs, board_name, as_json)
         return
     report = verify_file(path, list(keys_dirs))
     if as_json:
@@ -543,15 +548,42 @@ def verify(path, keys_dirs, board_name, as_json):
         sys.exit(2)
 
 
-def _verify_bundle(path: Path, keys_dirs, board_name: str | None, as_json: bool) -> None:
-    from .bundle import verify_bundle
+def _update_keys(keys_dirs):
+    """The usign/signify keys an update is checked against; None when none are given."""
     from .errors import UserError
     from .usign import load_keys
 
     keys = load_keys(list(keys_dirs)) if keys_dirs else None
     if keys_dirs and not keys:
         raise UserError(f"no usign/signify public key in {', '.join(map(str, keys_dirs))}")
-    _show_bundle(verify_bundle(path, keys, board=board_name), as_json)
+    return keys
+
+
+def _verify_bundle(path: Path, keys_dirs, board_name: str | None, as_json: bool) -> None:
+    from .bundle import verify_bundle
+
+    _show_bundle(verify_bundle(path, _update_keys(keys_dirs), board=board_name), as_json)
+
+
+def _verify_sysupgrade(path: Path, keys_dirs, board_name: str | None, as_json: bool) -> None:
+    from .sysupgrade import verify_sysupgrade
+
+    keys = _update_keys(keys_dirs)
+    _show_sysupgrade(verify_sysupgrade(path, keys, board=board_name), checked=keys is not None, as_json=as_json)
+
+
+def _show_sysupgrade(image, *, checked: bool, as_json: bool) -> None:
+    key = image.signature.key_id if image.signature else None
+    if as_json:
+        _emit_json({"file": str(image.path), "kind": "sysupgrade", "ok": True, "signed_by": key if checked else None,
+                    "signature_key": key, "metadata": image.metadata, "members": image.members})
+        return
+    version = image.metadata.get("version", {})
+    signature = ("unsigned" if key is None else
+                 f"signed by key {key}, signature {'verified' if checked else 'NOT checked (give --key)'}")
+    click.echo(f"{image.path.name}: sysupgrade image for {image.board} (supported devices: "
+               f"{', '.join(image.metadata.get('supported_devices', []))}), version {version.get('version')}, "
+               f"revision {version.get('revision')}: {signature}; {', '.join(image.members)}")
 
 
 def _show_bundle(report, as_json: bool) -> None:
@@ -584,15 +616,20 @@ def keygen(name):
 @json_option
 @handle_errors
 def sign(path, key_file, as_json):
-    """Sign an update bundle built unsigned (replacing any signature it had), after checking
-    its parts. The bundle is rewritten atomically."""
+    """Sign an update bundle or a sysupgrade image built unsigned (replacing any signature it
+    had), after checking it. The file is rewritten atomically."""
     from .bundle import is_bundle, sign_bundle
     from .errors import UserError
+    from .sysupgrade import is_sysupgrade, sign_sysupgrade
 
     key = _secret_key(key_file)
-    if not path.is_file() or not is_bundle(path):
-        raise UserError(f"{path}: not an update bundle", "fwgen sign signs the update.bundle of a build")
-    _show_bundle(sign_bundle(path, key), as_json)
+    if path.is_file() and is_bundle(path):
+        _show_bundle(sign_bundle(path, key), as_json)
+    elif path.is_file() and is_sysupgrade(path):
+        _show_sysupgrade(sign_sysupgrade(path, key), checked=True, as_json=as_json)
+    else:
+        raise UserError(f"{path}: not an update bundle or a sysupgrade image",
+                        "fwgen sign signs a build's update.bundle or sysupgrade.bin")
 
 
 @main.command()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import sysupgrade
 from .bootloader import (
     FIRMWARE_OUTPUT,
     FIT_OUTPUT,
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 
 INITRAMFS, SQUASHFS, DISK, SDCARD, FIT = "initramfs", "squashfs", "disk", "sdcard", "fit"
 BUNDLE, BUNDLE_FILE = "bundle", "update.bundle"
+SYSUPGRADE, SYSUPGRADE_FILE = "sysupgrade", "sysupgrade.bin"
 INITRAMFS_FILE = "initramfs.cpio.gz"
 SQUASHFS_FILE = "rootfs.squashfs"
 DISK_FILE = "disk.img"
@@ -296,10 +298,26 @@ def write_update_bundle(ctx: BuildContext) -> None:
     path = ctx.staging / BUNDLE_FILE
     write_bundle(path, metadata, parts, mtime=ctx.epoch, key=ctx.signing_key)
     ctx.outputs[BUNDLE] = path
+    if any(output.name == SYSUPGRADE for output in outputs_of(board)):
+        write_sysupgrade_image(ctx, kernel.path, squashfs)
     _drop_unless_asked(ctx, squashfs, bundled=True)
     signed = f"signed by key {ctx.signing_key.key_id}" if ctx.signing_key else "unsigned"
     ctx.progress.info(f"update bundle {path.stat().st_size // 1024:,} KiB ({signed}): "
                       f"{', '.join(p.name for p in parts)}, version {board.version}")
+
+
+def write_sysupgrade_image(ctx: BuildContext, kernel: Path, squashfs: Path) -> None:
+    """A router's update in OpenWrt's sysupgrade form (fwgen/sysupgrade.py): the uImage and
+    the squashfs root in sysupgrade-<board>/, the metadata fwtool reads, the signature."""
+    board, update = ctx.board, ctx.board.update
+    assert ctx.staging is not None and update is not None
+    metadata = sysupgrade.build_metadata(board=board.name, compatible=update.compatible, version=board.version,
+                                         build_id=str(ctx.epoch), target=board.arch.value)
+    path = ctx.staging / SYSUPGRADE_FILE
+    sysupgrade.write_sysupgrade(path, board=board.name, kernel=kernel, root=squashfs, metadata=metadata,
+                                mtime=ctx.epoch, key=ctx.signing_key)
+    ctx.outputs[SYSUPGRADE] = path
+    ctx.progress.info(f"sysupgrade image {path.stat().st_size // 1024:,} KiB")
 
 
 def _drop_unless_asked(ctx: BuildContext, squashfs: Path, *, bundled: bool = False) -> None:
@@ -450,7 +468,8 @@ OUTPUTS = (
     Output(SQUASHFS, write_squashfs_output),
     Output(UIMAGE_OUTPUT, write_uimage_output),
     # Last: it packs what the writers above wrote.
-    Output(BUNDLE, write_update_bundle, implied_by=lambda board: board.update is not None),
+    Output(BUNDLE, write_update_bundle, covers=(SYSUPGRADE,), implied_by=lambda board: board.update is not None),
+    Output(SYSUPGRADE, None, implied_by=lambda board: board.update is not None and board.flash is not None),
 )
 # A squashfs output alone is a root for flashing: the kernel has nothing to mount it from.
 # The FIT boots only beside a disk or an initramfs, which is what a board names.

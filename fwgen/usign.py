@@ -81,6 +81,10 @@ class UsignSecretKey(_Numbered):
         """A usign/signify signature file over `message`."""
         return sign(message, self.private, self.fingerprint, f"signed by key {self.key_id}")
 
+    def trusted(self) -> dict[str, UsignKey]:
+        """Its public half, as load_keys returns keys: to check what it just signed."""
+        return {self.key_id: UsignKey(self.fingerprint, self.private.public_key(), "", self.source)}
+
 
 @dataclass(frozen=True)
 class UsignSignature(_Numbered):

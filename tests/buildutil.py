@@ -38,3 +38,24 @@ def boot_with_declared_firmware_only(board_name: str, outdir: Path, workdir: Pat
         assert machine.argv[:3] == [spec.profile.binary, "-M", spec.profile.machine]
         machine.poweroff()
     return seconds
+
+
+def build_with_update(template: str, name: str, folder: Path, update: str, cache: Path,
+                      times: int = 2) -> tuple[list[Path], list[float]]:
+    """Build boards/TEMPLATE renamed NAME with `update` (YAML: version:, update:) appended,
+    signed with folder/release.key, `times` times from one package cache and one
+    SOURCE_DATE_EPOCH; the output folders and the seconds each build took."""
+    import time
+
+    text = (REPO / "boards" / f"{template}.yaml").read_text().replace(f"name: {template}\n", f"name: {name}\n")
+    board = folder / f"{name}.yaml"
+    board.write_text(text + update)
+    outs, seconds = [], []
+    for n in range(1, times + 1):
+        started = time.monotonic()
+        result = run_fwgen("build", str(board), "--out", str(folder / f"out{n}"), "--sign", str(folder / "release.key"),
+                           cache=cache, env={"SOURCE_DATE_EPOCH": "1700000000"})
+        seconds.append(time.monotonic() - started)
+        assert result.returncode == 0, result.stdout + result.stderr
+        outs.append(folder / f"out{n}" / name)
+    return outs, seconds

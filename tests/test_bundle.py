@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from buildutil import REPO, run_fwgen
+from buildutil import REPO, build_with_update, run_fwgen
 
 from fwgen import usign
 from fwgen.bundle import build_metadata, part_for, sign_bundle, verify_bundle, write_bundle
@@ -240,7 +240,7 @@ def test_verify_reads_what_the_bundle_says(keys, tmp_path):
 def test_sign_refuses_what_is_not_a_bundle_and_a_public_key(keys, tmp_path):
     other = tmp_path / "notes.txt"
     other.write_text("hello\n")
-    one_line_error(fwgen("sign", str(other), "--key", str(keys[0])), "notes.txt", "not an update bundle")
+    one_line_error(fwgen("sign", str(other), "--key", str(keys[0])), "notes.txt", "not an update bundle or a sysupgrade image")
     with pytest.raises(FormatError, match="release.pub: secret key is 42 bytes"):
         usign.load_secret_key(keys[1])
 
@@ -256,12 +256,7 @@ def test_a_board_with_update_needs_a_root_partition(tmp_path):
 
 
 # -- built by fwgen ---------------------------------------------------------------------------
-def update_board(folder: Path, name: str, keys: list[str]) -> Path:
-    """BOARD with `version:` and `update:` sections, in `folder`."""
-    text = (REPO / "boards" / f"{BOARD}.yaml").read_text().replace(f"name: {BOARD}\n", f"name: {name}\n")
-    board = folder / f"{name}.yaml"
-    board.write_text(text + f'version: "1.4"\nupdate:\n  keys: [{", ".join(keys)}]\n')
-    return board
+UPDATE = 'version: "1.4"\nupdate:\n  keys: [release.pub]\n'
 
 
 @pytest.fixture(scope="module")
@@ -269,15 +264,7 @@ def built(tmp_path_factory, cache_dir):
     """The U-Boot board with update:, built twice signed (to compare), from one package cache."""
     folder = tmp_path_factory.mktemp("bundle-build")
     usign.write_key_pair(folder / "release")
-    board = update_board(folder, "upd-aarch64", ["release.pub"])
-    outs, seconds = [], []
-    for n in (1, 2):
-        started = time.monotonic()
-        result = run_fwgen("build", str(board), "--out", str(folder / f"out{n}"), "--sign", str(folder / "release.key"),
-                           cache=cache_dir, env={"SOURCE_DATE_EPOCH": "1700000000"})
-        seconds.append(time.monotonic() - started)
-        assert result.returncode == 0, result.stdout + result.stderr
-        outs.append(folder / f"out{n}" / "upd-aarch64")
+    outs, seconds = build_with_update(BOARD, "upd-aarch64", folder, UPDATE, cache_dir)
     return folder, outs, seconds
 
 
@@ -326,7 +313,7 @@ def test_the_secret_key_is_in_no_output(built):
 def test_signing_with_a_key_the_board_does_not_trust_stops_the_build_at_once(built, cache_dir):
     folder, _, _ = built
     usign.write_key_pair(folder / "stranger")
-    result = run_fwgen("build", str(update_board(folder, "upd-aarch64", ["release.pub"])), "--out",
+    result = run_fwgen("build", str(folder / "upd-aarch64.yaml"), "--out",
                        str(folder / "out-stranger"), "--sign", str(folder / "stranger.key"), cache=cache_dir)
     one_line_error(result, "upd-aarch64.yaml", "update.keys does not list the signing key")
     assert not (folder / "out-stranger").exists()

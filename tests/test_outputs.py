@@ -25,7 +25,7 @@ def test_every_output_the_schema_accepts_is_one_table_entry():
     assert len(names) == len(set(names))
     # An implied output (the update bundle, from `update:`) is never listed in `outputs:`.
     assert {output.name for output in OUTPUTS if output.implied_by is None} == schema_outputs()
-    assert {output.name for output in OUTPUTS if output.implied_by is not None} == {"bundle"}
+    assert {output.name for output in OUTPUTS if output.implied_by is not None} == {"bundle", "sysupgrade"}
 
 
 def test_an_update_section_adds_the_bundle_to_the_boards_outputs(tmp_path):
@@ -34,6 +34,10 @@ def test_an_update_section_adds_the_bundle_to_the_boards_outputs(tmp_path):
     board.write_text(text.replace("name: qemu-aarch64-disk", "name: with-update") + "update:\n  slots: single\n")
     assert "bundle" not in [o.name for o in outputs_of(load_board("qemu-aarch64-disk"))]
     assert [o.name for o in outputs_of(load_board(str(board)))][-1] == "bundle"
+    router = tmp_path / "router.yaml"
+    router.write_text((REPO / "boards" / "qemu-mips-router.yaml").read_text().replace("name: qemu-mips-router",
+                                                                                    "name: router") + "update: {}\n")
+    assert [o.name for o in outputs_of(load_board(str(router)))][-2:] == ["bundle", "sysupgrade"]
 
 
 def test_covered_outputs_are_table_entries_and_a_writerless_entry_is_always_covered():
