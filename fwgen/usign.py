@@ -19,7 +19,6 @@ key number, and the secret key itself (Ed25519 seed + public key, as NaCl stores
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import os
 import tempfile
@@ -100,7 +99,7 @@ def _read_payload(text: str, name: str) -> tuple[str, bytes]:
     comment = lines[0].removeprefix("untrusted comment:").strip()
     try:
         return comment, base64.b64decode(lines[1].strip(), validate=True)
-    except binascii.Error as e:
+    except ValueError as e:  # binascii.Error, and a line with non-ASCII characters
         raise FormatError(f"{name}: line 2: bad base64: {e}") from e
 
 

@@ -17,15 +17,19 @@ import lzma
 import random
 import signal
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from feedgen import ar_archive
 
 from fwgen import usign
+from fwgen.bundle import build_metadata as build_bundle_metadata
+from fwgen.bundle import part_for, verify_bundle, write_bundle
 from fwgen.errors import FwgenError
 from fwgen.fetch import apk, deb, ipk
 from fwgen.fetch.archive import UnpackBudget, list_ar_members, read_tar_stream
@@ -33,8 +37,9 @@ from fwgen.images.cpio import read_cpio, read_initramfs
 from fwgen.images.flash import describe_flash, flash_image, scanned_layout
 from fwgen.images.squashfs_reader import read_squashfs
 from fwgen.images.uimage import make_multi_uimage, multi_files, read_uimage
+from fwgen.sysupgrade import verify_sysupgrade, write_sysupgrade
 
-CASES = 200  # per reader: 17 readers, 3,400 cases in about 10 s
+CASES = 200  # per reader: 19 readers, 3,800 cases in about 12 s
 CASE_SECONDS = 5.0  # a case's bound; a real one takes milliseconds
 
 
@@ -221,6 +226,47 @@ def _read_opkg_index(data: bytes, ctx: Context) -> None:
     ipk.verify_index(data, ctx.packages_sig, ctx.usign_keys, "fuzz/Packages")
 
 
+# Update bundles and sysupgrade images are signed with a fixed key: a mutation that keeps the
+# signed bytes whole reaches the checks behind the signature.
+FUZZ_KEY = usign.UsignSecretKey(b"fuzzfuzz", Ed25519PrivateKey.from_private_bytes(bytes(range(32))), "fuzz")
+
+
+def _read_bundle(data: bytes, ctx: Context) -> None:
+    path = ctx.scratch / "fuzz.bundle"
+    path.write_bytes(data)
+    verify_bundle(path, FUZZ_KEY.trusted(), board="fuzz")
+
+
+def _as_bundle(data: bytes) -> bytes:
+    # The squashfs sample as the root part of a signed bundle, a slice of it as the FIT.
+    with tempfile.TemporaryDirectory() as folder:
+        fit, root, bundle = Path(folder, "fit"), Path(folder, "root"), Path(folder, "bundle")
+        fit.write_bytes(data[:1000])
+        root.write_bytes(data)
+        parts = [part_for("fit", fit), part_for("rootfs", root)]
+        metadata = build_bundle_metadata(board="fuzz", compatible=("fuzz",), version="1", build_id="0", slots="ab",
+                                         parts=parts)
+        write_bundle(bundle, metadata, parts, mtime=0, key=FUZZ_KEY)
+        return bundle.read_bytes()
+
+
+def _read_sysupgrade(data: bytes, ctx: Context) -> None:
+    path = ctx.scratch / "fuzz-sysupgrade.bin"
+    path.write_bytes(data)
+    verify_sysupgrade(path, FUZZ_KEY.trusted())
+
+
+def _as_sysupgrade(data: bytes) -> bytes:
+    # fwtool's sample metadata.json as the metadata of a small signed sysupgrade image.
+    with tempfile.TemporaryDirectory() as folder:
+        kernel, root, image = Path(folder, "kernel"), Path(folder, "root"), Path(folder, "image")
+        kernel.write_bytes(b"kernel" * 200)
+        root.write_bytes(b"hsqs" * 300)
+        write_sysupgrade(image, board="tplink_archer-c7-v5", kernel=kernel, root=root, metadata=data, mtime=0,
+                         key=FUZZ_KEY)
+        return image.read_bytes()
+
+
 CPIO = ("cpio/test_svr4.cpio", "cpio/test_svr4_crc.cpio")
 SQUASHFS = ("squashfs/fact-gzip.sqfs", "squashfs/fact-xz.sqfs", "squashfs/fact-zstd.sqfs", "squashfs/binwalk-squashfs.bin")
 IPKS = ("openwrt-core-mvebu/fwtool_2019-11-12-8f7fe925-1_arm_cortex-a9_vfpv3-d16.ipk",
@@ -246,6 +292,8 @@ READERS = {
     "uimage": Reader(("uimage/uboot.image_with_header",), _read_uimage),
     "uimage-multi": Reader(("uimage/uboot.image_with_header",), _read_uimage, _as_multi_file),
     "flash-dump": Reader(("squashfs/fact-gzip.sqfs",), _scan_flash, _as_flash_dump),
+    "update-bundle": Reader(("squashfs/fact-gzip.sqfs",), _read_bundle, _as_bundle),
+    "sysupgrade": Reader(("fwtool/metadata.json",), _read_sysupgrade, _as_sysupgrade),
 }
 
 

@@ -70,6 +70,7 @@ def test_signature_by_another_key_number_is_refused(signer, tmp_path):
     [
         ("no comment line\nAAAA\n", "not a usign file"),
         ("untrusted comment: x\n!!!not base64!!!\n", "bad base64"),
+        ("untrusted comment: x\nRWQ\u00e9\u00e9\n", "bad base64"),  # as a damaged Packages.sig decodes
         ("untrusted comment: x\n" + base64.b64encode(b"Ed" + bytes(40)).decode() + "\n", "signature is 42 bytes, expected 74"),
         ("untrusted comment: x\n" + base64.b64encode(b"XX" + bytes(72)).decode() + "\n", "not an Ed25519"),
     ],
