@@ -30,6 +30,7 @@ from .cache import Cache
 from .compile import BuiltFiles, compile_build, install_build
 from .compression import ZSTD
 from .config import board_digest
+from .epoch import board_input_files, newest_input_time
 from .errors import UserError, writing
 from .fetch import (
     FetchedPackage,
@@ -103,6 +104,7 @@ class BuildContext:
     outputs: dict[str, Path] = field(default_factory=dict)
     bootloader: dict | None = None  # the U-Boot package and binary of a board booted through U-Boot
     flash: dict | None = None  # the flash layout as written, for the manifest and fwgen inspect
+    epoch_from: str = "SOURCE_DATE_EPOCH"  # what chose the timestamps: the environment or the newest input
     signing_key: UsignSecretKey | None = None  # signs the update bundle; never written anywhere
     package_scripts: list[ScriptDecision] = field(default_factory=list)  # what became of each package script
 
@@ -328,8 +330,12 @@ def assemble_rootfs(ctx: BuildContext) -> None:
     if ctx.pruned:
         ctx.progress.info(f"left out {sum(ctx.pruned.values())} package file(s) matching exclude_paths")
     if ctx.source_date_epoch is None:
-        # A deterministic default for SOURCE_DATE_EPOCH: the newest file the packages bring.
-        ctx.source_date_epoch = max((e.mtime or 0 for e in rootfs), default=0)
+        # A deterministic default for SOURCE_DATE_EPOCH: the newest input, the files the
+        # packages bring and the board's own (its file, its overlays'; commit times in git).
+        from_packages = max((e.mtime or 0 for e in rootfs), default=0)
+        from_board = newest_input_time(board_input_files(ctx.board))
+        ctx.source_date_epoch = max(from_packages, from_board)
+        ctx.epoch_from = "packages" if from_packages >= from_board else "board and overlay files"
     if ctx.busybox is not None:
         links = install_busybox(rootfs, ctx.busybox.binary, ctx.board.arch,
                                 provenance=f"busybox:{ctx.busybox.version}-musl")
@@ -502,6 +508,7 @@ def write_manifest(ctx: BuildContext) -> dict:
         "board": {"name": board.name, "file": str(board.source), "sha256": board_digest(board)},
         "arch": board.arch.value,
         "source_date_epoch": ctx.epoch,
+        "source_date_epoch_from": ctx.epoch_from,
         "inputs": {
             "packages": [_package_record(p) for p in ctx.packages],
             "kernel": dict(_kernel_record(ctx), release=ctx.kernel.release, image=ctx.kernel.image_path),

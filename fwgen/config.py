@@ -634,11 +634,39 @@ def check_persist_storage(doc: Document, persistent: bool) -> None:
                             at_key=True)
 
 
+# The settings sections each output reads; `fwgen show` leaves out the sections (all
+# defaults) that none of the board's outputs reads, so a board without an SD card shows none.
+OUTPUT_SECTIONS = {
+    "disk": ("disk",),
+    "sdcard": ("sdcard", "disk"),
+    "flash": ("flash", "disk", "uboot"),
+    "fit": ("uboot",),
+    "uimage": ("uboot",),
+}
+
+
 def board_to_dict(board: Board) -> dict:
-    """The fully resolved board as JSON-ready data (paths and arches as strings); overlays
-    by their folders (`fwgen show --files` lists what they supply)."""
-    folders = [str(overlay.path) for overlay in board.overlays]
-    return _plain(dataclasses.replace(board, overlays=())) | {"overlays": folders}
+    """The fully resolved board as JSON-ready data (paths and arches as strings): the overlays
+    in layer order with their variables (default and value), services and rendered checks;
+    `fwgen show --files` lists the files they supply."""
+    data = _plain(dataclasses.replace(board, overlays=()))
+    used = {section for output in board.outputs for section in OUTPUT_SECTIONS.get(output, ())}
+    for section in {section for sections in OUTPUT_SECTIONS.values() for section in sections} - used:
+        data.pop(section, None)
+    for optional in ("update",):
+        if data.get(optional) is None:
+            data.pop(optional, None)
+    data["overlays"] = [_overlay_to_dict(overlay, board.values) for overlay in board.overlays]
+    return data
+
+
+def _overlay_to_dict(overlay: Overlay, values: Mapping[str, str]) -> dict:
+    shown = _plain(dataclasses.replace(overlay, positions=None, variables={}))
+    del shown["positions"]
+    shown["variables"] = {name: {"default": _plain(variable.default), "value": values.get(name),
+                                 "description": variable.description}
+                          for name, variable in overlay.variables.items()}
+    return shown
 
 
 def _plain(value: Any) -> Any:

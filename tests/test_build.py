@@ -46,6 +46,19 @@ def test_build_writes_kernel_initramfs_and_manifest(built):
     assert manifest["files"]["/bin/busybox"] == "busybox:1.35.0-musl"
 
 
+def test_timestamps_default_to_the_newest_input_board_and_overlays_included(built):
+    from fwgen.config import load_board
+    from fwgen.epoch import board_input_files, newest_input_time
+
+    manifest = json.loads((built[0] / "manifest.json").read_text())
+    own = newest_input_time(board_input_files(load_board("qemu-aarch64")))
+    assert own > 1_600_000_000  # never 1970, packages or not
+    assert manifest["source_date_epoch"] >= own
+    assert manifest["source_date_epoch_from"] in ("packages", "board and overlay files")
+    if manifest["source_date_epoch"] == own:
+        assert manifest["source_date_epoch_from"] == "board and overlay files"
+
+
 def test_gnu_cpio_lists_a_root_owned_initramfs_with_device_nodes(built):
     outdir, _ = built
     archive = subprocess.run(["gzip", "-dc", str(outdir / "initramfs.cpio.gz")], capture_output=True,

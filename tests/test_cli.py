@@ -58,6 +58,22 @@ def test_show_prints_the_resolved_board_as_json_and_yaml():
     assert yaml_out.exit_code == 0 and "arch: aarch64" in yaml_out.output
 
 
+def test_show_includes_overlay_variables_services_and_checks_and_only_the_outputs_sections():
+    board = json.loads(invoke("show", "qemu-aarch64", "--json").output)
+    assert not {"sdcard", "disk", "uboot", "flash"} & set(board)  # an initramfs board: none of them
+    overlays = {overlay["name"]: overlay for overlay in board["overlays"]}
+    assert list(overlays)[0] == "base"
+    httpd = overlays["httpd"]
+    assert httpd["services"]["httpd"]["command"]
+    assert any(check["port"] == 80 for check in httpd["checks"])
+    port = httpd["variables"]["httpd_port"]
+    assert port["default"] == "80" and port["value"] == "80" and port["description"]
+    sdcard = json.loads(invoke("show", "rpi-zero", "--json").output)
+    assert "sdcard" in sdcard and "uboot" not in sdcard
+    router = json.loads(invoke("show", "qemu-mips-router", "--json").output)
+    assert {"flash", "uboot", "disk"} <= set(router) and "sdcard" not in router
+
+
 def test_boot_without_a_build_says_what_to_do(tmp_path):
     result = invoke("boot", "--board", "qemu-aarch64", "--out", str(tmp_path))
     assert result.exit_code == 2

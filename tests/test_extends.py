@@ -77,7 +77,7 @@ def test_errors_point_at_the_file_and_line_that_wrote_the_value(tmp_path):
 
 def test_inherited_relative_paths_are_read_beside_the_parent(tmp_path):
     write(tmp_path / "vendor" / "keys" / "release.pub", "untrusted comment: release\nRWQAAAAAAAAAAA==\n")
-    write(tmp_path / "vendor" / "family.yaml", "arch: aarch64\nupdate:\n  keys: [keys/release.pub]\n")
+    write(tmp_path / "vendor" / "family.yaml", "arch: aarch64\noutputs: [disk]\nupdate:\n  keys: [keys/release.pub]\n")
     child = load_board(write(tmp_path / "products" / "sku2.yaml", "extends: ../vendor/family.yaml\nversion: '3'\n"))
     assert child.update.keys == ((tmp_path / "vendor" / "keys" / "release.pub").resolve(),)
     assert child.update.compatible == ("sku2",)

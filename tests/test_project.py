@@ -47,7 +47,7 @@ def test_fwgen_toml_names_the_folders_so_commands_need_no_flags(tmp_path, monkey
     shown = invoke("show", "acme-router", "--json")
     assert shown.exit_code == 0, shown.output
     resolved = json.loads(shown.output)
-    assert Path(str(resolved["overlays"][0])) == root / "layers" / "acme-web"
+    assert Path(resolved["overlays"][0]["path"]) == root / "layers" / "acme-web"
     assert "acme-virt" in shown.output
     [project] = active_projects()
     assert project.out == root / "build"
