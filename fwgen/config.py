@@ -661,8 +661,8 @@ def board_to_dict(board: Board) -> dict:
 
 
 def _overlay_to_dict(overlay: Overlay, values: Mapping[str, str]) -> dict:
-    shown = _plain(dataclasses.replace(overlay, positions=None, variables={}))
-    del shown["positions"]
+    shown = {f.name: _plain(getattr(overlay, f.name)) for f in dataclasses.fields(overlay)
+             if f.name not in ("positions", "variables")}
     shown["variables"] = {name: {"default": _plain(variable.default), "value": values.get(name),
                                  "description": variable.description}
                           for name, variable in overlay.variables.items()}
