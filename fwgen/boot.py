@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from .board import Board
 from .checks import CheckResult, run_checks
@@ -71,6 +74,21 @@ def boot(
 
 def _boot_build(board: Board, outdir: Path, *, timeout_factor: float, progress: Progress,
                 fresh_disk: bool) -> BootResult:
+    with _ready_guest(board, outdir, timeout_factor=timeout_factor, progress=progress,
+                      fresh_disk=fresh_disk) as (machine, ready):
+        results = run_checks(machine, board.all_checks, progress=progress)
+        code = machine.returncode
+        died = "" if code is None else f"QEMU exited with code {code} during the checks"
+        if all(r.passed for r in results):
+            machine.poweroff()
+        return BootResult(board.name, ready, results, machine.console_log, died)
+
+
+@contextmanager
+def _ready_guest(board: Board, outdir: Path, *, timeout_factor: float, progress: Progress,
+                 fresh_disk: bool) -> Iterator[tuple[Machine, float]]:
+    """The built board started under QEMU, once it printed its ready line (with the seconds
+    that took); QEMU is killed on the way out."""
     with writing(outdir / "boot", f"the boot copy of {board.name}'s disk"):
         spec = boot_spec_for(board, outdir, fresh_disk=fresh_disk)
     workdir = outdir / "boot"
@@ -83,12 +101,34 @@ def _boot_build(board: Board, outdir: Path, *, timeout_factor: float, progress: 
         machine.wait_for(READY_MARKER, timeout=board.qemu.timeout)
         ready = time.monotonic() - started
         progress.info(f"ready after {ready:.1f} s")
-        results = run_checks(machine, board.all_checks, progress=progress)
-        code = machine.returncode
-        died = "" if code is None else f"QEMU exited with code {code} during the checks"
-        if all(r.passed for r in results):
+        yield machine, ready
+
+
+def shell(board: Board, outdir: Path, *, stdin: IO[bytes], stdout: IO[bytes], timeout_factor: float = 1.0,
+          progress: Progress = QUIET, fresh_disk: bool = False) -> str:
+    """Boot the board's build and give its console to a person (`fwgen boot --shell`): once the
+    guest is ready, say how to reach its forwarded services, attach the console until they
+    type Ctrl-], then power the guest off. Returns how the session ended."""
+    assert board.qemu is not None
+    with use_build(outdir) as folder, _ready_guest(board, folder, timeout_factor=timeout_factor,
+                                                   progress=progress, fresh_disk=fresh_disk) as (machine, _):
+        progress.info(f"{board.name}: {forwarded_services(machine, board.qemu.forward)}")
+        progress.info("console attached: press Enter for a prompt, Ctrl-] to power off and leave")
+        ended = machine.attach(stdin, stdout)
+        if machine.returncode is None:
             machine.poweroff()
-        return BootResult(board.name, ready, results, machine.console_log, died)
+        return ended
 
 
-__all__ = ["BOOT_DISK", "BootResult", "boot", "boot_spec_for", "prepare_boot_disk", "READY_MARKER"]
+KNOWN_SERVICES = {22: "ssh -p {port} root@127.0.0.1", 80: "http://127.0.0.1:{port}/"}
+
+
+def forwarded_services(machine: Machine, ports: Sequence[int]) -> str:
+    """How to reach each forwarded guest port from the host, ssh and http spelled out."""
+    if not ports:
+        return "no guest ports are forwarded"
+    return ", ".join(f"guest port {port}: " + KNOWN_SERVICES.get(port, "127.0.0.1:{port}").format(
+        port=machine.host_port(port)) for port in ports)
+
+
+__all__ = ["BOOT_DISK", "BootResult", "boot", "boot_spec_for", "prepare_boot_disk", "READY_MARKER", "shell"]

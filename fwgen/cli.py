@@ -349,10 +349,13 @@ def build(board_args, board_names, all_boards, jobs, junit_file, boards_dirs, ov
               help="Multiply every boot and check timeout (slow machines); default FWGEN_TIMEOUT_FACTOR or 1.")
 @click.option("--fresh-disk", is_flag=True,
               help="Start from a fresh copy of the built disk image (forget what earlier boots wrote).")
+@click.option("--shell", "interactive", is_flag=True,
+              help="Log in: boot one board, print its forwarded ports (ssh, http) and attach its console "
+                   "instead of running the checks; Ctrl-] powers it off.")
 @json_option
 @handle_errors
 def boot(board_args, board_names, all_boards, jobs, junit_file, boards_dirs, overlay_dirs, qemu_dirs,
-         out_root, timeout_factor, fresh_disk, as_json):
+         out_root, timeout_factor, fresh_disk, interactive, as_json):
     """Boot built boards under QEMU and run their checks (each with its own forwarded ports)."""
     from .boot import boot as boot_board
     from .errors import EXIT_BOOT_FAILED, EXIT_CHECK_FAILED
@@ -361,6 +364,9 @@ def boot(board_args, board_names, all_boards, jobs, junit_file, boards_dirs, ove
     names = _board_list(board_args, board_names, all_boards, boards_dirs)
     out_root = _out_root(out_root)
     factor = timeout_factor or float(os.environ.get("FWGEN_TIMEOUT_FACTOR", "1"))
+    if interactive:
+        _shell(names, out_root, factor, fresh_disk, (boards_dirs, overlay_dirs, qemu_dirs))
+        return
 
     def work(board):
         progress = Progress(enabled=not as_json, prefix="" if len(names) == 1 else f"[{board.name}] ")
@@ -383,6 +389,19 @@ def boot(board_args, board_names, all_boards, jobs, junit_file, boards_dirs, ove
 
     _run_boards("boot", names, jobs, junit_file, as_json,
                 lambda name: _load_board(name, boards_dirs, overlay_dirs, qemu_dirs), work, [boot_board], show)
+
+
+def _shell(names: list[str], out_root: Path, factor: float, fresh_disk: bool, folders) -> None:
+    from .boot import shell
+    from .errors import UserError
+    from .progress import Progress
+
+    if len(names) != 1:
+        raise UserError(f"--shell attaches one console: {len(names)} boards given", "name one board")
+    board = _load_board(names[0], *folders)
+    ended = shell(board, out_root / board.name, stdin=sys.stdin.buffer, stdout=sys.stdout.buffer,
+                  timeout_factor=factor, progress=Progress(), fresh_disk=fresh_disk)
+    click.echo(f"\nfwgen: console closed ({ended}); {board.name} powered off", err=True)
 
 
 @main.command()

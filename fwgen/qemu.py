@@ -18,15 +18,18 @@ import itertools
 import logging
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
 import socket
 import subprocess
+import termios
 import threading
 import time
+import tty
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
@@ -344,6 +347,9 @@ def _markers(token: str) -> tuple[str, str]:
     return f"@@@FWGEN-BEGIN-{token}@@@", f"@@@FWGEN-END-{token}@@@"
 
 
+ESCAPE = b"\x1d"  # Ctrl-]: leaves an attached console, as telnet's escape does
+
+
 class Machine:
     """A running guest. Use as a context manager: QEMU is killed on the way out.
 
@@ -386,6 +392,7 @@ class Machine:
         self._shell_ready = False
         self._send_lock = threading.Lock()
         self._launches = 0
+        self._echo: IO[bytes] | None = None  # where console output also goes while a person is attached
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -530,6 +537,10 @@ class Machine:
             if chunk:
                 self._log.write(chunk)
                 self._log.flush()
+                echo = self._echo
+                if echo is not None:
+                    echo.write(chunk)
+                    echo.flush()
             with self._changed:
                 if not chunk:
                     self._eof = True
@@ -722,6 +733,32 @@ class Machine:
             raise self._error(f"QEMU exited with code {code} after 'poweroff -f'" + (
                 f": {self._stderr_tail()}" if self._stderr_tail() else ""))
 
+    def attach(self, stdin: IO[bytes], stdout: IO[bytes], escape: bytes = ESCAPE) -> str:
+        """Hand the console to a person: what the guest prints goes to `stdout`, what they type
+        (a terminal's in raw mode) to the guest, until they type `escape` (Ctrl-] as in telnet)
+        or QEMU exits. Returns why it ended: "escape", "end of input" or "qemu exited"."""
+        fd = stdin.fileno()
+        restore = _raw_terminal(fd)
+        self._echo = stdout
+        try:
+            while True:
+                if self.returncode is not None:
+                    return "qemu exited"
+                readable, _, _ = select.select([fd], [], [], 0.2)
+                if not readable:
+                    continue
+                typed = os.read(fd, 1024)
+                if not typed:
+                    return "end of input"
+                before, found, _ = typed.partition(escape)
+                if before:
+                    self.send(before.decode(errors="replace"))
+                if found:
+                    return "escape"
+        finally:
+            self._echo = None
+            restore()
+
     def reboot(self) -> float:
         """A cold reboot: power off, start QEMU again on the same drives, wait for the ready
         marker. Returns the seconds to ready. Drives must be persistent for writes to survive."""
@@ -730,6 +767,16 @@ class Machine:
         self.poweroff()
         self.start()
         return self.wait_for(self.spec.ready_marker, self.spec.ready_timeout)
+
+
+def _raw_terminal(fd: int) -> Callable[[], None]:
+    """Put a terminal in raw mode (every key goes to the guest, Ctrl-C included); returns
+    what restores it. Input that is not a terminal (a pipe, a test) is left as it is."""
+    if not os.isatty(fd):
+        return lambda: None
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    return lambda: termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 # -- no QEMU outlives fwgen ----------------------------------------------------------------

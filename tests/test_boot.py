@@ -81,3 +81,48 @@ def test_guest_boots_with_only_its_profiles_firmware(out_root, tmp_path):
     """virt-aarch64's part of the firmware guard (tests/test_boards_boot.py has the others)."""
     seconds = boot_with_declared_firmware_only("qemu-aarch64", out_root / "qemu-aarch64", tmp_path)
     print(f"qemu-aarch64: ready after {seconds:.1f} s with only the declared firmware")
+
+
+def test_boot_shell_prints_the_ports_attaches_the_console_and_ctrl_bracket_powers_off(out_root, cache_dir):
+    """`fwgen boot --shell`: what a person types reaches the guest's shell and its answer comes back."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-m", "fwgen.cli", "boot", "--shell", "--board", "qemu-aarch64",
+                             "--out", str(out_root)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ, FWGEN_CACHE=str(cache_dir)))
+    seen = {"stdout": b"", "stderr": b""}
+
+    def collect(name, stream):
+        for chunk in iter(lambda: stream.read1(4096), b""):
+            seen[name] += chunk
+
+    readers = [threading.Thread(target=collect, args=(n, s), daemon=True)
+               for n, s in (("stdout", proc.stdout), ("stderr", proc.stderr))]
+    for reader in readers:
+        reader.start()
+
+    def wait_until(name, text, timeout):
+        deadline = time.monotonic() + timeout
+        while text not in seen[name]:
+            assert proc.poll() is None, seen["stderr"].decode(errors="replace")[-2000:]
+            assert time.monotonic() < deadline, f"no {text!r} on {name}: {seen[name][-2000:]!r}"
+            time.sleep(0.2)
+
+    try:
+        wait_until("stderr", b"console attached", 600)
+        assert b"guest port 22: ssh -p " in seen["stderr"] and b"guest port 80: http://127.0.0.1:" in seen["stderr"]
+        proc.stdin.write(b"\necho fwgen-shell-$((6*7))\n")
+        proc.stdin.flush()
+        wait_until("stdout", b"fwgen-shell-42", 120)
+        proc.stdin.write(b"\x1d")
+        proc.stdin.flush()
+        assert proc.wait(timeout=180) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for reader in readers:
+        reader.join(timeout=10)
+    assert b"console closed (escape)" in seen["stderr"]
