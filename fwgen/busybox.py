@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 from .arch import Arch
 from .busybox_download import download_source
 from .busybox_toolchain import Toolchain, checked_zig_cache, find_toolchain
-from .cache import discard_damaged
+from .cache import discard_damaged, note_use
 from .errors import ConfigError, FwgenError
 from .progress import QUIET, Progress
 from .rootfs import EntryType, RootFS
@@ -117,6 +117,7 @@ def build_busybox(
     published = root / key / "busybox"
     (root / "trees").mkdir(parents=True, exist_ok=True)
     with locked(root / f"{key}.lock"):
+        note_use(cache_root, root / key)
         if published.is_file() and _published_intact(root / key, progress):
             progress.step(f"busybox {source.version} for {arch.value}: cached ({key})")
             _share_build(remote, root / key, progress)
@@ -127,6 +128,7 @@ def build_busybox(
         progress.step(f"building busybox {source.version} for {arch.value} (zig {toolchain.version})")
         tree_root = root / "trees" / tree_key(arch, source, patches, toolchain)
         with locked(tree_root.with_name(tree_root.name + ".lock")):
+            note_use(cache_root, tree_root)
             tree = _prepare_tree(tarball, tree_root, source, patches, progress)
             make = _make_command(toolchain, arch, tree_root / "bin", jobs)
             env = _build_env(Path(cache_root), tree_root)

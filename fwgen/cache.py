@@ -111,7 +111,9 @@ class Cache:
         """Where a file derived from the verified file `sha256` is kept (a parsed index, a
         re-compressed archive member). `kind` names what it is and its format version, so a
         reader that changes its format never reads an older one: "deb-index.v1.json"."""
-        return self.root / "derived" / sha256[:2] / f"{sha256}.{kind}"
+        path = self.root / "derived" / sha256[:2] / f"{sha256}.{kind}"
+        note_use(self.root, path)
+        return path
 
     @staticmethod
     def store_derived(path: Path, data: bytes) -> None:
@@ -175,8 +177,10 @@ class Cache:
             dest = self.root / "url" / key[:2] / key
         dest.parent.mkdir(parents=True, exist_ok=True)
         with self._locked(dest.name):
+            note_use(self.root, dest)
             if self._reusable(dest, sha256, size, progress):
-                self.share(dest, progress)
+                if sha256 is not None:  # a file by URL is fetched again, never shared
+                    self.share(dest, progress)
                 return dest
             if sha256 is not None and self.pull_shared(dest, progress, sha256=sha256, remedy="downloading it"):
                 return dest
@@ -345,6 +349,40 @@ class Cache:
             reason = getattr(e, "reason", e)
             raise _Retry(f"connection failed: {reason}") from e
         return digest.hexdigest(), received
+
+
+# -- last use, for `fwgen cache prune` (cache_usage.py) -------------------------------------------
+# Every entry read records the time as its modification time; not its access time, which
+# relatime moves on any read after a day (prune's own look at a file would count as a use).
+# A download fetched by URL keeps its own (its age decides when it is fetched again): its
+# recorded hash carries the use. Before its first record a process registers as a user of
+# the cache: locks/users/<pid>-<random>, flock'ed until the process ends, dated when it
+# started using the cache. Prune keeps every entry used since the oldest live user started.
+USERS = "locks/users"
+_registered: dict[Path, int] = {}  # cache root -> the descriptor holding this process's user lock
+
+
+def note_use(root: Path, entry: Path) -> None:
+    """Record that `entry` (a file or a folder of the cache at `root`) is used now."""
+    root = Path(root)
+    _register_user(root)
+    if entry.parent.parent.name == "url" and entry.parent.parent.parent == root:
+        entry = root / "url-sha256" / entry.parent.name / entry.name
+    with contextlib.suppress(OSError):  # missing (about to be made), or a read-only cache
+        os.utime(entry)
+
+
+def _register_user(root: Path) -> None:
+    if root in _registered:
+        return
+    try:
+        folder = root / USERS
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, _ = tempfile.mkstemp(prefix=f"{os.getpid()}-", dir=folder)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held until this process ends; kept open for that
+    except OSError:
+        return  # a read-only cache is never pruned by this process's doing
+    _registered[root] = fd
 
 
 def discard_damaged(entry: Path, problem: str, remedy: str, progress: Progress = QUIET) -> None:

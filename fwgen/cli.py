@@ -785,6 +785,52 @@ def pull_command(address, dest, as_json):
         click.echo(f"{dest}: {len(files)} files ({', '.join(files)})")
 
 
+@main.group("cache", invoke_without_command=True)
+@json_option
+@click.pass_context
+@handle_errors
+def cache_group(ctx, as_json):
+    """Show the cache's size by kind (packages, indexes, BusyBox builds and trees ...)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .cache_usage import usage
+
+    root = _cache().root
+    totals = usage(root)
+    if as_json:
+        _emit_json({"root": str(root), "kinds": {k: {"entries": n, "bytes": b} for k, (n, b) in totals.items()},
+                    "bytes": sum(b for _, b in totals.values())})
+        return
+    click.echo(f"{root}:")
+    for kind, (count, size) in totals.items():
+        click.echo(f"  {kind:<20} {count:>6} {size / 1e6:>10.1f} MB")
+    click.echo(f"  {'total':<20} {sum(n for n, _ in totals.values()):>6} {sum(b for _, b in totals.values()) / 1e6:>10.1f} MB")
+
+
+@cache_group.command("prune")
+@click.option("--older-than", "days", type=click.FloatRange(min=0), help="Remove what no build used in DAYS days.")
+@click.option("--max-size", "megabytes", type=click.FloatRange(min=0),
+              help="Then remove the least recently used until the cache holds at most MB megabytes.")
+@json_option
+@handle_errors
+def cache_prune(days, megabytes, as_json):
+    """Remove what no recent build used; safe while builds run (what they use is kept)."""
+    from .cache_usage import prune
+    from .errors import UserError
+
+    if days is None and megabytes is None:
+        raise UserError("cache prune: say what to remove", "give --older-than DAYS and/or --max-size MB")
+    root = _cache().root
+    result = prune(root, older_than=None if days is None else days * 86400,
+                   max_size=None if megabytes is None else int(megabytes * 1e6))
+    if as_json:
+        _emit_json({"removed": [str(e.path) for e in result.removed], "freed_bytes": result.freed,
+                    "kept_in_use": [str(e.path) for e in result.in_use]})
+        return
+    kept = f"; {len(result.in_use)} kept because a build is using them" if result.in_use else ""
+    click.echo(f"{root}: removed {len(result.removed)} entries, {result.freed / 1e6:.1f} MB{kept}")
+
+
 @main.command("busybox")
 @click.option("--arch", "arch_name", required=True, help="Target architecture (armv6, armv7, aarch64, mips, mipsel, mips64el).")
 @click.option("--config", "fragments", multiple=True, type=click.Path(path_type=Path, exists=True, dir_okay=False),

@@ -39,7 +39,7 @@ from .board import Build
 from .busybox import apply_patches, locked
 from .busybox_download import download_source
 from .busybox_toolchain import PREFIX, Toolchain, checked_zig_cache, find_toolchain
-from .cache import discard_damaged
+from .cache import discard_damaged, note_use
 from .errors import UserError
 from .progress import QUIET, Progress
 from .rootfs import RootFS
@@ -142,6 +142,7 @@ def compile_build(build: Build, arch: Arch, *, cache_root: Path, progress: Progr
     root.mkdir(parents=True, exist_ok=True)
     label = f"{build.overlay}/{build.name} for {arch.value}"
     with locked(root / f"{key}.lock"):
+        note_use(cache_root, entry)
         if not (entry.is_dir() and _published_intact(entry, progress)):
             progress.step(f"compiling {label} (zig {toolchain.version}, {build.system})")
             _compile(build, arch, toolchain, Path(cache_root), key, progress, jobs)

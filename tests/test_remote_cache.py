@@ -10,6 +10,8 @@ import io
 import json
 import os
 import shutil
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,17 @@ def test_a_download_pushed_by_one_cache_is_pulled_by_an_empty_one(registry, serv
     assert path.read_bytes() == body
     assert server.hits == {"/pkg.deb": 1}  # the second cache never asked the origin
     assert any(f"sha256-{digest}: from the remote cache" in line for line in lines(progress))
+
+
+def test_a_file_fetched_by_url_is_never_pushed(registry, server, tmp_path):
+    """InRelease and the like are fetched from the mirror and verified each time: a registry
+    copy would only go stale."""
+    url, _ = served(server, "InRelease", b"-----BEGIN PGP SIGNED MESSAGE-----\n")
+    cache = Cache(tmp_path / "a", remote=remote(registry, "by-url", push=True))
+    for _ in range(2):  # downloaded, then reused
+        cache.fetch(url, sha256=None, size=None)
+    with pytest.raises(urllib.error.HTTPError, match="404"):
+        urllib.request.urlopen(f"http://{registry.host}/v2/by-url/tags/list", timeout=10)
 
 
 def test_a_parsed_index_is_shared_like_a_download(registry, tmp_path):
