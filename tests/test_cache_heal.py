@@ -253,8 +253,8 @@ def copy_busybox_cache(shared: Path, root: Path, entry: Path, tree_key: str, tar
     trees = shared / "busybox" / "trees"
     (root / "busybox" / "trees").mkdir(parents=True)
     with ExitStack() as locks:
-        locks.enter_context(busybox._locked(shared / "busybox" / f"{entry.name}.lock"))
-        locks.enter_context(busybox._locked(trees / f"{tree_key}.lock"))
+        locks.enter_context(busybox.locked(shared / "busybox" / f"{entry.name}.lock"))
+        locks.enter_context(busybox.locked(trees / f"{tree_key}.lock"))
         shutil.copytree(entry, root / "busybox" / entry.name)
         tree = root / "busybox" / "trees" / tree_key
         if (trees / tree_key).is_dir():
