@@ -59,6 +59,17 @@ def test_timestamps_default_to_the_newest_input_board_and_overlays_included(buil
         assert manifest["source_date_epoch_from"] == "board and overlay files"
 
 
+def test_the_manifest_follows_its_documented_json_schema(built):
+    import jsonschema
+
+    schema = json.loads((REPO / "fwgen" / "schema" / "manifest.schema.json").read_text())
+    manifest = json.loads((built[0] / "manifest.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(manifest)
+    manifest["outputs"]["initramfs"]["sha256"] = "not a digest"
+    with pytest.raises(jsonschema.ValidationError, match="does not match"):
+        jsonschema.Draft202012Validator(schema).validate(manifest)
+
+
 def test_gnu_cpio_lists_a_root_owned_initramfs_with_device_nodes(built):
     outdir, _ = built
     archive = subprocess.run(["gzip", "-dc", str(outdir / "initramfs.cpio.gz")], capture_output=True,

@@ -173,6 +173,7 @@ def test_every_schema_field_has_a_description():
 
     walk(config.load_schema("board"), "board")
     walk(config.load_schema("qemu"), "qemu")
+    walk(config.load_schema("manifest"), "manifest")
 
 
 # --- lookup -----------------------------------------------------------------------------------
