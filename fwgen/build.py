@@ -314,7 +314,8 @@ def build_board_busybox(ctx: BuildContext) -> None:
 
 def compile_overlay_builds(ctx: BuildContext) -> None:
     """Compile (or find in the cache) the programs the overlays build for this board."""
-    ctx.built = [compile_build(b, ctx.board.arch, cache_root=ctx.cache.root, progress=ctx.progress)
+    ctx.built = [compile_build(b, ctx.board.arch, cache_root=ctx.cache.root, progress=ctx.progress,
+                               remote=ctx.cache.remote)
                  for b in ctx.layers.builds]
 
 

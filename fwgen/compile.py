@@ -33,6 +33,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .arch import Arch
 from .board import Build
@@ -44,6 +45,9 @@ from .errors import UserError
 from .progress import QUIET, Progress
 from .rootfs import RootFS
 from .run import kill_group, spawn
+
+if TYPE_CHECKING:
+    from .remote_cache import RemoteCache
 
 # Bump when the recipe below changes in a way the other key inputs do not capture.
 RECIPE = "fwgen-build-1"
@@ -133,8 +137,9 @@ def sdk_script(arch: Arch, cache_root: Path) -> str:
 
 
 def compile_build(build: Build, arch: Arch, *, cache_root: Path, progress: Progress = QUIET,
-                  jobs: int = 2) -> BuiltFiles:
-    """Build (or find in the cache) `build` for `arch`; return its files."""
+                  jobs: int = 2, remote: RemoteCache | None = None) -> BuiltFiles:
+    """Build (or find in the cache, or take from the `remote` cache) `build` for `arch`;
+    return its files. What is built or found is offered to the remote cache."""
     toolchain = find_toolchain()
     key = cache_key(build, arch, toolchain)
     root = Path(cache_root) / "builds"
@@ -143,11 +148,13 @@ def compile_build(build: Build, arch: Arch, *, cache_root: Path, progress: Progr
     label = f"{build.overlay}/{build.name} for {arch.value}"
     with locked(root / f"{key}.lock"):
         note_use(cache_root, entry)
-        if not (entry.is_dir() and _published_intact(entry, progress)):
+        if entry.is_dir() and _published_intact(entry, progress):
+            progress.step(f"{label}: cached ({key})")
+        elif remote is None or not _pull_build(remote, entry, arch, progress):
             progress.step(f"compiling {label} (zig {toolchain.version}, {build.system})")
             _compile(build, arch, toolchain, Path(cache_root), key, progress, jobs)
-        else:
-            progress.step(f"{label}: cached ({key})")
+        if remote is not None:
+            remote.push(f"build-{key}", sorted(p for p in entry.rglob("*") if p.is_file()), progress, base=entry)
         meta = json.loads((entry / "build.json").read_text())
     files = {path: (entry / "files" / path.lstrip("/"), int(mode, 8)) for path, (_, mode) in meta["files"].items()}
     return BuiltFiles(key, files, dict(build.links), f"build:{build.overlay}/{build.name}")
@@ -349,6 +356,35 @@ def _publish(build: Build, arch: Arch, tree: Path, log: Path, dest: Path, toolch
         if dest.exists():  # a damaged leftover (the caller holds the lock)
             shutil.rmtree(dest)
         os.replace(stage, dest)
+
+
+def _pull_build(remote: RemoteCache, dest: Path, arch: Arch, progress: Progress) -> bool:
+    """Take build `dest` from the remote cache: its files verified by digest, against the
+    SHA-256 build.json records, and by the ELF audit, as a local build's. Whether it did."""
+    from .audit import audit_paths
+
+    folder = remote.pull(f"build-{dest.name}", dest.parent, progress, remedy="compiling it locally", nested=True)
+    if folder is None:
+        return False
+    try:
+        pulled = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+        try:
+            listed = {"files/" + path.lstrip("/") for path in json.loads((folder / "build.json").read_text())["files"]}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            listed = set()
+        if pulled != listed | {"build.json", "build.log"}:
+            problem = "its files are not the ones its build.json lists"
+        elif not _published_intact(folder, progress):
+            return False
+        elif (report := audit_paths([folder / p for p in sorted(listed)], arch)).errors:
+            problem = f"fails the ELF audit: {report.errors[0]}"
+        else:
+            os.replace(folder, dest)
+            return True
+        progress.warn(f"remote cache {remote}: build-{dest.name}: {problem}; refused, compiling it locally")
+        return False
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _published_intact(entry: Path, progress: Progress) -> bool:

@@ -233,10 +233,13 @@ def _descriptor_digest(descriptor: dict, reference: Reference) -> str:
     return digest
 
 
-def layer_file_name(layer: object) -> str:
-    """The file name a layer is pulled as (its title): a plain name, never a path."""
+def layer_file_name(layer: object, *, nested: bool = False) -> str:
+    """The file name a layer is pulled as (its title): a plain name, or with `nested` a
+    relative path down (a/b/c), never one that climbs out or starts at the root."""
     name = (layer.get("annotations") or {}).get(TITLE) if isinstance(layer, dict) else None
-    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
+    parts = name.split("/") if isinstance(name, str) and nested else [name]
+    if not isinstance(name, str) or "\0" in name or any(
+            not isinstance(part, str) or part in ("", ".", "..") or "/" in part for part in parts):
         raise IntegrityError(f"a layer without a plain file name ({name!r})")
     return name
 

@@ -6,14 +6,15 @@ Each cache entry is one artifact in the repository, tagged by the entry's key:
                                   whose digest must be sha256:<hash>, the key itself
     derived-<hash>.<kind>         a file computed from the verified file <hash> (a parsed index)
     busybox-<key>                 a BusyBox build: busybox, config, build.log, build.json
+    build-<key>                   an overlay build: build.json, build.log, files/...
 
 Before fwgen computes or downloads an entry it asks the registry. What it pulls is streamed to
 a temporary file and kept only if it matches the manifest's SHA-256 (for a download, the
 SHA-256 that names it); a BusyBox build also passes the functional gate and the ELF audit
-again, as a local one does. Anything refused is warned about in one line and made locally.
+again, as a local one does, and an overlay build the audit. Anything refused is warned about in one line and made locally.
 
 The registry is trusted like the local cache for the entries keyed by their inputs (BusyBox
-builds, parsed indexes): whoever may push can change what they hold. Downloads cannot be
+and overlay builds, parsed indexes): whoever may push can change what they hold. Downloads cannot be
 changed that way (their key is their content). So give push rights (FWGEN_REMOTE_CACHE_PUSH=1
 with the registry's write credentials) only to trusted jobs, such as builds of the main branch.
 
@@ -54,10 +55,11 @@ class RemoteCache:
         return str(self.reference)
 
     def pull(self, tag: str, into: Path, progress: Progress = QUIET, *, remedy: str,
-             sha256: str | None = None) -> Path | None:
+             sha256: str | None = None, nested: bool = False) -> Path | None:
         """Pull entry `tag` into a new folder inside `into` (the caller renames or removes it),
         each file named by its layer's title; None when the registry lacks the entry, cannot be
-        reached, or served something refused. `sha256`: the entry is one file with this hash."""
+        reached, or served something refused. `sha256`: the entry is one file with this hash.
+        `nested`: titles may be relative paths (files/usr/bin/x)."""
         if self._down:
             return None
         folder: Path | None = None
@@ -65,29 +67,31 @@ class RemoteCache:
             manifest = self._registry().manifest(tag)
             if manifest is None:
                 return None
-            layers = _checked_layers(manifest, tag, sha256)
+            layers = _checked_layers(manifest, tag, sha256, nested)
             folder = Path(tempfile.mkdtemp(prefix=f".remote-{tag[:40]}-", dir=into))
             for title, layer in layers:
+                (folder / title).parent.mkdir(parents=True, exist_ok=True)
                 self._registry().pull_layer(layer, folder / title)
             progress.info(f"{tag}: from the remote cache {self.reference}")
             return folder
         except RegistryUnreachable as e:
             self._went_down(e, progress)
-        except (FetchError, IntegrityError) as e:  # an HTTP refusal, or a blob or manifest that does not verify
+        except (FetchError, IntegrityError, OSError) as e:  # an HTTP refusal, a blob or manifest that does not verify, titles that clash
             progress.warn(f"remote cache {self.reference}: {tag}: {e}; refused, {remedy}")
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
         return None
 
-    def push(self, tag: str, files: list[Path], progress: Progress = QUIET) -> None:
-        """Push `files` as entry `tag` when pushing is allowed and the registry lacks it."""
+    def push(self, tag: str, files: list[Path], progress: Progress = QUIET, *, base: Path | None = None) -> None:
+        """Push `files` as entry `tag` when pushing is allowed and the registry lacks it;
+        titled by name, or by their path below `base`."""
         if not self.push_allowed or self._down or self._push_failed:
             return
         try:
             registry = self._registry()
             if registry.has(tag):
                 return
-            registry.push(tag, [Layer(path, path.name) for path in files],
+            registry.push(tag, [Layer(path, path.relative_to(base).as_posix() if base else path.name) for path in files],
                           artifact_type=ARTIFACT_TYPE, annotations={ENTRY: tag})
             progress.info(f"{tag}: pushed to the remote cache {self.reference}")
         except RegistryUnreachable as e:
@@ -112,11 +116,11 @@ class RemoteCache:
         progress.warn(f"remote cache {self.reference} unreachable ({error}); going on without it")
 
 
-def _checked_layers(manifest: dict, tag: str, sha256: str | None) -> list[tuple[str, dict]]:
+def _checked_layers(manifest: dict, tag: str, sha256: str | None, nested: bool) -> list[tuple[str, dict]]:
     """(file name, descriptor) of each layer, after checking the manifest is the entry asked for."""
     if (manifest.get("annotations") or {}).get(ENTRY) != tag:
         raise IntegrityError(f"the manifest is not the one of entry {tag}")
-    layers = [(layer_file_name(layer), layer) for layer in manifest["layers"]]
+    layers = [(layer_file_name(layer, nested=nested), layer) for layer in manifest["layers"]]
     if sha256 is not None and [layer.get("digest") for _, layer in layers] != [f"sha256:{sha256}"]:
         raise IntegrityError(f"the entry is not the one file sha256:{sha256}")
     if len({title for title, _ in layers}) != len(layers):

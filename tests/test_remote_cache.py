@@ -186,3 +186,69 @@ def test_a_malformed_FWGEN_REMOTE_CACHE_is_one_line_and_exit_2(tmp_path, monkeyp
     assert result.exit_code == 2
     assert result.stderr == ("fwgen: error: FWGEN_REMOTE_CACHE: 'https://registry.example/cache' "
                              "is not an oci://HOST/REPO address\n")
+
+
+# -- overlay builds: one small C program, compiled once into the shared test cache ------------
+
+HELLO_C = '#include <stdio.h>\nint main(void) { puts("hello from the remote cache"); return 0; }\n'
+
+
+def _hello_build(tmp_path: Path):
+    from fwgen.overlay import load_overlay
+
+    folder = tmp_path / "ov"
+    (folder / "src").mkdir(parents=True)
+    (folder / "src" / "main.c").write_text(HELLO_C)
+    (folder / "overlay.yaml").write_text(
+        "builds:\n  hello:\n    source: {folder: src}\n    system: cc\n    sources: [main.c]\n"
+        "    program: hello\n    install:\n      /usr/bin/hello: hello\n")
+    return load_overlay(folder)[0].builds[0]
+
+
+def test_an_overlay_build_is_pulled_instead_of_compiled(registry, cache_dir, tmp_path, monkeypatch):
+    import fwgen.compile as compile_module
+
+    build = _hello_build(tmp_path)
+    built = compile_module.compile_build(build, Arch.AARCH64, cache_root=cache_dir,
+                                         remote=remote(registry, "overlay-builds", push=True))
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("compiled instead of taking the build from the remote cache")
+
+    monkeypatch.setattr(compile_module, "_compile", refuse)
+    progress = recorded()
+    pulled = compile_module.compile_build(build, Arch.AARCH64, cache_root=tmp_path / "empty", progress=progress,
+                                          remote=remote(registry, "overlay-builds", push=False))
+    assert pulled.key == built.key
+    assert {p: (f.read_bytes(), m) for p, (f, m) in pulled.files.items()} == \
+           {p: (f.read_bytes(), m) for p, (f, m) in built.files.items()}
+    assert pulled.files["/usr/bin/hello"][0] == tmp_path / "empty" / "builds" / built.key / "files" / "usr" / "bin" / "hello"
+    assert any(f"build-{built.key}: from the remote cache" in line for line in lines(progress))
+
+
+def test_an_overlay_build_listing_other_files_is_refused(registry, cache_dir, tmp_path, monkeypatch):
+    """A pushed build whose build.json does not list exactly the files it carries (here one
+    more, which an installer would never look at) is not taken."""
+    import fwgen.compile as compile_module
+
+    build = _hello_build(tmp_path)
+    built = compile_module.compile_build(build, Arch.AARCH64, cache_root=cache_dir)
+    entry = cache_dir / "builds" / built.key
+    extra = tmp_path / "seed" / built.key
+    shutil.copytree(entry, extra)
+    (extra / "files" / "etc").mkdir()
+    (extra / "files" / "etc" / "smuggled").write_bytes(os.urandom(16))
+    remote(registry, "overlay-extra", push=True).push(
+        f"build-{built.key}", sorted(p for p in extra.rglob("*") if p.is_file()), recorded(), base=extra)
+
+    def compile_instead(*_args, **_kwargs):
+        raise RuntimeError("compiling locally")
+
+    monkeypatch.setattr(compile_module, "_compile", compile_instead)
+    progress = recorded()
+    with pytest.raises(RuntimeError, match="compiling locally"):
+        compile_module.compile_build(build, Arch.AARCH64, cache_root=tmp_path / "empty", progress=progress,
+                                     remote=remote(registry, "overlay-extra", push=False))
+    [warning] = [line for line in lines(progress) if line.startswith("warning:")]
+    assert "not the ones its build.json lists; refused, compiling it locally" in warning
+    assert not (tmp_path / "empty" / "builds" / built.key).exists()
