@@ -40,7 +40,7 @@ from .fetch import (
     package_label,
     provenance_of,
     read_fetched_entries,
-    write_apk_state,
+    write_package_state,
 )
 from .guest import (
     BOOT_CONF,
@@ -356,7 +356,8 @@ def assemble_rootfs(ctx: BuildContext) -> None:
 
 def record_package_state(ctx: BuildContext, installed: list[tuple[FetchedPackage, list[Entry]]], links: int) -> None:
     """The package scripts (performed, deferred or not run: fwgen.scripts) and the package
-    manager's own state on the device (apk's installed database, world and repositories)."""
+    manager's own state on the device (apk's installed database, world and repositories;
+    opkg's status and info files)."""
     board = ctx.board
     ctx.package_scripts = handle_package_scripts(ctx.rootfs, ctx.packages, busybox_package=board.busybox.package,
                                                  applets=links)
@@ -364,7 +365,7 @@ def record_package_state(ctx: BuildContext, installed: list[tuple[FetchedPackage
     if ctx.package_scripts:
         ctx.progress.info(f"package scripts: {len(ctx.package_scripts)}, {deferred} deferred to the first boot")
     world = [*board.packages, *ctx.layers.packages, *([board.busybox.package] if board.busybox.package else [])]
-    write_apk_state(ctx.rootfs, installed, feeds=board.feeds, world=world, arch=board.arch, epoch=ctx.epoch)
+    write_package_state(ctx.rootfs, installed, feeds=board.feeds, world=world, arch=board.arch, epoch=ctx.epoch)
 
 
 def package_budget(board: Board, image: UnpackBudget | None = None) -> UnpackBudget:

@@ -34,7 +34,7 @@ from .resolver import ExcludedDependency, Resolution, name_matches, resolve
 __all__ = [
     "Backend", "Cache", "ExcludedDependency", "FetchedPackage", "Package", "PackageIndex",
     "Relation", "Resolution", "fetch_packages", "group_feeds", "install_package", "load_index",
-    "package_label", "provenance_of", "read_control_files", "read_package_file", "write_apk_state",
+    "package_label", "provenance_of", "read_control_files", "read_package_file", "write_package_state",
     "read_fetched_entries", "read_package_entries", "register_backend", "resolve", "resolve_packages",
     "UnpackBudget",
 ]
@@ -356,6 +356,25 @@ def read_control_files(fetched: FetchedPackage) -> dict[str, bytes]:
     """The files of a fetched package's control part (.PKGINFO or control, the scripts),
     by name without a leading "./" or "/"."""
     return get_backend(fetched.package.format).read_control_files(fetched.path)
+
+
+def write_package_state(rootfs: RootFS, installed: Sequence[tuple[FetchedPackage, list[Entry]]], *,
+                        feeds: Sequence[Feed], world: Collection[str], arch: Arch, epoch: int) -> None:
+    """The device's package manager state for `installed` (install order): apk's for Alpine
+    packages, opkg's for OpenWrt ones. `world` names the packages asked for."""
+    write_apk_state(rootfs, installed, feeds=feeds, world=world, arch=arch, epoch=epoch)
+    write_opkg_state(rootfs, installed, world=world, epoch=epoch)
+
+
+def write_opkg_state(rootfs: RootFS, installed: Sequence[tuple[FetchedPackage, list[Entry]]], *,
+                     world: Collection[str], epoch: int) -> None:
+    """opkg's status and info files for the OpenWrt packages of `installed`, as the image
+    builder leaves them: what was asked for is `user`, the rest auto-installed."""
+    from .opkgdb import InstalledIpk, write_opkg_database
+
+    packages = [InstalledIpk(read_control_files(f), entries) for f, entries in installed if f.package.format == "ipk"]
+    if packages:
+        write_opkg_database(rootfs, packages, requested=set(world), installed_time=epoch)
 
 
 def write_apk_state(rootfs: RootFS, installed: Sequence[tuple[FetchedPackage, list[Entry]]], *,
