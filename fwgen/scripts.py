@@ -41,6 +41,17 @@ OTHER_SCRIPTS = {
     "deb": {"prerm", "postrm", "config"},
     "ipk": {"prerm", "postrm", "postinst-pkg", "prerm-pkg"},
 }
+# Why a script that is not an install script is not run, per format (and per script where
+# the format's rule does not fit).
+_NEVER = "an upgrade, removal, trigger or debconf script: fwgen installs once and never upgrades or removes"
+NOT_RUN = {
+    "apk": f"{_NEVER} (apk on the device runs it from /lib/apk/db/scripts.tar when it does)",
+    "deb": f"{_NEVER} (the image has no dpkg to do either)",
+    "ipk": f"{_NEVER} (opkg on the device runs it from /usr/lib/opkg/info when it does)",
+    ("ipk", "postinst-pkg"): "called by the package's own postinst (OpenWrt's default_postinst in /lib/functions.sh), "
+                             "not by opkg: it runs when that postinst does",
+    ("ipk", "prerm-pkg"): "called by the package's own prerm (OpenWrt's default_prerm), not by opkg",
+}
 _COMMENT = re.compile(r"^\s*(#.*)?$")
 _BUSYBOX_INSTALL = re.compile(r"(exec )?/bin/busybox (--install -s|mkdir -p( \"?/[a-z/]+\"?)+)")
 _ADDGROUP = re.compile(r"addgroup -S -g (?P<gid>\d+) (?P<name>[a-z_][a-z0-9_-]*)( 2>/dev/null)?")
@@ -102,10 +113,7 @@ def _decide(rootfs: RootFS, fetched: FetchedPackage, name: str, body: bytes, bus
     package = fetched.package
     record = {"package": package.name, "version": package.version, "format": package.format, "script": name}
     if name not in INSTALL_SCRIPTS[package.format]:
-        keeper = "apk keeps it in /lib/apk/db/scripts.tar" if package.format == "apk" else "it is not in the image"
-        return ScriptDecision(**record, action="not-run",
-                              detail=f"an upgrade, removal, trigger or debconf script: fwgen installs once and never "
-                                     f"upgrades or removes ({keeper})")
+        return ScriptDecision(**record, action="not-run", detail=NOT_RUN.get((package.format, name), NOT_RUN[package.format]))
     commands = [line.strip() for line in body.decode("utf-8", "replace").splitlines()
                 if not _COMMENT.match(line)]
     if package.name == busybox_package and commands and all(_BUSYBOX_INSTALL.fullmatch(c) for c in commands):
