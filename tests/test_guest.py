@@ -69,3 +69,11 @@ def test_service_helper_and_init_are_where_the_contract_says():
     assert script(guest.INIT).startswith("#!/bin/sh")
     assert set(guest.BOOT_INITRAMFS_PATHS) >= {guest.INIT, guest.MODULE_LIST, guest.BOOT_CONF,
                                                 guest.ROOT_MOUNT, guest.DATA_MOUNT}
+
+
+def test_first_boot_runner_reads_where_the_build_puts_the_deferred_scripts():
+    # fwgen/scripts.py stages scripts and their `list` in PACKAGE_SCRIPTS; rc.d starts the runner.
+    runner = script(guest.PACKAGE_SCRIPTS_RUNNER)
+    assert f"DIR=$FWGEN_ROOT{guest.PACKAGE_SCRIPTS}\n" in runner and "LIST=$DIR/list\n" in runner
+    rc = script(f"{guest.RC_DIR}/S01package-scripts")
+    assert f"exec {guest.PACKAGE_SCRIPTS_RUNNER} run" in rc
