@@ -24,6 +24,7 @@ or a build that keeps failing.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import hashlib
@@ -378,11 +379,12 @@ def _register_user(root: Path) -> None:
     try:
         folder = root / USERS
         folder.mkdir(parents=True, exist_ok=True)
-        fd, _ = tempfile.mkstemp(prefix=f"{os.getpid()}-", dir=folder)
+        fd, name = tempfile.mkstemp(prefix=f"{os.getpid()}-", dir=folder)
         fcntl.flock(fd, fcntl.LOCK_EX)  # held until this process ends; kept open for that
     except OSError:
         return  # a read-only cache is never pruned by this process's doing
     _registered[root] = fd
+    atexit.register(Path(name).unlink, missing_ok=True)  # a killed process's file: prune removes it
 
 
 def discard_damaged(entry: Path, problem: str, remedy: str, progress: Progress = QUIET) -> None:

@@ -180,3 +180,10 @@ def test_prune_needs_a_limit(monkeypatch, tmp_path):
     result = CliRunner().invoke(main, ["cache", "prune"])
     assert result.exit_code == 2
     assert result.stderr == "fwgen: error: cache prune: say what to remove (give --older-than DAYS and/or --max-size MB)\n"
+
+
+def test_a_process_that_ends_leaves_no_registration(tmp_path):
+    root = tmp_path / "cache"
+    subprocess.run([sys.executable, "-c", f"from fwgen.cache import Cache; Cache({str(root)!r}).derived_path('ab' * 32, 'x')"],
+                   check=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)), timeout=120)
+    assert (root / "locks" / "users").is_dir() and list((root / "locks" / "users").iterdir()) == []
