@@ -170,6 +170,8 @@ def _parse_metadata(raw: bytes, where: str) -> dict[str, Any]:
                       ("slots", str), ("parts", list)):
         if not isinstance(data.get(key), kind):
             raise FormatError(f"{where}: {key}: missing or not a {kind.__name__}")
+    if not data["compatible"] or not all(isinstance(name, str) for name in data["compatible"]):
+        raise FormatError(f"{where}: compatible: not a list of names")
     for i, part in enumerate(data["parts"]):
         if not (isinstance(part, dict) and isinstance(part.get("file"), str) and isinstance(part.get("name"), str)
                 and isinstance(part.get("size"), int) and isinstance(part.get("sha256"), str)):

@@ -127,6 +127,10 @@ def read_sysupgrade(path: Path) -> Sysupgrade:
         raise parse_error(f"{path}: metadata trailer", "fwimage header", e) from e
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FormatError(f"{path}: metadata trailer: not JSON: {e}") from e
+    devices = metadata.get("supported_devices") if isinstance(metadata, dict) else None
+    if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices) \
+            or not isinstance(metadata.get("version", {}), dict):
+        raise FormatError(f"{path}: metadata trailer: no supported_devices list, or a version that is no object")
     signature = (usign.parse_signature(trailers[SIGNATURE_TYPE], f"{path}: signature trailer")
                  if SIGNATURE_TYPE in trailers else None)
     return Sysupgrade(path, metadata, signature, data[:signed_end], _members(data[:end], path))
@@ -142,9 +146,9 @@ def verify_sysupgrade(path: Path, keys: dict[str, usign.UsignKey] | None = None,
         if image.signature is None:
             raise IntegrityError(f"{path}: not signed (no fwtool signature trailer)", "fwgen sign IMAGE --key KEY")
         usign.verify(image.signed, image.signature, keys, str(path))
-    devices = image.metadata.get("supported_devices") or []
+    devices = image.metadata["supported_devices"]
     if board is not None and board not in devices:
-        raise IntegrityError(f"{path}: an image for {', '.join(map(str, devices))}, not for board {board}")
+        raise IntegrityError(f"{path}: an image for {', '.join(devices)}, not for board {board}")
     control = f"sysupgrade-{image.board}/CONTROL"
     if control not in image.members:
         raise FormatError(f"{path}: its tar holds no {control}")

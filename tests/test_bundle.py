@@ -318,3 +318,19 @@ def test_signing_with_a_key_the_board_does_not_trust_stops_the_build_at_once(bui
     one_line_error(result, "upd-aarch64.yaml", "update.keys does not list the signing key")
     assert not (folder / "out-stranger").exists()
 
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"compatible": [1]}, "compatible: not a list of names"),
+    ({"compatible": []}, "compatible: not a list of names"),
+    ({"format": 2}, "format 2, fwgen reads format 1"),
+    ({"parts": [{"name": "fit"}]}, r"parts\[0\]: needs name, file, size and sha256"),
+])
+def test_malformed_metadata_of_an_unsigned_bundle_is_a_format_error(tmp_path, change, words):
+    bundle = make_bundle(tmp_path)
+    with tarfile.open(bundle) as tar:
+        metadata = json.loads(tar.extractfile("metadata.json").read())  # type: ignore[union-attr]
+    parts = [part_for("fit", tmp_path / "fit.bin"), part_for("rootfs", tmp_path / "root.bin")]
+    write_bundle(bundle, json.dumps(dict(metadata, **change)).encode(), parts, mtime=0)
+    with pytest.raises(FormatError, match=words):
+        verify_bundle(bundle, board="board-a")

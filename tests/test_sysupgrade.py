@@ -232,3 +232,14 @@ def test_a_router_rebuild_gives_the_same_sysupgrade_image_and_bundle(built):
     for name in ("sysupgrade.bin", "update.bundle"):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
     print(f"\nbuilds of upd-router: {seconds[0]:.1f} s, {seconds[1]:.1f} s")
+
+
+@pytest.mark.parametrize("metadata", [b'{"supported_devices": "router-a-v2"}\n', b'["router-a"]\n',
+                                      b'{"supported_devices": ["router-a"], "version": "1"}\n'])
+def test_metadata_of_another_shape_is_a_format_error(tmp_path, metadata):
+    kernel, root, image = tmp_path / "k", tmp_path / "r", tmp_path / "image"
+    kernel.write_bytes(b"k" * 100)
+    root.write_bytes(b"r" * 100)
+    write_sysupgrade(image, board="router-a", kernel=kernel, root=root, metadata=metadata, mtime=0)
+    with pytest.raises(FormatError, match="no supported_devices list, or a version that is no object"):
+        verify_sysupgrade(image, board="router-a")
