@@ -113,6 +113,9 @@ class UpdateSpec:
     compatible: tuple[str, ...] = ()  # never empty once loaded: the board's name by default
     trials: int = 3
     health: str | None = None  # None: every service of the board running
+    health_timeout: int = 60  # seconds a trial boot has to pass the health check before it reboots
+    fit_size: int | None = None  # MiB of each FIT slot; None: this build's FIT plus disk.root_slack
+    root_size: int | None = None  # MiB of each root slot; None: this build's squashfs plus disk.root_slack
 
 
 @dataclass(frozen=True)

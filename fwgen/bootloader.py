@@ -40,6 +40,8 @@ from .images.uimage import (
     read_uimage,
 )
 from .rootfs import EntryType
+from .slots import boot_script as ab_boot_script
+from .slots import has_ab_slots
 
 if TYPE_CHECKING:
     from .board import Board, FlashPartition
@@ -201,19 +203,22 @@ def write_key_dtb(ctx: BuildContext) -> dict:
 
 def build_boot_script(board: Board, epoch: int) -> bytes:
     """boot.scr: set the kernel command line, load the FIT, check and start it with U-Boot's
-    control device tree."""
+    control device tree; on an A/B disk, first pick the slot and count the attempt."""
     spec, address = board.uboot, f"{board.uboot.fit_address:#x}"
     cmdline = kernel_cmdline(board.kernel.cmdline)
     if "'" in cmdline or "\n" in cmdline:
         # U-Boot's shell takes the line in single quotes, which have no escape.
         raise UserError(f"{board.source}: kernel.cmdline {cmdline!r}: a board booted through U-Boot "
                         "cannot pass a single quote or newline to the kernel")
-    script = (
-        f"# Boot script of board {board.name}, written by fwgen.\n"
-        f"setenv bootargs '{cmdline}'\n"
-        f"load {spec.device} {address} {FIT_FILE}\n"
-        f"bootm {address}#{CONFIG} {address}#{CONFIG} ${{fdtcontroladdr}}\n"
-    )
+    if has_ab_slots(board):
+        script = ab_boot_script(board, cmdline, address, CONFIG)
+    else:
+        script = (
+            f"# Boot script of board {board.name}, written by fwgen.\n"
+            f"setenv bootargs '{cmdline}'\n"
+            f"load {spec.device} {address} {FIT_FILE}\n"
+            f"bootm {address}#{CONFIG} {address}#{CONFIG} ${{fdtcontroladdr}}\n"
+        )
     return make_script(script, arch=FIT_ARCH[board.arch.value], time=epoch, name=f"fwgen {board.name}"[:32])
 
 

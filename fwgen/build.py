@@ -47,6 +47,7 @@ from .guest import (
     DATA_FS_TYPE,
     DATA_MOUNT,
     ROOT_MOUNT,
+    ab_boot_conf,
     disk_boot_conf,
     flash_boot_conf,
 )
@@ -67,6 +68,7 @@ from .publish import create_staging, publish
 from .rootfs import Entry, EntryType, RootFS
 from .scripts import ScriptDecision, handle_package_scripts
 from .usign import UsignSecretKey
+from .slots import DATA_PART, SLOTS, add_update_files, has_ab_slots, partition_number, root_part
 
 KERNEL_FILE = "kernel"
 MANIFEST_FILE = "manifest.json"
@@ -410,6 +412,8 @@ def write_generated_files(ctx: BuildContext) -> None:
     rootfs.add_file("/etc/os-release", os_release.encode(), **generated)
     if _has_disk_root(board):
         write_boot_config(ctx)
+    if board.update is not None:
+        add_update_files(rootfs, board)
 
 
 def write_boot_config(ctx: BuildContext) -> None:
@@ -420,6 +424,12 @@ def write_boot_config(ctx: BuildContext) -> None:
         ctx.rootfs.add_dir(directory, 0o755, **generated)
     if ctx.board.flash is not None:
         write_flash_boot_config(ctx)
+        return
+    if has_ab_slots(ctx.board):
+        root_a, root_b = (disk.partition(partition_number(root_part(slot))) for slot in SLOTS)
+        data = disk.partition(partition_number(DATA_PART)) if disk.data_size else ""
+        conf = ab_boot_conf(ctx.board.name, (root_a, root_b), data)
+        ctx.rootfs.add_file(BOOT_CONF, conf.encode(), 0o644, **generated)
         return
     # An SD card's (or a U-Boot disk's) first partition is the FAT boot partition: root and
     # data come after it.

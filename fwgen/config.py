@@ -390,7 +390,8 @@ def _build_update(doc: Document, data: dict, board: Path) -> UpdateSpec | None:
     keys = tuple(_existing_file(doc, ("update", "keys", i), key, board) for i, key in enumerate(update["keys"]))
     compatible = tuple(update.get("compatible") or [_board_name(doc, data, board)])
     return UpdateSpec(slots=update["slots"], keys=keys, compatible=compatible, trials=update["trials"],
-                      health=update.get("health"))
+                      health=update.get("health"), health_timeout=update["health_timeout"],
+                      fit_size=update.get("fit_size"), root_size=update.get("root_size"))
 
 
 def _build_flash(doc: Document, data: dict) -> FlashSpec | None:

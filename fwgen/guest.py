@@ -39,6 +39,15 @@ SERVICE_HELPER = "/sbin/fwgen-service"
 # (file and argument a line), which /sbin/fwgen-package-scripts runs once from rc.d.
 PACKAGE_SCRIPTS = "/usr/lib/fwgen/package-scripts"
 PACKAGE_SCRIPTS_RUNNER = "/sbin/fwgen-package-scripts"
+# A/B updates (fwgen/slots.py, overlays/update): boot.conf of an A/B disk names both root
+# slots and /init picks the one U-Boot's boot script booted (fwgen.slot=A on the kernel
+# command line); the updater sources update.conf and trusts the keys in UPDATE_KEYS_DIR.
+AB_CONF_KEYS = ("ROOT_A", "ROOT_B", "ROOT_TYPE", "DATA", "DATA_TYPE", "RESET_MARKER")
+SLOT_PARAMETER = "fwgen.slot"
+UPDATE_CONF = "/etc/fwgen/update.conf"
+UPDATE_KEYS_DIR = "/etc/fwgen/update-keys"
+# The state partition's sector holding the updater's slot records (U-Boot's counters are in 0).
+SLOT_STATE_SECTOR = 8
 # The line rcS prints last, once every service runs: `fwgen boot` waits for it.
 READY_MARKER = "fwgen: ready"
 
@@ -53,6 +62,15 @@ def disk_boot_conf(board: str, root: str, data: str) -> str:
     return (
         f"# How /init mounts the root of board {board}: written by fwgen.\n"
         f"ROOT={root}\nROOT_TYPE=squashfs\n"
+        f"DATA={data}\nDATA_TYPE={DATA_FS_TYPE}\nRESET_MARKER={RESET_MARKER}\n"
+    )
+
+
+def ab_boot_conf(board: str, roots: tuple[str, str], data: str) -> str:
+    """boot.conf for an A/B disk: the root partitions of slots A and B, and the data partition."""
+    return (
+        f"# How /init mounts the root of board {board}, slot A or B as U-Boot booted it: written by fwgen.\n"
+        f"ROOT_A={roots[0]}\nROOT_B={roots[1]}\nROOT_TYPE=squashfs\n"
         f"DATA={data}\nDATA_TYPE={DATA_FS_TYPE}\nRESET_MARKER={RESET_MARKER}\n"
     )
 

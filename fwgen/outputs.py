@@ -21,6 +21,7 @@ from . import sysupgrade
 from .bootloader import (
     FIRMWARE_OUTPUT,
     FIT_OUTPUT,
+    FIT_FILE,
     FLASH_OUTPUT,
     UBOOT_OUTPUT,
     UIMAGE_OUTPUT,
@@ -46,6 +47,7 @@ from .images.squashfs import write_squashfs
 from .publish import set_file_mode
 from .qemu import BootSpec
 from .rootfs import EntryType, RootFS
+from .slots import has_ab_slots, write_slot_disk
 
 if TYPE_CHECKING:
     from .board import Board
@@ -169,6 +171,9 @@ def write_disk(ctx: BuildContext) -> None:
     disk = ctx.board.disk
     squashfs = write_root_squashfs(ctx)
     boot_files = write_uboot_files(ctx)
+    if boot_files and has_ab_slots(ctx.board):
+        write_ab_disk(ctx, boot_files, squashfs)
+        return
     if boot_files:
         write_boot_partition_disk(ctx, boot_files, squashfs)
         return
@@ -195,6 +200,22 @@ def write_boot_partition_disk(ctx: BuildContext, boot_files: dict[str, bytes], s
     ctx.outputs[DISK] = path
     _drop_unless_asked(ctx, squashfs)
     ctx.progress.info(f"disk {size // MIB} MiB: boot {boot_size} MiB ({', '.join(boot_files)}), root, "
+                      f"data {ctx.board.disk.data_size} MiB")
+
+
+def write_ab_disk(ctx: BuildContext, boot_files: dict[str, bytes], squashfs: Path) -> None:
+    """Two slots of FIT and root, U-Boot's boot counters and the shared data partition
+    (fwgen/slots.py); the FAT boot partition holds boot.scr alone."""
+    assert ctx.staging is not None
+    path = ctx.staging / DISK_FILE
+    script = {name: data for name, data in boot_files.items() if name != FIT_FILE}
+    sizes = write_slot_disk(path, ctx.board, boot_files=script, fit=boot_files[FIT_FILE], root=squashfs,
+                            mtime=ctx.epoch, progress=ctx.progress)
+    ctx.outputs[DISK] = path
+    fit, root = len(boot_files[FIT_FILE]), squashfs.stat().st_size
+    _drop_unless_asked(ctx, squashfs)
+    ctx.progress.info(f"A/B disk {path.stat().st_size // MIB} MiB: FIT slots 2 x {sizes.fit // MIB} MiB "
+                      f"({fit / MIB:.1f} used), root slots 2 x {sizes.root // MIB} MiB ({root / MIB:.1f} used), "
                       f"data {ctx.board.disk.data_size} MiB")
 
 
