@@ -759,6 +759,22 @@ class Machine:
             self._echo = None
             restore()
 
+    def wait_for_exit(self, timeout: float) -> int:
+        """Wait until QEMU exits by itself: under -no-reboot a guest's `reboot`, a kernel's
+        panic=-1 and a bootloader's `reset` all end it. Returns its exit code; raises BootError
+        (and kills it) after `timeout` seconds times the factor."""
+        proc = self._proc
+        if proc is None:
+            raise BootError("the guest was not started")
+        limit = timeout * self.timeout_factor
+        try:
+            code = proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise self._error(f"QEMU still running after {limit:.0f} s, waiting for the guest to reset") from None
+        self.kill()  # reaps the reader thread, closes the log, releases the ports
+        return code
+
     def reboot(self) -> float:
         """A cold reboot: power off, start QEMU again on the same drives, wait for the ready
         marker. Returns the seconds to ready. Drives must be persistent for writes to survive."""
