@@ -67,8 +67,8 @@ from .progress import QUIET, Progress
 from .publish import create_staging, publish
 from .rootfs import Entry, EntryType, RootFS
 from .scripts import ScriptDecision, handle_package_scripts
-from .usign import UsignSecretKey
 from .slots import DATA_PART, SLOTS, add_update_files, has_ab_slots, partition_number, root_part
+from .usign import UsignSecretKey
 
 KERNEL_FILE = "kernel"
 MANIFEST_FILE = "manifest.json"

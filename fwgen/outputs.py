@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 from . import sysupgrade
 from .bootloader import (
     FIRMWARE_OUTPUT,
-    FIT_OUTPUT,
     FIT_FILE,
+    FIT_OUTPUT,
     FLASH_OUTPUT,
     UBOOT_OUTPUT,
     UIMAGE_OUTPUT,

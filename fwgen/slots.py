@@ -17,7 +17,7 @@ only damage the partition being written. A FAT file system is one structure shar
 files and boot.scr (one allocation table, one directory), so an interrupted write there can
 take the running slot and the boot script with it; and Linux would need vfat for it. U-Boot
 reads a raw partition by its GPT name (`part start virtio 0 fit-A`, `virtio read`); Debian's
-qemu_arm64 U-Boot was measured doing so (docs/updates.md).
+qemu_arm64 U-Boot was measured doing so (docs/ab-slots.md).
 
 Boot counting follows RAUC's U-Boot integration: BOOT_ORDER ("A B") and BOOT_A_LEFT /
 BOOT_B_LEFT. The boot script imports them from the state partition's first sector, boots the

@@ -32,7 +32,7 @@ def test_boot_conf_sets_exactly_the_declared_variables():
     assert f"DATA_TYPE={guest.DATA_FS_TYPE}\nRESET_MARKER={guest.RESET_MARKER}\n" in guest.disk_boot_conf("b", "r", "")
 
 
-@pytest.mark.parametrize("key", sorted({*guest.DISK_CONF_KEYS, *guest.FLASH_CONF_KEYS}))
+@pytest.mark.parametrize("key", sorted({*guest.DISK_CONF_KEYS, *guest.FLASH_CONF_KEYS, *guest.AB_CONF_KEYS}))
 def test_init_sources_boot_conf_and_reads_every_variable(key):
     init = script(guest.INIT)
     assert f"[ -f {guest.BOOT_CONF} ] && . {guest.BOOT_CONF}" in init

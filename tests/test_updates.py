@@ -17,6 +17,8 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 import tarfile
 import time
 from dataclasses import dataclass
@@ -26,13 +28,11 @@ import pytest
 import yaml
 from buildutil import REPO, run_fwgen
 from construct import Array
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from localhttp import Server
 
+from fwgen import usign
 from fwgen.boot import READY_MARKER, boot_spec_for
 from fwgen.config import load_board
-from fwgen.errors import BootError
-from fwgen.fetch import usign
 from fwgen.images.disk import GPT_ENTRY, SECTOR
 from fwgen.qemu import Machine
 
@@ -46,36 +46,25 @@ RELEASE_NOTE = "/usr/share/update-test/release"  # only v2 has it: proof the new
 SLOT_PARTS = ("fit-A", "fit-B", "root-A", "root-B")
 
 
-@dataclass(frozen=True)
-class Key:
-    private: Ed25519PrivateKey
-    fingerprint: bytes
-    public: Path
-
-    def sign(self, message: bytes) -> bytes:
-        return usign.sign(message, self.private, self.fingerprint, "signed by the update tests").encode()
-
-
-def make_key(folder: Path, name: str) -> Key:
-    private, fingerprint = Ed25519PrivateKey.generate(), usign.new_fingerprint()
-    public = folder / f"{name}.pub"
-    public.write_text(usign.format_public_key(private, fingerprint, f"update test key {name}"))
-    return Key(private, fingerprint, public)
-
-
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory) -> dict[str, Key]:
+def keys(tmp_path_factory, cache_dir) -> dict[str, Path]:
+    """Key pairs from `fwgen keygen`: name -> the secret key's path (NAME.pub beside it)."""
     folder = tmp_path_factory.mktemp("keys")
-    return {name: make_key(folder, name) for name in ("trusted", "untrusted")}
+    for name in ("trusted", "untrusted"):
+        made = run_fwgen("keygen", str(folder / name), cache=cache_dir)
+        assert made.returncode == 0, made.stderr
+    return {name: folder / f"{name}.key" for name in ("trusted", "untrusted")}
 
 
-def write_board(folder: Path, version: str, key: Key, **update) -> Path:
-    """A copy of qemu-aarch64-ab in `folder` at `version`, trusting `key`, keeping its
-    squashfs as an output (a slot's content, which the bundle carries)."""
+def key_id(secret: Path) -> str:
+    return usign.load_secret_key(secret).key_id
+
+
+def write_board(folder: Path, version: str, key: Path, **update) -> Path:
+    """A copy of qemu-aarch64-ab in `folder` at `version`, trusting `key`'s public half."""
     board = yaml.safe_load((REPO / "boards" / f"{BOARD}.yaml").read_text())
     board["version"] = version
-    board["outputs"] = [*board["outputs"], "squashfs"]
-    board["update"].update(keys=[str(key.public)], health_timeout=HEALTH_TIMEOUT, **update)
+    board["update"].update(keys=[str(key.with_suffix(".pub"))], health_timeout=HEALTH_TIMEOUT, **update)
     path = folder / f"{BOARD}-v{version}.yaml"
     path.write_text(yaml.safe_dump(board, sort_keys=False))
     return path
@@ -98,25 +87,68 @@ class Firmware:
     board_file: Path
     out: Path  # the build folder, out/<board>
 
-    def bundle(self, key: Key | None, *, compatible: list[str] | None = None) -> bytes:
-        """The update bundle as UPDATE-BUNDLE.md lays it out, signed with `key`."""
-        manifest = json.loads((self.out / "manifest.json").read_text())
-        parts = [("fit", "fit.itb", (self.out / "image.itb").read_bytes()),
-                 ("rootfs", "rootfs.squashfs", (self.out / "rootfs.squashfs").read_bytes())]
-        metadata = {"format": 1, "board": BOARD, "compatible": compatible or [BOARD], "version": self.version,
-                    "build_id": str(manifest["source_date_epoch"]), "slots": "ab",
-                    "parts": [{"name": n, "file": f, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
-                              for n, f, d in parts]}
-        raw = (json.dumps(metadata, sort_keys=True, indent=1) + "\n").encode()
-        members = [("metadata.json", raw), *([("metadata.json.sig", key.sign(raw))] if key else []),
-                   *((f, d) for _, f, d in parts)]
-        out = io.BytesIO()
-        with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for name, data in members:
-                info = tarfile.TarInfo(name)
-                info.size, info.mode, info.mtime = len(data), 0o644, manifest["source_date_epoch"]
-                tar.addfile(info, io.BytesIO(data))
-        return out.getvalue()
+    @property
+    def bundle(self) -> bytes:
+        """out/<board>/update.bundle, signed by the build (fwgen build --sign)."""
+        return (self.out / "update.bundle").read_bytes()
+
+    def part(self, name: str) -> bytes:
+        with tarfile.open(self.out / "update.bundle") as tar:
+            return tar.extractfile(name).read()  # type: ignore[union-attr]
+
+
+def repack(bundle: bytes, *, compatible: list[str] | None = None, parts: dict[str, bytes] | None = None,
+           signed: bool = True) -> bytes:
+    """`bundle` with other compatible names or other part contents (metadata.json following
+    them) and/or without its signature, members in the bundle's order and headers; `fwgen
+    sign` then signs it."""
+    parts = parts or {}
+    with tarfile.open(fileobj=io.BytesIO(bundle)) as old:
+        members = [(m, old.extractfile(m).read()) for m in old.getmembers()]  # type: ignore[union-attr]
+    contents = {m.name: parts.get(m.name, data) for m, data in members}
+    metadata = json.loads(contents["metadata.json"])
+    metadata["compatible"] = compatible or metadata["compatible"]
+    for part in metadata["parts"]:
+        data = contents[part["file"]]
+        part.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    contents["metadata.json"] = (json.dumps(metadata, sort_keys=True, indent=1) + "\n").encode()
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as new:
+        for member, _ in members:
+            if member.name == "metadata.json.sig" and not signed:
+                continue
+            member.size = len(contents[member.name])
+            new.addfile(member, io.BytesIO(contents[member.name]))
+    return out.getvalue()
+
+
+def signed_with(bundle: bytes, key: Path, folder: Path, cache_dir: Path) -> bytes:
+    """`bundle` signed by `fwgen sign --key KEY`."""
+    path = folder / "to-sign.bundle"
+    path.write_bytes(bundle)
+    result = run_fwgen("sign", str(path), "--key", str(key), cache=cache_dir)
+    assert result.returncode == 0, result.stderr
+    return path.read_bytes()
+
+
+def build_all(boards: dict[str, Path], folder: Path, key: Path, cache_dir: Path) -> dict[str, Firmware]:
+    """`fwgen build --sign KEY` of every board, two at a time (each build is one process)."""
+    started = time.monotonic()
+    running = {}
+    built = {}
+    for version, board_file in boards.items():
+        out = folder / f"out-v{version}"
+        running[version] = subprocess.Popen(
+            [sys.executable, "-m", "fwgen.cli", "build", "--board", str(board_file), "--out", str(out),
+             "--sign", str(key)], cwd=REPO, env=dict(os.environ, FWGEN_CACHE=str(cache_dir)),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        built[version] = Firmware(version, board_file, out / BOARD)
+        if len(running) == 2 or version == list(boards)[-1]:
+            for done in list(running):
+                output = running.pop(done).communicate(timeout=900)[0]
+                assert (built[done].out / "update.bundle").is_file(), output
+    print(f"v{', v'.join(boards)} built in {time.monotonic() - started:.1f} s")
+    return built
 
 
 @pytest.fixture(scope="module")
@@ -127,15 +159,7 @@ def firmware(keys, tmp_path_factory, cache_dir) -> dict[str, Firmware]:
               "2": write_board(folder, "2", keys["trusted"]),
               "3": write_board(folder, "3", keys["trusted"], health="test -e /nonexistent-health-flag")}
     add_release_overlay(folder, boards["2"])
-    built = {}
-    for version, board_file in boards.items():
-        out = folder / f"out-v{version}"
-        started = time.monotonic()
-        result = run_fwgen("build", "--board", str(board_file), "--out", str(out), cache=cache_dir)
-        assert result.returncode == 0, result.stdout + result.stderr
-        built[version] = Firmware(version, board_file, out / BOARD)
-        print(f"v{version} built in {time.monotonic() - started:.1f} s")
-    return built
+    return build_all(boards, folder, keys["trusted"], cache_dir)
 
 
 @pytest.fixture(scope="module")
@@ -215,16 +239,16 @@ def test_v1_boots_and_v2_installed_over_http_boots_with_the_settings_kept(device
     assert "slot A: version 1, good" in status and "slot B: version -, empty, 0 boot attempts left" in status
     device.run(f"echo 'kept across updates' > {SETTING} && sync")
 
-    bundle = firmware["2"].bundle(keys["trusted"])
+    bundle = firmware["2"].bundle
     server.serve("/v2.bundle", bundle)
     started = time.monotonic()
     output = device.run(f"fwupdate install {guest_url(server, '/v2.bundle')} --no-reboot", timeout=300)
     install_seconds = time.monotonic() - started
-    assert f"signature by key {keys['trusted'].fingerprint.hex()} verified" in output
+    assert f"signature by key {key_id(keys['trusted'])} verified" in output
     assert re.search(r"installed version 2 into slot B in \d+ s: it boots next \(3 attempts\)", output), output
     assert device.counters() == "BOOT_A_LEFT=3\nBOOT_B_LEFT=3\nBOOT_ORDER=B A"
     written = device.partitions()
-    fit, root = (firmware["2"].out / "image.itb").read_bytes(), (firmware["2"].out / "rootfs.squashfs").read_bytes()
+    fit, root = firmware["2"].part("fit.itb"), firmware["2"].part("rootfs.squashfs")
     assert written["fit-B"][:len(fit)] == fit and written["root-B"][:len(root)] == root
 
     device.machine.send("reboot\n")
@@ -256,22 +280,22 @@ def refusal(device: Device, server: Server, name: str, bundle: bytes) -> str:
 
 
 def test_damaged_untrusted_unsigned_and_foreign_bundles_are_refused_before_anything_is_written(
-        device, firmware, keys, server):
+        device, firmware, keys, server, tmp_path, cache_dir):
     before = device.partitions()
-    good = firmware["3"].bundle(keys["trusted"])
-    root_at = good.index((firmware["3"].out / "rootfs.squashfs").read_bytes()[:4096])
+    good = firmware["3"].bundle
     flipped = bytearray(good)
-    flipped[root_at + 100_000] ^= 0x01
+    flipped[good.index(firmware["3"].part("rootfs.squashfs")[:4096]) + 100_000] ^= 0x01
     lines = {
         "flipped": refusal(device, server, "flipped.bundle", bytes(flipped)),
-        "untrusted": refusal(device, server, "untrusted.bundle", firmware["3"].bundle(keys["untrusted"])),
-        "unsigned": refusal(device, server, "unsigned.bundle", firmware["3"].bundle(None)),
-        "foreign": refusal(device, server, "foreign.bundle",
-                           firmware["3"].bundle(keys["trusted"], compatible=["qemu-armv7-ab"])),
+        "untrusted": refusal(device, server, "untrusted.bundle",
+                             signed_with(good, keys["untrusted"], tmp_path, cache_dir)),
+        "unsigned": refusal(device, server, "unsigned.bundle", repack(good, signed=False)),
+        "foreign": refusal(device, server, "foreign.bundle", signed_with(
+            repack(good, compatible=["qemu-armv7-ab"], signed=False), keys["trusted"], tmp_path, cache_dir)),
     }
     assert re.search(r"part rootfs: rootfs\.squashfs has sha256 [0-9a-f]{64}, metadata\.json says [0-9a-f]{64}: "
                      r"the bundle is damaged", lines["flipped"])
-    assert (f"the bundle is signed by key {keys['untrusted'].fingerprint.hex()}, which this device does not trust"
+    assert (f"the bundle is signed by key {key_id(keys['untrusted'])}, which this device does not trust"
             in lines["untrusted"])
     assert "is not signed (no metadata.json.sig)" in lines["unsigned"]
     assert f"a bundle for qemu-armv7-ab (board {BOARD}), and this device is {BOARD}" in lines["foreign"]
@@ -284,7 +308,7 @@ def test_damaged_untrusted_unsigned_and_foreign_bundles_are_refused_before_anyth
 
 def test_v3_failing_its_health_check_is_tried_three_times_then_the_device_is_back_on_v2(
         device, firmware, keys, server):
-    server.serve("/v3.bundle", firmware["3"].bundle(keys["trusted"]))
+    server.serve("/v3.bundle", firmware["3"].bundle)
     mark = len(device.console())
     device.machine.send(f"fwupdate install {guest_url(server, '/v3.bundle')}\n")
     device.machine.wait_for("installed version 3 into slot A", 300)
@@ -312,13 +336,20 @@ def test_v3_failing_its_health_check_is_tried_three_times_then_the_device_is_bac
           f"({TRIALS} trial boots with a {HEALTH_TIMEOUT} s health timeout)")
 
 
-def test_qemu_killed_while_the_inactive_slot_is_written_comes_up_on_the_old_slot(device, firmware, keys, server):
+def test_qemu_killed_while_the_inactive_slot_is_written_comes_up_on_the_old_slot(
+        device, firmware, keys, server, tmp_path, cache_dir):
+    # Slot A holds v3 already, and every version's FIT is the same: v3's FIT with 4 MiB of
+    # random bytes after it (U-Boot reads a FIT's size from its header) makes the write long
+    # enough to kill it midway and shows on disk how far it got.
+    fit = firmware["3"].part("fit.itb") + os.urandom(4 << 20)
+    bundle = signed_with(repack(firmware["3"].bundle, parts={"fit.itb": fit}, signed=False), keys["trusted"],
+                         tmp_path, cache_dir)
+    server.serve("/v3-long.bundle", bundle)
     before = device.partitions()
-    device.machine.send(f"fwupdate install {guest_url(server, '/v3.bundle')}\n")
+    device.machine.send(f"fwupdate install {guest_url(server, '/v3-long.bundle')}\n")
     device.machine.wait_for("writing fit.itb", 300)
     device.machine.kill()
     after = device.partitions()
-    fit = (firmware["3"].out / "image.itb").read_bytes()
     assert after["fit-A"][:len(fit)] != fit, "the write finished before QEMU was killed"
     assert device.counters() == "BOOT_A_LEFT=0\nBOOT_B_LEFT=3\nBOOT_ORDER=A B"
     for name in ("fit-B", "root-B"):
