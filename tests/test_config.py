@@ -368,7 +368,7 @@ def test_board_named_by_a_file_name_with_a_line_break_is_refused(tmp_path):
 
 def test_update_section_resolves_keys_and_defaults_compatible_to_the_board_name(tmp_path):
     write(tmp_path / "release.pub", "untrusted comment: fwgen release key\nRWQAAAAAAAAAAA==\n")
-    board = write(tmp_path / "acme-router.yaml", "arch: aarch64\nversion: '2.1'\nupdate:\n  keys: [release.pub]\n")
+    board = write(tmp_path / "acme-router.yaml", "arch: aarch64\noutputs: [disk]\nversion: '2.1'\nupdate:\n  keys: [release.pub]\n")
     loaded = load_board(str(board))
     assert loaded.version == "2.1"
     assert loaded.update is not None
@@ -378,6 +378,6 @@ def test_update_section_resolves_keys_and_defaults_compatible_to_the_board_name(
 
 
 def test_update_key_that_does_not_exist_points_at_its_line(tmp_path):
-    board = write(tmp_path / "b.yaml", "arch: aarch64\nupdate:\n  slots: ab\n  keys: [missing.pub]\n")
-    with pytest.raises(ConfigError, match=r"b\.yaml:4:\d+: .*missing\.pub not found"):
+    board = write(tmp_path / "b.yaml", "arch: aarch64\noutputs: [disk]\nupdate:\n  slots: ab\n  keys: [missing.pub]\n")
+    with pytest.raises(ConfigError, match=r"b\.yaml:5:\d+: .*missing\.pub not found"):
         load_board(str(board))
