@@ -25,7 +25,7 @@ from . import __version__
 from .audit import audit_rootfs, runtime_files
 from .board import Board
 from .bundle import check_signing_key
-from .busybox import DEFAULT_SOURCE, BusyboxSource, build_busybox, install_busybox
+from .busybox import DEFAULT_SOURCE, BusyboxSource, build_busybox, install_busybox, patches_for
 from .cache import Cache
 from .compile import BuiltFiles, compile_build, install_build
 from .compression import ZSTD
@@ -39,6 +39,7 @@ from .fetch import (
     install_package,
     package_label,
     provenance_of,
+    purl_of,
     read_fetched_entries,
     write_package_state,
 )
@@ -60,12 +61,21 @@ from .kernel import (
     load_kernel,
     resolve_modules,
 )
-from .outputs import MIB, outputs_of, write_outputs
+from .licenses import (
+    BUSYBOX_LICENSE,
+    NOASSERTION,
+    License,
+    entries_reader,
+    package_license,
+    rootfs_reader,
+)
+from .outputs import MIB, image_contents, outputs_of, write_outputs
 from .overlay import Layers, apply_layers, plan_layers
 from .policy import SpecialFile, apply_policy, find_special_files
 from .progress import QUIET, Progress
 from .publish import create_staging, publish
 from .rootfs import Entry, EntryType, RootFS
+from .sbom import write_sboms
 from .scripts import ScriptDecision, handle_package_scripts
 from .slots import DATA_PART, SLOTS, add_update_files, has_ab_slots, partition_number, root_part
 from .usign import UsignSecretKey
@@ -79,6 +89,9 @@ class BuiltBusybox:
     version: str
     binary: bytes
     cache_key: str  # what identifies the build: source, patches, config, target, toolchain
+    source: BusyboxSource
+    patches: tuple[Path, ...]
+    config_sha256: str  # of the .config it was built with
 
 
 @dataclass
@@ -109,6 +122,7 @@ class BuildContext:
     epoch_from: str = "SOURCE_DATE_EPOCH"  # what chose the timestamps: the environment or the newest input
     signing_key: UsignSecretKey | None = None  # signs the update bundle; never written anywhere
     package_scripts: list[ScriptDecision] = field(default_factory=list)  # what became of each package script
+    licenses: dict[str, License] = field(default_factory=dict)  # package name -> what it states
 
     @property
     def epoch(self) -> int:
@@ -168,7 +182,11 @@ def build(
         enforce_policy(ctx)
         with writing(ctx.staging, f"the outputs of board {board.name}"):
             write_images(ctx)
+            find_bootloader_license(ctx)
+            warn_unstated_licenses(ctx)
             manifest = write_manifest(ctx)
+            write_sboms(ctx.staging, manifest, rootfs=ctx.rootfs, licenses=ctx.licenses,
+                        contents=image_contents(board, manifest["outputs"]))
             publish(staging, outdir)
             published = True
     finally:
@@ -233,6 +251,7 @@ def fetch_kernel(ctx: BuildContext) -> None:
             ctx.kernel_package = fetched
             ctx.kernel_entries = entries
             ctx.kernel = load_kernel(entries, source=provenance_of(fetched.package))
+            ctx.licenses[fetched.package.name] = package_license(fetched.package, entries_reader(entries))
             ctx.progress.info(f"kernel {ctx.kernel.release} from {fetched.package.name} {fetched.package.version}")
             return
         name = _kernel_dependency(fetched)
@@ -311,7 +330,8 @@ def build_board_busybox(ctx: BuildContext) -> None:
     fragments = [*spec.config, *(f for f in ctx.layers.busybox_config if f not in spec.config)]
     path = build_busybox(ctx.board.arch, source=source, fragments=fragments,
                          cache_root=ctx.cache.root, progress=ctx.progress, remote=ctx.cache.remote)
-    ctx.busybox = BuiltBusybox(source.version, path.read_bytes(), path.parent.name)
+    ctx.busybox = BuiltBusybox(source.version, path.read_bytes(), path.parent.name, source,
+                               tuple(patches_for(source)), _sha256_file(path.parent / "config"))
 
 
 def compile_overlay_builds(ctx: BuildContext) -> None:
@@ -329,6 +349,9 @@ def assemble_rootfs(ctx: BuildContext) -> None:
     image = UnpackBudget(limits.image_size * MIB, f"limits.image_size ({limits.image_size} MiB)")
     installed = [(fetched, install_package(rootfs, fetched, package_budget(ctx.board, image)))
                  for fetched in ctx.packages]
+    # Before exclude_paths: a licence is read from the package even when its file is left out.
+    read = rootfs_reader(rootfs)
+    ctx.licenses.update((f.package.name, package_license(f.package, read)) for f in ctx.packages)
     ctx.pruned = prune_package_files(rootfs, ctx.board.exclude_paths)
     if ctx.pruned:
         ctx.progress.info(f"left out {sum(ctx.pruned.values())} package file(s) matching exclude_paths")
@@ -512,6 +535,21 @@ def write_images(ctx: BuildContext) -> None:
     write_outputs(ctx)
 
 
+def find_bootloader_license(ctx: BuildContext) -> None:
+    """U-Boot's package is read for its binary only: its licence is read here."""
+    if ctx.bootloader is not None:
+        fetched = ctx.bootloader["package"]
+        ctx.licenses[fetched.package.name] = package_license(fetched.package,
+                                                             entries_reader(read_fetched_entries(fetched)))
+
+
+def warn_unstated_licenses(ctx: BuildContext) -> None:
+    """One line per package whose licence fwgen could not read (NOASSERTION), saying why."""
+    for name, found in sorted(ctx.licenses.items()):
+        if found.expression == NOASSERTION:
+            ctx.progress.info(f"warning: package {name}: licence NOASSERTION: {found.problem}")
+
+
 def write_manifest(ctx: BuildContext) -> dict:
     assert ctx.staging is not None and ctx.kernel is not None
     board = ctx.board
@@ -522,14 +560,14 @@ def write_manifest(ctx: BuildContext) -> dict:
         "source_date_epoch": ctx.epoch,
         "source_date_epoch_from": ctx.epoch_from,
         "inputs": {
-            "packages": [_package_record(p) for p in ctx.packages],
+            "packages": [_package_record(p, ctx.licenses) for p in ctx.packages],
             "kernel": dict(_kernel_record(ctx), release=ctx.kernel.release, image=ctx.kernel.image_path),
             "kernel_modules": [m.name for m in ctx.modules],
             "busybox": _busybox_record(ctx),
             "builds": [{"build": b.provenance.removeprefix("build:"), "key": b.key,
                         "files": {path: _sha256_file(host) for path, (host, _) in sorted(b.files.items())}}
                        for b in ctx.built],
-            **({"bootloader": dict(ctx.bootloader, package=_package_record(ctx.bootloader["package"]))}
+            **({"bootloader": dict(ctx.bootloader, package=_package_record(ctx.bootloader["package"], ctx.licenses))}
                if ctx.bootloader else {}),
             "overlays": [{"name": o.name, "path": str(o.path)} for o in ctx.board.overlays],
             "excluded": list(board.exclude),
@@ -555,16 +593,22 @@ def write_manifest(ctx: BuildContext) -> dict:
 def _busybox_record(ctx: BuildContext) -> dict:
     if ctx.busybox is None:
         return {"package": ctx.board.busybox.package}
-    return {"version": ctx.busybox.version, "libc": "musl", "build": ctx.busybox.cache_key,
-            "sha256": hashlib.sha256(ctx.busybox.binary).hexdigest(), "size": len(ctx.busybox.binary)}
+    built = ctx.busybox
+    return {"version": built.version, "libc": "musl", "build": built.cache_key,
+            "sha256": hashlib.sha256(built.binary).hexdigest(), "size": len(built.binary),
+            "license": BUSYBOX_LICENSE,
+            "source": {"url": built.source.urls[0], "sha256": built.source.sha256},
+            "patches": [{"name": p.name, "sha256": _sha256_file(p)} for p in built.patches],
+            "config_sha256": built.config_sha256}
 
 
 def _kernel_record(ctx: BuildContext) -> dict:
     if ctx.kernel_package is not None:
-        return _package_record(ctx.kernel_package)
+        return _package_record(ctx.kernel_package, ctx.licenses)
     spec = ctx.board.kernel
     assert spec.image is not None
-    record = {"vendor_image": str(spec.image), "sha256": _sha256_file(spec.image)}
+    record = {"vendor_image": str(spec.image), "sha256": _sha256_file(spec.image),
+              **License(NOASSERTION, str(spec.image), "a vendor kernel image states no licence").to_dict()}
     if spec.modules_from is not None:
         record["modules_from"] = str(spec.modules_from)
         if spec.modules_from.is_file():
@@ -572,12 +616,12 @@ def _kernel_record(ctx: BuildContext) -> dict:
     return record
 
 
-def _package_record(fetched: FetchedPackage) -> dict:
+def _package_record(fetched: FetchedPackage, licenses: dict[str, License]) -> dict:
     p = fetched.package
-    return {"name": p.name, "version": p.version, "arch": p.arch, "feed": p.feed,
+    return {"name": p.name, "version": p.version, "arch": p.arch, "feed": p.feed, "purl": purl_of(p),
             # An APKINDEX lists no file hash (its C: identity was checked): hash the verified file.
             "sha256": p.sha256 or _sha256_file(fetched.path),
-            "size": p.size, "url": p.url}
+            "size": p.size, "url": p.url, **licenses[p.name].to_dict(), "depends": list(fetched.depends)}
 
 
 def _sha256_file(path: Path) -> str:

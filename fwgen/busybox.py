@@ -111,7 +111,7 @@ def build_busybox(
     """
     toolchain = find_toolchain()
     fragment_texts = [_read_fragment(f) for f in (BASE_FRAGMENT, *fragments)]
-    patches = _patches_for(source)
+    patches = patches_for(source)
     key = cache_key(arch, source, patches, fragment_texts, toolchain)
     root = Path(cache_root) / "busybox"
     published = root / key / "busybox"
@@ -290,7 +290,8 @@ def _value(line: str) -> str | None:
 # -- building ---------------------------------------------------------------------------------
 
 
-def _patches_for(source: BusyboxSource) -> list[Path]:
+def patches_for(source: BusyboxSource) -> list[Path]:
+    """fwgen's patches for a BusyBox release, in the order they are applied."""
     return sorted(PATCHES.glob(f"{source.version}-*.patch"))
 
 

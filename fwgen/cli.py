@@ -405,6 +405,34 @@ def _shell(names: list[str], out_root: Path, factor: float, fresh_disk: bool, fo
 
 
 @main.command()
+@click.argument("board_name", metavar="BOARD")
+@board_dirs_option
+@overlay_dirs_option
+@qemu_dirs_option
+@out_option
+@click.option("--deny", "deny", multiple=True, metavar="LICENSES",
+              help="Fail (exit 1) naming each component that cannot do without one of these licences "
+                   "(comma-separated SPDX ids, repeatable), e.g. --deny GPL-3.0-only,AGPL-3.0-or-later.")
+@json_option
+@handle_errors
+def licenses(board_name, boards_dirs, overlay_dirs, qemu_dirs, out_root, deny, as_json):
+    """Print the licence of every package, the kernel, BusyBox and U-Boot of a built board."""
+    from .licenses import build_licenses, check_denied, parse_deny
+
+    board = _load_board(board_name, boards_dirs, overlay_dirs, qemu_dirs)
+    denied = parse_deny(deny)
+    rows = build_licenses(out_root / board.name)
+    if as_json:
+        _emit_json(rows)
+    else:
+        widths = [max((len(r[key]) for r in rows), default=0) for key in ("name", "version")]
+        click.echo(f"{'PACKAGE':{widths[0]}}  {'VERSION':{widths[1]}}  LICENCE  (SOURCE)")
+        for r in rows:
+            click.echo(f"{r['name']:{widths[0]}}  {r['version']:{widths[1]}}  {r['license']}  ({r['source']})")
+    check_denied(board.name, rows, denied)
+
+
+@main.command()
 @board_dirs_option
 @json_option
 @handle_errors

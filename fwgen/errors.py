@@ -28,7 +28,7 @@ def quoted(name: str) -> str:
 # fwgen's exit codes, one per kind of failure, so a CI job can tell them apart. With several
 # boards in one call the highest code of any board is the exit code.
 EXIT_OK = 0
-EXIT_CHECK_FAILED = 1  # the guest booted, and one of its checks failed
+EXIT_CHECK_FAILED = 1  # the guest booted, and one of its checks failed; or a licence is denied
 EXIT_BAD_INPUT = 2  # a broken board file, a tampered package, a dead mirror, a full disk, no memory
 EXIT_BOOT_FAILED = 3  # the guest never became ready, or QEMU died or hung
 EXIT_INTERNAL = 4  # a bug, or a tool that failed where it should not (a compiler, mksquashfs)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import posixpath
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -119,6 +119,24 @@ def boot_spec(board: Board, outdir: Path, manifest: dict, *, fresh: bool) -> Boo
         if output.name in manifest["outputs"] and output.boot_spec is not None:
             return output.boot_spec(board, outdir, manifest, fresh)
     return None
+
+
+# What an output file holds, for the SBOM's CONTAINS relationships: "root" the whole root
+# filesystem, "boot" what a boot initramfs holds (BusyBox, the kernel's modules, /init),
+# "kernel" the kernel, "bootloader" U-Boot.
+ROOT, BOOT, KERNEL, BOOTLOADER = "root", "boot", "kernel", "bootloader"
+
+
+def image_contents(board: Board, written: Collection[str]) -> dict[str, tuple[str, ...]]:
+    """What each of the `written` outputs (the manifest's names) holds."""
+    initramfs = BOOT if any(o.root_on_disk for o in outputs_of(board)) else ROOT
+    holds = {
+        "kernel": (KERNEL,), INITRAMFS: (initramfs,), SQUASHFS: (ROOT,), SDCARD: (ROOT, KERNEL),
+        DISK: (ROOT, KERNEL) if FIT_OUTPUT in written else (ROOT,),  # the FIT on its boot partition
+        FIT_OUTPUT: (KERNEL, initramfs), UIMAGE_OUTPUT: (KERNEL, initramfs),
+        FLASH_OUTPUT: (BOOTLOADER, KERNEL, ROOT), FIRMWARE_OUTPUT: (KERNEL, ROOT), UBOOT_OUTPUT: (BOOTLOADER,),
+    }
+    return {name: holds.get(name, ()) for name in written}
 
 
 def write_full_initramfs(ctx: BuildContext) -> None:

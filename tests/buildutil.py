@@ -59,3 +59,48 @@ def build_with_update(template: str, name: str, folder: Path, update: str, cache
         assert result.returncode == 0, result.stdout + result.stderr
         outs.append(folder / f"out{n}" / name)
     return outs, seconds
+
+
+def check_sboms(outdir: Path) -> tuple[dict, dict]:
+    """Validate a build's SBOMs with the formats' own libraries (spdx-tools' validator,
+    cyclonedx-python-lib's strict JSON schema for 1.6) and hold them to its manifest: every
+    package by its purl, the kernel, BusyBox, U-Boot, every overlay with its files' hashes,
+    and every output with the SHA-256 of its file. Returns (SPDX, CycloneDX) as parsed JSON."""
+    import hashlib
+    import json
+
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+    from spdx_tools.spdx.parser.parse_anything import parse_file
+    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+
+    problems = validate_full_spdx_document(parse_file(str(outdir / "sbom.spdx.json")))
+    assert not problems, [p.validation_message for p in problems[:5]]
+    cdx_text = (outdir / "sbom.cdx.json").read_text()
+    error = JsonStrictValidator(SchemaVersion.V1_6).validate_str(cdx_text)
+    assert error is None, error
+    spdx, cdx = json.loads((outdir / "sbom.spdx.json").read_text()), json.loads(cdx_text)
+    manifest = json.loads((outdir / "manifest.json").read_text())
+    inputs = manifest["inputs"]
+    packages = {p["name"]: p for p in spdx["packages"]}
+    purls = {ref["referenceLocator"] for p in spdx["packages"] for ref in p.get("externalRefs", [])}
+    cdx_purls = {c["purl"] for c in cdx["components"] if "purl" in c}
+    wanted = [*inputs["packages"], *([inputs["kernel"]] if "name" in inputs["kernel"] else []),
+              *([inputs["bootloader"]["package"]] if "bootloader" in inputs else [])]
+    for record in wanted:
+        assert record["purl"] in purls and record["purl"] in cdx_purls, record["purl"]
+        assert packages[record["name"]]["licenseDeclared"] == record["license"]
+    if "license" in inputs["busybox"]:
+        assert packages["busybox"]["licenseDeclared"] == "GPL-2.0-only"
+        assert inputs["busybox"]["source"]["sha256"] in packages["busybox"]["description"]
+    for overlay in inputs["overlays"]:
+        assert overlay["name"] in packages and packages[overlay["name"]]["filesAnalyzed"]
+    relations = {(r["spdxElementId"], r["relationshipType"], r["relatedSpdxElement"]) for r in spdx["relationships"]}
+    for output in manifest["outputs"].values():
+        image = packages[output["file"]]
+        assert image["checksums"] == [{"algorithm": "SHA256", "checksumValue": output["sha256"]}]
+        assert hashlib.sha256((outdir / output["file"]).read_bytes()).hexdigest() == output["sha256"]
+        assert ("SPDXRef-DOCUMENT", "DESCRIBES", image["SPDXID"]) in relations
+    contained = {b for a, kind, b in relations if kind == "CONTAINS" and a.startswith("SPDXRef-Image-")}
+    assert {packages[r["name"]]["SPDXID"] for r in wanted} <= contained
+    return spdx, cdx

@@ -10,7 +10,7 @@ import re
 import time
 
 import pytest
-from buildutil import REPO, boot_with_declared_firmware_only, run_fwgen
+from buildutil import REPO, boot_with_declared_firmware_only, check_sboms, run_fwgen
 
 from fwgen.config import load_board
 
@@ -38,6 +38,7 @@ def test_board_builds_boots_and_passes_its_checks(board, out_root, cache_dir):
     build_seconds = time.monotonic() - started
     assert built.returncode == 0, built.stdout + built.stderr
     manifest = json.loads((out_root / board / "manifest.json").read_text())
+    check_sboms(out_root / board)
 
     booted = run_fwgen("boot", "--board", board, "--out", str(out_root), "--json", cache=cache_dir)
     assert booted.returncode == 0, booted.stdout + booted.stderr
@@ -69,6 +70,18 @@ def test_every_qemu_profile_has_a_firmware_guard_boot():
     profiles = {path.stem for path in (REPO / "qemu").glob("*.yaml")}
     guarded = {load_board(board).qemu.profile.name for board in BOARDS}
     assert guarded | GUARDED_ELSEWHERE == profiles
+
+
+# Every in-tree board's SBOMs are validated where a test builds it: here, and elsewhere for
+# these (test_squashfs_boot.py checks every board with a disk output).
+SBOMS_CHECKED_ELSEWHERE = {"qemu-aarch64": "test_boot.py", "qemu-mips-router": "test_flash.py"}
+
+
+def test_every_board_has_its_sboms_validated_by_a_build_test():
+    from test_squashfs_boot import DISK_BOARDS
+
+    boards = {path.stem for path in (REPO / "boards").glob("*.yaml")}
+    assert set(BOARDS) | set(DISK_BOARDS) | set(SBOMS_CHECKED_ELSEWHERE) == boards
 
 
 @pytest.mark.parametrize("board", sorted(BOARDS))

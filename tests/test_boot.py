@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from buildutil import REPO, boot_with_declared_firmware_only, run_fwgen
+from buildutil import REPO, boot_with_declared_firmware_only, check_sboms, run_fwgen
 
 from fwgen.boot import READY_MARKER, boot_spec_for
 from fwgen.config import load_board
@@ -35,6 +35,7 @@ def out_root(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("out")
     result = run_fwgen("build", "--board", "qemu-aarch64", "--out", str(out), cache=cache_dir)
     assert result.returncode == 0, result.stderr
+    (out / "build.log").write_text(result.stdout + result.stderr)
     return out
 
 
@@ -126,3 +127,63 @@ def test_boot_shell_prints_the_ports_attaches_the_console_and_ctrl_bracket_power
     for reader in readers:
         reader.join(timeout=10)
     assert b"console closed (escape)" in seen["stderr"]
+
+
+# -- the SBOMs and licences of the same build ---------------------------------------------------
+def test_sboms_validate_and_relate_packages_images_busybox_and_overlays(out_root):
+    spdx, cdx = check_sboms(out_root / "qemu-aarch64")
+    packages = {p["SPDXID"]: p for p in spdx["packages"]}
+    relations = {(packages[r["spdxElementId"]]["name"], r["relationshipType"], packages[r["relatedSpdxElement"]]["name"])
+                 for r in spdx["relationships"] if r["spdxElementId"] in packages and r["relatedSpdxElement"] in packages}
+    assert ("dropbear-bin", "DEPENDS_ON", "libc6") in relations  # as the resolver chose
+    assert ("initramfs.cpio.gz", "CONTAINS", "dropbear-bin") in relations
+    assert ("initramfs.cpio.gz", "CONTAINS", "busybox") in relations
+    assert ("kernel", "CONTAINS", "dropbear-bin") not in relations
+    busybox = next(p for p in spdx["packages"] if p["name"] == "busybox")
+    assert "1.35.0-clang-ptr-to-globals.patch" in busybox["sourceInfo"]
+    ssh = next(c for c in cdx["components"] if c["name"] == "ssh")
+    init = next(f for f in ssh["components"] if f["name"] == "/etc/service/dropbear/run")
+    assert len(init["hashes"][0]["content"]) == 64
+    refs = {i["licenseId"]: i["extractedText"] for i in spdx["hasExtractedLicensingInfos"]}
+    assert refs["LicenseRef-CRYPTOGAMS"].startswith("All rights reserved.")  # from the kernel's DEP-5
+    sizes = {name: (out_root / "qemu-aarch64" / name).stat().st_size for name in ("sbom.spdx.json", "sbom.cdx.json")}
+    print(f"qemu-aarch64: {len(spdx['packages'])} SPDX packages, {len(spdx['files'])} files, "
+          f"{len(cdx['components'])} CycloneDX components, sizes {sizes}")
+
+
+def test_licenses_names_known_licences_and_deny_fails_naming_the_packages(out_root):
+    from click.testing import CliRunner
+
+    from fwgen.cli import main
+
+    def licenses(*args: str):  # in-process: four runs of one command on one build
+        return CliRunner().invoke(main, ["licenses", "qemu-aarch64", "--out", str(out_root), *args])
+
+    listed = licenses("--json")
+    assert listed.exit_code == 0, listed.output
+    rows = {r["name"]: r for r in json.loads(listed.stdout)}
+    assert rows["dropbear-bin"]["license"] == \
+        "BSD-2-Clause AND BSD-3-Clause AND LicenseRef-scancode-public-domain AND MIT AND SSH-OpenSSH"
+    assert rows["busybox"]["license"] == "GPL-2.0-only" and rows["busybox"]["component"] == "busybox"
+    [kernel] = [r for r in rows.values() if r["component"] == "kernel"]
+    assert kernel["name"].startswith("linux-image-") and "GPL-2.0-only" in kernel["license"].split(" AND ")
+    assert rows["libc6"]["license"] == "NOASSERTION"  # its copyright file is not DEP-5
+    log = (out_root / "build.log").read_text()
+    assert "warning: package libc6: licence NOASSERTION: usr/share/doc/libc6/copyright is not machine-readable" in log
+
+    table = licenses()
+    assert table.exit_code == 0 and "dropbear-bin" in table.stdout and "(usr/share/doc/zlib1g/copyright)" in table.stdout
+    denied = licenses("--deny", "GPL-2.0-only,AGPL-3.0-only")
+    assert denied.exit_code == 1, denied.output
+    [error] = denied.stderr.splitlines()
+    assert f"qemu-aarch64: 2 component(s) with a denied licence: {kernel['name']} {kernel['version']} " \
+           "(GPL-2.0-only), busybox 1.35.0 (GPL-2.0-only)" in error
+    allowed = licenses("--deny", "GPL-3.0-only")
+    assert allowed.exit_code == 0, allowed.output
+
+
+def test_sboms_are_the_same_bytes_when_the_board_is_built_again(out_root, cache_dir, tmp_path):
+    again = run_fwgen("build", "--board", "qemu-aarch64", "--out", str(tmp_path), cache=cache_dir)
+    assert again.returncode == 0, again.stderr
+    for name in ("sbom.spdx.json", "sbom.cdx.json"):
+        assert (tmp_path / "qemu-aarch64" / name).read_bytes() == (out_root / "qemu-aarch64" / name).read_bytes()

@@ -23,7 +23,7 @@ def built(tmp_path_factory, cache_dir):
 def test_build_writes_kernel_initramfs_and_manifest(built):
     outdir, summary = built
     assert sorted(p.name for p in outdir.iterdir() if p.is_file()) == [
-        "initramfs.cpio.gz", "kernel", "manifest.json"]
+        "initramfs.cpio.gz", "kernel", "manifest.json", "sbom.cdx.json", "sbom.spdx.json"]
     manifest = json.loads((outdir / "manifest.json").read_text())
     for name, info in manifest["outputs"].items():
         data = (outdir / info["file"]).read_bytes()

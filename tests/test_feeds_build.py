@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from buildutil import REPO, run_fwgen
+from buildutil import REPO, check_sboms, run_fwgen
 from feedgen import (
     ApkSpec,
     FileSpec,
@@ -312,6 +312,22 @@ def built(tmp_path_factory, cache_dir):
         result = run_fwgen("build", "--board", str(board), "--out", str(out), cache=cache_dir)
         assert result.returncode == 0, result.stderr
     return out / BOARD, feeds, board
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_mixed_boards_sboms_name_apk_and_openwrt_packages_by_purl_with_their_index_licences(built):
+    outdir, _, _ = built
+    spdx, _ = check_sboms(outdir)
+    manifest = json.loads((outdir / "manifest.json").read_text())
+    records = {p["name"]: p for p in manifest["inputs"]["packages"]}
+    apks = [p for p in records.values() if p["purl"].startswith("pkg:apk/alpine/")]
+    ipks = [p for p in records.values() if p["purl"].startswith("pkg:generic/openwrt/")]
+    assert apks and ipks
+    for record in [*apks, *ipks]:
+        assert record["license"] == "MIT" and " index of feed " in record["license_source"]
+    debs = [p for p in records.values() if p["purl"].startswith("pkg:deb/debian/")]
+    assert {p["license_source"] for p in debs} == {f"usr/share/doc/{p['name']}/copyright" for p in debs}
 
 
 @pytest.mark.network

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 
 import pytest
-from buildutil import REPO, run_fwgen
+from buildutil import REPO, check_sboms, run_fwgen
 
 from fwgen.config import load_board
 from fwgen.errors import ConfigError, UserError
@@ -216,6 +216,16 @@ def test_the_flash_image_holds_uboot_kernel_and_squashfs_where_the_layout_says(b
 
 
 @pytest.mark.network
+@pytest.mark.network
+def test_the_routers_sboms_validate_and_its_flash_holds_uboot_kernel_and_root(built):
+    folder, _ = built
+    spdx, _ = check_sboms(folder)
+    names = {p["SPDXID"]: p["name"] for p in spdx["packages"]}
+    held = {names[r["relatedSpdxElement"]] for r in spdx["relationships"]
+            if r["relationshipType"] == "CONTAINS" and names.get(r["spdxElementId"]) == "flash.img"}
+    assert {"u-boot-qemu", "busybox", "base"} <= held and any(n.startswith("linux-image-") for n in held)
+
+
 def test_mkimage_reads_the_uimage_inside_the_firmware_partition(built, tmp_path):
     if shutil.which("mkimage") is None:
         pytest.skip("mkimage (u-boot-tools) is not installed")

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from buildutil import run_fwgen
+from buildutil import check_sboms, run_fwgen
 from feedgen import serve
 from localhttp import content_files
 
@@ -241,6 +241,24 @@ def built(tmp_path_factory, samples, cache_dir):
         result = run_fwgen("build", "--board", str(board), "--out", str(tmp / "out"), cache=cache_dir)
     assert result.returncode == 0, result.stderr
     return tmp / "out" / BOARD, board
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_sboms_carry_the_real_openwrt_licences_and_no_path_of_the_build_machine(built):
+    """OpenWrt's own License: fields, from the signed index and from the pinned libc file's
+    control data; the package file's file: URL is no download location in either SBOM."""
+    outdir, _ = built
+    spdx, cdx = check_sboms(outdir)
+    licences = {p["name"]: p["licenseDeclared"] for p in spdx["packages"]}
+    assert licences["fwtool"] == "GPL-2.0-only"
+    assert licences["uboot-envtools"] == "GPL-2.0-only AND GPL-2.0-or-later"
+    assert licences["libc"] == licences["libgcc1"] == "GPL-3.0-or-later WITH GCC-exception-3.1"
+    libc = next(p for p in spdx["packages"] if p["name"] == "libc")
+    assert libc["downloadLocation"] == "NOASSERTION"
+    assert "pkg:generic/openwrt/libc@1.2.4-4" in libc["externalRefs"][0]["referenceLocator"]
+    text = (outdir / "sbom.spdx.json").read_text() + (outdir / "sbom.cdx.json").read_text()
+    assert "file:" not in text and str(outdir.parent.parent) not in text
 
 
 @pytest.mark.network

@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from buildutil import REPO, run_fwgen
+from buildutil import REPO, check_sboms, run_fwgen
 
 from fwgen.board import Board
 from fwgen.boot import BOOT_DISK, READY_MARKER, boot_spec_for
@@ -51,6 +51,17 @@ def built(request, tmp_path_factory, cache_dir) -> tuple[Board, Path]:
     result = run_fwgen("build", "--board", request.param, "--out", str(out), cache=cache_dir)
     assert result.returncode == 0, result.stderr
     return load_board(request.param), out / request.param
+
+
+def test_the_sboms_of_every_disk_board_validate_and_name_its_components(built):
+    """The SBOM check (tests/buildutil.check_sboms) on this module's builds, so the disk boards
+    need no build of their own for it."""
+    board, outdir = built
+    spdx, cdx = check_sboms(outdir)
+    images = {p["name"] for p in spdx["packages"] if p["SPDXID"].startswith("SPDXRef-Image-")}
+    assert "disk.img" in images
+    print(f"{board.name}: {len(spdx['packages'])} SPDX packages, {len(cdx['components'])} CycloneDX components, "
+          f"{(outdir / 'sbom.spdx.json').stat().st_size} + {(outdir / 'sbom.cdx.json').stat().st_size} bytes")
 
 
 def root_and_data(disk: Path) -> list[dict]:

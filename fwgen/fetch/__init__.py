@@ -34,7 +34,8 @@ from .resolver import ExcludedDependency, Resolution, name_matches, resolve
 __all__ = [
     "Backend", "Cache", "ExcludedDependency", "FetchedPackage", "Package", "PackageIndex",
     "Relation", "Resolution", "fetch_packages", "group_feeds", "install_package", "load_index",
-    "package_label", "provenance_of", "read_control_files", "read_package_file", "write_package_state",
+    "license_file_of", "package_label", "provenance_of", "purl_of", "read_control_files", "read_package_file",
+    "write_package_state",
     "read_fetched_entries", "read_package_entries", "register_backend", "resolve", "resolve_packages",
     "UnpackBudget",
 ]
@@ -46,6 +47,7 @@ class FetchedPackage:
 
     package: Package
     path: Path
+    depends: tuple[str, ...] = ()  # the packages its dependencies resolved to, by name
 
 
 def load_index(
@@ -170,6 +172,7 @@ def resolve_packages(
         [e for part in parts for e in part.excluded],
         [n for part in parts for n in part.nodeps],
         [e for part in parts for e in part.provided],
+        {name: names for part in parts for name, names in part.depends.items()},
     )
     for skipped in resolution.excluded:
         progress.info(f"excluded: {skipped} (not installed)")
@@ -292,7 +295,8 @@ def fetch_packages(
         feeds, arch, names, exclude=exclude, nodeps=nodeps, pins=pins, versions=versions, files=files,
         provided=provided, cache=cache, progress=progress,
     )
-    return download_packages(resolution.packages, feeds=feeds, cache=cache, progress=progress, jobs=jobs)
+    fetched = download_packages(resolution.packages, feeds=feeds, cache=cache, progress=progress, jobs=jobs)
+    return [replace(f, depends=tuple(resolution.depends.get(f.package.name, ()))) for f in fetched]
 
 
 def read_package_entries(path: Path, budget: UnpackBudget | None = None) -> Iterator[Entry]:
@@ -323,6 +327,21 @@ def _own_name(detail: str, fetched: FetchedPackage) -> str:
 def package_label(package: Package) -> str:
     """How messages name a package: "busybox 1:1.35.0-4 (feed debian)"."""
     return f"{package.name} {package.version} (feed {package.feed})"
+
+
+def license_file_of(package: Package) -> str | None:
+    """The path in the package's data of the file that states its licence (Debian's
+    copyright file), or None where the format keeps the licence in its index."""
+    template = getattr(get_backend(package.format), "license_file", None)
+    return template.format(name=package.name) if template else None
+
+
+def purl_of(package: Package) -> str:
+    """The package URL (purl-spec) naming the package: "pkg:deb/debian/busybox@1:1.35.0-4?arch=arm64"."""
+    from packageurl import PackageURL
+
+    kind, namespace = get_backend(package.format).purl
+    return PackageURL(kind, namespace, package.name, package.version, {"arch": package.arch}).to_string()
 
 
 def provenance_of(package: Package) -> str:

@@ -538,6 +538,7 @@ def package_from_entry(entry: ApkIndexEntry, *, feed: str, base_url: str, source
         conflicts=tuple(_relation_of(d) for d in depends if d.conflict),
         source=entry.origin or None,
         provider_priority=entry.provider_priority or 0,
+        license=entry.license or None,
     )
 
 
@@ -552,6 +553,7 @@ class ApkBackend:
 
     name = "apk"
     neutral_arch = "noarch"
+    purl = ("apk", "alpine")  # the package-URL type and namespace (purl-spec's PURL-TYPES)
     # "A bare provide is virtual and is only auto-selected when the provider has k: priority."
     bare_provides_need_priority = True
 

@@ -31,6 +31,7 @@ class Backend(Protocol):
 
     name: str  # the Feed.type that selects it
     neutral_arch: str  # the arch name of architecture-independent packages
+    purl: tuple[str, str]  # the package-URL type and namespace of its packages
 
     def arch_name(self, arch: Arch) -> str:
         """The format's name for `arch`; UserError when the format has no such port."""
@@ -58,6 +59,8 @@ class Backend(Protocol):
 
     # Optional: read_package(path, *, feed, base_url, filename) -> Package, the package a
     # file describes by its own control data, for files no index lists (`package_files`).
+    # Optional: license_file, a path template ("/usr/share/doc/{name}/copyright") for formats
+    # whose packages carry their licence statement as a file rather than in the index.
 
 
 HEAD_BYTES = 4096  # of the file itself

@@ -231,6 +231,10 @@ class DebBackend:
 
     name = "deb"
     neutral_arch = "all"
+    purl = ("deb", "debian")  # the package-URL type and namespace (purl-spec's PURL-TYPES)
+    # Debian Policy 12.5: every package has its copyright file here, machine-readable (DEP-5)
+    # where its maintainer wrote it so; the index states no licence.
+    license_file = "/usr/share/doc/{name}/copyright"
 
     def arch_name(self, arch: Arch) -> str:
         if arch.debian is None:

@@ -121,6 +121,7 @@ def package_from_stanza(fields: dict[str, str], *, feed: str, base_url: str, sou
             essential=fields.get("Essential") == "yes",
             priority=fields.get("Priority"),
             source=fields.get("SourceName") or fields.get("Source"),
+            license=fields.get("License") or None,
         )
     except KeyError as e:
         raise FormatError(f"{where}: missing field {e.args[0]}") from e
@@ -251,6 +252,8 @@ class IpkBackend:
 
     name = "ipk"
     neutral_arch = "all"
+    # purl-spec defines no OpenWrt type: its `generic` type, namespaced by the distribution.
+    purl = ("generic", "openwrt")
 
     def arch_name(self, arch: Arch) -> str:
         if arch.openwrt is None:

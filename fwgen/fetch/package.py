@@ -58,6 +58,9 @@ class Package:
     # Alpine's `k:`: among providers of one name the highest wins; with a format whose bare
     # (unversioned) provides are virtual, only a provider with a priority is auto-selected.
     provider_priority: int = 0
+    # The licence as the index states it (Alpine's `L:`, OpenWrt's `License:`), unnormalised;
+    # None where the index says nothing (a Debian index: its licences are in the package).
+    license: str | None = None
 
     @property
     def url(self) -> str:

@@ -41,6 +41,8 @@ class Resolution:
     excluded: list[ExcludedDependency] = field(default_factory=list)
     nodeps: list[str] = field(default_factory=list)  # packages taken without their dependencies
     provided: list[ExcludedDependency] = field(default_factory=list)  # satisfied by the board itself
+    # What each chosen package's dependencies resolved to: name -> names of chosen packages.
+    depends: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -106,7 +108,8 @@ class _Resolver:
             self._satisfy(None, (Relation(name),), [], feed=self.pins.get(name))
         order = self._install_order(names)
         taken = [name for name in order if name in self.nodeps]
-        return Resolution([self.state.selected[n] for n in order], self.state.excluded, taken, self.state.provided)
+        return Resolution([self.state.selected[n] for n in order], self.state.excluded, taken, self.state.provided,
+                          {n: list(dict.fromkeys(self.state.edges.get(n, []))) for n in order})
 
     # -- choosing ---------------------------------------------------------------------------
     def _satisfy(self, dependent: Package | None, group: AlternativesGroup, chain: list[str],
