@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from buildutil import REPO, run_fwgen
+from buildutil import REPO, check_sboms, run_fwgen
 from feedgen import serve
 
 from fwgen.images.cpio import read_initramfs
@@ -97,6 +97,20 @@ def test_userland_is_alpines(booted):
     assert files["/etc/inittab"] == "overlay:base"
     members = {m.name: m for m in read_initramfs(folder / "initramfs.cpio.gz")}
     assert members["bin/ls"].data == b"/bin/busybox"  # a symlink's data is its target
+
+
+def test_sboms_name_alpines_packages_with_the_licences_its_index_states(booted):
+    _, manifest, _, folder = booted
+    spdx, _ = check_sboms(folder)
+    packages = {p["name"]: p for p in spdx["packages"]}
+    assert packages["busybox"]["licenseDeclared"] == "GPL-2.0-only"  # Alpine's BusyBox: its L:
+    assert packages["musl"]["licenseDeclared"] == "MIT"
+    assert packages["ca-certificates-bundle"]["licenseDeclared"] == "MIT AND MPL-2.0"
+    purl = packages["musl"]["externalRefs"][0]["referenceLocator"]
+    assert purl == "pkg:apk/alpine/musl@1.2.2-r0?arch=aarch64"
+    kernel = manifest["inputs"]["kernel"]
+    assert kernel["purl"].startswith("pkg:deb/debian/linux-image-")
+    assert packages[kernel["name"]]["licenseDeclared"].startswith("GPL-2.0-only AND ")
 
 
 def test_every_package_script_is_accounted_for(booted):
