@@ -1,20 +1,26 @@
 """fwgen's package fetcher against apt-get + dpkg-deb: same packages, same mirror, same run.
 
-    python benchmarks/bench_fetch.py [--arch armv7] [--packages dropbear-bin,busybox-static,...]
+    python benchmarks/bench_fetch.py [--arch armv7] [--set default|large | --packages a,b,...]
                                      [--repeat N] [--skip-cold]
 
-fwgen: resolve over the verified index, download in parallel into its cache (SHA-256 checked),
-extract every .deb into the in-memory root filesystem. apt: `apt-get update` into a private
-lists folder (apt's own InRelease check), `apt-get install --download-only` with an empty dpkg
-status (so it resolves the same closure), then `dpkg-deb -x` of every .deb. Each side runs as
-its own processes, timed the same way (wall clock, and CPU seconds of the children).
+fwgen: load the verified index (its compact form from the cache when warm), resolve, download
+in parallel into its cache (SHA-256 checked), extract every .deb into the in-memory root
+filesystem. apt: `apt-get update` into a private lists folder (apt's own InRelease check),
+`apt-get install --download-only` with an empty dpkg status (so it resolves the same
+closure), then `dpkg-deb -x` of every .deb. Each side runs as its own processes, timed the
+same way (wall clock, and CPU seconds of the children). fwgen's child may write bytecode
+(as an installed fwgen has it), whatever PYTHONDONTWRITEBYTECODE says.
+
+Sets: default is a small device's (12 packages with dependencies), large is python3-minimal's
+closure with a few tools (50+ packages).
 
 Rows:
   cold          empty caches: both fetch InRelease, Packages.xz and every .deb
-  warm          everything cached: fwgen reuses its parsed index; apt skips `update`
-  warm-noparse  fwgen with its derived files (parsed index) deleted: the cost before caching
+  warm          everything cached: fwgen reuses its compact index; apt skips `update`
+  warm-noparse  fwgen with its derived files (compact index, zstd copies) deleted
   apt-update    a warm `apt-get update` alone (If-Modified-Since round trips), for reference
 Network rows depend on the mirror; the warm rows are the ones that measure the tools.
+Each fwgen row is followed by its breakdown: import, index load, resolve, download, extract.
 """
 
 from __future__ import annotations
@@ -33,11 +39,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from readme import update_readme  # noqa: E402
+
 from fwgen.arch import Arch  # noqa: E402
 
 MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"
-DEFAULT_PACKAGES = "dropbear-bin,busybox-static,libssl3,zlib1g,libstdc++6"
+SETS = {
+    "default": "dropbear-bin,busybox-static,libssl3,zlib1g,libstdc++6",
+    "large": "python3-minimal,dropbear-bin,busybox-static,libstdc++6,iproute2,curl",
+}
 KEYRINGS = (Path("/usr/share/keyrings/debian-archive-keyring.gpg"),
             ROOT / "fwgen" / "keys" / "debian-archive-bookworm-automatic.pgp")
 
@@ -48,30 +59,34 @@ def fwgen_child(cache_root: str, arch: str, names: list[str]) -> None:
     started = time.perf_counter()
     from fwgen.board import Feed
     from fwgen.cache import Cache
-    from fwgen.fetch import download_packages, install_package, resolve_packages
+    from fwgen.fetch import download_packages, install_package, load_index, resolve
     from fwgen.rootfs import RootFS
 
     imported = time.perf_counter()
     cache = Cache(Path(cache_root))
     feeds = [Feed("debian", "deb", MIRROR, suite=SUITE)]
-    resolution = resolve_packages(feeds, Arch(arch), names, cache=cache)
+    index = load_index(feeds, Arch(arch), cache=cache)
+    loaded = time.perf_counter()
+    resolution = resolve(index, names)
     resolved = time.perf_counter()
-    fetched = download_packages(resolution.packages, cache=cache, jobs=4)
+    fetched = download_packages(resolution.packages, cache=cache, jobs=8)
     downloaded = time.perf_counter()
     rootfs = RootFS()
     for item in fetched:
         install_package(rootfs, item)
     extracted = time.perf_counter()
     print(json.dumps({
-        "import": imported - started, "resolve": resolved - imported, "download": downloaded - resolved,
-        "extract": extracted - downloaded, "packages": sorted(p.name for p in resolution.packages),
+        "import": imported - started, "index": loaded - imported, "resolve": resolved - loaded,
+        "download": downloaded - resolved, "extract": extracted - downloaded,
+        "packages": sorted(p.name for p in resolution.packages),
         "bytes": sum(p.size for p in resolution.packages), "paths": len(rootfs.entries),
     }))
 
 
 def run_fwgen(cache_root: Path, arch: Arch, names: list[str]) -> tuple[float, float, dict]:
     argv = [sys.executable, __file__, "--child", str(cache_root), arch.value, ",".join(names)]
-    wall, cpu, out = timed(argv)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    wall, cpu, out = timed(argv, env=env)
     return wall, cpu, json.loads(out)
 
 
@@ -133,59 +148,79 @@ def timed(argv: list[str], env: dict | None = None) -> tuple[float, float, str]:
     return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, done.stdout
 
 
-def row(label: str, ours: tuple[float, float], theirs: tuple[float, float]) -> None:
+def row(label: str, ours: tuple[float, float], theirs: tuple[float, float], facts: dict | None = None) -> str:
     (w1, c1), (w2, c2) = ours, theirs
-    print(f"{label:<13} {w1:>8.2f} {w2:>8.2f} {w1 / w2:>6.2f} {c1:>8.2f} {c2:>8.2f} {c1 / c2:>6.2f}", flush=True)
+    line = f"{label:<13} {w1:>8.2f} {w2:>8.2f} {w1 / w2:>6.2f} {c1:>8.2f} {c2:>8.2f} {c1 / c2:>6.2f}"
+    if facts is not None:
+        line += "  " + breakdown(facts)
+    print(line, flush=True)
+    return line
+
+
+def breakdown(facts: dict) -> str:
+    return " ".join(f"{part} {facts[part]:.2f}" for part in ("import", "index", "resolve", "download", "extract"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="armv7", choices=[a.value for a in Arch if a.debian])
-    parser.add_argument("--packages", default=DEFAULT_PACKAGES)
+    parser.add_argument("--set", default="default", choices=sorted(SETS), help="a named package set")
+    parser.add_argument("--packages", help="comma-separated names (instead of --set)")
     parser.add_argument("--repeat", type=int, default=3, help="warm runs per tool (best is kept)")
     parser.add_argument("--skip-cold", action="store_true", help="no cold runs (they load the mirror)")
+    parser.add_argument("--write-readme", action="store_true", help="put the table in benchmarks/README.md")
     args = parser.parse_args()
-    arch, names = Arch(args.arch), args.packages.split(",")
+    arch, names = Arch(args.arch), (args.packages or SETS[args.set]).split(",")
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found: install apt and dpkg")
 
     with tempfile.TemporaryDirectory(prefix="bench-fetch-") as tmp:
-        cache, apt = Path(tmp) / "fwgen-cache", AptRoot(Path(tmp) / "apt", arch.debian)
-        dest = Path(tmp) / "extract"
-        print(f"{arch.value} ({arch.debian}): {', '.join(names)}")
-        print(f"{'':<13} {'fwgen s':>8} {'apt s':>8} {'ratio':>6} {'fwgen cpu':>8} {'apt cpu':>8} {'ratio':>6}")
-        if args.skip_cold:
-            run_fwgen(cache, arch, names)
-            apt.update()
-            apt.download_and_extract(names, dest)
-        else:
-            w, c, _ = run_fwgen(cache, arch, names)
-            uw, uc = apt.update()
-            aw, ac, apt_names = apt.download_and_extract(names, dest)
-            row("cold", (w, c), (uw + aw, uc + ac))
-        warm_ours, warm_theirs, noparse = [], [], []
-        for _ in range(args.repeat):  # alternate, so a busy machine slows both alike
-            w, c, warm_facts = run_fwgen(cache, arch, names)
-            warm_ours.append((w, c))
-            aw, ac, apt_names = apt.download_and_extract(names, dest)
-            warm_theirs.append((aw, ac))
-            shutil.rmtree(cache / "derived", ignore_errors=True)
-            w, c, _ = run_fwgen(cache, arch, names)
-            noparse.append((w, c))
-        row("warm", min(warm_ours), min(warm_theirs))
-        row("warm-noparse", min(noparse), min(warm_theirs))
-        update = min(apt.update() for _ in range(args.repeat))
-        print(f"{'apt-update':<13} {'':>8} {update[0]:>8.2f} {'':>6} {'':>8} {update[1]:>8.2f}")
-        facts = warm_facts
-        print(f"fwgen (last warm run): import {facts['import']:.2f} s, resolve {facts['resolve']:.2f} s, "
-              f"download {facts['download']:.2f} s, extract {facts['extract']:.2f} s; "
-              f"{len(facts['packages'])} packages, {facts['bytes'] / 1e6:.1f} MB, {facts['paths']} paths")
-        ours, theirs = set(facts["packages"]), set(apt_names)
-        if ours != theirs:
-            print(f"package sets differ: only fwgen {sorted(ours - theirs)}, only apt {sorted(theirs - ours)}")
-        else:
-            print(f"same {len(ours)} packages: {', '.join(sorted(ours))}")
+        lines = measure(Path(tmp), arch, names, args.repeat, args.skip_cold)
+    if args.write_readme:
+        update_readme(f"fetch-{args.set if not args.packages else 'custom'}", lines)
+
+
+def measure(tmp: Path, arch: Arch, names: list[str], repeat: int, skip_cold: bool) -> list[str]:
+    """Run the rows; print them and return them as lines."""
+    cache, apt = tmp / "fwgen-cache", AptRoot(tmp / "apt", arch.debian)
+    dest = tmp / "extract"
+    lines = [f"{arch.value} ({arch.debian}): {', '.join(names)}",
+             f"{'':<13} {'fwgen s':>8} {'apt s':>8} {'ratio':>6} {'fwgen cpu':>8} {'apt cpu':>8} {'ratio':>6}"
+             "  fwgen's breakdown (s)"]
+    print(*lines, sep="\n", flush=True)
+    if skip_cold:
+        run_fwgen(cache, arch, names)
+        apt.update()
+        apt.download_and_extract(names, dest)
+    else:
+        w, c, facts = run_fwgen(cache, arch, names)
+        uw, uc = apt.update()
+        aw, ac, apt_names = apt.download_and_extract(names, dest)
+        lines.append(row("cold", (w, c), (uw + aw, uc + ac), facts))
+    warm_ours, warm_theirs, noparse = [], [], []
+    for _ in range(repeat):  # alternate, so a busy machine slows both alike
+        w, c, facts = run_fwgen(cache, arch, names)
+        warm_ours.append((w, c, facts))
+        aw, ac, apt_names = apt.download_and_extract(names, dest)
+        warm_theirs.append((aw, ac))
+        shutil.rmtree(cache / "derived", ignore_errors=True)
+        w, c, no_facts = run_fwgen(cache, arch, names)
+        noparse.append((w, c, no_facts))
+    best, theirs = min(warm_ours, key=lambda r: r[0]), min(warm_theirs)
+    lines.append(row("warm", best[:2], theirs, best[2]))
+    slow = min(noparse, key=lambda r: r[0])
+    lines.append(row("warm-noparse", slow[:2], theirs, slow[2]))
+    update = min(apt.update() for _ in range(repeat))
+    lines.append(f"{'apt-update':<13} {'':>8} {update[0]:>8.2f} {'':>6} {'':>8} {update[1]:>8.2f}")
+    facts = best[2]
+    ours, apt_set = set(facts["packages"]), set(apt_names)
+    if ours != apt_set:
+        lines.append(f"package sets differ: only fwgen {sorted(ours - apt_set)}, only apt {sorted(apt_set - ours)}")
+    else:
+        lines.append(f"same {len(ours)} packages, {facts['bytes'] / 1e6:.1f} MB, {facts['paths']} paths")
+    print(*lines[-2:], sep="\n", flush=True)
+    return lines
 
 
 if __name__ == "__main__":

@@ -18,18 +18,26 @@ import difflib
 import functools
 import json
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import jsonschema.exceptions
-import jsonschema.validators
-import yaml
+# jsonschema imports rfc3987_syntax whenever it is installed (oras brings it, through
+# jsonschema's format extra), and that module compiles 38 lark grammars as it loads: 1-2 s of
+# CPU in every fwgen process, for the `iri` formats no fwgen schema uses (formats are not
+# checked here at all). Without it jsonschema skips those checkers; a process that imported
+# it already keeps it.
+sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
 
-from .arch import Arch
-from .errors import ConfigError
+import jsonschema  # noqa: E402
+import jsonschema.exceptions  # noqa: E402
+import jsonschema.validators  # noqa: E402
+import yaml  # noqa: E402
+
+from .arch import Arch  # noqa: E402
+from .errors import ConfigError  # noqa: E402
 
 SCHEMA_DIR = Path(__file__).parent / "schema"
 

@@ -7,8 +7,10 @@ rewritten. The fast `.modinfo` reader must agree with pyelftools, the reader of 
 
 from __future__ import annotations
 
+import array
 import hashlib
 import lzma
+import marshal
 import os
 import shutil
 import struct
@@ -17,7 +19,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-import zstandard
 from localhttp import Server
 from test_fetch_deb import add_member, build_deb, build_tar
 from test_fetch_repo import LocalRepo
@@ -25,7 +26,7 @@ from test_fetch_repo import LocalRepo
 from fwgen.arch import Arch
 from fwgen.cache import Cache
 from fwgen.errors import FormatError
-from fwgen.fetch import deb, load_index, read_package_entries
+from fwgen.fetch import deb, load_index, read_package_entries, resolve
 from fwgen.kernel import find_modinfo_section, read_modinfo, read_modinfo_section
 
 
@@ -84,10 +85,10 @@ def test_parsed_index_is_written_then_read_instead_of_parsing(server, cache, tmp
 
     deb._read_packages_file.cache_clear()
 
-    def no_parsing(*args, **kwargs):
-        raise AssertionError("parsed again although the parsed index is cached")
+    def no_rebuilding(*args, **kwargs):
+        raise AssertionError("built again although the compact index is cached")
 
-    monkeypatch.setattr(deb, "parse_packages", no_parsing)
+    monkeypatch.setattr(deb, "encode_compact_index", no_rebuilding)
     second = load_index([repo.feed()], Arch.AARCH64, cache=cache)
     assert second.packages == expected
     tiny = second.by_name["tiny"][0]
@@ -96,19 +97,56 @@ def test_parsed_index_is_written_then_read_instead_of_parsing(server, cache, tmp
     assert [str(r) for r in tiny.provides] == ["tiny-api (= 2)", "httpd"]
     assert [str(r) for r in tiny.conflicts] == ["oldtiny (<< 1)", "tinier"]
     assert tiny.essential and tiny.feed == "local" and tiny.url.startswith(server.url)
+    assert [(p.name, r.version) for p, r in second.providers["tiny-api"]] == [("tiny", "2")]
+
+
+def test_a_lookup_parses_only_the_stanzas_of_that_name(server, cache, tmp_path, monkeypatch):
+    repo, index = publish_repo(server, tmp_path)
+    load_index([repo.feed()], Arch.AARCH64, cache=cache)
+    deb._read_packages_file.cache_clear()
+    parsed = []
+    real = deb.parse_packages
+
+    def counting(text, **kwargs):
+        found = real(text, **kwargs)
+        parsed.extend(p.name for p in found)
+        return found
+
+    monkeypatch.setattr(deb, "parse_packages", counting)
+    warm = load_index([repo.feed()], Arch.AARCH64, cache=cache)
+    assert parsed == []
+    assert [p.name for p in resolve(warm, ["base"]).packages] == ["base"]
+    assert parsed == ["base"]
+    assert warm.by_name.get("httpd") is None and [p.name for p, _ in warm.providers["httpd"]] == ["tiny"]
+    assert parsed == ["base", "tiny"]
+
+
+def test_compact_index_keeps_stanzas_as_the_parser_splits_them():
+    # Whitespace-only lines end a stanza, comments and unread fields (with their continuation
+    # lines) are left out, a read field keeps its continuation lines.
+    text = (b"Package: a\nDescription: x\n long\n .\nVersion: 1\nArchitecture: all\nFilename: a.deb\n"
+            b"Size: 1\nSHA256: AA\nDepends: b,\n c\n  \t\n# a comment\nPackage: b\nVersion: 2\n"
+            b"Architecture: all\nFilename: b.deb\nSize: 2\nSHA256: bb\nProvides: v\n\n\n\nPackage: c\n"
+            b"Version: 3\nArchitecture: all\nFilename: c.deb\nSize: 3\nSHA256: cc\n")
+    data = deb.encode_compact_index(text)
+    compact = deb._decode_compact_index(data.partition(b"\n")[2], feed="f", base_url="http://m", source="t")
+    assert list(compact) == deb.parse_packages(text.decode(), feed="f", base_url="http://m", source="t")
+    assert [str(r) for g in compact.named("a")[0].depends for r in g] == ["b", "c"]
+    assert [p.name for p, _ in compact.providing("v")] == ["b"]
+    assert b"long" not in data and b"comment" not in data
 
 
 def test_parsed_index_holds_no_feed_name_or_url(server, cache, tmp_path):
     # A mirror of the same file under another feed name must not inherit the first one's.
     repo, index = publish_repo(server, tmp_path)
     load_index([repo.feed()], Arch.AARCH64, cache=cache)
-    packages = deb.read_parsed_index(parsed_file(cache, index), feed="other", base_url="http://mirror")
+    packages = deb.read_compact_index(parsed_file(cache, index), feed="other", base_url="http://mirror", source="t")
     assert {(p.feed, p.base_url) for p in packages} == {("other", "http://mirror")}
-    assert b"local" not in json_of(parsed_file(cache, index).read_bytes())
+    assert b"local" not in parsed_file(cache, index).read_bytes()
 
 
-def json_of(data: bytes) -> bytes:
-    return zstandard.ZstdDecompressor().decompress(data.partition(b"\n")[2])
+def body_of(data: bytes) -> bytes:
+    return data.partition(b"\n")[2]
 
 
 def with_good_checksum(body: bytes) -> bytes:
@@ -126,10 +164,9 @@ def other_version(data: bytes) -> bytes:
     return header.replace(version, b" %d " % (deb.PARSED_INDEX_VERSION - 1)) + b"\n" + body
 
 
-def other_content(data: bytes) -> bytes:
-    # Someone else's JSON under a valid header: what the decoder does not expect is refused.
-    body = b'{"relations":[],"groups":[],"packages":[["tiny","1"]]}'
-    return with_good_checksum(zstandard.ZstdCompressor().compress(body))
+def tables(value) -> bytes:
+    packed = marshal.dumps(value)
+    return with_good_checksum(struct.pack("<Q", len(packed)) + packed)
 
 
 DAMAGES = {
@@ -137,9 +174,12 @@ DAMAGES = {
     "truncated": lambda d: d[: len(d) // 2],
     "empty": lambda d: b"",
     "other-version": other_version,
-    "not-zstd": lambda d: with_good_checksum(json_of(d)),
-    "not-json": lambda d: with_good_checksum(zstandard.ZstdCompressor().compress(b"{oops")),
-    "wrong-shape": other_content,
+    # Under a valid header: what the decoder does not expect is refused.
+    "not-marshal": lambda d: with_good_checksum(struct.pack("<Q", 3) + b"\xff\xfe\xfd stanzas"),
+    "short-length": lambda d: with_good_checksum(b"\x01"),
+    "wrong-shape": lambda d: tables(["tiny", "1"]),
+    "offsets-beyond-the-stanzas": lambda d: tables(({}, {}, array.array("Q", [0, 99]).tobytes())),
+    "stanzas-cut": lambda d: with_good_checksum(body_of(d)[:-10]),
 }
 
 
@@ -150,7 +190,7 @@ def test_damaged_parsed_index_is_ignored_and_rewritten(server, cache, tmp_path, 
     path = parsed_file(cache, index)
     good = path.read_bytes()
     path.write_bytes(damage(good))
-    assert deb.read_parsed_index(path, feed="local", base_url=server.url) is None
+    assert deb.read_compact_index(path, feed="local", base_url=server.url, source="t") is None
 
     deb._read_packages_file.cache_clear()
     again = load_index([repo.feed()], Arch.AARCH64, cache=cache)

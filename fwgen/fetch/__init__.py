@@ -28,7 +28,7 @@ from ..progress import QUIET, Progress
 from ..rootfs import Entry, EntryType, RootFS
 from .archive import UnpackBudget
 from .backend import Backend, backend_for_file, feed_arch, get_backend, register_backend
-from .package import Package, PackageIndex, Relation
+from .package import Package, PackageIndex, PackageSet, PackageSource, Relation
 from .resolver import ExcludedDependency, Resolution, name_matches, resolve
 
 __all__ = [
@@ -75,14 +75,13 @@ def load_index(
         raise UserError(f"{backend.name} feeds name different package architectures ({named})",
                         "the feeds of one format in a board share one arch")
     cache = cache or Cache.default()
-    packages: list[Package] = []
+    parts: list[Sequence[Package] | PackageSource] = []
     for feed in feeds:
         progress.step(f"index of {feed.name} ({feed.url} {feed.suite}, {arch_names[feed.name]})")
         with naming_feed(feed):
-            packages += backend.load_index(feed, arch, cache, progress)
-    replaced = {p.name for p in extra}
+            parts.append(backend.load_index(feed, arch, cache, progress))
     return PackageIndex(
-        [*(p for p in packages if p.name not in replaced), *extra],
+        PackageSet([*parts, list(extra)], hidden={p.name for p in extra}),
         satisfies=backend.satisfies,
         compare=backend.compare_versions,
         native_arch=arch_names[feeds[0].name],

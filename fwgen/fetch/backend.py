@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ..progress import Progress
     from ..rootfs import Entry
     from .archive import UnpackBudget
-    from .package import Package
+    from .package import Package, PackageSource
 
 
 class Backend(Protocol):
@@ -36,8 +36,9 @@ class Backend(Protocol):
     def arch_name(self, arch: Arch) -> str:
         """The format's name for `arch`; UserError when the format has no such port."""
 
-    def load_index(self, feed: Feed, arch: Arch, cache: Cache, progress: Progress) -> list[Package]:
-        """Fetch the feed's index for `arch`, verify its signature and hashes, parse it."""
+    def load_index(self, feed: Feed, arch: Arch, cache: Cache, progress: Progress) -> list[Package] | PackageSource:
+        """Fetch the feed's index for `arch`, verify its signature and hashes, parse it (or
+        return it as a PackageSource that parses only the packages looked up)."""
 
     def compare_versions(self, a: str, b: str) -> int:
         """-1, 0, 1 as version a sorts before, equal to, after b."""

@@ -10,17 +10,19 @@ and `data.tar[.*]`.
 
 from __future__ import annotations
 
-import contextlib
+import array
 import datetime as dt
 import email.utils
 import functools
-import gc
 import gzip
 import hashlib
-import json
+import itertools
 import lzma
+import marshal
+import mmap
 import re
-from collections.abc import Iterable, Iterator, Sequence
+import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +46,7 @@ from .archive import (
     read_tar_entries,
 )
 from .backend import FileHead, feed_arch, register_backend
-from .package import AlternativesGroup, Package, Relation
+from .package import AlternativesGroup, Package, PackageSet, Relation
 
 KEYS_DIR = Path(__file__).resolve().parent.parent / "keys"
 
@@ -250,12 +252,12 @@ class DebBackend:
     def recognizes(self, head: FileHead) -> bool:
         return head.raw.startswith(AR_MAGIC)
 
-    def load_index(self, feed: Feed, arch: Arch, cache: Cache, progress: Progress) -> list[Package]:
+    def load_index(self, feed: Feed, arch: Arch, cache: Cache, progress: Progress) -> PackageSet:
         debarch = feed_arch(self, feed, arch)
         base = feed.url.rstrip("/")
         dists = f"{base}/dists/{feed.suite}"
         release = self.fetch_release(feed, cache, progress)
-        packages: list[Package] = []
+        components: list[CompactIndex] = []
         for component in feed.components:
             path = _pick_index(release, f"{component}/binary-{debarch}", f"{dists}/InRelease")
             entry = release.files[path]
@@ -264,8 +266,8 @@ class DebBackend:
                 url = f"{dists}/{path.rsplit('/', 1)[0]}/by-hash/SHA256/{entry.sha256}"
             local = cache.fetch(url, sha256=entry.sha256, size=entry.size, progress=progress)
             with cache.shared_derived(cache.derived_path(entry.sha256, PARSED_INDEX_KIND), progress) as parsed:
-                packages += _read_packages_file(local, path, feed.name, base, url, parsed)
-        return packages
+                components.append(_read_packages_file(local, path, feed.name, base, url, parsed))
+        return PackageSet(components)
 
     def fetch_release(self, feed: Feed, cache: Cache, progress: Progress) -> Release:
         """Fetch `dists/<suite>/InRelease`, verify it, and return its SHA256 file list."""
@@ -321,7 +323,9 @@ class DebBackend:
 # SHA-256 of the .deb it came from. The zstd frame carries its content size and an XXH64
 # checksum, so a damaged or truncated copy is noticed, discarded (with a warning) and written
 # again.
-_TRANSCODE_MIN_SIZE = 1 << 20  # compressed bytes (libc6: 2.2 MB of xz, 0.17 s); smaller ones are quick
+# Below this, xz costs little more than zstd (compressed bytes); above it, a warm build's
+# extraction was mostly lzma (libstdc++6's 0.6 MB and libssl3's 1.6 MB among 12 packages).
+_TRANSCODE_MIN_SIZE = 64 << 10
 _TRANSCODED_KIND = "data.tar.v1.zst"
 
 
@@ -386,139 +390,166 @@ def _pick_index(release: Release, folder: str, source: str) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _read_packages_file(
-    local: Path, path: str, feed: str, base: str, url: str, parsed: Path
-) -> tuple[Package, ...]:
+def _read_packages_file(local: Path, path: str, feed: str, base: str, url: str, parsed: Path) -> CompactIndex:
     # `local` is content-addressed (named by its verified SHA-256), so a build that asks for
-    # the same index again in this process reuses the parse, and a later build reads the
-    # parse back from `parsed`, the cache file derived from it.
-    with _gc_paused():
-        packages = read_parsed_index(parsed, feed=feed, base_url=base)
-        # A damaged parse was discarded with a warning: parse the verified index again.
-        if packages is None:
-            text = _decompress_index(local.read_bytes(), path, url)
-            packages = parse_packages(text, feed=feed, base_url=base, source=url)
-            Cache.store_derived(parsed, encode_parsed_index(packages))
-    return tuple(packages)
+    # the same index again in this process reuses it (and the packages already parsed), and a
+    # later build reads the compact index back from `parsed`, the cache file derived from it.
+    index = read_compact_index(parsed, feed=feed, base_url=base, source=url)
+    # A damaged compact index was discarded with a warning: build it again from the verified file.
+    if index is None:
+        data = encode_compact_index(_decompress_index(local.read_bytes(), path, url))
+        Cache.store_derived(parsed, data)
+        index = _decode_compact_index(data[data.index(b"\n") + 1:], feed=feed, base_url=base, source=url)
+    return index
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    # Building an index allocates a million small objects that form no cycles; the cyclic
-    # collector, triggered by the allocations, rescans the growing index again and again and
-    # costs more than the work itself (1.0 of 2.3 s parsing Debian main, 1.0 of 1.4 s reading
-    # the parsed index back). Nothing made in between needs collecting. The index then lives
-    # as long as the process (memoized), so it is frozen out of the collector's sight: each
-    # later collection would rescan it, which costs ~1 s over a build (PackageIndex alone is
-    # made three times). The collection before it keeps older garbage from being frozen too.
-    enabled = gc.isenabled()
-    if enabled:
-        gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.freeze()
-            gc.enable()
-
-
-# -- the parsed-index cache -----------------------------------------------------------------
-# Decompressing and parsing Debian main's Packages (62,000 stanzas) takes ~2 s; every build
-# needs it. The parse is kept in the cache beside the verified Packages file, named by that
-# file's SHA-256 (Cache.derived_path), so it can only ever describe that exact file. The
-# file starts with a header line that names its format and the SHA-256 of the body after
-# it, JSON compressed with zstd (level 1: 21 MB of JSON become 6 MB, 0.05 s to read); a file
-# that is damaged, truncated, of another format or unreadable is discarded with a warning and
-# rewritten, never half-trusted. Bump PARSED_INDEX_VERSION whenever parse_packages or
-# this layout changes what a Package holds.
-PARSED_INDEX_VERSION = 2
-PARSED_INDEX_KIND = f"deb-index.v{PARSED_INDEX_VERSION}.json.zst"
+# -- the compact index ----------------------------------------------------------------------
+# Parsing Debian main's Packages (62,000 stanzas, 49 MB) into Package objects took ~6 s, and
+# reading a parse back ~1.3 s, while a resolution looks at a few hundred packages. The cache
+# keeps instead, beside the verified Packages file and named by its SHA-256 (so it can only
+# ever describe that exact file): the stanzas cut down to the fields fwgen reads (26 MB),
+# an offset table, and two marshalled tables (package name -> stanzas, provided name ->
+# stanzas). Loading it is reading the file, checking the SHA-256 in its header and one
+# marshal.loads (~0.05 s); a stanza is parsed by parse_packages, the parser of record, when a
+# name leads to it. A file that is damaged, truncated, of another format or unreadable is
+# discarded with a warning and rebuilt, never half-trusted. Bump PARSED_INDEX_VERSION whenever
+# parse_packages or this layout changes.
+PARSED_INDEX_VERSION = 3
+PARSED_INDEX_KIND = f"deb-index.v{PARSED_INDEX_VERSION}.compact"
 _PARSED_INDEX_MAGIC = b"fwgen-deb-index"
+# A wanted field with its continuation lines, or a blank line (a stanza's end), each after "\n".
+_KEPT_LINES = re.compile(
+    rb"\n(?:(?:" + "|".join(sorted(_WANTED)).encode() + rb"):[^\n]*(?:\n[ \t]+\S[^\n]*)*|[ \t]*(?=\n))"
+)
+_STANZA_END = re.compile(rb"\n\s*\n")
+_FIELD = {name: re.compile(rb"(?:^|\n)%s:([^\n]*)" % name.encode()) for name in ("Package", "Provides")}
 
 
-def encode_parsed_index(packages: Sequence[Package]) -> bytes:
-    """The parsed-index cache file for `packages`: header line, then a zstd-compressed JSON body.
+def encode_compact_index(text: bytes) -> bytes:
+    """The compact-index cache file for the Packages text `text`: header line, then the
+    length of the tables, the marshalled tables, and the cut-down stanzas.
 
-    Feed name and base URL are left out (they come from the board, not the file). Relations
-    and alternatives groups repeat a lot, so each is stored once and referred to by number.
-    Relations are told apart by identity, not equality: parse_relation memoizes, so equal
-    ones are mostly the same object, and hashing a dataclass by its fields is slow (1 s for
-    Debian main). An equal relation stored twice only costs a few bytes.
-    """
-    relations: dict[int, tuple[int, Relation]] = {}
-    groups: dict[tuple[int, ...], int] = {}
-
-    def relation_ids(items: Iterable[Relation]) -> list[int]:
-        return [relations.setdefault(id(r), (len(relations), r))[0] for r in items]
-
-    def group_ids(items: Iterable[AlternativesGroup]) -> list[int]:
-        return [groups.setdefault(tuple(relation_ids(g)), len(groups)) for g in items]
-
-    rows = [
-        [p.name, p.version, p.arch, p.filename, p.size, p.sha256, group_ids(p.depends),
-         relation_ids(p.provides), relation_ids(p.conflicts), p.multi_arch, p.essential,
-         p.priority, p.source]
-        for p in packages
-    ]
-    body = json.dumps(
-        {
-            "relations": [[r.name, r.op, r.version, r.arch_qualifier] for _, r in relations.values()],
-            "groups": list(groups),
-            "packages": rows,
-        },
-        separators=(",", ":"),
-    ).encode()
-    body = zstandard.ZstdCompressor(level=1).compress(body)
+    Tables: the name of each stanza in order, one per line (a string splits and becomes a
+    dict in milliseconds, where a marshalled dict of 62,000 lists took 0.3 s); the stanzas
+    of names listed more than once; the stanzas of each provided name; stanza offsets."""
+    kept = b"".join(_KEPT_LINES.findall(b"\n" + text))
+    stanzas = [s.strip(b"\n") for s in _STANZA_END.split(kept)]
+    stanzas = [s for s in stanzas if s]
+    names = [_field_value(stanza, "Package") for stanza in stanzas]
+    repeated: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        repeated.setdefault(name, []).append(i)
+    repeated = {name: found for name, found in repeated.items() if len(found) > 1}
+    provides: dict[str, list[int]] = {}
+    for i, stanza in enumerate(stanzas):
+        if b"Provides:" in stanza:
+            for group in parse_relations(_field_value(stanza, "Provides")):
+                provides.setdefault(group[0].name, []).append(i)
+    offsets = array.array("Q", itertools.accumulate(map(len, stanzas), initial=0))
+    tables = marshal.dumps(("\n".join(names), repeated, provides, offsets.tobytes()))
+    body = struct.pack("<Q", len(tables)) + tables + b"".join(stanzas)
     header = b"%s %d %s\n" % (_PARSED_INDEX_MAGIC, PARSED_INDEX_VERSION, hashlib.sha256(body).hexdigest().encode())
     return header + body
 
 
-def read_parsed_index(path: Path, *, feed: str, base_url: str) -> list[Package] | None:
-    """The packages in a parsed-index cache file, or None when it is missing. One that is
-    damaged or of another format version is discarded with a warning, and None returned (the
-    caller then parses the Packages file again)."""
+def _field_value(stanza: bytes, name: str) -> str:
+    # As parse_stanzas reads it: the first line's value, stripped (names never continue).
+    match = _FIELD[name].search(stanza)
+    return match[1].strip().decode("utf-8", "replace") if match else ""
+
+
+def read_compact_index(path: Path, *, feed: str, base_url: str, source: str) -> CompactIndex | None:
+    """The compact index in a cache file, or None when there is none. One that is damaged or
+    of another format version is discarded with a warning, and None returned (the caller
+    then builds it again from the Packages file). The file is memory-mapped: its pages are
+    read once, by the hash check, and never copied."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except FileNotFoundError:
         return None
-    except OSError as e:
-        discard_damaged(path, f"unreadable ({e.strerror})", "parsing the index again")
+    except (OSError, ValueError) as e:  # ValueError: mmap of an empty file
+        discard_damaged(path, f"unreadable ({getattr(e, 'strerror', None) or e})", "parsing the index again")
         return None
-    header, _, body = data.partition(b"\n")
+    end = data.find(b"\n", 0, 200)
+    body = memoryview(data)[end + 1:]
     expected = b"%s %d %s" % (_PARSED_INDEX_MAGIC, PARSED_INDEX_VERSION, hashlib.sha256(body).hexdigest().encode())
-    if header != expected:
+    if end < 0 or data[:end] != expected:
         discard_damaged(path, "header does not match the content", "parsing the index again")
         return None
     try:
-        document = json.loads(zstandard.ZstdDecompressor().decompress(body))
-        return _decode_parsed_index(document, feed, base_url)
-    except (zstandard.ZstdError, ValueError, TypeError, IndexError, KeyError) as e:
-        discard_damaged(path, f"not a parsed index ({type(e).__name__}: {e})", "parsing the index again")
+        return _decode_compact_index(body, feed=feed, base_url=base_url, source=source)
+    except (ValueError, TypeError, EOFError, struct.error) as e:
+        discard_damaged(path, f"not a compact index ({type(e).__name__}: {e})", "parsing the index again")
         return None
 
 
-def _decode_parsed_index(document: dict, feed: str, base_url: str) -> list[Package]:
-    relations = [
-        Relation(name=name, op=op, version=version, arch_qualifier=arch)
-        for name, op, version, arch in document["relations"]
-    ]
-    groups = [tuple(map(relations.__getitem__, ids)) for ids in document["groups"]]
-    return [
-        Package(
-            name=name, version=version, arch=arch, feed=feed, format="deb", base_url=base_url,
-            filename=filename, size=size, sha256=sha256,
-            depends=tuple(map(groups.__getitem__, depends)),
-            provides=tuple(map(relations.__getitem__, provides)),
-            conflicts=tuple(map(relations.__getitem__, conflicts)),
-            multi_arch=multi_arch, essential=essential, priority=priority, source=source,
-        )
-        for (name, version, arch, filename, size, sha256, depends, provides, conflicts, multi_arch,
-             essential, priority, source) in document["packages"]
-    ]
+def _decode_compact_index(body: memoryview | bytes, *, feed: str, base_url: str, source: str) -> CompactIndex:
+    """The CompactIndex of a file's body (after its header line), its shape checked."""
+    body = memoryview(body)
+    (size,) = struct.unpack_from("<Q", body)
+    names, repeated, provides, offset_bytes = marshal.loads(body[8 : 8 + size])
+    if not (isinstance(names, str) and isinstance(repeated, dict) and isinstance(provides, dict)
+            and isinstance(offset_bytes, bytes)):
+        raise TypeError("tables of the wrong types")
+    offsets = array.array("Q", offset_bytes)
+    stanzas = body[8 + size:]
+    listed = names.split("\n")
+    if len(listed) != len(offsets) - 1 or offsets[0] != 0 or offsets[-1] != len(stanzas):
+        raise ValueError(f"{len(listed)} names and {len(offsets)} offsets for {len(stanzas)} bytes of stanzas")
+    # Reversed, so that the first stanza of a repeated name is the one kept.
+    first = dict(zip(reversed(listed), range(len(listed) - 1, -1, -1), strict=True))
+    return CompactIndex(stanzas, offsets, first, repeated, provides, feed=feed, base_url=base_url, source=source)
 
 
-def _decompress_index(data: bytes, path: str, source: str) -> str:
+class CompactIndex:
+    """One Packages file as a PackageSource: stanzas parsed (and kept) when looked up."""
+
+    def __init__(self, stanzas: memoryview, offsets: array.array, first: dict[str, int],
+                 repeated: dict[str, list[int]], provides: dict[str, list[int]], *, feed: str, base_url: str,
+                 source: str) -> None:
+        self.stanzas = stanzas
+        self.offsets = offsets
+        self.first = first  # name -> its first stanza
+        self.repeated = repeated  # name -> its stanzas, for names listed more than once
+        self.provides = provides
+        self.feed = feed
+        self.base_url = base_url
+        self.source = source
+        self._parsed: dict[int, Package] = {}
+
+    @property
+    def names(self) -> Iterable[str]:
+        return self.first.keys()
+
+    def package(self, i: int) -> Package:
+        """The package of stanza `i`, parsed by parse_packages on first use."""
+        found = self._parsed.get(i)
+        if found is None:
+            text = bytes(self.stanzas[self.offsets[i] : self.offsets[i + 1]]).decode("utf-8", "replace")
+            [found] = parse_packages(text, feed=self.feed, base_url=self.base_url, source=self.source)
+            self._parsed[i] = found
+        return found
+
+    def named(self, name: str) -> list[Package]:
+        stanzas = self.repeated.get(name) or ([self.first[name]] if name in self.first else [])
+        return [self.package(i) for i in stanzas]
+
+    def providing(self, name: str) -> list[tuple[Package, Relation]]:
+        pairs = []
+        for i in self.provides.get(name, ()):
+            package = self.package(i)
+            pairs += [(package, r) for r in package.provides if r.name == name]
+        return pairs
+
+    def __iter__(self) -> Iterator[Package]:
+        return (self.package(i) for i in range(len(self.offsets) - 1))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+
+def _decompress_index(data: bytes, path: str, source: str) -> bytes:
     try:
         if path.endswith(".xz"):
             data = lzma.decompress(data)
@@ -526,7 +557,7 @@ def _decompress_index(data: bytes, path: str, source: str) -> str:
             data = gzip.decompress(data)
     except (lzma.LZMAError, OSError, EOFError) as e:
         raise FormatError(f"{source}: cannot decompress: {e}") from e
-    return data.decode("utf-8", "replace")
+    return data
 
 
 register_backend(DebBackend())
