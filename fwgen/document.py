@@ -24,17 +24,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# jsonschema imports rfc3987_syntax whenever it is installed (oras brings it, through
-# jsonschema's format extra), and that module compiles 38 lark grammars as it loads: 1-2 s of
-# CPU in every fwgen process, for the `iri` formats no fwgen schema uses (formats are not
-# checked here at all). Without it jsonschema skips those checkers; a process that imported
-# it already keeps it.
-sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+import yaml
 
-import jsonschema  # noqa: E402
-import jsonschema.exceptions  # noqa: E402
-import jsonschema.validators  # noqa: E402
-import yaml  # noqa: E402
+# jsonschema's format checkers import optional packages as it loads (isoduration and arrow,
+# webcolors, uri_template, rfc3987_syntax's 38 lark grammars ...; oras brings them in through
+# jsonschema's format extra): 1-2 s of CPU in every fwgen process, for `format` keywords fwgen
+# never checks. They are hidden while jsonschema loads (it then leaves those checkers out),
+# unless already imported, and visible again after. idna stays: requests needs it anyway.
+_UNCHECKED_FORMAT_MODULES = ("fqdn", "rfc3987", "rfc3986_validator", "rfc3987_syntax", "rfc3339_validator",
+                             "webcolors", "jsonpointer", "uri_template", "isoduration")
+_hidden = [name for name in _UNCHECKED_FORMAT_MODULES if name not in sys.modules]
+sys.modules.update(dict.fromkeys(_hidden))  # type: ignore[arg-type]
+try:
+    import jsonschema
+    import jsonschema.exceptions
+    import jsonschema.validators
+finally:
+    for _name in _hidden:
+        if sys.modules.get(_name, False) is None:
+            del sys.modules[_name]
 
 from .arch import Arch  # noqa: E402
 from .errors import ConfigError  # noqa: E402

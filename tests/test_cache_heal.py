@@ -121,7 +121,7 @@ def test_damaged_cached_release_file_costs_no_build(server, cache, tmp_path, cap
     key = hashlib.sha256(f"{server.url}/dists/test/InRelease".encode()).hexdigest()
     entry = cache.root / "url" / key[:2] / key
     flip(entry)
-    deb._read_packages_file.cache_clear()
+    deb.forget_opened_indexes()
     capsys.readouterr()
     assert load_index([repo.feed()], Arch.AARCH64, cache=cache).packages == first
     assert_one_warning(capsys.readouterr().err, entry, "downloading it again")
@@ -137,7 +137,7 @@ def test_damaged_parsed_index_is_parsed_again_with_a_warning(server, cache, tmp_
     parsed = cache.derived_path(hashlib.sha256(index).hexdigest(), deb.PARSED_INDEX_KIND)
     good = parsed.read_bytes()
     flip(parsed)
-    deb._read_packages_file.cache_clear()
+    deb.forget_opened_indexes()
     capsys.readouterr()
     assert load_index([repo.feed()], Arch.AARCH64, cache=cache).packages == expected
     assert_one_warning(capsys.readouterr().err, parsed, "parsing the index again")

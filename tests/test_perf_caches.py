@@ -42,9 +42,9 @@ def cache(tmp_path) -> Cache:
 @pytest.fixture(autouse=True)
 def forget_parsed_indexes():
     # The in-process memo would hide what the cache files do.
-    deb._read_packages_file.cache_clear()
+    deb.forget_opened_indexes()
     yield
-    deb._read_packages_file.cache_clear()
+    deb.forget_opened_indexes()
 
 
 # -- the parsed Packages index ----------------------------------------------------------
@@ -83,7 +83,7 @@ def test_parsed_index_is_written_then_read_instead_of_parsing(server, cache, tmp
     assert first.packages == expected
     assert parsed_file(cache, index).read_bytes().startswith(b"fwgen-deb-index %d " % deb.PARSED_INDEX_VERSION)
 
-    deb._read_packages_file.cache_clear()
+    deb.forget_opened_indexes()
 
     def no_rebuilding(*args, **kwargs):
         raise AssertionError("built again although the compact index is cached")
@@ -103,7 +103,7 @@ def test_parsed_index_is_written_then_read_instead_of_parsing(server, cache, tmp
 def test_a_lookup_parses_only_the_stanzas_of_that_name(server, cache, tmp_path, monkeypatch):
     repo, index = publish_repo(server, tmp_path)
     load_index([repo.feed()], Arch.AARCH64, cache=cache)
-    deb._read_packages_file.cache_clear()
+    deb.forget_opened_indexes()
     parsed = []
     real = deb.parse_packages
 
@@ -192,7 +192,7 @@ def test_damaged_parsed_index_is_ignored_and_rewritten(server, cache, tmp_path, 
     path.write_bytes(damage(good))
     assert deb.read_compact_index(path, feed="local", base_url=server.url, source="t") is None
 
-    deb._read_packages_file.cache_clear()
+    deb.forget_opened_indexes()
     again = load_index([repo.feed()], Arch.AARCH64, cache=cache)
     assert again.packages == fresh_parse(repo, index)
     assert path.read_bytes() == good
@@ -205,7 +205,7 @@ def test_a_new_index_gets_its_own_parsed_file(server, cache, tmp_path):
     repo.stanzas = [s.replace("Version: 2.0-1", "Version: 3.0-1") for s in repo.stanzas]
     repo.publish()
     new_index = lzma.compress("\n".join(repo.stanzas).encode())
-    deb._read_packages_file.cache_clear()
+    deb.forget_opened_indexes()
     index = load_index([repo.feed()], Arch.AARCH64, cache=cache)
     assert index.by_name["tiny"][0].version == "3.0-1"
     assert parsed_file(cache, old_index).exists() and parsed_file(cache, new_index).exists()

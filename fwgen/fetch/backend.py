@@ -6,6 +6,7 @@ nothing outside `fwgen.fetch` does.
 
 from __future__ import annotations
 
+import importlib
 import io
 import zlib
 from collections.abc import Iterator
@@ -132,7 +133,11 @@ def register_backend(backend: Backend) -> Backend:
 
 def get_backend(type_name: str) -> Backend:
     """The backend for a feed type; UserError naming the known types otherwise."""
-    _load_builtin_backends()
+    if type_name in _BUILTIN_BACKENDS and type_name not in _BACKENDS:
+        # Only the format asked for: a Debian board's build need not import apk and ipk.
+        importlib.import_module(f".{type_name}", __package__)
+    if type_name not in _BACKENDS:
+        _load_builtin_backends()
     try:
         return _BACKENDS[type_name]
     except KeyError:
@@ -158,6 +163,9 @@ def backend_for_file(path: Path) -> Backend:
     if backend is None:
         raise FormatError(f"{path}: offset 0x0: not a package of any known format ({head.raw[:8]!r})")
     return backend
+
+
+_BUILTIN_BACKENDS = ("deb", "apk", "ipk")  # modules of this package, named as their formats
 
 
 def _load_builtin_backends() -> None:

@@ -264,9 +264,8 @@ class DebBackend:
             url = f"{dists}/{path}"
             if release.by_hash:
                 url = f"{dists}/{path.rsplit('/', 1)[0]}/by-hash/SHA256/{entry.sha256}"
-            local = cache.fetch(url, sha256=entry.sha256, size=entry.size, progress=progress)
             with cache.shared_derived(cache.derived_path(entry.sha256, PARSED_INDEX_KIND), progress) as parsed:
-                components.append(_read_packages_file(local, path, feed.name, base, url, parsed))
+                components.append(_read_packages_file(cache, entry, path, feed.name, base, url, parsed, progress))
         return PackageSet(components)
 
     def fetch_release(self, feed: Feed, cache: Cache, progress: Progress) -> Release:
@@ -274,12 +273,11 @@ class DebBackend:
         url = f"{feed.url.rstrip('/')}/dists/{feed.suite}/InRelease"
         local = cache.fetch(url, sha256=None, size=None, progress=progress)
         try:
-            text = verify_clearsigned(local.read_bytes(), load_certs(feed.keys), url)
+            return _verified_release(local.read_bytes(), feed.keys, url)
         except IntegrityError:
             # Never keep a refused index: the next run must ask the mirror again.
             cache.forget(local)
             raise
-        return parse_release(text.decode("utf-8", "replace"), url)
 
     def read_entries(self, path: Path, budget: UnpackBudget | None = None) -> Iterator[Entry]:
         data = path.read_bytes()
@@ -314,6 +312,14 @@ class DebBackend:
                   + f"\nFilename: {filename}\nSize: {len(data)}\nSHA256: {hashlib.sha256(data).hexdigest()}\n")
         [package] = parse_packages(stanza, feed=feed, base_url=base_url, source=filename)
         return package
+
+
+@functools.lru_cache(maxsize=8)
+def _verified_release(data: bytes, keys: tuple[Path, ...], url: str) -> Release:
+    # A build reads the same InRelease for its packages, its kernel and its up-to-date check:
+    # the signature is checked once per process and content.
+    text = verify_clearsigned(data, load_certs(keys), url)
+    return parse_release(text.decode("utf-8", "replace"), url)
 
 
 # -- the transcoded data.tar cache ----------------------------------------------------------
@@ -389,17 +395,33 @@ def _pick_index(release: Release, folder: str, source: str) -> str:
     raise FormatError(f"{source}: lists no {folder}/Packages index (is the arch or component served?)")
 
 
-@functools.lru_cache(maxsize=8)
-def _read_packages_file(local: Path, path: str, feed: str, base: str, url: str, parsed: Path) -> CompactIndex:
-    # `local` is content-addressed (named by its verified SHA-256), so a build that asks for
-    # the same index again in this process reuses it (and the packages already parsed), and a
-    # later build reads the compact index back from `parsed`, the cache file derived from it.
+_OPENED_INDEXES: dict[tuple[Path, str, str, str], CompactIndex] = {}  # the last few, by file, feed and URL
+
+
+def forget_opened_indexes() -> None:
+    """Forget the compact indexes this process opened (tests: to see what the cache files do)."""
+    _OPENED_INDEXES.clear()
+
+
+def _read_packages_file(cache: Cache, entry: ReleaseFile, path: str, feed: str, base: str, url: str, parsed: Path,
+                        progress: Progress) -> CompactIndex:
+    # `parsed` is named by the SHA-256 the signed Release gives the Packages file, so a build
+    # that asks for the same index again in this process reuses it (and the packages already
+    # parsed), and a later build reads the compact index back from the cache without fetching
+    # or hashing the Packages file it was made from.
+    key = (parsed, feed, base, url)
+    if key in _OPENED_INDEXES:
+        return _OPENED_INDEXES[key]
     index = read_compact_index(parsed, feed=feed, base_url=base, source=url)
-    # A damaged compact index was discarded with a warning: build it again from the verified file.
+    # None, or a damaged compact index discarded with a warning: build it from the verified file.
     if index is None:
+        local = cache.fetch(url, sha256=entry.sha256, size=entry.size, progress=progress)
         data = encode_compact_index(_decompress_index(local.read_bytes(), path, url))
         Cache.store_derived(parsed, data)
         index = _decode_compact_index(data[data.index(b"\n") + 1:], feed=feed, base_url=base, source=url)
+    if len(_OPENED_INDEXES) >= 8:
+        del _OPENED_INDEXES[next(iter(_OPENED_INDEXES))]
+    _OPENED_INDEXES[key] = index
     return index
 
 
