@@ -74,6 +74,7 @@ from .overlay import Layers, apply_layers, plan_layers
 from .policy import SpecialFile, apply_policy, find_special_files
 from .progress import QUIET, Progress
 from .publish import create_staging, publish
+from .rebuild import changed_since, input_digests, record_inputs
 from .rootfs import Entry, EntryType, RootFS
 from .sbom import write_sboms
 from .scripts import ScriptDecision, handle_package_scripts
@@ -136,6 +137,7 @@ class BuildResult:
     outdir: Path
     manifest: dict
     seconds: float
+    up_to_date: bool = False  # nothing was built: the published build has these very inputs
 
 
 def build(
@@ -147,10 +149,12 @@ def build(
     source_date_epoch: int | None = None,
     compression: str = "gzip",
     signing_key: UsignSecretKey | None = None,
+    force: bool = False,
 ) -> BuildResult:
     """Build `board` into `outdir` (replaced atomically). Returns the manifest. A
     `signing_key` signs the update bundle of a board with `update:`; it must be one the
-    board's update.keys lists."""
+    board's update.keys lists. A board whose published build has the same inputs and intact
+    outputs is not built again unless `force` (fwgen/rebuild.py)."""
     started = time.monotonic()
     if signing_key is not None and board.update is not None:
         check_signing_key(signing_key, board.update.keys, str(board.source))
@@ -165,6 +169,15 @@ def build(
     )
     # The whole overlay stack is validated (templates, conflicts, owners) before anything is written.
     ctx.layers = plan_layers(board.overlays, board.values, board.arch)
+    inputs = input_digests(board, package_names(ctx), cache=cache, source_date_epoch=source_date_epoch,
+                           compression=compression, signing=signing_key.key_id if signing_key else None,
+                           progress=progress)
+    reason = "--force" if force else changed_since(outdir, inputs)
+    if reason is None:
+        progress.info(f"{board.name} is up to date")
+        manifest = json.loads((outdir / MANIFEST_FILE).read_text())
+        return BuildResult(board.name, outdir, manifest, time.monotonic() - started, up_to_date=True)
+    progress.info(f"building {board.name}: {reason}")
     created = make_folders(outdir.parent)
     staging = create_staging(outdir)
     ctx.staging = staging.path
@@ -187,6 +200,7 @@ def build(
             manifest = write_manifest(ctx)
             write_sboms(ctx.staging, manifest, rootfs=ctx.rootfs, licenses=ctx.licenses,
                         contents=image_contents(board, manifest["outputs"]))
+            record_inputs(ctx.staging, inputs)
             publish(staging, outdir)
             published = True
     finally:
@@ -216,11 +230,18 @@ def remove_empty_folders(folders: list[Path]) -> None:
             return
 
 
-def fetch_board_packages(ctx: BuildContext) -> None:
+def package_names(ctx: BuildContext) -> list[str]:
+    """The packages the board asks for: its own, its overlays', BusyBox's when packaged."""
     board = ctx.board
     names = list(board.packages) + [p for p in ctx.layers.packages if p not in board.packages]
     if board.busybox.package:
         names.append(board.busybox.package)
+    return names
+
+
+def fetch_board_packages(ctx: BuildContext) -> None:
+    board = ctx.board
+    names = package_names(ctx)
     ctx.progress.step(f"resolving and fetching {len(names)} package(s) for {board.arch.value}")
     ctx.packages = fetch_packages(
         board.feeds, board.arch, names, exclude=board.exclude, nodeps=board.nodeps,

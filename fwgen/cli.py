@@ -293,7 +293,7 @@ def _outcome_json(outcome) -> dict:
 
 def _build_json(result) -> dict:
     inputs = result.manifest["inputs"]
-    return {"outdir": str(result.outdir), "build_seconds": round(result.seconds, 2),
+    return {"outdir": str(result.outdir), "build_seconds": round(result.seconds, 2), "up_to_date": result.up_to_date,
             "outputs": result.manifest["outputs"], "packages": inputs["packages"], "kernel": inputs["kernel"]}
 
 
@@ -313,10 +313,11 @@ def _boot_json(result) -> dict:
 @click.option("--compression", type=click.Choice(["gzip", "xz", "zstd", "none"]), default="gzip",
               show_default=True, help="Initramfs compression.")
 @sign_option
+@click.option("--force", is_flag=True, help="Build even when the published build is up to date.")
 @json_option
 @handle_errors
 def build(board_args, board_names, all_boards, jobs, junit_file, boards_dirs, overlay_dirs, qemu_dirs,
-          out_root, compression, sign_key, as_json):
+          out_root, compression, sign_key, force, as_json):
     """Build boards' firmware, each into OUT/<board>/."""
     from .build import build as build_board
     from .progress import Progress
@@ -327,10 +328,13 @@ def build(board_args, board_names, all_boards, jobs, junit_file, boards_dirs, ov
     def work(board):
         progress = Progress(enabled=not as_json, prefix="" if len(names) == 1 else f"[{board.name}] ")
         result = build_board(board, outdir=out_root / board.name, cache=cache, progress=progress,
-                             source_date_epoch=epoch, compression=compression, signing_key=key)
+                             source_date_epoch=epoch, compression=compression, signing_key=key, force=force)
         return result, 0, "publish_outputs"
 
     def show(result) -> None:
+        if result.up_to_date:
+            click.echo(f"{result.board} is up to date ({result.seconds:.2f} s) -> {result.outdir}/")
+            return
         click.echo(f"built {result.board} in {result.seconds:.1f} s -> {result.outdir}/")
         for name, info in result.manifest["outputs"].items():
             click.echo(f"  {name:10} {info['file']:24} {info['size']:>10,} bytes  sha256:{info['sha256'][:16]}")

@@ -125,3 +125,105 @@ def test_squashfs_output_alone_is_written_and_cannot_be_booted(tmp_path, cache_d
     assert booted.returncode == 2
     assert booted.stderr.strip().endswith(
         "sqfs-only.yaml: outputs squashfs: nothing QEMU can boot (add one of disk, flash, initramfs, sdcard to outputs)")
+
+
+# -- no-op rebuilds (fwgen/rebuild.py) -------------------------------------------------------
+
+
+@pytest.fixture
+def copied(built, tmp_path):
+    """A copy of the module's build folder (out/ with its link), to change without harm."""
+    import shutil
+
+    outdir, _ = built
+    shutil.copytree(outdir.parent, tmp_path / "out", symlinks=True)
+    return tmp_path / "out" / "qemu-aarch64"
+
+
+def digests_of(board_file, cache_dir, *, epoch=None, compression="gzip"):
+    from fwgen.build import BuildContext, package_names
+    from fwgen.cache import Cache
+    from fwgen.config import load_board
+    from fwgen.overlay import plan_layers
+    from fwgen.rebuild import input_digests
+
+    board = load_board(str(board_file))
+    ctx = BuildContext(board=board, outdir=REPO, cache=Cache(cache_dir))
+    ctx.layers = plan_layers(board.overlays, board.values, board.arch)
+    return input_digests(board, package_names(ctx), cache=Cache(cache_dir), source_date_epoch=epoch,
+                         compression=compression)
+
+
+def test_an_unchanged_board_is_up_to_date_and_not_rebuilt(copied, cache_dir):
+    target = copied.readlink()
+    result = run_fwgen("build", "--board", "qemu-aarch64", "--out", str(copied.parent), cache=cache_dir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("qemu-aarch64 is up to date (")
+    as_json = run_fwgen("build", "--board", "qemu-aarch64", "--out", str(copied.parent), "--json", cache=cache_dir)
+    summary = json.loads(as_json.stdout)
+    assert summary["up_to_date"] is True and summary["result"] == "pass"
+    assert summary["outputs"] == json.loads((copied / "manifest.json").read_text())["outputs"]
+    assert copied.readlink() == target  # nothing published
+
+
+def test_each_changed_input_is_named(copied, cache_dir, tmp_path):
+    from fwgen.rebuild import changed_since
+
+    board_file = REPO / "boards" / "qemu-aarch64.yaml"
+    assert changed_since(copied, digests_of(board_file, cache_dir)) is None
+    edited = tmp_path / "qemu-aarch64.yaml"
+    text = board_file.read_text()
+    edited.write_text(text + "# a comment changes the board file's bytes\n")
+    assert changed_since(copied, digests_of(edited, cache_dir)) == "changed: files"
+    assert "packages: []" in text
+    edited.write_text(text.replace("packages: []", "packages: [zlib1g]", 1))
+    assert "packages" in changed_since(copied, digests_of(edited, cache_dir))
+    assert changed_since(copied, digests_of(board_file, cache_dir, epoch=1)) == "changed: settings"
+    assert changed_since(copied, digests_of(board_file, cache_dir, compression="xz")) == "changed: settings"
+    # An overlay's file, through a board beside its own copy of the overlays.
+    import shutil
+
+    moved = tmp_path / "moved" / "qemu-aarch64.yaml"
+    shutil.copytree(REPO / "overlays", moved.parent / "overlays")
+    moved.write_text(text)
+    before = digests_of(moved, cache_dir)
+    meta = moved.parent / "overlays" / "base" / "overlay.yaml"
+    meta.write_text(meta.read_text() + "\n# edited\n")
+    after = digests_of(moved, cache_dir)
+    assert {name for name in before if before[name] != after[name]} == {"files"}
+
+
+def test_a_missing_or_damaged_output_or_manifest_is_noticed(copied, cache_dir):
+    from fwgen.rebuild import RECORD, changed_since
+
+    inputs = digests_of(REPO / "boards" / "qemu-aarch64.yaml", cache_dir)
+    kernel = copied / "kernel"
+    data = kernel.read_bytes()
+    kernel.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert changed_since(copied, inputs) == "output kernel (kernel) does not match its recorded SHA-256"
+    kernel.unlink()
+    assert changed_since(copied, inputs) == "output kernel (kernel) is missing"
+    kernel.write_bytes(data)
+    assert changed_since(copied, inputs) is None
+    (copied / "sbom.cdx.json").unlink()  # a file beside the outputs
+    assert changed_since(copied, inputs) == "sbom.cdx.json is missing"
+    manifest = copied / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"arch"', '"arch" ', 1))
+    assert changed_since(copied, inputs) == "manifest.json differs from the one built"
+    (copied / RECORD).unlink()
+    assert changed_since(copied, inputs) == "no earlier build"
+
+
+def test_a_damaged_output_is_rebuilt_and_force_rebuilds(copied, cache_dir):
+    initramfs = copied / "initramfs.cpio.gz"
+    good = initramfs.read_bytes()
+    initramfs.write_bytes(good[:100])
+    result = run_fwgen("build", "--board", "qemu-aarch64", "--out", str(copied.parent), cache=cache_dir)
+    assert result.returncode == 0, result.stderr
+    assert "building qemu-aarch64: output initramfs (initramfs.cpio.gz) is 100 bytes" in result.stderr
+    assert result.stdout.startswith("built qemu-aarch64 in ")
+    assert (copied / "initramfs.cpio.gz").read_bytes() == good
+    target = copied.readlink()
+    forced = run_fwgen("build", "--board", "qemu-aarch64", "--out", str(copied.parent), "--force", cache=cache_dir)
+    assert forced.returncode == 0, forced.stderr
+    assert "building qemu-aarch64: --force" in forced.stderr and copied.readlink() != target
