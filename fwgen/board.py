@@ -165,10 +165,12 @@ class SdcardSpec:
 class Limits:
     """Bounds on what packages unpack to, in MiB (the decompressed bytes of their data
     archives): a package beyond either is refused, naming it. The loader fills in the image
-    bound's default (the guest RAM of a board whose root is its initramfs)."""
+    bound's default (the guest RAM of a board whose root is its initramfs). `ram`: the RAM
+    budget the board declares, which its QEMU guest boots with."""
 
     package_size: int = 1024
     image_size: int = 2048
+    ram: int | None = None  # MiB the device has; the QEMU guest gets as much (qemu.memory)
 
 
 @dataclass(frozen=True)

@@ -306,7 +306,7 @@ def load_board(
     check_checks(doc)
     data = apply_defaults(doc.data, load_schema("board"))
     check_persist_storage(doc, has_persistent_storage(data))
-    qemu = _resolve_qemu(doc, data.get("qemu"), path, qemu_dirs)
+    qemu = _with_declared_ram(doc, _resolve_qemu(doc, data.get("qemu"), path, qemu_dirs), data["limits"])
     _check_fit_outputs(doc, data["outputs"])
     stack = _resolve_overlay_stack(doc, data, path, overlay_dirs)
     board = Board(
@@ -439,9 +439,21 @@ def _build_limits(limits: dict, outputs: list[str], qemu: QemuSpec | None) -> Li
     image_size = limits.get("image_size")
     if image_size is None:
         disk_root = "disk" in outputs or "sdcard" in outputs
-        ram = (qemu.memory or qemu.profile.memory) if qemu is not None else None
+        ram = limits.get("ram") or ((qemu.memory or qemu.profile.memory) if qemu is not None else None)
         image_size = ram if ram and not disk_root else Limits.image_size
-    return Limits(package_size=limits["package_size"], image_size=image_size)
+    return Limits(package_size=limits["package_size"], image_size=image_size, ram=limits.get("ram"))
+
+
+def _with_declared_ram(doc: Document, qemu: QemuSpec | None, limits: dict) -> QemuSpec | None:
+    """The QEMU guest gets the RAM the board declares in limits.ram: the board is booted, and
+    tested, with what the device has. A different qemu.memory beside it is a contradiction."""
+    ram = limits.get("ram")
+    if qemu is None or ram is None:
+        return qemu
+    if qemu.memory is not None and qemu.memory != ram:
+        raise doc.error(("limits", "ram"), f"ram {ram} MiB, but qemu.memory says {qemu.memory} MiB",
+                        "keep one: limits.ram is the device's RAM and what fwgen boot gives the guest")
+    return dataclasses.replace(qemu, memory=int(ram))
 
 
 def _board_name(doc: Document, data: dict, path: Path) -> str:

@@ -55,9 +55,21 @@ def test_board_builds_boots_and_passes_its_checks(board, out_root, cache_dir):
         assert {"tcp: 22", "service: dropbear", "service: httpd", "service: ntpd"} <= set(checks)
     console = (out_root / board / "boot" / "console.log").read_text(errors="replace")
     assert "fwgen: ready" in console
+    # Booted with the RAM the board declares (limits.ram), as the kernel counted it.
+    ram = load_board(board).limits.ram
+    assert ram is not None and re.search(rf"Memory: \d+K/{ram * 1024}K available", console), ram
     assert f"root is {root} (squashfs" in console
     sizes = {name: o["size"] for name, o in manifest["outputs"].items()}
     print(f"{board}: build {build_seconds:.1f} s, ready after {report['ready_seconds']:.1f} s, sizes {sizes}")
+
+
+def test_every_board_declares_the_ram_it_boots_with():
+    """Every in-tree board declares its RAM, and fwgen boot (here and in the other boot tests)
+    gives the guest exactly that."""
+    for path in sorted((REPO / "boards").glob("*.yaml")):
+        board = load_board(str(path))
+        assert board.limits.ram is not None, path.name
+        assert board.qemu is not None and board.qemu.memory == board.limits.ram, path.name
 
 
 # The firmware guard boots every QEMU profile through a board built here, except virt-aarch64:

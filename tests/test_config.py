@@ -327,6 +327,20 @@ def test_whole_number_floats_become_ints(tmp_path):
     assert type(board.qemu.profile.memory) is int
 
 
+def test_declared_ram_is_what_the_guest_gets(tmp_path):
+    write(tmp_path / "qemu" / "p.yaml", "arch: aarch64\nmachine: virt\nconsole: ttyAMA0\nmemory: 512\n")
+    board = load_board(write(tmp_path / "b.yaml", "arch: aarch64\nqemu: {profile: p}\nlimits: {ram: 64}\n"))
+    assert board.limits.ram == 64 and board.qemu.memory == 64
+    assert board.limits.image_size == 64  # an initramfs root unpacks into that RAM
+    same = load_board(write(tmp_path / "s.yaml", "arch: aarch64\nqemu: {profile: p, memory: 64}\nlimits: {ram: 64}\n"))
+    assert same.qemu.memory == 64
+    path = write(tmp_path / "c.yaml", "arch: aarch64\nqemu: {profile: p, memory: 128}\nlimits:\n  ram: 64\n")
+    with pytest.raises(ConfigError) as caught:
+        load_board(path)
+    assert str(caught.value).startswith(f"{path}:4:8: limits.ram: ")
+    assert "ram 64 MiB, but qemu.memory says 128 MiB" in str(caught.value)
+
+
 def test_overlay_path_without_overlay_yaml(tmp_path):
     (tmp_path / "half").mkdir()
     with pytest.raises(ConfigError) as caught:
