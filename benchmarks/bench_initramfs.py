@@ -1,12 +1,15 @@
 """fwgen's initramfs writer against `find | cpio -o -H newc | gzip -9` on the same tree.
 
-    python benchmarks/bench_initramfs.py [--tree DIR ...] [--initramfs FILE] [--repeat N]
+    python benchmarks/bench_initramfs.py [--tree DIR ...] [--initramfs FILE] [--repeat N] [--write-readme]
 
 fwgen reads the host folder into its in-memory model once (`pack_directory`, owners squashed
 to root, not timed: a build already holds the model) and times `write_initramfs`. The standard
 pipeline reads the same folder from disk: `find . | LC_ALL=C sort | cpio -o -H newc -R 0:0
---reproducible | <compressor>`, with the compressor set as fwgen's (gzip -9 -n; xz with a
-CRC32 check and a 1 MiB dictionary at preset 6; zstd -19). The pipeline's processes run
+--reproducible | <compressor>`, one row for every compression fwgen's writer has (cpio.COMPRESSIONS;
+the benchmark stops if one has no standard command here): gzip -9 -n, the kernel's own
+initramfs setting, against fwgen's level 6; xz with a CRC32 check and a 1 MiB dictionary at
+preset 6 and zstd -19, as fwgen's; none (cat). Targets: size at most 1.03x, time at most
+1.5x of the pipeline; a row that misses one says so ("MISS size", "MISS time"). The pipeline's processes run
 concurrently on up to 2 cores; fwgen uses one. "cpu" compares CPU seconds (children summed),
 which a busy machine disturbs less than wall time; the best of `--repeat` alternating runs
 is kept. The default trees: a built board's initramfs unpacked (out/qemu-aarch64 when it
@@ -28,6 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from readme import update_readme, verdict  # noqa: E402
+
+from fwgen.images.cpio import COMPRESSIONS as WRITTEN  # noqa: E402
 from fwgen.images.cpio import write_initramfs  # noqa: E402
 from fwgen.images.squashfs import pack_directory  # noqa: E402
 from fwgen.rootfs import RootFS  # noqa: E402
@@ -95,7 +101,11 @@ def main() -> None:
     parser.add_argument("--initramfs", type=Path, help="a gzip initramfs to unpack and use as a tree")
     parser.add_argument("--compression", action="append", choices=list(COMPRESSORS))
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--write-readme", action="store_true", help="put the table in benchmarks/README.md")
     args = parser.parse_args()
+    missing = [name for name in WRITTEN if name not in COMPRESSORS]
+    if missing:
+        raise SystemExit(f"no standard compressor command for {', '.join(missing)}: add it to COMPRESSORS")
     for tool in ("cpio", "gzip", "xz", "zstd", "find", "sort"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found: install it (GNU cpio, gzip, xz-utils, zstd)")
@@ -108,13 +118,14 @@ def main() -> None:
             trees = [Path("/usr/lib/python3.11"), Path("/usr/lib/python3.11/email")]
         if initramfs is not None:
             trees.insert(0, unpack_initramfs(initramfs, Path(tmp) / "initramfs"))
-        print(f"{'tree':<34} {'comp':<5} {'fwgen B':>11} {'cpio B':>11} {'size':>6} "
-              f"{'fwgen s':>8} {'cpio s':>8} {'time':>6} {'cpu':>6}")
+        lines = [f"{'tree':<34} {'comp':<5} {'fwgen B':>11} {'cpio B':>11} {'size':>6} "
+                 f"{'fwgen s':>8} {'cpio s':>8} {'time':>6} {'cpu':>6}"]
+        print(lines[0])
         for src in trees:
             count, total = tree_size(src)
             label = f"{src.name} ({count} paths, {total / 1e6:.1f} MB)"
             rootfs = pack_directory(src, all_root=True)
-            for compression in args.compression or list(COMPRESSORS):
+            for compression in args.compression or list(WRITTEN):
                 ours, theirs = Path(tmp) / "fwgen.cpio", Path(tmp) / "gnu.cpio"
                 runs_ours, runs_theirs = [], []
                 for _ in range(args.repeat):  # alternate, so a busy machine slows both alike
@@ -124,9 +135,12 @@ def main() -> None:
                 s_ours, s_theirs = ours.stat().st_size, theirs.stat().st_size
                 members_ours, members_theirs = count_members(ours, compression), count_members(theirs, compression)
                 note = "" if members_ours == members_theirs else f"  members {members_ours} vs {members_theirs}"
-                print(f"{label:<34} {compression:<5} {s_ours:>11,} {s_theirs:>11,} {s_ours / s_theirs:>6.3f} "
-                      f"{t_ours:>8.2f} {t_theirs:>8.2f} {t_ours / t_theirs:>6.2f} {c_ours / c_theirs:>6.2f}{note}",
-                      flush=True)
+                lines.append(f"{label:<34} {compression:<5} {s_ours:>11,} {s_theirs:>11,} {s_ours / s_theirs:>6.3f} "
+                             f"{t_ours:>8.2f} {t_theirs:>8.2f} {t_ours / t_theirs:>6.2f} {c_ours / c_theirs:>6.2f}"
+                             f"{verdict(s_ours / s_theirs, t_ours / t_theirs)}{note}")
+                print(lines[-1], flush=True)
+    if args.write_readme:
+        update_readme("initramfs", lines)
 
 
 if __name__ == "__main__":

@@ -28,3 +28,10 @@ def update_readme(name: str, lines: list[str]) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     README.write_text(text)
+
+
+def verdict(size_ratio: float, time_ratio: float, *, size: float = 1.03, time: float = 1.5) -> str:
+    """"" when both ratios meet the image writers' targets, else what each misses."""
+    misses = [f"MISS {name}" for name, ratio, bound in (("size", size_ratio, size), ("time", time_ratio, time))
+              if ratio > bound]
+    return "  " + ", ".join(misses) if misses else ""
