@@ -444,6 +444,7 @@ _KEPT_LINES = re.compile(
     rb"\n(?:(?:" + "|".join(sorted(_WANTED)).encode() + rb"):[^\n]*(?:\n[ \t]+\S[^\n]*)*|[ \t]*(?=\n))"
 )
 _STANZA_END = re.compile(rb"\n\s*\n")
+_PROVIDED_NAME = re.compile(r"(?:^|,)\s*([a-z0-9][a-z0-9+.-]*)")
 _FIELD = {name: re.compile(rb"(?:^|\n)%s:([^\n]*)" % name.encode()) for name in ("Package", "Provides")}
 
 
@@ -455,9 +456,10 @@ def encode_compact_index(text: bytes) -> bytes:
     dict in milliseconds, where a marshalled dict of 62,000 lists took 0.3 s); the stanzas
     of names listed more than once; the stanzas of each provided name; stanza offsets."""
     kept = b"".join(_KEPT_LINES.findall(b"\n" + text))
-    stanzas = [s.strip(b"\n") for s in _STANZA_END.split(kept)]
-    stanzas = [s for s in stanzas if s]
-    names = [_field_value(stanza, "Package") for stanza in stanzas]
+    # Whitespace-only lines end stanzas too; most files have none, and a plain split is faster.
+    parts = _STANZA_END.split(kept) if re.search(rb"\n[ \t]+\n", kept) else kept.split(b"\n\n")
+    stanzas = [s for s in (s.strip(b"\n") for s in parts) if s]
+    names = [_package_name(stanza) for stanza in stanzas]
     repeated: dict[str, list[int]] = {}
     for i, name in enumerate(names):
         repeated.setdefault(name, []).append(i)
@@ -465,13 +467,23 @@ def encode_compact_index(text: bytes) -> bytes:
     provides: dict[str, list[int]] = {}
     for i, stanza in enumerate(stanzas):
         if b"Provides:" in stanza:
-            for group in parse_relations(_field_value(stanza, "Provides")):
-                provides.setdefault(group[0].name, []).append(i)
+            # The names only (the stanza's own parse reads the rest, and refuses what is malformed).
+            for name in _PROVIDED_NAME.findall(_field_value(stanza, "Provides")):
+                provides.setdefault(name, []).append(i)
     offsets = array.array("Q", itertools.accumulate(map(len, stanzas), initial=0))
     tables = marshal.dumps(("\n".join(names), repeated, provides, offsets.tobytes()))
     body = struct.pack("<Q", len(tables)) + tables + b"".join(stanzas)
     header = b"%s %d %s\n" % (_PARSED_INDEX_MAGIC, PARSED_INDEX_VERSION, hashlib.sha256(body).hexdigest().encode())
     return header + body
+
+
+def _package_name(stanza: bytes) -> str:
+    if stanza.startswith(b"Package: "):  # where Debian's tools put it
+        end = stanza.find(b"\n")
+        name = stanza[9 : end if end >= 0 else len(stanza)]
+        if name == name.strip() and b" " not in name:
+            return name.decode("utf-8", "replace")
+    return _field_value(stanza, "Package")
 
 
 def _field_value(stanza: bytes, name: str) -> str:
