@@ -95,7 +95,7 @@ def test_rebuild_gives_a_byte_identical_initramfs(built, tmp_path, cache_dir):
     result = run_fwgen("build", "--board", "qemu-aarch64", "--out", str(tmp_path), cache=cache_dir)
     assert result.returncode == 0, result.stderr
     again = tmp_path / "qemu-aarch64"
-    for name in ("initramfs.cpio.gz", "kernel", "manifest.json"):
+    for name in ("initramfs.cpio.gz", "kernel", "manifest.json", "sbom.spdx.json", "sbom.cdx.json"):
         first, second = (outdir / name).read_bytes(), (again / name).read_bytes()
         if name == "manifest.json":  # the board path is the same; everything else must match too
             assert json.loads(first)["outputs"] == json.loads(second)["outputs"]
