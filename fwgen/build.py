@@ -113,6 +113,7 @@ class BuildContext:
     layers: Layers = field(default_factory=Layers)
     busybox: BuiltBusybox | None = None
     built: list[BuiltFiles] = field(default_factory=list)  # the overlays' builds, in order
+    elf_libc: dict[str, int] = field(default_factory=dict)  # libc (musl, glibc, none) -> ELF files using it
     pruned: dict[str, int] = field(default_factory=dict)  # exclude_paths pattern -> paths removed
     special_files: list[SpecialFile] = field(default_factory=list)  # device nodes, setuid, world-writable
     policy: dict[tuple[str, str], str] = field(default_factory=dict)  # (path, kind) -> what the policy said
@@ -497,6 +498,8 @@ def audit_elf_files(ctx: BuildContext) -> None:
     and find its libraries inside the image."""
     report = audit_rootfs(ctx.rootfs, ctx.board.arch, cache=ctx.cache, progress=ctx.progress)
     ctx.progress.step(f"audited {len(report.files)} ELF file(s) for {ctx.board.arch.value}")
+    for info in report.files:  # the manifest says which C libraries the image's programs use
+        ctx.elf_libc[info.libc] = ctx.elf_libc.get(info.libc, 0) + 1
     if report.errors:
         more = f" (and {len(report.errors) - 1} more: fwgen audit lists them)" if len(report.errors) > 1 else ""
         raise UserError(f"ELF audit failed: {report.errors[0]}{more}")
@@ -603,6 +606,7 @@ def write_manifest(ctx: BuildContext) -> dict:
         "boot": {"cmdline": board.kernel.cmdline, "qemu_profile": board.qemu.profile.name if board.qemu else None},
         **({"flash": ctx.flash} if ctx.flash else {}),
         "package_scripts": [d.to_dict() for d in ctx.package_scripts],
+        "elf_libc": dict(sorted(ctx.elf_libc.items())),
         "special_files": [dict(f.to_dict(), policy=ctx.policy.get((f.path, f.kind))) for f in ctx.special_files],
         "files": {entry.path: entry.provenance for entry in ctx.rootfs},
     }

@@ -39,6 +39,8 @@ def test_board_builds_boots_and_passes_its_checks(board, out_root, cache_dir):
     assert built.returncode == 0, built.stdout + built.stderr
     manifest = json.loads((out_root / board / "manifest.json").read_text())
     check_sboms(out_root / board)
+    # No default board carries glibc: BusyBox and dropbear are static musl (the audit's libc per ELF).
+    assert "glibc" not in manifest["elf_libc"] and manifest["elf_libc"]["musl"] >= 1, manifest["elf_libc"]
 
     booted = run_fwgen("boot", "--board", board, "--out", str(out_root), "--json", cache=cache_dir)
     assert booted.returncode == 0, booted.stdout + booted.stderr

@@ -300,7 +300,9 @@ def test_ssh_overlay_bakes_no_host_key_and_allows_keys_only(tmp_path):
     run = layers.entries["/etc/service/dropbear/run"].data.decode()
     assert "dropbear -F -E -R -s -p 22" in run
     assert layers.entries["/root/.ssh/authorized_keys"].data == b"ssh-ed25519 AAAAC3 me@host\n"
-    assert layers.packages == ["dropbear-bin"]
+    # dropbear is compiled from its pinned source (static musl), not Debian's glibc package.
+    assert layers.packages == [] and [b.name for b in layers.builds] == ["dropbear"]
+    assert layers.builds[0].links["/usr/sbin/dropbear"] == "dropbearmulti"
 
 
 # --- CLI -------------------------------------------------------------------------------------------

@@ -55,6 +55,9 @@ def test_root_logs_in_by_key_only_and_services_log_to_syslog(keyed_board):
     spec = boot_spec_for(board, out / board.name)
     manifest = json.loads((out / board.name / "manifest.json").read_text())
     assert not [p for p in manifest["files"] if "host_key" in p], "no host key is baked into the image"
+    # dropbear is compiled from source, static musl: the default image holds no glibc at all.
+    assert manifest["files"]["/usr/sbin/dropbearmulti"] == "build:ssh/dropbear"
+    assert "glibc" not in manifest["elf_libc"] and manifest["elf_libc"]["musl"] >= 2, manifest["elf_libc"]
     with Machine(spec, out / "ssh-machine") as machine:
         machine.start()
         machine.wait_for(READY_MARKER, timeout=120)
