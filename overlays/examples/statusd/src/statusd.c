@@ -9,8 +9,6 @@
  *
  *   statusd [-p PORT]     (default port 8081)
  */
-#include <ctype.h>
-#include <dirent.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <signal.h>
