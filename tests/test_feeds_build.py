@@ -272,8 +272,9 @@ def test_install_if_adds_packages_with_their_dependencies(served, tmp_path):
 
 # -- fwgen build end to end ----------------------------------------------------------------------
 def write_board(folder: Path, feeds: Feeds, url: str, *, name: str = BOARD) -> Path:
-    """A board based on qemu-aarch64: Debian kernel and dropbear (ssh overlay), Alpine and
-    OpenWrt packages from the served feeds, `common` pinned to the OpenWrt feed."""
+    """A board based on qemu-aarch64: Debian kernel and zlib1g (with glibc), dropbear compiled
+    by the ssh overlay, Alpine and OpenWrt packages from the served feeds, `common` pinned to
+    the OpenWrt feed."""
     board = {
         "name": name,
         "description": "qemu-aarch64 with packages from Debian, Alpine and OpenWrt feeds",
@@ -286,7 +287,7 @@ def write_board(folder: Path, feeds: Feeds, url: str, *, name: str = BOARD) -> P
         ],
         "kernel": {"package": "linux-image-cloud-arm64", "cmdline": "console=ttyAMA0 panic=-1",
                    "modules": ["virtio_mmio", "failover", "net_failover", "virtio_net"]},
-        "packages": ["fwgen-hello", "docs", "owrt-tool", {"name": "common", "feed": "openwrt-local"}],
+        "packages": ["fwgen-hello", "docs", "owrt-tool", {"name": "common", "feed": "openwrt-local"}, "zlib1g"],
         "overlays": ["base", "network", "ssh"],
         "outputs": ["initramfs"],
         "qemu": {"profile": "virt-aarch64", "forward": [22]},
@@ -346,7 +347,7 @@ def test_mixed_board_image_holds_every_feeds_files_with_their_modes(built):
     assert members["usr/sbin/owrt"].data == b"owrt-tool"  # a symlink's data is its target
     assert members["etc/common-from-openwrt"].data == b"openwrt\n"
     assert "etc/common-from-alpine" not in members  # pinned to the OpenWrt feed
-    assert "usr/sbin/dropbear" in members  # Debian's dropbear-bin, for the ssh overlay
+    assert "usr/sbin/dropbear" in members  # the ssh overlay's build
 
 
 @pytest.mark.network
@@ -372,7 +373,7 @@ def test_manifest_records_each_packages_feed(built):
     feed_of = {p["name"]: p["feed"] for p in manifest["inputs"]["packages"]}
     assert feed_of["fwgen-hello"] == feed_of["fwgen-hello-doc"] == feed_of["greet-high"] == "alpine-local"
     assert feed_of["owrt-tool"] == feed_of["common"] == "openwrt-local"
-    assert feed_of["dropbear-bin"] == feed_of["libc6"] == "debian"
+    assert feed_of["zlib1g"] == feed_of["libc6"] == "debian"
     assert manifest["inputs"]["kernel"]["feed"] == "debian"
     records = {p["name"]: p for p in manifest["inputs"]["packages"]}
     hello = records["fwgen-hello"]
@@ -380,7 +381,7 @@ def test_manifest_records_each_packages_feed(built):
     assert hello["sha256"] == hashlib.sha256((feeds.root / ALPINE_DIR / "fwgen-hello-1.0-r0.apk").read_bytes()).hexdigest()
     assert manifest["files"]["/usr/bin/hello"] == "apk:fwgen-hello"
     assert manifest["files"]["/usr/sbin/owrt-tool"] == "ipk:owrt-tool"
-    assert manifest["files"]["/usr/sbin/dropbear"] == "deb:dropbear-bin"
+    assert manifest["files"]["/usr/sbin/dropbear"] == "build:ssh/dropbear"
 
 
 @pytest.mark.network
