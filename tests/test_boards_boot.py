@@ -92,7 +92,7 @@ def test_every_qemu_profile_has_a_firmware_guard_boot():
 # Every in-tree board's SBOMs are validated where a test builds it: here, and elsewhere for
 # these (test_squashfs_boot.py checks every board with a disk output).
 SBOMS_CHECKED_ELSEWHERE = {"qemu-aarch64": "test_boot.py", "qemu-mips-router": "test_flash.py",
-                           "qemu-aarch64-alpine": "test_alpine_boot.py"}
+                           "qemu-aarch64-alpine": "test_alpine_boot.py", "qemu-aarch64-ab": "test_updates.py"}
 
 
 def test_every_board_has_its_sboms_validated_by_a_build_test():

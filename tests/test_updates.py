@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from buildutil import REPO, run_fwgen
+from buildutil import REPO, check_sboms, run_fwgen
 from construct import Array
 from localhttp import Server
 
@@ -361,3 +361,11 @@ def test_qemu_killed_while_the_inactive_slot_is_written_comes_up_on_the_old_slot
     assert "running: version 2, slot B" in status
     assert "slot A: version 3, incomplete (an install into it did not finish)" in status
     assert device.run(f"cat {SETTING}") == "kept across updates"
+
+
+def test_the_ab_boards_sboms_validate_and_describe_the_update_bundle(firmware):
+    """The SBOM check (tests/buildutil.check_sboms) on this module's v1 build: the bundle is
+    one of the images, with its SHA-256."""
+    spdx, _ = check_sboms(firmware["1"].out)
+    images = {p["name"] for p in spdx["packages"] if p["SPDXID"].startswith("SPDXRef-Image-")}
+    assert {"update.bundle", "disk.img", "u-boot.bin"} <= images
