@@ -108,6 +108,11 @@ def test_sboms_name_alpines_packages_with_the_licences_its_index_states(booted):
     assert packages["ca-certificates-bundle"]["licenseDeclared"] == "MIT AND MPL-2.0"
     purl = packages["musl"]["externalRefs"][0]["referenceLocator"]
     assert purl == "pkg:apk/alpine/musl@1.2.2-r0?arch=aarch64"
+    records = {p["name"]: p for p in manifest["inputs"]["packages"]}
+    # apk-tools' D: names musl>=1.2 and so: libraries: the packages the resolver chose for them.
+    assert {"musl", "libcrypto1.1", "libssl1.1", "zlib"} <= set(records["apk-tools"]["depends"])
+    relations = {(r["spdxElementId"], r["relationshipType"], r["relatedSpdxElement"]) for r in spdx["relationships"]}
+    assert (packages["apk-tools"]["SPDXID"], "DEPENDS_ON", packages["musl"]["SPDXID"]) in relations
     kernel = manifest["inputs"]["kernel"]
     assert kernel["purl"].startswith("pkg:deb/debian/linux-image-")
     assert packages[kernel["name"]]["licenseDeclared"].startswith("GPL-2.0-only AND ")

@@ -35,7 +35,6 @@ def out_root(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("out")
     result = run_fwgen("build", "--board", "qemu-aarch64", "--out", str(out), cache=cache_dir)
     assert result.returncode == 0, result.stderr
-    (out / "build.log").write_text(result.stdout + result.stderr)
     return out
 
 
@@ -135,10 +134,9 @@ def test_sboms_validate_and_relate_packages_images_busybox_and_overlays(out_root
     packages = {p["SPDXID"]: p for p in spdx["packages"]}
     relations = {(packages[r["spdxElementId"]]["name"], r["relationshipType"], packages[r["relatedSpdxElement"]]["name"])
                  for r in spdx["relationships"] if r["spdxElementId"] in packages and r["relatedSpdxElement"] in packages}
-    assert ("dropbear-bin", "DEPENDS_ON", "libc6") in relations  # as the resolver chose
-    assert ("initramfs.cpio.gz", "CONTAINS", "dropbear-bin") in relations
+    assert ("initramfs.cpio.gz", "CONTAINS", "ssh/dropbear") in relations  # compiled for the ssh overlay
     assert ("initramfs.cpio.gz", "CONTAINS", "busybox") in relations
-    assert ("kernel", "CONTAINS", "dropbear-bin") not in relations
+    assert ("kernel", "CONTAINS", "busybox") not in relations
     busybox = next(p for p in spdx["packages"] if p["name"] == "busybox")
     assert "1.35.0-clang-ptr-to-globals.patch" in busybox["sourceInfo"]
     ssh = next(c for c in cdx["components"] if c["name"] == "ssh")
@@ -162,17 +160,12 @@ def test_licenses_names_known_licences_and_deny_fails_naming_the_packages(out_ro
     listed = licenses("--json")
     assert listed.exit_code == 0, listed.output
     rows = {r["name"]: r for r in json.loads(listed.stdout)}
-    assert rows["dropbear-bin"]["license"] == \
-        "BSD-2-Clause AND BSD-3-Clause AND LicenseRef-scancode-public-domain AND MIT AND SSH-OpenSSH"
     assert rows["busybox"]["license"] == "GPL-2.0-only" and rows["busybox"]["component"] == "busybox"
     [kernel] = [r for r in rows.values() if r["component"] == "kernel"]
     assert kernel["name"].startswith("linux-image-") and "GPL-2.0-only" in kernel["license"].split(" AND ")
-    assert rows["libc6"]["license"] == "NOASSERTION"  # its copyright file is not DEP-5
-    log = (out_root / "build.log").read_text()
-    assert "warning: package libc6: licence NOASSERTION: usr/share/doc/libc6/copyright is not machine-readable" in log
 
     table = licenses()
-    assert table.exit_code == 0 and "dropbear-bin" in table.stdout and "(usr/share/doc/zlib1g/copyright)" in table.stdout
+    assert table.exit_code == 0 and f"(usr/share/doc/{kernel['name']}/copyright)" in table.stdout
     denied = licenses("--deny", "GPL-2.0-only,AGPL-3.0-only")
     assert denied.exit_code == 1, denied.output
     [error] = denied.stderr.splitlines()

@@ -136,3 +136,19 @@ def test_debian_copyright_files_are_read_from_the_packages(cache_dir):
     assert found["libtomcrypt1"].expression == "LicenseRef-scancode-public-domain OR WTFPL"
     assert found["libc6"].expression == NOASSERTION
     assert "not machine-readable" in (found["libc6"].problem or "")
+
+
+def test_the_build_warns_once_per_package_whose_licence_is_noassertion_saying_why():
+    from types import SimpleNamespace
+
+    from fwgen.build import warn_unstated_licenses
+    from fwgen.licenses import License
+
+    said: list[str] = []
+    ctx = SimpleNamespace(progress=SimpleNamespace(info=said.append), licenses={
+        "zlib1g": License("Zlib", "usr/share/doc/zlib1g/copyright"),
+        "libc6": License(NOASSERTION, "usr/share/doc/libc6/copyright",
+                         "usr/share/doc/libc6/copyright is not machine-readable (no DEP-5 Format: line)")})
+    warn_unstated_licenses(ctx)  # type: ignore[arg-type]
+    assert said == ["warning: package libc6: licence NOASSERTION: usr/share/doc/libc6/copyright is not "
+                    "machine-readable (no DEP-5 Format: line)"]
