@@ -362,6 +362,7 @@ class Board:
     package_versions: dict[str, str] = field(default_factory=dict)  # package -> the exact version pinned
     exclude: tuple[str, ...] = ()  # never installed, even when something depends on them
     nodeps: tuple[str, ...] = ()  # installed without following their dependencies
+    skip_package_scripts: dict[str, str] = field(default_factory=dict)  # package -> why its scripts are not run
     package_files: tuple[PackageFile, ...] = ()  # resolved as if the feeds of their format listed them
     provides: dict[str, str | None] = field(default_factory=dict)  # name -> version the board supplies itself
     exclude_paths: tuple[str, ...] = ()  # package files left out of the image (schema has the defaults)

@@ -407,7 +407,7 @@ def record_package_state(ctx: BuildContext, installed: list[tuple[FetchedPackage
     opkg's status and info files)."""
     board = ctx.board
     ctx.package_scripts = handle_package_scripts(ctx.rootfs, ctx.packages, busybox_package=board.busybox.package,
-                                                 applets=links)
+                                                 applets=links, skip=board.skip_package_scripts)
     deferred = sum(d.action == "first-boot" for d in ctx.package_scripts)
     if ctx.package_scripts:
         ctx.progress.info(f"package scripts: {len(ctx.package_scripts)}, {deferred} deferred to the first boot")

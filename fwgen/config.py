@@ -323,6 +323,7 @@ def load_board(
         package_versions=_pinned_versions(data["packages"]),
         exclude=tuple(data["exclude"]),
         nodeps=tuple(data["nodeps"]),
+        skip_package_scripts=dict(data["skip_package_scripts"]),
         package_files=_build_package_files(doc, data["package_files"], path),
         provides=dict(_split_provided(item) for item in data["provides"]),
         exclude_paths=tuple(data["exclude_paths"]),

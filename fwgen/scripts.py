@@ -21,7 +21,7 @@ manifest (`package_scripts`) and never dropped unsaid:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from .errors import UserError
@@ -84,9 +84,12 @@ def script_names(format_: str, files: dict[str, bytes]) -> list[str]:
 
 
 def handle_package_scripts(rootfs: RootFS, packages: Sequence[FetchedPackage], *,
-                           busybox_package: str | None, applets: int) -> list[ScriptDecision]:
+                           busybox_package: str | None, applets: int,
+                           skip: Mapping[str, str] | None = None) -> list[ScriptDecision]:
     """Decide every script of `packages` (install order), perform the build-time equivalents
-    on `rootfs` and stage the deferred ones with their run list; return the decisions."""
+    on `rootfs` and stage the deferred ones with their run list; return the decisions. The
+    scripts of a package in `skip` (the board's skip_package_scripts) are not run, for the
+    reason the board gives."""
     decisions: list[ScriptDecision] = []
     deferred: list[str] = []
     for fetched in packages:
@@ -95,6 +98,10 @@ def handle_package_scripts(rootfs: RootFS, packages: Sequence[FetchedPackage], *
         names = script_names(package.format, files)
         install = INSTALL_SCRIPTS[package.format]
         for name in sorted(names, key=lambda n: list(install).index(n) if n in install else len(install)):
+            if skip and package.name in skip:
+                decisions.append(ScriptDecision(package.name, package.version, package.format, name, "not-run",
+                                                f"the board's skip_package_scripts: {skip[package.name]}"))
+                continue
             decision = _decide(rootfs, fetched, name, files[name], busybox_package, applets)
             if decision.action == "first-boot":
                 staged = f"{len(deferred) + 1:03d}-{package.name}.{name.lstrip('.')}"

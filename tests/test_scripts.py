@@ -119,3 +119,19 @@ def test_first_boot_runner_reports_a_failing_script_and_runs_the_list_once(tmp_p
     log = (tmp_path / "var/log/package-scripts.log").read_text()
     assert "== 002-bad.postinst configure" in log
     assert "== 001-good.post-install 1.0-r0" in log
+
+
+def test_a_board_can_say_a_packages_scripts_are_not_run_and_why(samples):
+    """rpi-zero's raspi-firmware (its scripts manage a Debian host's /boot/firmware) is the case;
+    the real alpine-baselayout stands in for it here: nothing of it is staged or performed."""
+    from fwgen.config import load_board
+
+    rootfs = _rootfs()
+    why = "its scripts manage the host it was made for"
+    decisions = handle_package_scripts(rootfs, [_alpine(samples, "alpine-baselayout", "3.2.0-r8")],
+                                       busybox_package=None, applets=0, skip={"alpine-baselayout": why})
+    assert {d.script for d in decisions} == {".pre-install", ".post-install", ".pre-upgrade", ".post-upgrade"}
+    assert {(d.action, d.detail) for d in decisions} == {("not-run", f"the board's skip_package_scripts: {why}")}
+    assert rootfs["/etc/group"].data == b"root:x:0:\nwww-data:x:33:\n"  # its addgroup not performed either
+    assert not [e.path for e in rootfs if e.path.startswith(PACKAGE_SCRIPTS)]
+    assert "boot partition" in load_board("rpi-zero").skip_package_scripts["raspi-firmware"]
