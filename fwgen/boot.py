@@ -18,6 +18,7 @@ from .outputs import BOOT_DISK, BOOTABLE_OUTPUTS, boot_spec, prepare_boot_disk
 from .progress import QUIET, Progress
 from .publish import use_build
 from .qemu import BootSpec, Machine
+from .rebuild import stale_files
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ def boot_spec_for(board: Board, outdir: Path, *, fresh_disk: bool = False) -> Bo
         raise UserError(f"{outdir}: no build found", hint=f"run 'fwgen build --board {board.name}' first")
     if board.qemu is None:
         raise UserError(f"{board.source}: board has no qemu section, it cannot be booted under QEMU")
+    if stale_files(outdir, board):
+        raise UserError(f"{outdir}: built from other board or overlay files than {board.source.name}'s now "
+                        "(one changed since the build)",
+                        f"run 'fwgen build {board.name}' first, or 'fwgen boot --build {board.name}'")
     manifest = json.loads(manifest_path.read_text())
     spec = boot_spec(board, outdir, manifest, fresh=fresh_disk)
     if spec is None:

@@ -356,12 +356,15 @@ def build(board_args, board_names, all_boards, jobs, junit_file, boards_dirs, ov
 @click.option("--shell", "interactive", is_flag=True,
               help="Log in: boot one board, print its forwarded ports (ssh, http) and attach its console "
                    "instead of running the checks; Ctrl-] powers it off.")
+@click.option("--build", "build_first", is_flag=True,
+              help="Build each board first (nothing is rebuilt when its build is up to date).")
 @json_option
 @handle_errors
 def boot(board_args, board_names, all_boards, jobs, junit_file, boards_dirs, overlay_dirs, qemu_dirs,
-         out_root, timeout_factor, fresh_disk, interactive, as_json):
+         out_root, timeout_factor, fresh_disk, interactive, build_first, as_json):
     """Boot built boards under QEMU and run their checks (each with its own forwarded ports)."""
     from .boot import boot as boot_board
+    from .build import build as build_board
     from .errors import EXIT_BOOT_FAILED, EXIT_CHECK_FAILED
     from .progress import Progress
 
@@ -374,6 +377,9 @@ def boot(board_args, board_names, all_boards, jobs, junit_file, boards_dirs, ove
 
     def work(board):
         progress = Progress(enabled=not as_json, prefix="" if len(names) == 1 else f"[{board.name}] ")
+        if build_first:
+            build_board(board, outdir=out_root / board.name, cache=_cache(), progress=progress,
+                        source_date_epoch=_epoch())
         result = boot_board(board, out_root / board.name, timeout_factor=factor, fresh_disk=fresh_disk,
                             progress=progress)
         if result.died:
@@ -392,7 +398,8 @@ def boot(board_args, board_names, all_boards, jobs, junit_file, boards_dirs, ove
                    f"(console: {result.console_log})")
 
     _run_boards("boot", names, jobs, junit_file, as_json,
-                lambda name: _load_board(name, boards_dirs, overlay_dirs, qemu_dirs), work, [boot_board], show)
+                lambda name: _load_board(name, boards_dirs, overlay_dirs, qemu_dirs), work,
+                [build_board, boot_board] if build_first else [boot_board], show)
 
 
 def _shell(names: list[str], out_root: Path, factor: float, fresh_disk: bool, folders) -> None:

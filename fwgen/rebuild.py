@@ -49,12 +49,28 @@ def input_digests(board: Board, packages: list[str], *, cache: Cache, source_dat
         progress=progress)
     return {
         "fwgen": _digest([__version__, *_tree_digests(CODE_ROOT)]),
-        "files": _digest(sorted({str(p): _path_digest(p) for p in _board_paths(board)}.items())),
+        "files": files_digest(board),
         "packages": _digest(_package_rows(resolution)),
         "kernel": _digest(_kernel_chain(board, cache, progress)),
         "busybox": _digest([repr(board.busybox), _version_of("ziglang")]),
         "settings": _digest([source_date_epoch, compression, board.arch.value, signing]),
     }
+
+
+def files_digest(board: Board) -> str:
+    """The digest of every file the board refers to (its file, its overlays' folders, the QEMU
+    profile, package files, keys ...): what the user edits, known without the network."""
+    return _digest(sorted({str(p): _path_digest(p) for p in _board_paths(board)}.items()))
+
+
+def stale_files(outdir: Path, board: Board) -> bool:
+    """Whether the build in `outdir` was made from other board or overlay files than the
+    board's now. A build without a record (older fwgen) cannot tell and counts as current."""
+    try:
+        recorded = json.loads((outdir / RECORD).read_text())["inputs"]["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return recorded != files_digest(board)
 
 
 def changed_since(outdir: Path, inputs: dict[str, str]) -> str | None:

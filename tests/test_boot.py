@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -173,3 +174,23 @@ def test_licenses_names_known_licences_and_deny_fails_naming_the_packages(out_ro
            "(GPL-2.0-only), busybox 1.35.0 (GPL-2.0-only)" in error
     allowed = licenses("--deny", "GPL-3.0-only")
     assert allowed.exit_code == 0, allowed.output
+
+
+def test_a_build_older_than_its_board_file_is_not_booted_and_boot_build_rebuilds_it(tmp_path, cache_dir):
+    """The build records its board's files; a board edited since is refused at once (no QEMU),
+    and `fwgen boot --build` rebuilds it (a no-op when up to date) and boots."""
+    board = tmp_path / "stale-aarch64.yaml"
+    board.write_text((REPO / "boards" / "qemu-aarch64.yaml").read_text().replace("name: qemu-aarch64\n", ""))
+    out = tmp_path / "out"
+    built = run_fwgen("build", str(board), "--out", str(out), cache=cache_dir)
+    assert built.returncode == 0, built.stderr
+    board.write_text(board.read_text() + "# edited after the build\n")
+    refused = run_fwgen("boot", str(board), "--out", str(out), cache=cache_dir, timeout=120)
+    assert refused.returncode == 2
+    assert "built from other board or overlay files than stale-aarch64.yaml's now" in refused.stderr
+    assert "fwgen boot --build stale-aarch64" in refused.stderr
+    assert not (out / "stale-aarch64" / "boot" / "console.log").exists()  # QEMU never started
+    booted = run_fwgen("boot", "--build", str(board), "--out", str(out), cache=cache_dir,
+                       env={"FWGEN_TIMEOUT_FACTOR": os.environ.get("FWGEN_TIMEOUT_FACTOR", "1")})
+    assert booted.returncode == 0, booted.stderr
+    assert "PASS stale-aarch64" in booted.stdout
