@@ -29,6 +29,7 @@ class Feed:
     where: str = field(default="", compare=False)  # "boards/x.yaml:8:5", for errors only
     arch: str | None = None  # the feed's package arch name; None: the type's name for the board's arch
     device_url: str | None = None  # where the device reaches the feed (/etc/apk/repositories); None: url
+    fallback: tuple[str, ...] = ()  # mirrors of the same layout for locked packages the url dropped
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .dtb import DeviceTree
 from .errors import UserError
-from .fetch import FetchedPackage, fetch_packages, read_fetched_entries
+from .fetch import FetchedPackage, read_fetched_entries
 from .guest import kernel_cmdline
 from .images.fit import FitConfig, FitImage, make_fit
 from .images.fitsig import algo_name, fingerprint, key_dtb, load_private_key, sign_fit
@@ -39,6 +39,7 @@ from .images.uimage import (
     make_uimage,
     read_uimage,
 )
+from .lock import fetch_alone
 from .rootfs import EntryType
 from .slots import boot_script as ab_boot_script
 from .slots import has_ab_slots
@@ -226,8 +227,8 @@ def fetch_uboot(ctx: BuildContext) -> tuple[FetchedPackage, bytes]:
     """The U-Boot binary out of its package, fetched and verified like every package."""
     spec = ctx.board.uboot
     ctx.progress.step(f"fetching U-Boot package {spec.package}")
-    [fetched] = fetch_packages(ctx.board.feeds, ctx.board.arch, [spec.package], nodeps=[spec.package],
-                               cache=ctx.cache, progress=ctx.progress)
+    fetched = fetch_alone(ctx.board, spec.package, role="uboot", lock=ctx.lock, cache=ctx.cache,
+                          progress=ctx.progress)
     for entry in read_fetched_entries(fetched):
         if entry.path == spec.binary and entry.type is EntryType.FILE:
             return fetched, entry.data

@@ -24,9 +24,10 @@ from typing import Any
 from . import __version__
 from .audit import audit_rootfs, runtime_files
 from .board import Board
+from .bootloader import boots_through_uboot, fetch_uboot
 from .bundle import check_signing_key
 from .busybox import DEFAULT_SOURCE, BusyboxSource, build_busybox, install_busybox, patches_for
-from .cache import Cache
+from .cache import Cache, hash_file
 from .compile import BuiltFiles, compile_build, install_build
 from .compression import ZSTD
 from .config import board_digest
@@ -68,6 +69,14 @@ from .licenses import (
     entries_reader,
     package_license,
     rootfs_reader,
+)
+from .lock import (
+    Lock,
+    busybox_inputs,
+    check_locked_inputs,
+    fetch_alone,
+    fetch_locked,
+    package_entry,
 )
 from .outputs import MIB, image_contents, outputs_of, write_outputs
 from .overlay import Layers, apply_layers, plan_layers
@@ -120,6 +129,7 @@ class BuildContext:
     staging: Path | None = None
     outputs: dict[str, Path] = field(default_factory=dict)
     bootloader: dict | None = None  # the U-Boot package and binary of a board booted through U-Boot
+    lock: Lock | None = None  # build exactly these inputs (fwgen build --locked)
     flash: dict | None = None  # the flash layout as written, for the manifest and fwgen inspect
     epoch_from: str = "SOURCE_DATE_EPOCH"  # what chose the timestamps: the environment or the newest input
     signing_key: UsignSecretKey | None = None  # signs the update bundle; never written anywhere
@@ -151,11 +161,13 @@ def build(
     compression: str = "gzip",
     signing_key: UsignSecretKey | None = None,
     force: bool = False,
+    lock: Lock | None = None,
 ) -> BuildResult:
     """Build `board` into `outdir` (replaced atomically). Returns the manifest. A
     `signing_key` signs the update bundle of a board with `update:`; it must be one the
     board's update.keys lists. A board whose published build has the same inputs and intact
-    outputs is not built again unless `force` (fwgen/rebuild.py)."""
+    outputs is not built again unless `force` (fwgen/rebuild.py). With `lock`, exactly the
+    locked packages and inputs are built (or the build fails naming what is missing)."""
     started = time.monotonic()
     if signing_key is not None and board.update is not None:
         check_signing_key(signing_key, board.update.keys, str(board.source))
@@ -167,6 +179,7 @@ def build(
         source_date_epoch=source_date_epoch,
         compression=compression,
         signing_key=signing_key,
+        lock=lock,
     )
     # The whole overlay stack is validated (templates, conflicts, owners) before anything is written.
     ctx.layers = plan_layers(board.overlays, board.values, board.arch)
@@ -231,6 +244,23 @@ def remove_empty_folders(folders: list[Path]) -> None:
             return
 
 
+def lock_board(board: Board, *, cache: Cache, progress: Progress = QUIET) -> dict:
+    """What `fwgen lock` records: the packages, kernel and U-Boot a build of `board` would
+    take from the feeds now (resolved, downloaded and verified), and its BusyBox inputs."""
+    ctx = BuildContext(board=board, outdir=Path(), cache=cache, progress=progress)
+    ctx.layers = plan_layers(board.overlays, board.values)
+    with writing(cache.root, f"the package cache for board {board.name}"):
+        fetch_board_packages(ctx)
+        fetch_kernel(ctx)
+        uboot = fetch_uboot(ctx)[0] if boots_through_uboot(board) else None
+    return {
+        "packages": [package_entry(p) for p in ctx.packages],
+        "kernel": package_entry(ctx.kernel_package) if ctx.kernel_package else _kernel_record(ctx),
+        **({"uboot": package_entry(uboot)} if uboot else {}),
+        **({"busybox": _busybox_inputs(ctx)} if board.busybox.package is None else {}),
+    }
+
+
 def package_names(ctx: BuildContext) -> list[str]:
     """The packages the board asks for: its own, its overlays', BusyBox's when packaged."""
     board = ctx.board
@@ -242,6 +272,9 @@ def package_names(ctx: BuildContext) -> list[str]:
 
 def fetch_board_packages(ctx: BuildContext) -> None:
     board = ctx.board
+    if ctx.lock is not None:
+        ctx.packages = fetch_locked(ctx.lock.packages, board.feeds, cache=ctx.cache, progress=ctx.progress)
+        return
     names = package_names(ctx)
     ctx.progress.step(f"resolving and fetching {len(names)} package(s) for {board.arch.value}")
     ctx.packages = fetch_packages(
@@ -258,16 +291,15 @@ def fetch_kernel(ctx: BuildContext) -> None:
     spec = ctx.board.kernel
     if spec.image is not None:
         load_vendor_kernel(ctx)
+        if ctx.lock is not None:
+            check_locked_inputs(ctx.lock, "kernel", _kernel_record(ctx))
         return
     if spec.package is None:
         raise UserError(f"{ctx.board.source}: kernel: give a package, or an image (and modules_from)")
     name = spec.package
     for _ in range(4):
         ctx.progress.step(f"fetching kernel package {name}")
-        [fetched] = fetch_packages(
-            ctx.board.feeds, ctx.board.arch, [name], nodeps=[name], cache=ctx.cache,
-            progress=ctx.progress,
-        )
+        fetched = fetch_alone(ctx.board, name, role="kernel", lock=ctx.lock, cache=ctx.cache, progress=ctx.progress)
         entries = read_fetched_entries(fetched, package_budget(ctx.board))
         if any(e.path.startswith("/boot/vmlinu") for e in entries):
             ctx.kernel_package = fetched
@@ -338,22 +370,17 @@ def _kernel_dependency(fetched: FetchedPackage) -> str:
 def build_board_busybox(ctx: BuildContext) -> None:
     """Build the board's static musl BusyBox (or find it in the cache), unless the board
     takes BusyBox from a package."""
-    spec = ctx.board.busybox
-    if spec.package is not None:
+    if ctx.board.busybox.package is not None:
+        if ctx.lock is not None:
+            check_locked_inputs(ctx.lock, "busybox", None)
         return
-    source = DEFAULT_SOURCE
-    if spec.version is not None:
-        assert spec.sha256 is not None  # the schema requires them together
-        source = BusyboxSource(spec.version, spec.sha256, spec.urls or tuple(
-            url.replace(DEFAULT_SOURCE.version, spec.version) for url in DEFAULT_SOURCE.urls))
-    elif spec.urls:
-        source = BusyboxSource(DEFAULT_SOURCE.version, DEFAULT_SOURCE.sha256, spec.urls)
-    # The board's fragments first, then what its overlays need (later wins, as for files).
-    fragments = [*spec.config, *(f for f in ctx.layers.busybox_config if f not in spec.config)]
+    if ctx.lock is not None:
+        check_locked_inputs(ctx.lock, "busybox", _busybox_inputs(ctx))
+    source, fragments = _busybox_source(ctx), _busybox_fragments(ctx)
     path = build_busybox(ctx.board.arch, source=source, fragments=fragments,
                          cache_root=ctx.cache.root, progress=ctx.progress, remote=ctx.cache.remote)
     ctx.busybox = BuiltBusybox(source.version, path.read_bytes(), path.parent.name, source,
-                               tuple(patches_for(source)), _sha256_file(path.parent / "config"))
+                               tuple(patches_for(source)), hash_file(path.parent / "config"))
 
 
 def compile_overlay_builds(ctx: BuildContext) -> None:
@@ -361,6 +388,29 @@ def compile_overlay_builds(ctx: BuildContext) -> None:
     ctx.built = [compile_build(b, ctx.board.arch, cache_root=ctx.cache.root, progress=ctx.progress,
                                remote=ctx.cache.remote)
                  for b in ctx.layers.builds]
+
+
+def _busybox_source(ctx: BuildContext) -> BusyboxSource:
+    spec = ctx.board.busybox
+    if spec.version is not None:
+        assert spec.sha256 is not None  # the schema requires them together
+        return BusyboxSource(spec.version, spec.sha256, spec.urls or tuple(
+            url.replace(DEFAULT_SOURCE.version, spec.version) for url in DEFAULT_SOURCE.urls))
+    if spec.urls:
+        return BusyboxSource(DEFAULT_SOURCE.version, DEFAULT_SOURCE.sha256, spec.urls)
+    return DEFAULT_SOURCE
+
+
+def _busybox_fragments(ctx: BuildContext) -> list[Path]:
+    # The board's fragments first, then what its overlays need (later wins, as for files).
+    spec = ctx.board.busybox
+    return [*spec.config, *(f for f in ctx.layers.busybox_config if f not in spec.config)]
+
+
+def _busybox_inputs(ctx: BuildContext) -> dict:
+    source = _busybox_source(ctx)
+    return busybox_inputs(source.version, source.sha256, source.urls, patches_for(source), _busybox_fragments(ctx),
+                          ctx.board)
 
 
 def assemble_rootfs(ctx: BuildContext) -> None:
@@ -589,7 +639,7 @@ def write_manifest(ctx: BuildContext) -> dict:
             "kernel_modules": [m.name for m in ctx.modules],
             "busybox": _busybox_record(ctx),
             "builds": [{"build": b.provenance.removeprefix("build:"), "key": b.key,
-                        "files": {path: _sha256_file(host) for path, (host, _) in sorted(b.files.items())}}
+                        "files": {path: hash_file(host) for path, (host, _) in sorted(b.files.items())}}
                        for b in ctx.built],
             **({"bootloader": dict(ctx.bootloader, package=_package_record(ctx.bootloader["package"], ctx.licenses))}
                if ctx.bootloader else {}),
@@ -600,7 +650,7 @@ def write_manifest(ctx: BuildContext) -> dict:
             "excluded_paths": ctx.pruned,
         },
         "outputs": {
-            name: {"file": path.name, "sha256": _sha256_file(path), "size": path.stat().st_size}
+            name: {"file": path.name, "sha256": hash_file(path), "size": path.stat().st_size}
             for name, path in sorted(ctx.outputs.items())
         },
         "boot": {"cmdline": board.kernel.cmdline, "qemu_profile": board.qemu.profile.name if board.qemu else None},
@@ -623,7 +673,7 @@ def _busybox_record(ctx: BuildContext) -> dict:
             "sha256": hashlib.sha256(built.binary).hexdigest(), "size": len(built.binary),
             "license": BUSYBOX_LICENSE,
             "source": {"url": built.source.urls[0], "sha256": built.source.sha256},
-            "patches": [{"name": p.name, "sha256": _sha256_file(p)} for p in built.patches],
+            "patches": [{"name": p.name, "sha256": hash_file(p)} for p in built.patches],
             "config_sha256": built.config_sha256}
 
 
@@ -632,12 +682,12 @@ def _kernel_record(ctx: BuildContext) -> dict:
         return _package_record(ctx.kernel_package, ctx.licenses)
     spec = ctx.board.kernel
     assert spec.image is not None
-    record = {"vendor_image": str(spec.image), "sha256": _sha256_file(spec.image),
+    record = {"vendor_image": str(spec.image), "sha256": hash_file(spec.image),
               **License(NOASSERTION, str(spec.image), "a vendor kernel image states no licence").to_dict()}
     if spec.modules_from is not None:
         record["modules_from"] = str(spec.modules_from)
         if spec.modules_from.is_file():
-            record["modules_sha256"] = _sha256_file(spec.modules_from)
+            record["modules_sha256"] = hash_file(spec.modules_from)
     return record
 
 
@@ -645,13 +695,5 @@ def _package_record(fetched: FetchedPackage, licenses: dict[str, License]) -> di
     p = fetched.package
     return {"name": p.name, "version": p.version, "arch": p.arch, "feed": p.feed, "purl": purl_of(p),
             # An APKINDEX lists no file hash (its C: identity was checked): hash the verified file.
-            "sha256": p.sha256 or _sha256_file(fetched.path),
+            "sha256": p.sha256 or hash_file(fetched.path),
             "size": p.size, "url": p.url, **licenses[p.name].to_dict(), "depends": list(fetched.depends)}
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

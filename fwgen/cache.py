@@ -256,7 +256,7 @@ class Cache:
                 return False
         if size is not None and st.st_size != size:
             problem = f"{st.st_size} bytes, expected {size}"
-        elif (actual := _hash_file(dest)) != sha256:
+        elif (actual := hash_file(dest)) != sha256:
             problem = f"SHA-256 {actual}, expected {sha256}"
         else:
             return True
@@ -400,7 +400,8 @@ def discard_damaged(entry: Path, problem: str, remedy: str, progress: Progress =
             entry.unlink(missing_ok=True)
 
 
-def _hash_file(path: Path) -> str:
+def hash_file(path: Path) -> str:
+    """The SHA-256 of the file at `path`, hex."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):

@@ -314,21 +314,31 @@ def _boot_json(result) -> dict:
               show_default=True, help="Initramfs compression.")
 @sign_option
 @click.option("--force", is_flag=True, help="Build even when the published build is up to date.")
+@click.option("--locked", "lock_file", is_flag=False, flag_value="", default=None, metavar="[FILE]",
+              help="Build exactly what the lock file pins (default ./<board>.lock; put the option after the "
+                   "boards when it takes no FILE).")
 @json_option
 @handle_errors
 def build(board_args, board_names, all_boards, jobs, junit_file, boards_dirs, overlay_dirs, qemu_dirs,
-          out_root, compression, sign_key, force, as_json):
+          out_root, compression, sign_key, force, lock_file, as_json):
     """Build boards' firmware, each into OUT/<board>/."""
     from .build import build as build_board
+    from .errors import UserError
+    from .lock import default_lock_path, read_lock
     from .progress import Progress
 
     names = _board_list(board_args, board_names, all_boards, boards_dirs)
     cache, epoch, out_root, key = _cache(), _epoch(), _out_root(out_root), _secret_key(sign_key)
+    if lock_file and len(names) > 1:
+        raise UserError(f"--locked {lock_file}: one lock file for {len(names)} boards",
+                        "give --locked without a file: each board reads ./<board>.lock")
 
     def work(board):
         progress = Progress(enabled=not as_json, prefix="" if len(names) == 1 else f"[{board.name}] ")
+        lock = None if lock_file is None else read_lock(Path(lock_file) if lock_file else default_lock_path(board), board)
         result = build_board(board, outdir=out_root / board.name, cache=cache, progress=progress,
-                             source_date_epoch=epoch, compression=compression, signing_key=key, force=force)
+                             source_date_epoch=epoch, compression=compression, signing_key=key, force=force,
+                             lock=lock)
         return result, 0, "publish_outputs"
 
     def show(result) -> None:
@@ -341,6 +351,31 @@ def build(board_args, board_names, all_boards, jobs, junit_file, boards_dirs, ov
 
     _run_boards("build", names, jobs, junit_file, as_json,
                 lambda name: _load_board(name, boards_dirs, overlay_dirs, qemu_dirs), work, [build_board], show)
+
+
+@main.command()
+@click.argument("board_name", metavar="BOARD")
+@board_dirs_option
+@overlay_dirs_option
+@qemu_dirs_option
+@click.option("--out", "out_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="The lock file to write (default: ./<board>.lock, beside out/).")
+@handle_errors
+def lock(board_name, boards_dirs, overlay_dirs, qemu_dirs, out_file):
+    """Pin every package (feed, version, SHA-256, URL), the kernel, U-Boot and BusyBox's inputs."""
+    import time
+
+    from .build import lock_board
+    from .lock import default_lock_path, write_lock
+
+    started = time.monotonic()
+    board = _load_board(board_name, boards_dirs, overlay_dirs, qemu_dirs)
+    record = lock_board(board, cache=_cache(), progress=_progress(False))
+    path = out_file or default_lock_path(board)
+    with writing(path, f"lock file {path}"):
+        write_lock(path, board, record)
+    click.echo(f"locked {board.name}: {len(record['packages'])} packages in {time.monotonic() - started:.1f} s "
+               f"-> {path} ({path.stat().st_size:,} bytes)")
 
 
 @main.command()

@@ -493,7 +493,7 @@ def _build_feed(doc: Document, index: int, feed: dict, board: Path) -> Feed:
     line, column = doc.position(("feeds", index))
     return Feed(name=feed["name"], type=feed["type"], url=feed["url"], suite=feed["suite"],
                 components=tuple(feed["components"]), keys=keys, arch=feed.get("arch"),
-                device_url=feed.get("device_url"),
+                device_url=feed.get("device_url"), fallback=tuple(feed["fallback"]),
                 where=f"{doc.file_of(('feeds', index))}:{line}:{column}")
 
 

@@ -44,7 +44,7 @@ from .images.sdcard import (
     write_sdcard,
 )
 from .images.squashfs import write_squashfs
-from .publish import set_file_mode
+from .publish import set_file_mode, write_file
 from .qemu import BootSpec
 from .rootfs import EntryType, RootFS
 from .slots import has_ab_slots, write_slot_disk
@@ -423,7 +423,7 @@ def flash_boot_spec(board: Board, outdir: Path, manifest: dict, fresh: bool) -> 
     if fresh or not bios.exists():
         bios.parent.mkdir(parents=True, exist_ok=True)
         with open(outdir / outputs[FLASH_OUTPUT]["file"], "rb") as f:
-            _write_file(bios, f.read(profile.bios_size))
+            write_file(bios, f.read(profile.bios_size))
     firmware = prepare_boot_disk(outdir / outputs[FIRMWARE_OUTPUT]["file"], outdir / BOOT_FIRMWARE, fresh=fresh)
     return _bios_boot_spec(board, bios, firmware, bootloader_prompt=board.uboot.prompt,
                            bootloader_commands=tuple(manifest["flash"]["console_commands"]), tftp=outdir)
@@ -438,13 +438,13 @@ def sdcard_boot_spec(board: Board, outdir: Path, manifest: dict, fresh: bool) ->
     files = read_boot_files(card)
     folder = outdir / FROM_SDCARD
     folder.mkdir(parents=True, exist_ok=True)
-    kernel = _write_file(folder / "kernel.img", files.kernel)
-    initrd = _write_file(folder / "initramfs", files.initramfs) if files.initramfs else None
+    kernel = write_file(folder / "kernel.img", files.kernel)
+    initrd = write_file(folder / "initramfs", files.initramfs) if files.initramfs else None
     dtb = None
     if files.dtb is not None:
         tree = DeviceTree.parse(files.dtb, where=f"{card}: {files.dtb_name}")
         apply_fixups(tree, board.qemu.profile.dtb_fixups)
-        dtb = _write_file(folder / (files.dtb_name or "board.dtb"), tree.to_bytes())
+        dtb = write_file(folder / (files.dtb_name or "board.dtb"), tree.to_bytes())
     return BootSpec(
         profile=board.qemu.profile,
         kernel=kernel,
@@ -458,15 +458,6 @@ def sdcard_boot_spec(board: Board, outdir: Path, manifest: dict, fresh: bool) ->
         ready_marker=READY_MARKER,
         ready_timeout=board.qemu.timeout,
     )
-
-
-def _write_file(path: Path, data: bytes) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    set_file_mode(Path(tmp))
-    os.replace(tmp, path)
-    return path
 
 
 def prepare_boot_disk(built: Path, disk: Path, *, fresh: bool = False) -> Path:

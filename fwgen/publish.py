@@ -219,3 +219,10 @@ def replacing(path: Path) -> Iterator[BinaryIO]:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def write_file(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically (`replacing`), with the mode outputs get."""
+    with replacing(path) as out:
+        out.write(data)
+    return path

@@ -180,7 +180,7 @@ def tarball(cache_dir) -> Path:
 
 
 def prepare(tarball: Path, root: Path, progress: Progress) -> Path:
-    return busybox._prepare_tree(tarball, root, DEFAULT_SOURCE, busybox._patches_for(DEFAULT_SOURCE), progress)
+    return busybox._prepare_tree(tarball, root, DEFAULT_SOURCE, busybox.patches_for(DEFAULT_SOURCE), progress)
 
 
 def half_delete(tree: Path) -> None:
@@ -271,7 +271,7 @@ def copy_busybox_cache(shared: Path, root: Path, entry: Path, tree_key: str, tar
 def cheapest_arch(shared: Path) -> Arch:
     """An arch whose default build is kept and whose kept tree was last configured for it, so
     rebuilding it compiles next to nothing (else armv7, which may recompile a few hundred)."""
-    patches = busybox._patches_for(DEFAULT_SOURCE)
+    patches = busybox.patches_for(DEFAULT_SOURCE)
     base = busybox._read_fragment(busybox.BASE_FRAGMENT)
     toolchain = busybox.find_toolchain()
     for arch in (Arch.ARMV7, Arch.AARCH64, Arch.ARMV6, Arch.MIPSEL, Arch.MIPS):
@@ -290,7 +290,7 @@ def test_damaged_busybox_binary_is_rebuilt_byte_identical(cache_dir, tmp_path, t
     good = build_busybox(arch, cache_root=cache_dir)  # cached in a kept cache, else minutes
     good_bytes = good.read_bytes()
     toolchain = busybox.find_toolchain()
-    tree_key = busybox.tree_key(arch, DEFAULT_SOURCE, busybox._patches_for(DEFAULT_SOURCE), toolchain)
+    tree_key = busybox.tree_key(arch, DEFAULT_SOURCE, busybox.patches_for(DEFAULT_SOURCE), toolchain)
     entry = copy_busybox_cache(cache_dir, tmp_path / "cache", good.parent, tree_key, tarball)
     damaged = entry / "busybox"
     flip(damaged, good_bytes.index(b"BusyBox v1.35.0") + 1)  # "BtsyBox"
