@@ -88,6 +88,7 @@ from .rootfs import Entry, EntryType, RootFS
 from .sbom import write_sboms
 from .scripts import ScriptDecision, handle_package_scripts
 from .slots import DATA_PART, SLOTS, add_update_files, has_ab_slots, partition_number, root_part
+from .sums import write_signed_sums
 from .usign import UsignSecretKey
 
 KERNEL_FILE = "kernel"
@@ -215,6 +216,8 @@ def build(
             write_sboms(ctx.staging, manifest, rootfs=ctx.rootfs, licenses=ctx.licenses,
                         contents=image_contents(board, manifest["outputs"]))
             record_inputs(ctx.staging, inputs)
+            if ctx.signing_key is not None:  # last: the sums cover every output, the manifest and SBOMs
+                write_signed_sums(ctx.staging, ctx.signing_key)
             publish(staging, outdir)
             published = True
     finally:
@@ -244,20 +247,42 @@ def remove_empty_folders(folders: list[Path]) -> None:
             return
 
 
-def lock_board(board: Board, *, cache: Cache, progress: Progress = QUIET) -> dict:
-    """What `fwgen lock` records: the packages, kernel and U-Boot a build of `board` would
-    take from the feeds now (resolved, downloaded and verified), and its BusyBox inputs."""
+@dataclass(frozen=True)
+class BoardInputs:
+    """What a build of a board takes from outside: its packages (install order), the kernel
+    package (None for a vendor kernel), U-Boot's package, and BusyBox's inputs."""
+
+    packages: list[FetchedPackage]
+    kernel: FetchedPackage | None
+    kernel_record: dict
+    uboot: FetchedPackage | None
+    busybox: dict | None  # None: BusyBox comes from a package
+    busybox_source: BusyboxSource | None
+
+
+def resolve_inputs(board: Board, *, cache: Cache, progress: Progress = QUIET) -> BoardInputs:
+    """The inputs a build of `board` would take from the feeds now: resolved, downloaded and
+    verified (`fwgen lock` records them, `fwgen sources` fetches their sources)."""
     ctx = BuildContext(board=board, outdir=Path(), cache=cache, progress=progress)
     ctx.layers = plan_layers(board.overlays, board.values)
     with writing(cache.root, f"the package cache for board {board.name}"):
         fetch_board_packages(ctx)
         fetch_kernel(ctx)
         uboot = fetch_uboot(ctx)[0] if boots_through_uboot(board) else None
+    own_busybox = board.busybox.package is None
+    return BoardInputs(ctx.packages, ctx.kernel_package, _kernel_record(ctx), uboot,
+                       _busybox_inputs(ctx) if own_busybox else None, _busybox_source(ctx) if own_busybox else None)
+
+
+def lock_board(board: Board, *, cache: Cache, progress: Progress = QUIET) -> dict:
+    """What `fwgen lock` records: the packages, kernel and U-Boot a build of `board` would
+    take from the feeds now, and its BusyBox inputs."""
+    inputs = resolve_inputs(board, cache=cache, progress=progress)
     return {
-        "packages": [package_entry(p) for p in ctx.packages],
-        "kernel": package_entry(ctx.kernel_package) if ctx.kernel_package else _kernel_record(ctx),
-        **({"uboot": package_entry(uboot)} if uboot else {}),
-        **({"busybox": _busybox_inputs(ctx)} if board.busybox.package is None else {}),
+        "packages": [package_entry(p) for p in inputs.packages],
+        "kernel": package_entry(inputs.kernel) if inputs.kernel else inputs.kernel_record,
+        **({"uboot": package_entry(inputs.uboot)} if inputs.uboot else {}),
+        **({"busybox": inputs.busybox} if inputs.busybox is not None else {}),
     }
 
 

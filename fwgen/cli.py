@@ -354,6 +354,23 @@ def build(board_args, board_names, all_boards, jobs, junit_file, boards_dirs, ov
 
 
 @main.command()
+@click.argument("a", type=click.Path(path_type=Path, exists=True))
+@click.argument("b", type=click.Path(path_type=Path, exists=True))
+@json_option
+@handle_errors
+def diff(a, b, as_json):
+    """What changed from build A to build B (build folders or manifest.json files)."""
+    from .diff import diff_builds, format_diff
+
+    changes = diff_builds(a, b)
+    if as_json:
+        _emit_json(changes)
+        return
+    for line in format_diff(changes):
+        click.echo(line)
+
+
+@main.command()
 @click.argument("board_name", metavar="BOARD")
 @board_dirs_option
 @overlay_dirs_option
@@ -710,19 +727,37 @@ def keygen(name):
 @handle_errors
 def sign(path, key_file, as_json):
     """Sign an update bundle or a sysupgrade image built unsigned (replacing any signature it
-    had), after checking it. The file is rewritten atomically."""
+    had), after checking it; or a build folder: its bundle and sysupgrade image, then
+    SHA256SUMS over every file in it and SHA256SUMS.sig (signify-openbsd -C -p KEY.pub -x
+    SHA256SUMS.sig checks them). Every file is rewritten atomically."""
     from .bundle import is_bundle, sign_bundle
     from .errors import UserError
+    from .sums import summed_files, write_signed_sums
     from .sysupgrade import is_sysupgrade, sign_sysupgrade
 
     key = _secret_key(key_file)
-    if path.is_file() and is_bundle(path):
+    if path.is_dir():
+        bundles = [sign_bundle(p, key) for p in summed_files(path) if is_bundle(p)]
+        images = [sign_sysupgrade(p, key) for p in summed_files(path) if is_sysupgrade(p)]
+        with writing(path, f"the checksums of {path}"):
+            sums, signature = write_signed_sums(path, key)
+        files = [p.name for p in summed_files(path)]
+        if as_json:
+            _emit_json({"folder": str(path), "sums": str(sums), "signature": str(signature), "files": files,
+                        "signed_by": key.key_id, "signed": [str(b.path) for b in [*bundles, *images]]})
+            return
+        for report in bundles:
+            _show_bundle(report, as_json)
+        for image in images:
+            _show_sysupgrade(image, checked=True, as_json=as_json)
+        click.echo(f"{sums}: {len(files)} files; {signature}: signed by key {key.key_id}")
+    elif path.is_file() and is_bundle(path):
         _show_bundle(sign_bundle(path, key), as_json)
     elif path.is_file() and is_sysupgrade(path):
         _show_sysupgrade(sign_sysupgrade(path, key), checked=True, as_json=as_json)
     else:
-        raise UserError(f"{path}: not an update bundle or a sysupgrade image",
-                        "fwgen sign signs a build's update.bundle or sysupgrade.bin")
+        raise UserError(f"{path}: not an update bundle, a sysupgrade image or a build folder",
+                        "fwgen sign signs a build folder (out/<board>), its update.bundle or sysupgrade.bin")
 
 
 @main.command()

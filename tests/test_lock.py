@@ -1,7 +1,8 @@
-"""Lock files: `fwgen lock` pins what a build takes, `fwgen build --locked` builds exactly
-that even after the feed moved on, fails naming a package no mirror has (exit 2), and takes
-it from the feed's fallback mirror when one has it. The feed is an OpenWrt feed generated
-and served on 127.0.0.1; the kernel comes from Debian's real mirror."""
+"""Lock files and diffs: `fwgen lock` pins what a build takes, `fwgen build --locked` builds
+exactly that even after the feed moved on, fails naming a package no mirror has (exit 2), and
+takes it from the feed's fallback mirror when one has it; `fwgen diff` of two builds that
+differ by one package and one overlay file reports exactly those. The feed is an OpenWrt feed
+generated and served on 127.0.0.1; the kernel comes from Debian's real mirror."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 import yaml
 from buildutil import run_fwgen
 from feedgen import FileSpec, IpkSpec, UsignSigner, build_ipk, serve, write_opkg_feed
+from test_sums import SIGNIFY, signify_check
 
 from fwgen.arch import Arch
 from fwgen.cache import Cache
@@ -21,16 +23,18 @@ from fwgen.config import load_board
 from fwgen.errors import ConfigError, UserError
 from fwgen.fetch import resolve_packages
 from fwgen.lock import fetch_locked, read_lock
+from fwgen.sums import SIGNATURE_FILE, SUMS_FILE
+from fwgen.usign import write_key_pair
 
 OPENWRT_ARCH = Arch.AARCH64.openwrt
 FEED_DIR = f"openwrt/packages/{OPENWRT_ARCH}/base"
 BOARD = "locked"
 
 
-def tool_ipk(version: str, run_id: str) -> tuple[IpkSpec, bytes]:
+def tool_ipk(version: str, run_id: str, name: str = "tool") -> tuple[IpkSpec, bytes]:
     # A run id in the content: the content-addressed cache must not know this package yet.
-    spec = IpkSpec("tool", version, OPENWRT_ARCH, [
-        FileSpec("./usr/bin/tool", f"#!/bin/sh\necho tool {version} {run_id}\n".encode(), mode=0o755)])
+    spec = IpkSpec(name, version, OPENWRT_ARCH, [
+        FileSpec(f"./usr/bin/{name}", f"#!/bin/sh\necho {name} {version} {run_id}\n".encode(), mode=0o755)])
     return spec, build_ipk(spec)
 
 
@@ -70,12 +74,13 @@ def image_files(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def locked(tmp_path_factory, cache_dir):
-    """A build and the lock written beside it; then the feed moves to tool 1.1-1 (1.0-1 gone)."""
+    """A build and the lock written beside it, and a build of the board with one package more
+    and one overlay file changed; then the feed moves to tool 1.1-1 (1.0-1 gone)."""
     tmp = tmp_path_factory.mktemp("lock")
     signer, run_id = UsignSigner.generate(), os.urandom(8).hex()
     key = signer.write_public(tmp / "keys")
-    old, new = tool_ipk("1.0-1", run_id), tool_ipk("1.1-1", run_id)
-    write_feed(tmp / "main", [old], signer)
+    old, new, extra = tool_ipk("1.0-1", run_id), tool_ipk("1.1-1", run_id), tool_ipk("2-1", run_id, "extra")
+    write_feed(tmp / "main", [old, extra], signer)
     (tmp / "fallback").mkdir()
     with serve(tmp / "main") as url, serve(tmp / "fallback") as fallback:
         board = write_board(tmp, url, fallback, key)
@@ -83,7 +88,11 @@ def locked(tmp_path_factory, cache_dir):
         assert first.returncode == 0, first.stderr
         wrote = run_fwgen("lock", str(board), cache=cache_dir, cwd=tmp)
         assert wrote.returncode == 0, wrote.stderr
-        write_feed(tmp / "main", [new], signer)
+        (tmp / "variant").mkdir()
+        variant = write_board(tmp / "variant", url, fallback, key, packages=("tool", "extra"), conf="two\n")
+        second = run_fwgen("build", str(variant), "--out", str(tmp / "out-d"), cache=cache_dir)
+        assert second.returncode == 0, second.stderr
+        write_feed(tmp / "main", [new, extra], signer)
         yield tmp, board, url, fallback, old, signer
 
 
@@ -102,9 +111,19 @@ def test_the_lock_pins_every_package_in_install_order(locked):
 @pytest.mark.network
 def test_a_locked_build_is_byte_identical_after_the_feed_moved_on(locked, cache_dir, tmp_path):
     tmp, board, *_ = locked
-    relocked = run_fwgen("build", str(board), "--out", str(tmp / "out-b"), "--locked", cache=cache_dir, cwd=tmp)
+    secret, public = write_key_pair(tmp_path / "release")
+    relocked = run_fwgen("build", str(board), "--out", str(tmp / "out-b"), "--sign", str(secret), "--locked",
+                         cache=cache_dir, cwd=tmp)
     assert relocked.returncode == 0, relocked.stderr
-    assert image_files(tmp / "out-b" / BOARD) == image_files(tmp / "out-a" / BOARD)
+    signed = image_files(tmp / "out-b" / BOARD)
+    sums = signed.pop(SUMS_FILE).decode()
+    signed.pop(SIGNATURE_FILE)
+    assert signed == image_files(tmp / "out-a" / BOARD)
+    # --sign: SHA256SUMS over every output and the manifest, checked by OpenBSD's signify.
+    assert [line.split(" (")[1].split(")")[0] for line in sums.splitlines()] == sorted(signed)
+    if SIGNIFY is not None:
+        checked = signify_check(tmp / "out-b" / BOARD, public)
+        assert checked.returncode == 0, checked.stderr
     # Without the lock the board would now take the feed's new version.
     feeds = [f for f in load_board(board).feeds if f.type == "ipk"]
     moved = resolve_packages(feeds, Arch.AARCH64, ["tool"], cache=Cache(tmp_path / "cache", attempts=1))
@@ -152,3 +171,48 @@ def test_a_lock_for_another_board_or_a_damaged_one_is_refused(locked, tmp_path):
     assert "packages[0].sha256" in str(caught.value)
     with pytest.raises(UserError, match=r"locked\.lock:8:3: tool 1\.0-1 \(feed openwrt-local\): the board has no feed"):
         fetch_locked(read_lock(tmp / f"{BOARD}.lock", loaded).packages, (), cache=Cache(tmp_path / "c", attempts=1))
+
+
+# -- fwgen diff -----------------------------------------------------------------------------------
+@pytest.mark.network
+def test_diff_of_two_builds_reports_the_one_package_and_the_one_file(locked, cache_dir):
+    tmp, *_ = locked
+    result = run_fwgen("diff", str(tmp / "out-a" / BOARD), str(tmp / "out-d" / BOARD), "--json", cache=cache_dir)
+    assert result.returncode == 0, result.stderr
+    changes = json.loads(result.stdout)
+    assert changes["packages"] == {"added": [{"name": "extra", "version": "2-1", "feed": "openwrt-local"}],
+                                   "removed": [], "changed": []}
+    files = changes["files"]["initramfs"]
+    extra_size = len(f"#!/bin/sh\necho extra 2-1 {'0' * 16}\n")
+    assert files == {"added": [{"path": "/usr/bin/extra", "size": extra_size, "type": "file"}], "removed": [],
+                     "changed": [{"path": "/etc/acme.conf", "from_size": 4, "to_size": 4, "what": ["content"]}]}
+    sizes = {row["output"]: (row["from_size"], row["to_size"], row["same"]) for row in changes["images"]}
+    assert sizes["kernel"][2] and not sizes["initramfs"][2]
+    assert changes["licenses"] is None
+    text = run_fwgen("diff", str(tmp / "out-a" / BOARD), str(tmp / "out-d" / BOARD), cache=cache_dir).stdout
+    assert "  + extra 2-1 (openwrt-local)" in text and "  ~ /etc/acme.conf (content; 4 -> 4 bytes)" in text
+    assert "licences: not recorded in these manifests" in text
+
+
+@pytest.mark.network
+def test_diff_of_manifests_and_a_version_change(locked, tmp_path):
+    from fwgen.diff import diff_builds
+
+    tmp, *_ = locked
+    manifest = json.loads((tmp / "out-a" / BOARD / "manifest.json").read_text())
+    upgraded = json.loads(json.dumps(manifest))
+    upgraded["inputs"]["packages"][0].update(version="1.1-1", sha256="0" * 64)
+    upgraded["inputs"]["packages"][0]["license"] = "MIT"
+    manifest["inputs"]["packages"][0]["license"] = "GPL-2.0-only"
+    upgraded["files"]["/etc/new"] = "overlay:acme"
+    (tmp_path / "a.json").write_text(json.dumps(manifest))
+    (tmp_path / "b.json").write_text(json.dumps(upgraded))
+    changes = diff_builds(tmp_path / "a.json", tmp_path / "b.json")
+    assert changes["packages"]["changed"] == [
+        {"name": "tool", "feed": "openwrt-local", "from": "1.0-1", "to": "1.1-1", "change": "upgraded"}]
+    assert changes["files"] == {"manifest": {"added": [{"path": "/etc/new", "from": "overlay:acme"}],
+                                             "removed": [], "changed": []}}
+    assert changes["licenses"]["changed"] == [{"name": "tool", "from": "GPL-2.0-only", "to": "MIT"}]
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(UserError, match=r"bad\.json:1:2: not a JSON manifest"):
+        diff_builds(tmp_path / "bad.json", tmp_path / "b.json")

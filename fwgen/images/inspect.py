@@ -4,6 +4,7 @@ bootloader images (FIT, legacy uImage) into a description with their checks."""
 from __future__ import annotations
 
 import datetime
+import hashlib
 import stat
 from pathlib import Path
 
@@ -24,16 +25,19 @@ def is_squashfs(path: Path) -> bool:
         return f.read(4) == SQUASHFS_MAGIC
 
 
-def list_image(path: Path) -> tuple[str, list[dict]]:
-    """(kind, rows): one row per entry with path, type, mode string, uid, gid, size, target."""
+def list_image(path: Path, *, digests: bool = False) -> tuple[str, list[dict]]:
+    """(kind, rows): one row per entry with path, type, mode string, uid, gid, size, target;
+    with `digests`, a regular file's row also has the SHA-256 of its content (fwgen diff)."""
     if is_squashfs(path):
         with read_squashfs(path) as image:
-            rows = [_row(e.path, e.type, e.mode, e.uid, e.gid, e.size, e.target, e.rdev)
+            rows = [_row(e.path, e.type, e.mode, e.uid, e.gid, e.size, e.target, e.rdev,
+                         image.read_file(e.path) if digests and e.type is EntryType.FILE else None)
                     for e in image.entries()]
         return "squashfs", rows
     members = read_initramfs(path)
     rows = [_row("/" + m.name.lstrip("./") if m.name != "." else "/", m.type, m.permissions, m.uid,
-                 m.gid, len(m.data) if m.type in (EntryType.FILE, EntryType.SYMLINK) else 0, m.target, m.rdev)
+                 m.gid, len(m.data) if m.type in (EntryType.FILE, EntryType.SYMLINK) else 0, m.target, m.rdev,
+                 m.data if digests and m.type is EntryType.FILE else None)
             for m in members]
     return "initramfs", rows
 
@@ -74,12 +78,16 @@ def read_image_file(path: Path, member: str) -> bytes:
     raise FormatError(f"{path}: no {wanted} in the image")
 
 
-def _row(path, kind: EntryType, mode: int, uid: int, gid: int, size: int, target: str, rdev) -> dict:
-    return {
+def _row(path, kind: EntryType, mode: int, uid: int, gid: int, size: int, target: str, rdev,
+         content: bytes | None = None) -> dict:
+    row = {
         "path": path, "type": kind.value, "mode": stat.filemode(kind.format_bits | (mode & 0o7777)),
         "uid": uid, "gid": gid, "size": size, "target": target or "",
         "rdev": list(rdev) if kind in (EntryType.CHARDEV, EntryType.BLOCKDEV) else None,
     }
+    if content is not None:
+        row["sha256"] = hashlib.sha256(content).hexdigest()
+    return row
 
 
 def format_boot_image(kind: str, facts: dict) -> list[str]:
