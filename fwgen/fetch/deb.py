@@ -180,6 +180,55 @@ def parse_packages(text: str, *, feed: str, base_url: str, source: str) -> list[
     return packages
 
 
+# -- Sources -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SourcePackage:
+    """A source package as `Sources` lists it: the .dsc and the files it names, each with
+    the SHA-256 and size the verified index gives, under `base_url`/`directory`."""
+
+    name: str
+    version: str
+    base_url: str
+    directory: str
+    files: tuple[ReleaseFile, ...]  # path: the file name
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def url(self, file: ReleaseFile) -> str:
+        return f"{self.base_url}/{self.directory}/{file.path}"
+
+
+def parse_sources(text: str, names: set[str], *, base_url: str, source: str) -> list[SourcePackage]:
+    """The stanzas of a `Sources` index for the source packages named `names`."""
+    found = []
+    for block in re.split(r"\n(?=Package: )", text):
+        name = block[len("Package: "):block.find("\n")].strip() if block.startswith("Package: ") else ""
+        if name not in names:  # most of the 35,000 stanzas: skip them unparsed
+            continue
+        fields = next(parse_stanzas(block))
+        try:
+            files = tuple(ReleaseFile(path, int(size), digest.lower())
+                          for digest, size, path in (line.split() for line in fields["Checksums-Sha256"].splitlines()
+                                                     if line.strip()))
+            found.append(SourcePackage(name, fields["Version"], base_url, fields["Directory"], files))
+        except (KeyError, ValueError) as e:
+            raise FormatError(f"{source}: source package {quoted(name)}: missing or bad field {e}") from e
+    return found
+
+
+def source_of(package: Package) -> tuple[str, str]:
+    """(source name, source version) of a binary package: its `Source:` field, which names
+    the version when it differs (`gcc-12 (12.2.0-14)`), else the package's own name and
+    version without a binNMU suffix (`+b1`: Debian Policy 5.6.12, rebuilt, same source)."""
+    field = package.source or package.name
+    name, _, version = field.partition(" (")
+    if version:
+        return name, version.rstrip(")")
+    return name, re.sub(r"\+b\d+$", "", package.version)
+
+
 # -- Release files --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ReleaseFile:
@@ -261,12 +310,26 @@ class DebBackend:
         for component in feed.components:
             path = _pick_index(release, f"{component}/binary-{debarch}", f"{dists}/InRelease")
             entry = release.files[path]
-            url = f"{dists}/{path}"
-            if release.by_hash:
-                url = f"{dists}/{path.rsplit('/', 1)[0]}/by-hash/SHA256/{entry.sha256}"
+            url = _index_url(dists, path, entry, release)
             with cache.shared_derived(cache.derived_path(entry.sha256, PARSED_INDEX_KIND), progress) as parsed:
                 components.append(_read_packages_file(cache, entry, path, feed.name, base, url, parsed, progress))
         return PackageSet(components)
+
+    def load_sources(self, feed: Feed, names: set[str], cache: Cache, progress: Progress) -> list[SourcePackage]:
+        """The source packages named `names` in the feed's `Sources` indexes (every version
+        listed), each index checked against the verified InRelease like `Packages`."""
+        base = feed.url.rstrip("/")
+        dists = f"{base}/dists/{feed.suite}"
+        release = self.fetch_release(feed, cache, progress)
+        found: list[SourcePackage] = []
+        for component in feed.components:
+            path = _pick_index(release, f"{component}/source", f"{dists}/InRelease", stem="Sources")
+            entry = release.files[path]
+            url = _index_url(dists, path, entry, release)
+            progress.step(f"source index {path} of {feed.name} ({entry.size / 1048576:.1f} MiB)")
+            local = cache.fetch(url, sha256=entry.sha256, size=entry.size, progress=progress)
+            found += parse_sources(_decompress_index(local.read_bytes(), path, url), names, base_url=base, source=url)
+        return found
 
     def fetch_release(self, feed: Feed, cache: Cache, progress: Progress) -> Release:
         """Fetch `dists/<suite>/InRelease`, verify it, and return its SHA256 file list."""
@@ -388,11 +451,19 @@ def _read_zstd_file(path: Path) -> bytes | None:
     return content
 
 
-def _pick_index(release: Release, folder: str, source: str) -> str:
-    for name in ("Packages.xz", "Packages.gz", "Packages"):
+def _pick_index(release: Release, folder: str, source: str, stem: str = "Packages") -> str:
+    for name in (f"{stem}.xz", f"{stem}.gz", stem):
         if f"{folder}/{name}" in release.files:
             return f"{folder}/{name}"
-    raise FormatError(f"{source}: lists no {folder}/Packages index (is the arch or component served?)")
+    raise FormatError(f"{source}: lists no {folder}/{stem} index (is the arch or component served?)")
+
+
+def _index_url(dists: str, path: str, entry: ReleaseFile, release: Release) -> str:
+    # Acquire-By-Hash: the index as it was when InRelease was signed, whatever a mirror
+    # sync does to the plain name meanwhile.
+    if release.by_hash:
+        return f"{dists}/{path.rsplit('/', 1)[0]}/by-hash/SHA256/{entry.sha256}"
+    return f"{dists}/{path}"
 
 
 _OPENED_INDEXES: dict[tuple[Path, str, str, str], CompactIndex] = {}  # the last few, by file, feed and URL
