@@ -780,7 +780,7 @@ def sign(path, key_file, as_json):
         files = [p.name for p in summed_files(path)]
         if as_json:
             _emit_json({"folder": str(path), "sums": str(sums), "signature": str(signature), "files": files,
-                        "signed_by": key.key_id, "signed": [str(b.path) for b in [*bundles, *images]]})
+                        "signed_by": key.key_id, "signed": [str(b.path) for b in bundles] + [str(i.path) for i in images]})
             return
         for report in bundles:
             _show_bundle(report, as_json)

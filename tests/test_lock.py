@@ -29,6 +29,9 @@ from fwgen.usign import write_key_pair
 OPENWRT_ARCH = Arch.AARCH64.openwrt
 FEED_DIR = f"openwrt/packages/{OPENWRT_ARCH}/base"
 BOARD = "locked"
+# The variant board's files are newer, which would date its images (and /etc/os-release)
+# later: one epoch for every build keeps the builds' differences to what the test changes.
+EPOCH = {"SOURCE_DATE_EPOCH": "1700000000"}
 
 
 def tool_ipk(version: str, run_id: str, name: str = "tool") -> tuple[IpkSpec, bytes]:
@@ -84,13 +87,13 @@ def locked(tmp_path_factory, cache_dir):
     (tmp / "fallback").mkdir()
     with serve(tmp / "main") as url, serve(tmp / "fallback") as fallback:
         board = write_board(tmp, url, fallback, key)
-        first = run_fwgen("build", str(board), "--out", str(tmp / "out-a"), cache=cache_dir)
+        first = run_fwgen("build", str(board), "--out", str(tmp / "out-a"), cache=cache_dir, env=EPOCH)
         assert first.returncode == 0, first.stderr
         wrote = run_fwgen("lock", str(board), cache=cache_dir, cwd=tmp)
         assert wrote.returncode == 0, wrote.stderr
         (tmp / "variant").mkdir()
         variant = write_board(tmp / "variant", url, fallback, key, packages=("tool", "extra"), conf="two\n")
-        second = run_fwgen("build", str(variant), "--out", str(tmp / "out-d"), cache=cache_dir)
+        second = run_fwgen("build", str(variant), "--out", str(tmp / "out-d"), cache=cache_dir, env=EPOCH)
         assert second.returncode == 0, second.stderr
         write_feed(tmp / "main", [new, extra], signer)
         yield tmp, board, url, fallback, old, signer
@@ -113,7 +116,7 @@ def test_a_locked_build_is_byte_identical_after_the_feed_moved_on(locked, cache_
     tmp, board, *_ = locked
     secret, public = write_key_pair(tmp_path / "release")
     relocked = run_fwgen("build", str(board), "--out", str(tmp / "out-b"), "--sign", str(secret), "--locked",
-                         cache=cache_dir, cwd=tmp)
+                         cache=cache_dir, cwd=tmp, env=EPOCH)
     assert relocked.returncode == 0, relocked.stderr
     signed = image_files(tmp / "out-b" / BOARD)
     sums = signed.pop(SUMS_FILE).decode()
