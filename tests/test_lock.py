@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 import yaml
@@ -187,8 +188,14 @@ def test_diff_of_two_builds_reports_the_one_package_and_the_one_file(locked, cac
                                    "removed": [], "changed": []}
     files = changes["files"]["initramfs"]
     extra_size = len(f"#!/bin/sh\necho extra 2-1 {'0' * 16}\n")
-    assert files == {"added": [{"path": "/usr/bin/extra", "size": extra_size, "type": "file"}], "removed": [],
-                     "changed": [{"path": "/etc/acme.conf", "from_size": 4, "to_size": 4, "what": ["content"]}]}
+    # The package's file, and its entries in the image's opkg database (status, info/).
+    assert files["added"] == [{"path": "/usr/bin/extra", "size": extra_size, "type": "file"},
+                              {"path": "/usr/lib/opkg/info/extra.control", "size": ANY, "type": "file"},
+                              {"path": "/usr/lib/opkg/info/extra.list", "size": ANY, "type": "file"}]
+    assert files["removed"] == []
+    assert [(f["path"], f["what"]) for f in files["changed"]] == [("/etc/acme.conf", ["content"]),
+                                                                  ("/usr/lib/opkg/status", ["content"])]
+    assert files["changed"][0]["from_size"] == files["changed"][0]["to_size"] == 4
     sizes = {row["output"]: (row["from_size"], row["to_size"], row["same"]) for row in changes["images"]}
     assert sizes["kernel"][2] and not sizes["initramfs"][2]
     assert changes["licenses"] is None
