@@ -11,6 +11,8 @@
       size: 2325284
       sha256: 0c1c...
       url: http://deb.debian.org/debian/pool/main/g/glibc/libc6_2.36-9+deb12u9_arm64.deb
+      depends: [libgcc-s1]   # what its dependencies resolved to
+      license: MIT           # only where the index states it (Alpine, OpenWrt)
     kernel: {feed, name, version, ...}       # or {vendor_image, sha256}
     uboot: {feed, name, version, ...}        # boards booted through U-Boot
     busybox: {version, sha256, urls, patches: [{name, sha256}], config: [{path, sha256}]}
@@ -54,6 +56,8 @@ class LockedPackage:
     sha256: str
     url: str
     where: str  # "qemu-aarch64.lock:12:3", for errors
+    depends: tuple[str, ...] = ()  # the packages its dependencies resolved to (manifest and SBOM edges)
+    license: str | None = None  # the licence its index states (Alpine, OpenWrt); Debian's is in the package
 
     def __str__(self) -> str:
         return f"{self.name} {self.version} (feed {self.feed})"
@@ -89,7 +93,8 @@ def package_entry(fetched: FetchedPackage) -> dict:
     p = fetched.package
     # An APKINDEX lists no file hash (its identity was checked): the verified file's hash.
     sha256 = p.sha256 or hash_file(fetched.path)
-    return dict(zip(PACKAGE_KEYS, (p.feed, p.name, p.version, p.arch, p.size, sha256, p.url), strict=True))
+    entry = dict(zip(PACKAGE_KEYS, (p.feed, p.name, p.version, p.arch, p.size, sha256, p.url), strict=True))
+    return {**entry, "depends": list(fetched.depends), **({"license": p.license} if p.license else {})}
 
 
 def busybox_inputs(version: str, sha256: str, urls: Sequence[str], patches: Sequence[Path],
@@ -126,7 +131,8 @@ def read_lock(path: Path, board: Board) -> Lock:
 
     def locked(keypath: tuple, entry: dict) -> LockedPackage:
         line, column = doc.position(keypath)
-        return LockedPackage(**{k: entry[k] for k in PACKAGE_KEYS}, where=f"{doc.file}:{line}:{column}")
+        return LockedPackage(**{k: entry[k] for k in PACKAGE_KEYS}, where=f"{doc.file}:{line}:{column}",
+                             depends=tuple(entry.get("depends", ())), license=entry.get("license"))
 
     kernel = data["kernel"]
     uboot = data.get("uboot")
@@ -188,8 +194,8 @@ def _fetch_one(locked: LockedPackage, feeds: dict[str, Feed], cache: Cache, prog
             raise IntegrityError(f"{locked.where}: {locked}: {e.message}", e.hint) from e
         base_url, _, filename = url.rpartition("/")
         package = Package(locked.name, locked.version, locked.arch, locked.feed, backend_for_file(path).name,
-                          base_url, filename, locked.size, locked.sha256)
-        return FetchedPackage(package, path)
+                          base_url, filename, locked.size, locked.sha256, license=locked.license)
+        return FetchedPackage(package, path, locked.depends)
     raise FetchError("; ".join(failures))
 
 

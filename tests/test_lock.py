@@ -198,10 +198,11 @@ def test_diff_of_two_builds_reports_the_one_package_and_the_one_file(locked, cac
     assert files["changed"][0]["from_size"] == files["changed"][0]["to_size"] == 4
     sizes = {row["output"]: (row["from_size"], row["to_size"], row["same"]) for row in changes["images"]}
     assert sizes["kernel"][2] and not sizes["initramfs"][2]
-    assert changes["licenses"] is None
+    # The feed's `License: MIT` for the new package; no licence of the others changed.
+    assert changes["licenses"] == {"changed": [], "added": [{"name": "extra", "license": "MIT"}]}
     text = run_fwgen("diff", str(tmp / "out-a" / BOARD), str(tmp / "out-d" / BOARD), cache=cache_dir).stdout
     assert "  + extra 2-1 (openwrt-local)" in text and "  ~ /etc/acme.conf (content; 4 -> 4 bytes)" in text
-    assert "licences: not recorded in these manifests" in text
+    assert "licences: 0 changed\n  + extra: MIT" in text
 
 
 @pytest.mark.network
@@ -223,6 +224,12 @@ def test_diff_of_manifests_and_a_version_change(locked, tmp_path):
     assert changes["files"] == {"manifest": {"added": [{"path": "/etc/new", "from": "overlay:acme"}],
                                              "removed": [], "changed": []}}
     assert changes["licenses"]["changed"] == [{"name": "tool", "from": "GPL-2.0-only", "to": "MIT"}]
+    for record in [*manifest["inputs"]["packages"], *upgraded["inputs"]["packages"], manifest["inputs"]["kernel"],
+                   upgraded["inputs"]["kernel"]]:
+        record.pop("license", None)
+    (tmp_path / "a.json").write_text(json.dumps(manifest))
+    (tmp_path / "b.json").write_text(json.dumps(upgraded))
+    assert diff_builds(tmp_path / "a.json", tmp_path / "b.json")["licenses"] is None  # a manifest from before licences
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(UserError, match=r"bad\.json:1:2: not a JSON manifest"):
         diff_builds(tmp_path / "bad.json", tmp_path / "b.json")
