@@ -1,4 +1,4 @@
-"""`fwgen sources` for qemu-aarch64 against Debian's real mirror: the source packages of the
+"""`fwgen sources` for an aarch64 board against Debian's real mirror: the source packages of the
 image's packages through the verified Sources index, BusyBox's pinned tarball and patches,
 a checksummed index. Source packages above 3 MiB (gcc-12, glibc, the kernel's) are listed
 as skipped, which keeps the download near 10 MiB."""
@@ -17,8 +17,16 @@ from fwgen.fetch.deb import parse_stanzas
 
 @pytest.fixture(scope="module")
 def fetched(tmp_path_factory, cache_dir):
-    dest = tmp_path_factory.mktemp("sources") / "qemu-aarch64-src"
-    result = run_fwgen("sources", "qemu-aarch64", "--dest", str(dest), "--max-size", "3", cache=cache_dir)
+    """qemu-aarch64 (its userland is compiled now: only the kernel is a Debian package) with
+    Debian's dropbear-bin added, so its glibc and libraries bring their sources too."""
+    tmp = tmp_path_factory.mktemp("sources")
+    board = tmp / "qemu-aarch64-src.yaml"
+    board.write_text(json.dumps({
+        "arch": "aarch64", "feeds": [{"name": "debian", "type": "deb", "url": "http://deb.debian.org/debian"}],
+        "kernel": {"package": "linux-image-cloud-arm64"}, "packages": ["dropbear-bin"],
+        "overlays": ["base"], "outputs": ["initramfs"]}))
+    dest = tmp / "qemu-aarch64-src"
+    result = run_fwgen("sources", str(board), "--dest", str(dest), "--max-size", "3", cache=cache_dir)
     assert result.returncode == 0, result.stderr
     return dest, result.stdout
 

@@ -328,7 +328,8 @@ class DebBackend:
             url = _index_url(dists, path, entry, release)
             progress.step(f"source index {path} of {feed.name} ({entry.size / 1048576:.1f} MiB)")
             local = cache.fetch(url, sha256=entry.sha256, size=entry.size, progress=progress)
-            found += parse_sources(_decompress_index(local.read_bytes(), path, url), names, base_url=base, source=url)
+            text = _decompress_index(local.read_bytes(), path, url).decode("utf-8", "replace")
+            found += parse_sources(text, names, base_url=base, source=url)
         return found
 
     def fetch_release(self, feed: Feed, cache: Cache, progress: Progress) -> Release:
