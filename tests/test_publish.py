@@ -176,7 +176,8 @@ def test_concurrent_builds_all_succeed_and_readers_never_miss_the_output(tmp_pat
 
     reader = threading.Thread(target=read)
     reader.start()
-    builds = [subprocess.Popen([sys.executable, "-m", "fwgen.cli", "build", "--board", BOARD, "--out", str(out)],
+    # --force: the board is unchanged, and each build must publish (not find it up to date).
+    builds = [subprocess.Popen([sys.executable, "-m", "fwgen.cli", "build", "--force", "--board", BOARD, "--out", str(out)],
                                cwd=REPO, env=dict(os.environ, FWGEN_CACHE=str(cache_dir)),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
     results = [(b.wait(timeout=900), b.stderr.read()) for b in builds]
@@ -195,7 +196,9 @@ def test_output_modes_follow_the_umask(tmp_path, cache_dir, umask, folder_mode, 
     folder = (out / BOARD).resolve()
     assert stat.S_IMODE(folder.stat().st_mode) == folder_mode
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
-    assert modes == dict.fromkeys(["kernel", "initramfs.cpio.gz", "manifest.json"], file_mode)
+    files = ["kernel", "initramfs.cpio.gz", "manifest.json", "sbom.spdx.json", "sbom.cdx.json"]
+    assert modes == {**dict.fromkeys(files, file_mode), ".fwgen": folder_mode}  # .fwgen: the up-to-date record
+    assert stat.S_IMODE((folder / ".fwgen" / "inputs.json").stat().st_mode) == file_mode
 
 
 @pytest.mark.parametrize("umask, file_mode", [(0o022, 0o644), (0o077, 0o600)])
