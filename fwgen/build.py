@@ -14,6 +14,7 @@ import fnmatch
 import hashlib
 import io
 import json
+import os
 import tarfile
 import time
 from collections.abc import Sequence
@@ -184,6 +185,7 @@ def build(
     )
     # The whole overlay stack is validated (templates, conflicts, owners) before anything is written.
     ctx.layers = plan_layers(board.overlays, board.values, board.arch)
+    check_output_path(outdir)
     inputs = input_digests(board, package_names(ctx), cache=cache, source_date_epoch=source_date_epoch,
                            compression=compression, signing=signing_key.key_id if signing_key else None,
                            progress=progress)
@@ -225,6 +227,15 @@ def build(
             staging.remove()
             remove_empty_folders(created)
     return BuildResult(board.name, outdir, manifest, time.monotonic() - started)
+
+
+def check_output_path(outdir: Path) -> None:
+    """Fail before any fetching when the system refuses the output path itself (a name too
+    long): the OSError is what the CLI reports as one line naming the path."""
+    try:
+        os.stat(outdir)
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # not there yet: the build makes it
 
 
 def make_folders(folder: Path) -> list[Path]:

@@ -240,7 +240,8 @@ def test_verify_reads_what_the_bundle_says(keys, tmp_path):
 def test_sign_refuses_what_is_not_a_bundle_and_a_public_key(keys, tmp_path):
     other = tmp_path / "notes.txt"
     other.write_text("hello\n")
-    one_line_error(fwgen("sign", str(other), "--key", str(keys[0])), "notes.txt", "not an update bundle or a sysupgrade image")
+    one_line_error(fwgen("sign", str(other), "--key", str(keys[0])), "notes.txt",
+                   "not an update bundle, a sysupgrade image or a build folder")
     with pytest.raises(FormatError, match="release.pub: secret key is 42 bytes"):
         usign.load_secret_key(keys[1])
 

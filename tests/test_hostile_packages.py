@@ -146,7 +146,7 @@ def test_the_image_limit_bounds_the_packages_together(tmp_path):
 
 
 def test_board_limits_default_from_the_guest_ram_of_an_initramfs_root(tmp_path):
-    assert load_board("qemu-aarch64").limits.image_size == 512  # virt-aarch64: 512 MiB of RAM
+    assert load_board("qemu-aarch64").limits.image_size == 64  # its limits.ram: the initramfs root lives in RAM
     disk = load_board("qemu-aarch64-disk").limits  # the root is on the disk, not in RAM
     assert (disk.package_size, disk.image_size) == (1024, 2048)
     board = tmp_path / "small.yaml"
