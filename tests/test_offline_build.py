@@ -8,6 +8,7 @@ recorded, and the cache starts empty, so a step that reached for the network wou
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import socket
@@ -29,6 +30,19 @@ VERMAGIC = f"{RELEASE} SMP preempt mod_unload aarch64"
 MODULE = f"lib/modules/{RELEASE}/extra/vendor_led.ko"
 EPOCH = 1_700_000_000
 LOCAL = ("127.0.0.1", "localhost")
+DEVICE_URL = "https://mirror.vendor.example/alpine/v3.13"
+# SHA-256 of the images this board built on main before issue 12's restructuring (commit 3322d4d),
+# the same on every run and machine: the images hold no host path, time, umask or uid (checked
+# under other temporary folders, TZ and umask 077). The decompressed archive is hashed too, so a
+# host whose zlib deflates differently (zlib-ng) shows as that alone. manifest.json,
+# the SBOMs and .fwgen/inputs.json are left out on purpose: they record the vendor kernel's host
+# path and the local mirror's URL with its random port, so they differ from run to run.
+GOLDEN = {
+    "kernel": "b518a54d081735297106f0b17d59dad336054f612c432eda67d29c86e826b153",
+    "initramfs.cpio": "e487c2812bd8861691a46e0ea184c0ae5972143e7d4b009bca3f8c485f7e081f",
+    "initramfs.cpio.gz": "020b76eedaff60c48f61c582f8144636596b728bf7869dd710e72c1e8b8d4799",
+    "rootfs.squashfs": "037472d1ff3a5c09b2f2ef71a62a48c282eb544e99290d940ab22dc84dcd4773",
+}
 
 
 class NetworkGuard:
@@ -88,13 +102,15 @@ def write_board(folder: Path, url: str) -> Path:
         "name": "vendor-offline",
         "description": "a vendor board: kernel as files, Alpine userland from a local mirror",
         "arch": "aarch64",
-        "feeds": [{"name": "alpine", "type": "apk", "url": f"{url}/v3.13", "components": ["main"]}],
+        # The device's own mirror: the image then holds no trace of the test server's random port.
+        "feeds": [{"name": "alpine", "type": "apk", "url": f"{url}/v3.13", "components": ["main"],
+                   "device_url": DEVICE_URL}],
         "kernel": {"package": None, "image": "vendor/Image", "modules_from": "vendor/modroot",
                    "cmdline": "console=ttyAMA0 panic=-1", "modules": ["vendor_led"]},
         "busybox": {"package": "busybox"},
         "packages": ["busybox", "alpine-baselayout", "musl"],
         "overlays": ["base", "vendor"],
-        "outputs": ["initramfs"],
+        "outputs": ["initramfs", "squashfs"],
     }
     path = folder / "vendor-offline.yaml"
     path.write_text(json.dumps(board, indent=2))  # JSON is YAML
@@ -165,6 +181,7 @@ def test_initramfs_holds_packages_overlays_and_the_vendor_module(offline, sample
     tmp, _, [first, _] = offline
     members = {m.name: m for m in read_initramfs(first.outdir / "initramfs.cpio.gz")}
     assert members["etc/vendor/device.conf"].data == b"model=vendor-board-1\n"
+    assert members["etc/apk/repositories"].data.decode().split() == [f"{DEVICE_URL}/main"]
     assert members[MODULE].data == (tmp / "vendor" / "modroot" / MODULE).read_bytes()
     assert members["bin/ls"].data == b"/bin/busybox"  # Alpine's applet links, a symlink's data is its target
     assert members["bin/busybox"].mode == 0o100755 and members["init"].mode & 0o111
@@ -193,3 +210,11 @@ def test_a_second_build_is_byte_identical(offline):
     assert names == files(second.outdir) and "initramfs.cpio.gz" in names
     for name in names:
         assert (first.outdir / name).read_bytes() == (second.outdir / name).read_bytes(), name
+
+
+def test_images_are_byte_identical_to_before_the_restructuring(offline):
+    """Refactoring must not change one output byte: the images hash as they did on main at 3322d4d."""
+    _, _, [first, _] = offline
+    images = {name: (first.outdir / name).read_bytes() for name in GOLDEN if name != "initramfs.cpio"}
+    images["initramfs.cpio"] = gzip.decompress(images["initramfs.cpio.gz"])
+    assert {name: hashlib.sha256(data).hexdigest() for name, data in images.items()} == GOLDEN
