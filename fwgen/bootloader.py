@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .context import BuildContext
 from .dtb import DeviceTree
 from .errors import UserError
 from .fetch import FetchedPackage, read_fetched_entries
@@ -46,7 +47,6 @@ from .slots import has_ab_slots
 
 if TYPE_CHECKING:
     from .board import Board, FlashPartition
-    from .build import BuildContext
 
 FIT_OUTPUT, SCRIPT_OUTPUT, UBOOT_OUTPUT = "fit", "boot-script", "u-boot"
 KEY_OUTPUT, KEY_FILE = "fit-key", "fit-key.dtb"

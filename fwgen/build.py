@@ -18,7 +18,7 @@ import os
 import tarfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,10 @@ from .bootloader import boots_through_uboot, fetch_uboot
 from .bundle import check_signing_key
 from .busybox import DEFAULT_SOURCE, BusyboxSource, build_busybox, install_busybox, patches_for
 from .cache import Cache, hash_file
-from .compile import BuiltFiles, compile_build, install_build
+from .compile import compile_build, install_build
 from .compression import ZSTD
 from .config import board_digest
+from .context import BuildContext, BuiltBusybox
 from .epoch import board_input_files, newest_input_time
 from .errors import UserError, writing
 from .fetch import (
@@ -57,8 +58,6 @@ from .guest import (
 from .kernel import (
     IMAGE_NAME,
     MODULE_TREE,
-    Kernel,
-    Module,
     install_modules,
     load_kernel,
     resolve_modules,
@@ -80,68 +79,20 @@ from .lock import (
     package_entry,
 )
 from .outputs import MIB, image_contents, outputs_of, write_outputs
-from .overlay import Layers, apply_layers, plan_layers
-from .policy import SpecialFile, apply_policy, find_special_files
+from .overlay import apply_layers, plan_layers
+from .policy import apply_policy, find_special_files
 from .progress import QUIET, Progress
 from .publish import create_staging, publish
 from .rebuild import changed_since, input_digests, record_inputs
 from .rootfs import Entry, EntryType, RootFS
 from .sbom import write_sboms
-from .scripts import ScriptDecision, handle_package_scripts
+from .scripts import handle_package_scripts
 from .slots import DATA_PART, SLOTS, add_update_files, has_ab_slots, partition_number, root_part
 from .sums import write_signed_sums
 from .usign import UsignSecretKey
 
 KERNEL_FILE = "kernel"
 MANIFEST_FILE = "manifest.json"
-
-
-@dataclass(frozen=True)
-class BuiltBusybox:
-    version: str
-    binary: bytes
-    cache_key: str  # what identifies the build: source, patches, config, target, toolchain
-    source: BusyboxSource
-    patches: tuple[Path, ...]
-    config_sha256: str  # of the .config it was built with
-
-
-@dataclass
-class BuildContext:
-    board: Board
-    outdir: Path
-    cache: Cache
-    progress: Progress = QUIET
-    source_date_epoch: int | None = None
-    compression: str = "gzip"
-    rootfs: RootFS = field(default_factory=RootFS)
-    packages: list[FetchedPackage] = field(default_factory=list)
-    kernel_package: FetchedPackage | None = None
-    kernel: Kernel | None = None
-    kernel_entries: list[Entry] = field(default_factory=list)  # the kernel's files (DTBs)
-    boot_firmware: dict[str, bytes] = field(default_factory=dict)  # for the SD card's boot partition
-    modules: list[Module] = field(default_factory=list)
-    layers: Layers = field(default_factory=Layers)
-    busybox: BuiltBusybox | None = None
-    built: list[BuiltFiles] = field(default_factory=list)  # the overlays' builds, in order
-    elf_libc: dict[str, int] = field(default_factory=dict)  # libc (musl, glibc, none) -> ELF files using it
-    pruned: dict[str, int] = field(default_factory=dict)  # exclude_paths pattern -> paths removed
-    special_files: list[SpecialFile] = field(default_factory=list)  # device nodes, setuid, world-writable
-    policy: dict[tuple[str, str], str] = field(default_factory=dict)  # (path, kind) -> what the policy said
-    staging: Path | None = None
-    outputs: dict[str, Path] = field(default_factory=dict)
-    bootloader: dict | None = None  # the U-Boot package and binary of a board booted through U-Boot
-    lock: Lock | None = None  # build exactly these inputs (fwgen build --locked)
-    flash: dict | None = None  # the flash layout as written, for the manifest and fwgen inspect
-    epoch_from: str = "SOURCE_DATE_EPOCH"  # what chose the timestamps: the environment or the newest input
-    signing_key: UsignSecretKey | None = None  # signs the update bundle; never written anywhere
-    package_scripts: list[ScriptDecision] = field(default_factory=list)  # what became of each package script
-    licenses: dict[str, License] = field(default_factory=dict)  # package name -> what it states
-
-    @property
-    def epoch(self) -> int:
-        assert self.source_date_epoch is not None, "epoch is known once packages are fetched"
-        return self.source_date_epoch
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 `build_busybox` returns the path of a binary that passed the functional gate
 (`fwgen.busybox_gate`) and the ELF audit; `install_busybox` puts it into a root filesystem
-with the applet links the binary itself lists.
+with the applet links the binary itself lists (`busybox_gate.list_applets`, run under
+qemu-user as the gate runs it).
 
 Cache layout under `cache_root`:
     sha256/..                        the source tarball, in fwgen.fetch's download cache
@@ -40,7 +41,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .arch import Arch
+from .audit import audit_paths
 from .busybox_download import download_source
+from .busybox_gate import check_busybox, list_applets
 from .busybox_toolchain import Toolchain, checked_zig_cache, find_toolchain
 from .cache import discard_damaged, note_use
 from .errors import ConfigError, FwgenError
@@ -176,35 +179,6 @@ def export_busybox(binary: Path, out: Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def list_applets(binary: bytes, arch: Arch, sysroot: Mapping[str, bytes] | None = None) -> list[str]:
-    """The binary's `--list-full` (paths like `bin/sh`, `usr/bin/awk`), run under qemu-user
-    (with `sysroot`'s files, image path -> bytes, as its root for the loader and libraries)."""
-    with tempfile.TemporaryDirectory(prefix="fwgen-busybox-") as tmp:
-        path = Path(tmp) / "busybox"
-        path.write_bytes(binary)
-        path.chmod(0o755)
-        root = Path(tmp) / "sysroot"
-        for image_path, data in (sysroot or {}).items():
-            target = root / image_path.lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        argv = qemu_user_argv(arch, path, "--list-full")
-        if sysroot:
-            argv[1:1] = ["-L", str(root)]
-        out = run(argv, timeout=60).stdout.decode()
-    applets = [line.strip() for line in out.splitlines() if line.strip()]
-    for applet in applets:
-        if applet.startswith("/") or ".." in applet.split("/"):
-            raise BusyboxBuildError(f"busybox --list-full printed an unsafe path: {applet!r}")
-    return applets
-
-
-def qemu_user_argv(arch: Arch, binary: Path, *args: str) -> list[str]:
-    """The command line running a foreign `binary` under qemu-user for `arch`."""
-    cpu = ["-cpu", arch.qemu_user_cpu] if arch.qemu_user_cpu else []
-    return [arch.qemu_user, *cpu, str(binary), *args]
 
 
 def tree_key(arch: Arch, source: BusyboxSource, patches: Sequence[Path], toolchain: Toolchain) -> str:
@@ -496,9 +470,6 @@ def _verify_and_publish(tree: Path, log: Path, dest: Path, arch: Arch, meta: dic
 
 def _check_and_publish(stage: Path, dest: Path, arch: Arch, progress: Progress) -> None:
     """Run the functional gate and the audit on the build in `stage`, then rename it to `dest`."""
-    from .audit import audit_paths
-    from .busybox_gate import check_busybox
-
     progress.step(f"checking busybox for {arch.value} under {arch.qemu_user}")
     check_busybox(stage / "busybox", arch)
     report = audit_paths([stage / "busybox"], arch)

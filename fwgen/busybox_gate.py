@@ -1,4 +1,5 @@
-"""The functional gate: a freshly built BusyBox runs its applets under qemu-user.
+"""A BusyBox binary run under qemu-user: the applets it lists, and the functional gate that
+a freshly built one runs its applets correctly.
 
 The build can succeed and the binary still be broken: clang miscompiles BusyBox's globals
 pointer trick (awk, hush, less crash) and musl's PIC `sigsetjmp` called from non-PIC MIPS code
@@ -17,7 +18,7 @@ import lzma
 import posixpath
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,8 +146,6 @@ def check_busybox(binary: Path, arch: Arch, checks: list[AppletCheck] | None = N
     """Run the checks of every applet the binary has (a board may leave some out); raise
     GateError naming the first applet that crashes or prints a wrong result. Returns the
     applets checked. `sh` is required: without a shell there is no system to boot."""
-    from .busybox import list_applets
-
     try:
         present = {posixpath.basename(a) for a in list_applets(binary.read_bytes(), arch)}
     except RunError as e:
@@ -161,9 +160,36 @@ def check_busybox(binary: Path, arch: Arch, checks: list[AppletCheck] | None = N
     return checked
 
 
-def _run_check(binary: Path, arch: Arch, check: AppletCheck) -> None:
-    from .busybox import qemu_user_argv
+def list_applets(binary: bytes, arch: Arch, sysroot: Mapping[str, bytes] | None = None) -> list[str]:
+    """The binary's `--list-full` (paths like `bin/sh`, `usr/bin/awk`), run under qemu-user
+    (with `sysroot`'s files, image path -> bytes, as its root for the loader and libraries)."""
+    with tempfile.TemporaryDirectory(prefix="fwgen-busybox-") as tmp:
+        path = Path(tmp) / "busybox"
+        path.write_bytes(binary)
+        path.chmod(0o755)
+        root = Path(tmp) / "sysroot"
+        for image_path, data in (sysroot or {}).items():
+            target = root / image_path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        argv = qemu_user_argv(arch, path, "--list-full")
+        if sysroot:
+            argv[1:1] = ["-L", str(root)]
+        out = run(argv, timeout=60).stdout.decode()
+    applets = [line.strip() for line in out.splitlines() if line.strip()]
+    for applet in applets:
+        if applet.startswith("/") or ".." in applet.split("/"):
+            raise GateError(f"busybox --list-full printed an unsafe path: {applet!r}")
+    return applets
 
+
+def qemu_user_argv(arch: Arch, binary: Path, *args: str) -> list[str]:
+    """The command line running a foreign `binary` under qemu-user for `arch`."""
+    cpu = ["-cpu", arch.qemu_user_cpu] if arch.qemu_user_cpu else []
+    return [arch.qemu_user, *cpu, str(binary), *args]
+
+
+def _run_check(binary: Path, arch: Arch, check: AppletCheck) -> None:
     with tempfile.TemporaryDirectory(prefix="fwgen-gate-") as tmp:
         workdir = Path(tmp)
         for name, data in check.files:

@@ -3,8 +3,8 @@ writes, how it prepares the root filesystem, where /init finds the root, and how
 boots under QEMU (its BootSpec). build.py and boot.py walk the table; a new output adds an
 entry (and its writer under images/), never an `if output == ...` elsewhere.
 
-The writers take the build's context (build.BuildContext, imported for types only: build
-imports this module); the boot specs take the board, the build folder and its manifest.
+The writers take the build's context (context.BuildContext, which build.py fills in); the
+boot specs take the board, the build folder and its manifest.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from .bootloader import (
     write_uimage,
 )
 from .bundle import build_metadata, part_for, write_bundle
+from .context import BuildContext
 from .dtb import DeviceTree, apply_fixups
 from .errors import UserError
 from .guest import BOOT_INITRAMFS_PATHS, READY_MARKER, kernel_cmdline
@@ -51,7 +52,6 @@ from .slots import has_ab_slots, write_slot_disk
 
 if TYPE_CHECKING:
     from .board import Board
-    from .build import BuildContext
 
 INITRAMFS, SQUASHFS, DISK, SDCARD, FIT = "initramfs", "squashfs", "disk", "sdcard", "fit"
 BUNDLE, BUNDLE_FILE = "bundle", "update.bundle"

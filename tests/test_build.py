@@ -145,9 +145,10 @@ def copied(built, tmp_path):
 
 
 def digests_of(board_file, cache_dir, *, epoch=None, compression="gzip"):
-    from fwgen.build import BuildContext, package_names
+    from fwgen.build import package_names
     from fwgen.cache import Cache
     from fwgen.config import load_board
+    from fwgen.context import BuildContext
     from fwgen.overlay import plan_layers
     from fwgen.rebuild import input_digests
 

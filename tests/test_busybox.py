@@ -25,12 +25,10 @@ from fwgen.busybox import (
     build_busybox,
     cache_key,
     install_busybox,
-    list_applets,
     parse_fragment,
-    qemu_user_argv,
 )
 from fwgen.busybox_download import download_source
-from fwgen.busybox_gate import GateError, check_busybox
+from fwgen.busybox_gate import GateError, check_busybox, list_applets, qemu_user_argv
 from fwgen.busybox_toolchain import find_toolchain
 from fwgen.errors import ConfigError, FetchError
 from fwgen.progress import QUIET

@@ -110,7 +110,7 @@ def test_the_flash_output_and_its_layout_come_together(tmp_path):
 
 def _flash_context(tmp_path, text: str, kernel: bytes, squashfs: bytes):
     """A build context at the flash step: kernel loaded, boot initramfs and squashfs written."""
-    from fwgen.build import BuildContext
+    from fwgen.context import BuildContext
     from fwgen.kernel import Kernel
 
     staging = tmp_path / "staging"
