@@ -28,13 +28,10 @@ import atexit
 import contextlib
 import fcntl
 import hashlib
-import http.client
 import os
 import shutil
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -324,12 +321,20 @@ class Cache:
             tmp.unlink(missing_ok=True)
 
     def _stream(self, url: str, out, size: int | None, progress: Progress) -> tuple[str, int]:
-        request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+        import http.client  # here, not at the top: a warm build downloads nothing
+
+        from . import connections
+
         digest = hashlib.sha256()
         received = 0
         label = url.rsplit("/", 1)[-1]
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with connections.get(url, {"User-Agent": _USER_AGENT}, self.timeout) as response:
+                status = response.status or 200  # None: a file: URL
+                if status >= 300:
+                    if status >= 500 or status in RETRIED_STATUSES:
+                        raise _Retry(f"HTTP {status} {response.reason}")
+                    raise FetchError(f"{url}: HTTP {status} {response.reason} (a definite answer: not retried)")
                 announced = response.headers.get("Content-Length")
                 total = int(announced) if announced else size
                 progress.advance(label, 0, total)
@@ -340,13 +345,9 @@ class Cache:
                     progress.advance(label, received, total)
                 if announced is not None and received != int(announced):
                     raise _Retry(f"truncated body: {received} of {announced} bytes")
-        except urllib.error.HTTPError as e:
-            if e.code >= 500 or e.code in RETRIED_STATUSES:
-                raise _Retry(f"HTTP {e.code} {e.reason}") from e
-            raise FetchError(f"{url}: HTTP {e.code} {e.reason} (a definite answer: not retried)") from e
         except http.client.IncompleteRead as e:
             raise _Retry(f"truncated body: {len(e.partial) + received} bytes then the connection closed") from e
-        except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException) as e:
+        except (OSError, http.client.HTTPException) as e:  # urllib's URLError is an OSError
             reason = getattr(e, "reason", e)
             raise _Retry(f"connection failed: {reason}") from e
         return digest.hexdigest(), received

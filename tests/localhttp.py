@@ -11,14 +11,25 @@ from fwgen.cache import Cache
 
 
 class Server:
-    """An HTTP server on 127.0.0.1 whose routes are functions of the request count."""
+    """An HTTP server on 127.0.0.1 whose routes are functions of the request count.
 
-    def __init__(self) -> None:
+    `keep_alive`: HTTP/1.1, connections kept open between requests (`send` leaves them
+    open); `connections` counts the connections accepted."""
+
+    def __init__(self, *, keep_alive: bool = False) -> None:
         self.routes: dict[str, Callable[[http.server.BaseHTTPRequestHandler, int], None]] = {}
         self.hits: dict[str, int] = {}
+        self.connections = 0
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+            kept_alive = keep_alive
+
+            def setup(self):
+                server.connections += 1
+                super().setup()
+
             def do_GET(self):  # noqa: N802 (http.server's name)
                 count = server.hits.get(self.path, 0) + 1
                 server.hits[self.path] = count
@@ -50,7 +61,7 @@ def send(handler, body: bytes, status: int = 200, length: int | None = None) -> 
     handler.end_headers()
     handler.wfile.write(body)
     handler.wfile.flush()
-    handler.close_connection = True
+    handler.close_connection = not getattr(handler, "kept_alive", False)
 
 
 def content_files(cache: Cache) -> list[Path]:

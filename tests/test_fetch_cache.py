@@ -141,3 +141,66 @@ def test_processes_sharing_the_cache_download_once(server, cache):
         paths = pool.starmap(_fetch_in_process, [(str(cache.root), f"{server.url}/pkg.deb")] * 4)
     assert len(set(paths)) == 1 and Path(paths[0]).read_bytes() == PAYLOAD
     assert server.hits["/pkg.deb"] == 1
+
+
+@pytest.fixture
+def kept_alive_server():
+    from localhttp import Server
+
+    srv = Server(keep_alive=True)
+    yield srv
+    srv.close()
+
+
+def test_downloads_share_kept_alive_connections_and_one_lookup(kept_alive_server, cache, monkeypatch):
+    # A connection per file meant a DNS lookup per file: a resolver dropping one query in
+    # forty stalled a build 5 s per dropped query. apt keeps its connections; so does fwgen.
+    import socket
+
+    from fwgen import connections
+
+    payloads = {f"/pool/p{i}.deb": PAYLOAD + bytes([i]) for i in range(12)}
+    for path, body in payloads.items():
+        kept_alive_server.serve(path, body)
+    lookups = []
+    real_getaddrinfo = socket.getaddrinfo
+    monkeypatch.setattr(connections.socket, "getaddrinfo", lambda host, *a, **k: lookups.append(host)
+                        or real_getaddrinfo(host, *a, **k))
+    base = kept_alive_server.url.replace("127.0.0.1", "localhost")
+    with ThreadPoolExecutor(3) as pool:
+        paths = list(pool.map(lambda item: cache.fetch(base + item[0], sha256=hashlib.sha256(item[1]).hexdigest(),
+                                                       size=len(item[1])), payloads.items()))
+    assert [p.read_bytes() for p in paths] == list(payloads.values())
+    assert lookups == ["localhost"]
+    assert 1 <= kept_alive_server.connections <= 3
+
+
+def test_a_kept_connection_the_server_closed_is_replaced_not_retried(kept_alive_server, cache):
+    def then_hang_up(handler, _count):
+        send(handler, PAYLOAD)
+        handler.close_connection = True  # without saying so: the client finds out on its next request
+
+    kept_alive_server.routes["/a.deb"] = then_hang_up
+    cache.attempts = 1  # a retry of the download would hide a failure here
+    cache.fetch(f"{kept_alive_server.url}/a.deb", sha256=PAYLOAD_SHA, size=len(PAYLOAD))
+    time.sleep(0.1)  # the server has closed its end
+    for name in ("b", "c"):
+        kept_alive_server.serve(f"/{name}.deb", PAYLOAD + name.encode())
+        body = PAYLOAD + name.encode()
+        assert cache.fetch(f"{kept_alive_server.url}/{name}.deb", sha256=hashlib.sha256(body).hexdigest(),
+                           size=len(body)).read_bytes() == body
+    assert kept_alive_server.connections == 2  # a's, then one for b and c
+
+
+def test_redirects_are_followed(kept_alive_server, cache):
+    def moved(handler, _count):
+        handler.send_response(301)
+        handler.send_header("Location", "/pool/new.deb")
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    kept_alive_server.routes["/old.deb"] = moved
+    kept_alive_server.serve("/pool/new.deb", PAYLOAD)
+    path = cache.fetch(f"{kept_alive_server.url}/old.deb", sha256=PAYLOAD_SHA, size=len(PAYLOAD))
+    assert path.read_bytes() == PAYLOAD
+    assert kept_alive_server.hits == {"/old.deb": 1, "/pool/new.deb": 1} and kept_alive_server.connections == 1
