@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .fetch.backend import get_backend
+from .fetch.backends import get_backend
 from .images.inspect import is_squashfs, list_image
 
 MANIFEST_FILE = "manifest.json"

@@ -38,7 +38,7 @@ from .cache import Cache, hash_file
 from .document import Document, read_yaml, validate
 from .errors import FetchError, IntegrityError, UserError
 from .fetch import FetchedPackage, Package, fetch_packages
-from .fetch.backend import backend_for_file
+from .fetch.backends import backend_for_file
 from .progress import QUIET, Progress
 from .publish import write_file
 

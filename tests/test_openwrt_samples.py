@@ -15,7 +15,8 @@ from fwgen.arch import Arch
 from fwgen.audit import audit_rootfs
 from fwgen.errors import FormatError
 from fwgen.fetch import FetchedPackage, install_package, ipk, read_package_entries
-from fwgen.fetch.backend import INFLATED_BYTES, backend_for_file, read_head
+from fwgen.fetch.backend import INFLATED_BYTES, read_head
+from fwgen.fetch.backends import backend_for_file
 from fwgen.fetch.verify import identify, verify_file
 from fwgen.rootfs import EntryType, RootFS
 

@@ -5,7 +5,8 @@
     for package in fetched:
         install_package(rootfs, package)
 
-Formats live behind `fetch.backend.Backend` (deb, apk, ipk); nothing outside this package
+Formats extend `fetch.backend.Backend` (deb, apk, ipk), found by name in `fetch.backends`;
+nothing outside this package
 knows which format a package came from. One board may mix feeds of several formats: each
 requested package comes from the first feed that has it and its dependencies from feeds of
 the same format (`resolve_packages`).
@@ -27,7 +28,8 @@ from ..errors import FetchError, FormatError, IntegrityError, LimitError, Resolv
 from ..progress import QUIET, Progress
 from ..rootfs import Entry, EntryType, RootFS
 from .archive import UnpackBudget
-from .backend import Backend, backend_for_file, feed_arch, get_backend, register_backend
+from .backend import Backend, feed_arch
+from .backends import backend_for_file, get_backend, register_backend
 from .package import Package, PackageIndex, PackageSet, PackageSource, Relation
 from .resolver import ExcludedDependency, Resolution, name_matches, resolve
 
@@ -87,7 +89,7 @@ def load_index(
         native_arch=arch_names[feeds[0].name],
         neutral_arch=backend.neutral_arch,
         feeds=tuple(feed.name for feed in feeds),
-        bare_provides_need_priority=getattr(backend, "bare_provides_need_priority", False),
+        bare_provides_need_priority=backend.bare_provides_need_priority,
     )
 
 
@@ -190,11 +192,8 @@ def read_package_file(file: PackageFile, *, cache: Cache, progress: Progress = Q
     except IntegrityError as e:
         raise IntegrityError(f"{file.where}: {e.message.replace(url, file.path.name)}", e.hint) from e
     try:
-        backend = backend_for_file(path)
-        reader = getattr(backend, "read_package", None)
-        if reader is None:
-            raise UserError(f"fwgen takes {backend.name} packages from feeds only")
-        return reader(path, feed="package_files", base_url=file.path.parent.as_uri(), filename=file.path.name)
+        return backend_for_file(path).read_package(path, feed="package_files", base_url=file.path.parent.as_uri(),
+                                                   filename=file.path.name)
     except UserError as e:
         raise type(e)(f"{file.where}: {e.message.replace(str(path), file.path.name)}", e.hint) from e
 
@@ -214,15 +213,13 @@ def _resolve_with_install_if(
 ) -> Resolution:
     resolution = resolve(index, names, exclude=exclude, nodeps=nodeps, pins=pins, provided=provided,
                          versions=versions)
-    additions = getattr(get_backend(feed_type), "install_if_additions", None)
-    if additions is None:
-        return resolution
+    backend = get_backend(feed_type)
     while True:
         # apk: install_if "triggers the installation of the package once all the listed
         # dependencies are installed"; a package taken without dependencies triggers nothing.
         chosen = [p for p in resolution.packages if p.name not in resolution.nodeps]
         present = {p.name for p in resolution.packages}
-        added = [p.name for p in additions(index.packages, chosen)
+        added = [p.name for p in backend.install_if_additions(index.packages, chosen)
                  if p.name not in present and not name_matches(p.name, exclude)]
         if not added:
             return resolution
@@ -258,13 +255,8 @@ def download_packages(
     progress.step(f"fetching {len(packages)} packages ({total / 1048576:.1f} MiB)")
 
     def fetch_one(package: Package) -> FetchedPackage:
-        # A backend whose index carries no SHA-256 (APKINDEX) verifies packages its own way.
-        custom = getattr(get_backend(package.format), "fetch_package", None)
         with naming_feed(by_name.get(package.feed), package):
-            if custom is not None:
-                return FetchedPackage(package, custom(package, cache, progress))
-            path = cache.fetch(package.url, sha256=package.sha256, size=package.size, progress=progress)
-        return FetchedPackage(package, path)
+            return FetchedPackage(package, get_backend(package.format).fetch_package(package, cache, progress))
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         return list(pool.map(fetch_one, packages))
@@ -331,7 +323,7 @@ def package_label(package: Package) -> str:
 def license_file_of(package: Package) -> str | None:
     """The path in the package's data of the file that states its licence (Debian's
     copyright file), or None where the format keeps the licence in its index."""
-    template = getattr(get_backend(package.format), "license_file", None)
+    template = get_backend(package.format).license_file
     return template.format(name=package.name) if template else None
 
 

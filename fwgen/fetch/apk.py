@@ -25,7 +25,7 @@ import io
 import re
 import tarfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +41,7 @@ from ..progress import Progress
 from ..rootfs import Entry
 from . import apkversion
 from .archive import UnpackBudget, open_decompressed, read_tar_stream
-from .backend import FileHead, feed_arch, head_of, register_backend
+from .backend import Backend, FileHead, VerifyReport, feed_arch, head_of
 from .package import Package, Relation
 
 SHIPPED_KEYS = Path(__file__).resolve().parent.parent / "keys" / "alpine"
@@ -548,7 +548,7 @@ def repository_folders(feed: Feed, arch_name: str) -> list[str]:
     return [f"{base}/{component.strip('/')}/{arch_name}" for component in feed.components]
 
 
-class ApkBackend:
+class ApkBackend(Backend):
     """Alpine repositories (apk v2)."""
 
     name = "apk"
@@ -610,19 +610,18 @@ class ApkBackend:
         if entry.provider_priority is not None:
             self.provider_priority[key] = entry.provider_priority
 
-    def install_if_additions(self, candidates: list[Package], chosen: list[Package]) -> list[Package]:
+    def install_if_additions(self, candidates: Collection[Package], chosen: Sequence[Package]) -> list[Package]:
         """The packages apk would add because of `install_if` (`i:`): each one whose every
         `i:` item is satisfied by a chosen package (by name or provide). Repeats until no
         more are added; the newest version of a name wins. The caller resolves their
         dependencies."""
-        chosen = list(chosen)
-        added: list[Package] = []
+        taken, added = list(chosen), list[Package]()
         while True:
-            names = {p.name for p in chosen}
+            names = {p.name for p in taken}
             new = [
                 p for p in candidates
                 if p.name not in names and (p.name, p.version) in self.install_if
-                and all(self._chosen_satisfies(chosen, d) for d in self.install_if[(p.name, p.version)])
+                and all(self._chosen_satisfies(taken, d) for d in self.install_if[(p.name, p.version)])
             ]
             newest: dict[str, Package] = {}
             for package in new:
@@ -632,7 +631,7 @@ class ApkBackend:
             if not newest:
                 return added
             added += newest.values()
-            chosen += newest.values()
+            taken += newest.values()
 
     def _chosen_satisfies(self, chosen: list[Package], dependency: ApkDependency) -> bool:
         for package in chosen:
@@ -680,4 +679,33 @@ class ApkBackend:
         return iter(read_apk(path.read_bytes(), keys, str(path), budget=budget).entries)
 
 
-register_backend(ApkBackend())
+    def identify(self, path: Path, head: FileHead) -> str | None:
+        if "APKINDEX" in path.name and path.name.endswith(".tar.gz"):
+            return "APKINDEX"  # by name too: a damaged one must still fail as a signature
+        if not self.recognizes(head):
+            return None
+        return "APKINDEX" if _holds_apkindex(path) else "apk"
+
+    def verify_file(self, path: Path, kind: str, keys_dirs: Sequence[Path]) -> VerifyReport:
+        """An .apk's or an APKINDEX's RSA signature; an .apk's data hash (or, for old
+        packages, the signature over control and data) and every file's SHA-1 too."""
+        keys = load_rsa_keys(keys_dirs or (SHIPPED_KEYS,))
+        if kind == "APKINDEX":
+            index = read_apkindex(path.read_bytes(), keys, str(path))
+            return VerifyReport("APKINDEX", True, index.key.name, f"{index.description}: {len(index.entries)} packages")
+        package = read_apk(path.read_bytes(), keys, str(path))
+        datahash = "datahash" if "datahash" in package.pkginfo else "legacy signature over control+data"
+        return VerifyReport("apk", True, package.key.name,
+                            f"{package.name} {package.version}, identity {package.identity}, {datahash} and "
+                            f"{len(package.entries)} entries' SHA-1 checked")
+
+
+def _holds_apkindex(path: Path) -> bool:
+    """An index's signed tar starts with DESCRIPTION or APKINDEX, a package's with .PKGINFO;
+    only the head of it is inflated."""
+    blob = path.read_bytes()
+    try:
+        _, signed_from = read_signature_stream(blob, str(path))
+    except (IntegrityError, FormatError):
+        return False  # read_apk says what is wrong with it
+    return head_of(blob[signed_from:]).inflated[:100].rstrip(b"\0") in (b"DESCRIPTION", b"APKINDEX")

@@ -1,21 +1,23 @@
-"""The interface each package format implements, and the registry of formats by name.
+"""The base class each package format (deb, apk, ipk) extends, and file-head sniffing.
 
 A backend knows its repository layout, its signatures, its index and its archive format;
-nothing outside `fwgen.fetch` does.
+nothing outside `fwgen.fetch` does. `Backend` declares every hook the pipeline calls, each
+optional one with its default, so that what a format may do is read here and nowhere else.
+This module imports no backend: the table of formats by name is `fetch.backends`.
 """
 
 from __future__ import annotations
 
-import importlib
 import io
 import zlib
-from collections.abc import Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..compression import GZIP
-from ..errors import FormatError, UserError
+from ..errors import UserError
 
 if TYPE_CHECKING:
     from ..arch import Arch
@@ -27,42 +29,98 @@ if TYPE_CHECKING:
     from .package import Package, PackageSource
 
 
-class Backend(Protocol):
-    """One package format (deb, apk, ipk)."""
+@dataclass(frozen=True)
+class VerifyReport:
+    """The outcome of verifying one package or index file (`fwgen verify FILE`)."""
+
+    kind: str  # "apk", "APKINDEX", "ipk", "opkg Packages", "deb", "InRelease"
+    ok: bool
+    key: str | None  # the key that verified it (file name or key id), None when none applies
+    detail: str  # one line: what was checked, or why it was refused
+
+    def __str__(self) -> str:
+        verdict = "OK" if self.ok else "FAILED"
+        by = f" (key {self.key})" if self.key else ""
+        return f"{self.kind}: {verdict}{by}: {self.detail}"
+
+
+class Backend(ABC):
+    """One package format (deb, apk, ipk): the abstract methods each format must have, the
+    other hooks with the default that fits a format that lacks the feature."""
 
     name: str  # the Feed.type that selects it
     neutral_arch: str  # the arch name of architecture-independent packages
     purl: tuple[str, str]  # the package-URL type and namespace of its packages
+    # A path template ("/usr/share/doc/{name}/copyright") for formats whose packages carry
+    # their licence statement as a file; None where the index states the licence.
+    license_file: str | None = None
+    # Whether an unversioned provide is virtual, auto-selected only from a provider with a
+    # provider priority (Alpine); dpkg and opkg pick any provider.
+    bare_provides_need_priority: bool = False
 
+    @abstractmethod
     def arch_name(self, arch: Arch) -> str:
         """The format's name for `arch`; UserError when the format has no such port."""
 
-    def load_index(self, feed: Feed, arch: Arch, cache: Cache, progress: Progress) -> list[Package] | PackageSource:
+    @abstractmethod
+    def load_index(self, feed: Feed, arch: Arch, cache: Cache, progress: Progress) -> Sequence[Package] | PackageSource:
         """Fetch the feed's index for `arch`, verify its signature and hashes, parse it (or
         return it as a PackageSource that parses only the packages looked up)."""
 
+    @abstractmethod
     def compare_versions(self, a: str, b: str) -> int:
         """-1, 0, 1 as version a sorts before, equal to, after b."""
 
+    @abstractmethod
     def satisfies(self, version: str, op: str, wanted: str) -> bool:
         """Whether `version` satisfies the relation `op wanted`."""
 
+    @abstractmethod
     def recognizes(self, head: FileHead) -> bool:
         """Whether a package file whose first bytes are `head` is this format."""
 
+    @abstractmethod
     def read_entries(self, path: Path, budget: UnpackBudget | None = None) -> Iterator[Entry]:
         """Every entry of the package's data, in archive order, paths normalized; what it
         unpacks to is charged to `budget` (the default package limit when None) as it is
         decompressed, refused with LimitError beyond it."""
 
+    @abstractmethod
     def read_control_files(self, path: Path) -> dict[str, bytes]:
         """The files of the package's control part (metadata and maintainer scripts) by name,
         without a leading "./" or "/"."""
 
-    # Optional: read_package(path, *, feed, base_url, filename) -> Package, the package a
-    # file describes by its own control data, for files no index lists (`package_files`).
-    # Optional: license_file, a path template ("/usr/share/doc/{name}/copyright") for formats
-    # whose packages carry their licence statement as a file rather than in the index.
+    def read_package(self, path: Path, *, feed: str, base_url: str, filename: str) -> Package:
+        """The package a file describes by its own control data, for files no index lists
+        (a board's `package_files`). By default the format takes packages from feeds only."""
+        raise UserError(f"fwgen takes {self.name} packages from feeds only")
+
+    def fetch_package(self, package: Package, cache: Cache, progress: Progress) -> Path:
+        """Download `package` into the cache, verified; by default against the size and
+        SHA-256 its index gave (a format whose index has none verifies its own way)."""
+        return cache.fetch(package.url, sha256=package.sha256, size=package.size, progress=progress)
+
+    def install_if_additions(self, candidates: Collection[Package], chosen: Sequence[Package]) -> list[Package]:
+        """The `candidates` whose install_if conditions `chosen` meets (Alpine's); by
+        default none: the format has no such field."""
+        return []
+
+    def identify(self, path: Path, head: FileHead) -> str | None:
+        """The kind of this format's file `path` is ("deb", or an index kind such as
+        "InRelease"), or None when it is none of this format's files. By default a package
+        file recognised by its head, named as the format."""
+        return self.name if self.recognizes(head) else None
+
+    def verify_file(self, path: Path, kind: str, keys_dirs: Sequence[Path]) -> VerifyReport:
+        """Verify one file of this format that `identify` named `kind`, with the keys in
+        `keys_dirs` (else the keys fwgen ships); IntegrityError or FormatError, one line
+        naming the file, when it does not. By default a package file is read whole, its
+        control part and every data entry (their compression's checksums checked): a format
+        that signs its index and not its packages can vouch for no more on its own."""
+        control = self.read_control_files(path)
+        entries = sum(1 for _ in self.read_entries(path))
+        return VerifyReport(kind, True, None, f"structure ok ({len(control)} control files, {entries} entries); "
+                                              "the signature lives in the feed's index")
 
 
 HEAD_BYTES = 4096  # of the file itself
@@ -122,52 +180,6 @@ def _inflate_head(raw: bytes, rest: BinaryIO) -> bytes:
     return out
 
 
-_BACKENDS: dict[str, Backend] = {}
-
-
-def register_backend(backend: Backend) -> Backend:
-    """Make `backend` available for feeds of type `backend.name`."""
-    _BACKENDS[backend.name] = backend
-    return backend
-
-
-def get_backend(type_name: str) -> Backend:
-    """The backend for a feed type; UserError naming the known types otherwise."""
-    if type_name in _BUILTIN_BACKENDS and type_name not in _BACKENDS:
-        # Only the format asked for: a Debian board's build need not import apk and ipk.
-        importlib.import_module(f".{type_name}", __package__)
-    if type_name not in _BACKENDS:
-        _load_builtin_backends()
-    try:
-        return _BACKENDS[type_name]
-    except KeyError:
-        known = ", ".join(sorted(_BACKENDS)) or "none"
-        raise UserError(f"unknown feed type '{type_name}' (known: {known})") from None
-
-
 def feed_arch(backend: Backend, feed: Feed, arch: Arch) -> str:
     """The feed's name for `arch`: its own `arch` setting, else the format's usual name."""
     return feed.arch or backend.arch_name(arch)
-
-
-def backend_for_head(head: FileHead) -> Backend | None:
-    """The backend whose archive format a file with this head is, or None."""
-    _load_builtin_backends()
-    return next((b for b in _BACKENDS.values() if b.recognizes(head)), None)
-
-
-def backend_for_file(path: Path) -> Backend:
-    """The backend whose archive format `path` is, recognised by its first bytes."""
-    head = read_head(path)
-    backend = backend_for_head(head)
-    if backend is None:
-        raise FormatError(f"{path}: offset 0x0: not a package of any known format ({head.raw[:8]!r})")
-    return backend
-
-
-_BUILTIN_BACKENDS = ("deb", "apk", "ipk")  # modules of this package, named as their formats
-
-
-def _load_builtin_backends() -> None:
-    # Importing a backend module registers it; new formats add one import here.
-    from . import apk, deb, ipk  # noqa: F401

@@ -22,7 +22,7 @@ import marshal
 import mmap
 import re
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +45,7 @@ from .archive import (
     read_member_tar,
     read_tar_entries,
 )
-from .backend import FileHead, feed_arch, register_backend
+from .backend import Backend, FileHead, VerifyReport, feed_arch
 from .package import AlternativesGroup, Package, PackageSet, Relation
 
 KEYS_DIR = Path(__file__).resolve().parent.parent / "keys"
@@ -277,7 +277,7 @@ def _check_valid_until(fields: dict[str, str], source: str, now: dt.datetime) ->
 
 
 # -- the backend ----------------------------------------------------------------------------
-class DebBackend:
+class DebBackend(Backend):
     """Debian (and derivative) repositories."""
 
     name = "deb"
@@ -376,6 +376,53 @@ class DebBackend:
                   + f"\nFilename: {filename}\nSize: {len(data)}\nSHA256: {hashlib.sha256(data).hexdigest()}\n")
         [package] = parse_packages(stanza, feed=feed, base_url=base_url, source=filename)
         return package
+
+    def identify(self, path: Path, head: FileHead) -> str | None:
+        if head.raw.startswith(b"-----BEGIN PGP SIGNED MESSAGE-----"):
+            return "InRelease"
+        # The older ar-style .ipk has a .deb's bytes: its name says it is OpenWrt's.
+        return "deb" if self.recognizes(head) and path.suffix != ".ipk" else None
+
+    def verify_file(self, path: Path, kind: str, keys_dirs: Sequence[Path]) -> VerifyReport:
+        """An InRelease's OpenPGP signature; a .deb's structure, every member decompressed
+        and its files checked against its own md5sums (as `dpkg --verify`): a .deb carries no
+        signature, the repository's InRelease vouches for it."""
+        if kind == "InRelease":
+            verify_clearsigned(path.read_bytes(), load_certs(tuple(_key_files(keys_dirs))), str(path))
+            by = ", ".join(map(str, keys_dirs)) if keys_dirs else "Debian archive keys"
+            return VerifyReport("InRelease", True, by, "OpenPGP signature verifies")
+        members = [m.name for m in list_ar_members(path.read_bytes(), str(path))]
+        if not any(m.startswith("data.tar") for m in members) or not any(m.startswith("control.tar") for m in members):
+            raise FormatError(f"{path}: members {members}: no control.tar or data.tar")
+        entries = list(self.read_entries(path))
+        checked = _check_md5sums(path, self.read_control_files(path).get("md5sums"), entries)
+        return VerifyReport("deb", True, None, f"structure ok ({', '.join(members)}), {len(entries)} entries, "
+                                               f"{checked}; signature lives in the repository's InRelease")
+
+
+def _key_files(keys_dirs: Sequence[Path]) -> list[Path]:
+    """The key files given: each file itself, each folder's files."""
+    files: list[Path] = []
+    for entry in keys_dirs:
+        files += sorted(p for p in entry.iterdir() if p.is_file()) if entry.is_dir() else [entry]
+    return files
+
+
+def _check_md5sums(path: Path, md5sums: bytes | None, entries: list[Entry]) -> str:
+    """Check the data files against the package's md5sums (`<md5>  <path>` per line, paths
+    relative to /); say what was checked. A file it lists that differs or is absent is refused."""
+    if md5sums is None:
+        return "no md5sums to check"
+    files = {e.path: e.data for e in entries if e.type is EntryType.FILE}
+    lines = md5sums.decode("utf-8", "replace").splitlines()
+    for number, line in enumerate(lines, 1):
+        digest, _, name = line.partition("  ")
+        data = files.get("/" + name.lstrip("/"))
+        if data is None:
+            raise IntegrityError(f"{path}: md5sums:{number}: {name}: not in data.tar")
+        if hashlib.md5(data, usedforsecurity=False).hexdigest() != digest.lower():
+            raise IntegrityError(f"{path}: md5sums:{number}: {name}: content does not match its MD5 {digest}")
+    return f"{len(lines)} files match md5sums"
 
 
 @functools.lru_cache(maxsize=8)
@@ -665,5 +712,3 @@ def _decompress_index(data: bytes, path: str, source: str) -> bytes:
         raise FormatError(f"{source}: cannot decompress: {e}") from e
     return data
 
-
-register_backend(DebBackend())

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +39,7 @@ from .archive import (
     open_decompressed,
     read_tar_stream,
 )
-from .backend import FileHead, feed_arch, register_backend
+from .backend import Backend, FileHead, VerifyReport, feed_arch
 from .package import AlternativesGroup, Package, Relation
 
 # OpenWrt's largest feed (packages) lists about 9,000 packages in under 8 MiB of Packages.
@@ -247,7 +247,7 @@ def load_feed_keys(feed: Feed) -> dict[str, usign.UsignKey]:
     return usign.load_keys([Path(p) for p in feed.keys])
 
 
-class IpkBackend:
+class IpkBackend(Backend):
     """OpenWrt opkg feeds."""
 
     name = "ipk"
@@ -312,4 +312,58 @@ class IpkBackend:
         return package_from_stanza(stanza, feed=feed, base_url=base_url, source=filename)
 
 
-register_backend(IpkBackend())
+    def identify(self, path: Path, head: FileHead) -> str | None:
+        if path.name in INDEX_NAMES:
+            return "opkg Packages"
+        # The older ar-style .ipk has a .deb's bytes: its name says it is OpenWrt's.
+        return "ipk" if self.recognizes(head) or path.suffix == ".ipk" and head.raw.startswith(AR_MAGIC) else None
+
+    def verify_file(self, path: Path, kind: str, keys_dirs: Sequence[Path]) -> VerifyReport:
+        """A feed's Packages against Packages.sig beside it (usign Ed25519); an .ipk's
+        structure, whole, and, when a signed Packages beside it lists it, its Size and SHA256sum."""
+        keys = usign.load_keys(list(keys_dirs))
+        if kind == "opkg Packages":
+            return _verify_index_file(path, keys)
+        blob = path.read_bytes()
+        members = split_ipk(blob, str(path))
+        control = read_control(members, str(path))
+        entries = read_ipk_entries(blob, str(path))
+        what = f"{control.get('Package', '?')} {control.get('Version', '?')} ({members.container}), {len(entries)} entries"
+        listed = _listing_beside(path, keys)
+        if listed is None:
+            return VerifyReport("ipk", True, None, f"{what}; structure ok; the signature lives in the feed's Packages.sig")
+        stanza, key = listed
+        check_size_and_hash(blob, int(stanza["Size"]), stanza["SHA256sum"], str(path))
+        return VerifyReport("ipk", True, key, f"{what}; Size and SHA256sum match the signed Packages beside it")
+
+
+INDEX_NAMES = ("Packages", "Packages.gz", "Packages.sig")  # a feed folder's index files
+
+
+def _verify_index_file(path: Path, keys: dict[str, usign.UsignKey]) -> VerifyReport:
+    folder = path.parent
+    signature = folder / "Packages.sig"
+    index = folder / "Packages" if (folder / "Packages").exists() else folder / "Packages.gz"
+    if path.name != "Packages.sig":
+        index = path
+    if not signature.exists():
+        raise IntegrityError(f"{index}: no Packages.sig beside it: the index is unsigned")
+    if not index.exists():
+        raise FormatError(f"{signature}: no Packages or Packages.gz beside it")
+    verified = verify_index(index.read_bytes(), signature.read_bytes(), keys, str(index))
+    count = len(parse_stanzas(verified.text, str(index)))
+    return VerifyReport("opkg Packages", True, verified.key.key_id, f"{index.name}: {count} packages (usign Ed25519)")
+
+
+def _listing_beside(path: Path, keys: dict[str, usign.UsignKey]) -> tuple[dict[str, str], str] | None:
+    """The stanza of the signed Packages beside `path` that lists it, and the key that signed
+    it; None when no signed Packages is beside it."""
+    folder = path.parent
+    index = next((folder / n for n in ("Packages", "Packages.gz") if (folder / n).exists()), None)
+    if index is None or not (folder / "Packages.sig").exists():
+        return None
+    verified = verify_index(index.read_bytes(), (folder / "Packages.sig").read_bytes(), keys, str(index))
+    for stanza in parse_stanzas(verified.text, str(index)):
+        if stanza.get("Filename", "").rsplit("/", 1)[-1] == path.name:
+            return stanza, verified.key.key_id
+    raise IntegrityError(f"{path}: not listed in the signed {index}")
