@@ -196,6 +196,7 @@ class QemuProfile:
     console: str
     memory: int
     cpu: str | None = None
+    fixed_memory: bool = False  # the machine takes only `memory` (-m); less is mem= on the kernel command line
     disk: str | None = None
     nic: str | None = None
     args: tuple[str, ...] = ()

@@ -213,6 +213,7 @@ def read_qemu_profile(path: Path) -> QemuProfile:
         machine=data["machine"],
         console=data["console"],
         memory=int(data["memory"]),  # JSON Schema's integer also admits 256.0
+        fixed_memory=data["fixed_memory"],
         cpu=data["cpu"],
         disk=data["disk"],
         nic=data["nic"],
@@ -454,6 +455,9 @@ def _with_declared_ram(doc: Document, qemu: QemuSpec | None, limits: dict) -> Qe
     if qemu.memory is not None and qemu.memory != ram:
         raise doc.error(("limits", "ram"), f"ram {ram} MiB, but qemu.memory says {qemu.memory} MiB",
                         "keep one: limits.ram is the device's RAM and what fwgen boot gives the guest")
+    if qemu.profile.fixed_memory and ram > qemu.profile.memory:
+        raise doc.error(("limits", "ram"), f"ram {ram} MiB, but QEMU's {qemu.profile.machine} machine has "
+                        f"{qemu.profile.memory} MiB and takes no other size", "declare at most that much")
     return dataclasses.replace(qemu, memory=int(ram))
 
 

@@ -61,6 +61,9 @@ SQUASHFS_FILE = "rootfs.squashfs"
 DISK_FILE = "disk.img"
 SDCARD_FILE = "sdcard.img"
 MIB = 1 << 20
+# The bottom of RAM an ARM zImage fills as it decompresses (Debian's rpi kernel: ~20 MiB with
+# the relocated decompressor), which an initramfs placed by fwgen keeps clear of.
+KERNEL_ROOM = 32 * MIB
 # The board's disk as the emulated board has written it, beside the console log: the built
 # image stays as the manifest describes it, and a rebuild (which replaces the output folder)
 # starts from a fresh copy.
@@ -372,6 +375,11 @@ def kernel_boot_spec(board: Board, outdir: Path, manifest: dict, fresh: bool) ->
     assert board.qemu is not None
     outputs = manifest["outputs"]
     initrd = outdir / outputs[INITRAMFS]["file"] if INITRAMFS in outputs else None
+    memory, append = guest_ram(board, kernel_cmdline(board.kernel.cmdline))
+    if initrd is not None and memory != board.qemu.memory:
+        raise UserError(f"{board.source}: limits.ram {board.qemu.memory} MiB on QEMU's fixed-RAM "
+                        f"{board.qemu.profile.machine}: its -initrd lands beyond mem=, and without a DTB "
+                        "fwgen cannot place it", f"declare ram: {board.qemu.profile.memory}")
     drives: tuple[Path, ...] = ()
     if DISK in outputs:
         drives = (prepare_boot_disk(outdir / outputs[DISK]["file"], outdir / BOOT_DISK, fresh=fresh),)
@@ -379,14 +387,26 @@ def kernel_boot_spec(board: Board, outdir: Path, manifest: dict, fresh: bool) ->
         profile=board.qemu.profile,
         kernel=outdir / outputs["kernel"]["file"],
         initrd=initrd,
-        append=kernel_cmdline(board.kernel.cmdline),
-        memory=board.qemu.memory,
+        append=append,
+        memory=memory,
         forward=board.qemu.forward,
         drives=drives,
         persistent=True,
         ready_marker=READY_MARKER,
         ready_timeout=board.qemu.timeout,
     )
+
+
+def guest_ram(board: Board, cmdline: str) -> tuple[int | None, str]:
+    """The -m and kernel command line that give the guest the board's RAM. A machine with
+    fixed RAM (raspi0: 512 MiB) takes no other -m, so a board declaring less gets all of it
+    and `mem=` tells the kernel to use only what the board declares: the firmware is proven
+    in the RAM the board says it needs, not in what the emulated machine happens to have."""
+    assert board.qemu is not None
+    memory, profile = board.qemu.memory, board.qemu.profile
+    if profile.fixed_memory and memory is not None and memory < profile.memory:
+        return profile.memory, f"{cmdline} mem={memory}M".strip()
+    return memory, cmdline
 
 
 def uboot_boot_spec(board: Board, outdir: Path, manifest: dict, fresh: bool) -> BootSpec:
@@ -404,6 +424,10 @@ def uboot_boot_spec(board: Board, outdir: Path, manifest: dict, fresh: bool) -> 
 def _bios_boot_spec(board: Board, bios: Path, drive: Path, **bootloader) -> BootSpec:
     """A bootloader started as -bios with the board's writable drive and its QEMU settings."""
     assert board.qemu is not None
+    if board.qemu.profile.fixed_memory and board.qemu.memory != board.qemu.profile.memory:
+        raise UserError(f"{board.source}: limits.ram {board.qemu.memory} MiB, but a bootloader on QEMU's "
+                        f"{board.qemu.profile.machine} gets all {board.qemu.profile.memory} MiB and fwgen cannot "
+                        "give its kernel mem=", f"declare ram: {board.qemu.profile.memory}")
     return BootSpec(profile=board.qemu.profile, kernel=None, bios=bios, memory=board.qemu.memory,
                     forward=board.qemu.forward, drives=(drive,), persistent=True, ready_marker=READY_MARKER,
                     ready_timeout=board.qemu.timeout, **bootloader)
@@ -440,24 +464,50 @@ def sdcard_boot_spec(board: Board, outdir: Path, manifest: dict, fresh: bool) ->
     folder.mkdir(parents=True, exist_ok=True)
     kernel = write_file(folder / "kernel.img", files.kernel)
     initrd = write_file(folder / "initramfs", files.initramfs) if files.initramfs else None
+    memory, append = guest_ram(board, files.cmdline)
     dtb = None
+    loaded: tuple[str, ...] = ()  # QEMU arguments that load the initramfs where -initrd cannot
     if files.dtb is not None:
         tree = DeviceTree.parse(files.dtb, where=f"{card}: {files.dtb_name}")
         apply_fixups(tree, board.qemu.profile.dtb_fixups)
+        if initrd is not None and memory != board.qemu.memory:
+            loaded, initrd = _initrd_below(board, tree, initrd), None
         dtb = write_file(folder / (files.dtb_name or "board.dtb"), tree.to_bytes())
     return BootSpec(
         profile=board.qemu.profile,
         kernel=kernel,
         initrd=initrd,
         dtb=dtb,
-        append=files.cmdline,
-        memory=board.qemu.memory,
+        append=append,
+        memory=memory,
+        extra_args=loaded,
         forward=board.qemu.forward,
         sd_card=card,
         persistent=True,
         ready_marker=READY_MARKER,
         ready_timeout=board.qemu.timeout,
     )
+
+
+def _initrd_below(board: Board, tree: DeviceTree, initrd: Path) -> tuple[str, ...]:
+    """The QEMU arguments that load the initramfs inside the board's declared RAM, with its
+    place written into the DTB's /chosen as the Pi's firmware writes it.
+
+    QEMU's own -initrd goes to 128 MiB on a 512 MiB machine, beyond a kernel held to 64 MiB
+    by mem=, which then drops it. Placed instead at the top of the declared RAM (U-Boot's
+    habit), it stays clear of the kernel, which decompresses itself upwards from the bottom.
+    RAM starts at address 0 on the fixed-RAM machines (raspi0)."""
+    assert board.qemu is not None and board.qemu.memory is not None
+    size = initrd.stat().st_size
+    start = (board.qemu.memory * MIB - size) & ~(MIB - 1)
+    if start < KERNEL_ROOM:
+        raise UserError(f"{board.source}: the initramfs ({size} bytes) does not fit in limits.ram "
+                        f"{board.qemu.memory} MiB beside the kernel's {KERNEL_ROOM // MIB} MiB",
+                        "declare more RAM or make the initramfs smaller")
+    chosen = tree.find("/chosen")
+    chosen.set_cells("linux,initrd-start", [start])
+    chosen.set_cells("linux,initrd-end", [start + size])
+    return ("-device", f"loader,file={initrd},addr={start:#x},force-raw=on")
 
 
 def prepare_boot_disk(built: Path, disk: Path, *, fresh: bool = False) -> Path:

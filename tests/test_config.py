@@ -24,6 +24,8 @@ from fwgen.config import (
     read_yaml,
 )
 from fwgen.errors import ConfigError, UserError
+from fwgen.outputs import guest_ram
+from fwgen.qemu import BootSpec, qemu_argv
 
 REPO = Path(__file__).resolve().parents[1]
 INVALID = sorted((Path(__file__).parent / "invalid_boards").glob("*.yaml"))
@@ -339,6 +341,24 @@ def test_declared_ram_is_what_the_guest_gets(tmp_path):
         load_board(path)
     assert str(caught.value).startswith(f"{path}:4:8: limits.ram: ")
     assert "ram 64 MiB, but qemu.memory says 128 MiB" in str(caught.value)
+
+
+def test_a_fixed_ram_machine_holds_the_kernel_to_the_declared_ram(tmp_path):
+    """raspi0 takes only -m 512: a board declaring 64 gets -m 512 and mem=64M, a board
+    declaring more than the machine has is refused at its line."""
+    write(tmp_path / "qemu" / "pi.yaml",
+          "arch: armv6\nmachine: raspi0\nconsole: ttyAMA0\nmemory: 512\nfixed_memory: true\n")
+    board = load_board(write(tmp_path / "b.yaml", "arch: armv6\nqemu: {profile: pi}\nlimits: {ram: 64}\n"))
+    memory, append = guest_ram(board, "console=ttyAMA0")
+    assert (memory, append) == (512, "console=ttyAMA0 mem=64M")
+    argv = qemu_argv(BootSpec(profile=board.qemu.profile, kernel=Path("k"), memory=memory, append=append))
+    assert argv[argv.index("-m") + 1] == "512" and argv[argv.index("-append") + 1].endswith(" mem=64M")
+    full = load_board(write(tmp_path / "f.yaml", "arch: armv6\nqemu: {profile: pi}\nlimits: {ram: 512}\n"))
+    assert guest_ram(full, "console=ttyAMA0") == (512, "console=ttyAMA0")
+    path = write(tmp_path / "big.yaml", "arch: armv6\nqemu: {profile: pi}\nlimits:\n  ram: 1024\n")
+    with pytest.raises(ConfigError) as caught:
+        load_board(path)
+    assert str(caught.value).startswith(f"{path}:4:8: limits.ram: ram 1024 MiB, but QEMU's raspi0 machine has 512 MiB")
 
 
 def test_overlay_path_without_overlay_yaml(tmp_path):
