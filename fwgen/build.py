@@ -1,7 +1,7 @@
 """The build pipeline: a flat list of named steps over one context object.
 
-    fetch_packages -> fetch_kernel -> assemble_rootfs -> select_kernel_modules
-      -> write_images -> write_manifest
+    resolve_board -> fetch_board_packages -> fetch_kernel -> assemble_rootfs
+      -> select_kernel_modules -> write_images -> write_manifest
 
 Outputs are written into a staging folder beside `out/<board>/` and published at the end by
 replacing the `out/<board>` link (fwgen/publish.py), so a failed build never leaves a
@@ -32,18 +32,21 @@ from .cache import Cache, hash_file
 from .compile import compile_build, install_build
 from .compression import ZSTD
 from .config import board_digest
-from .context import BuildContext, BuiltBusybox
+from .context import BoardResolution, BuildContext, BuiltBusybox
 from .epoch import board_input_files, newest_input_time
 from .errors import UserError, writing
 from .fetch import (
     FetchedPackage,
+    Package,
+    Resolution,
     UnpackBudget,
-    fetch_packages,
+    download_resolution,
     install_package,
     package_label,
     provenance_of,
     purl_of,
     read_fetched_entries,
+    resolve_packages,
     write_package_state,
 )
 from .guest import (
@@ -93,6 +96,7 @@ from .usign import UsignSecretKey
 
 KERNEL_FILE = "kernel"
 MANIFEST_FILE = "manifest.json"
+KERNEL_HOPS = 4  # how far a kernel metapackage is followed to the package holding the image
 
 
 @dataclass(frozen=True)
@@ -137,9 +141,9 @@ def build(
     # The whole overlay stack is validated (templates, conflicts, owners) before anything is written.
     ctx.layers = plan_layers(board.overlays, board.values, board.arch)
     check_output_path(outdir)
-    inputs = input_digests(board, package_names(ctx), cache=cache, source_date_epoch=source_date_epoch,
-                           compression=compression, signing=signing_key.key_id if signing_key else None,
-                           progress=progress)
+    resolved = resolve_board(ctx)
+    inputs = input_digests(board, resolved, source_date_epoch=source_date_epoch, compression=compression,
+                           signing=signing_key.key_id if signing_key else None)
     reason = "--force" if force else changed_since(outdir, inputs)
     if reason is None:
         progress.info(f"{board.name} is up to date")
@@ -227,6 +231,7 @@ def resolve_inputs(board: Board, *, cache: Cache, progress: Progress = QUIET) ->
     verified (`fwgen lock` records them, `fwgen sources` fetches their sources)."""
     ctx = BuildContext(board=board, outdir=Path(), cache=cache, progress=progress)
     ctx.layers = plan_layers(board.overlays, board.values)
+    resolve_board(ctx)
     with writing(cache.root, f"the package cache for board {board.name}"):
         fetch_board_packages(ctx)
         fetch_kernel(ctx)
@@ -257,18 +262,48 @@ def package_names(ctx: BuildContext) -> list[str]:
     return names
 
 
+def resolve_board(ctx: BuildContext) -> BoardResolution:
+    """Resolve the board's packages and its kernel package over its feeds, once: the
+    up-to-date check digests the result, the fetch steps download it.
+
+    Under a lock the packages come from the lock; their resolution only tells the up-to-date
+    check whether the feeds moved on, so it leaves the board's `package_versions` out, as a
+    pinned version the mirror has since dropped must not fail a locked build."""
+    board = ctx.board
+    names = package_names(ctx)
+    ctx.progress.step(f"resolving {len(names)} package(s) for {board.arch.value}")
+    packages = resolve_packages(
+        board.feeds, board.arch, names, exclude=board.exclude, nodeps=board.nodeps,
+        pins=board.package_feeds, versions=board.package_versions if ctx.lock is None else None,
+        files=board.package_files, provided=board.provides, cache=ctx.cache, progress=ctx.progress,
+    )
+    ctx.resolved = BoardResolution(packages, resolve_kernel_chain(board, cache=ctx.cache, progress=ctx.progress))
+    return ctx.resolved
+
+
+def resolve_kernel_chain(board: Board, *, cache: Cache, progress: Progress = QUIET) -> tuple[Resolution, ...]:
+    """The kernel package alone (its dependencies are host tooling an embedded image does not
+    want), then each linux-image package it depends on, as far as `fetch_kernel` may follow
+    them (a metapackage such as linux-image-cloud-arm64 leads to the one holding the image)."""
+    if board.kernel.package is None:
+        return ()
+    chain, name = [], board.kernel.package
+    for _ in range(KERNEL_HOPS):
+        chain.append(resolve_packages(board.feeds, board.arch, [name], nodeps=[name], cache=cache, progress=progress))
+        following = _linux_image_dependency(chain[-1].packages[0])
+        if following is None:
+            break
+        name = following
+    return tuple(chain)
+
+
 def fetch_board_packages(ctx: BuildContext) -> None:
     board = ctx.board
     if ctx.lock is not None:
         ctx.packages = fetch_locked(ctx.lock.packages, board.feeds, cache=ctx.cache, progress=ctx.progress)
         return
-    names = package_names(ctx)
-    ctx.progress.step(f"resolving and fetching {len(names)} package(s) for {board.arch.value}")
-    ctx.packages = fetch_packages(
-        board.feeds, board.arch, names, exclude=board.exclude, nodeps=board.nodeps,
-        pins=board.package_feeds, versions=board.package_versions, files=board.package_files,
-        provided=board.provides, cache=ctx.cache, progress=ctx.progress,
-    )
+    assert ctx.resolved is not None, "resolve_board comes first"
+    ctx.packages = download_resolution(ctx.resolved.packages, feeds=board.feeds, cache=ctx.cache, progress=ctx.progress)
 
 
 def fetch_kernel(ctx: BuildContext) -> None:
@@ -284,9 +319,9 @@ def fetch_kernel(ctx: BuildContext) -> None:
     if spec.package is None:
         raise UserError(f"{ctx.board.source}: kernel: give a package, or an image (and modules_from)")
     name = spec.package
-    for _ in range(4):
+    for hop in range(KERNEL_HOPS):
         ctx.progress.step(f"fetching kernel package {name}")
-        fetched = fetch_alone(ctx.board, name, role="kernel", lock=ctx.lock, cache=ctx.cache, progress=ctx.progress)
+        fetched = _fetch_kernel_hop(ctx, name, hop)
         entries = read_fetched_entries(fetched, package_budget(ctx.board))
         if any(e.path.startswith("/boot/vmlinu") for e in entries):
             ctx.kernel_package = fetched
@@ -295,8 +330,19 @@ def fetch_kernel(ctx: BuildContext) -> None:
             ctx.licenses[fetched.package.name] = package_license(fetched.package, entries_reader(entries))
             ctx.progress.info(f"kernel {ctx.kernel.release} from {fetched.package.name} {fetched.package.version}")
             return
-        name = _kernel_dependency(fetched)
+        name = _kernel_dependency(fetched.package)
     raise UserError(f"kernel package {spec.package} leads to no kernel image")
+
+
+def _fetch_kernel_hop(ctx: BuildContext, name: str, hop: int) -> FetchedPackage:
+    """The kernel package `name`, the `hop`th of the chain: the locked one under a lock, else
+    the one `resolve_board` resolved."""
+    if ctx.lock is not None:
+        return fetch_alone(ctx.board, name, role="kernel", lock=ctx.lock, cache=ctx.cache, progress=ctx.progress)
+    assert ctx.resolved is not None, "resolve_board comes first"
+    [fetched] = download_resolution(ctx.resolved.kernel[hop], feeds=ctx.board.feeds, cache=ctx.cache,
+                                    progress=ctx.progress)
+    return fetched
 
 
 def load_vendor_kernel(ctx: BuildContext) -> None:
@@ -346,12 +392,15 @@ def _read_tarball(path: Path) -> list[tuple[str, bytes]]:
         raise UserError(f"{path}: not a readable tar archive ({e})") from e
 
 
-def _kernel_dependency(fetched: FetchedPackage) -> str:
-    for group in fetched.package.depends:
-        for relation in group:
-            if relation.name.startswith("linux-image-"):
-                return relation.name
-    raise UserError(f"{fetched.package.name} holds no kernel image and depends on no linux-image package")
+def _kernel_dependency(package: Package) -> str:
+    following = _linux_image_dependency(package)
+    if following is None:
+        raise UserError(f"{package.name} holds no kernel image and depends on no linux-image package")
+    return following
+
+
+def _linux_image_dependency(package: Package) -> str | None:
+    return next((r.name for group in package.depends for r in group if r.name.startswith("linux-image-")), None)
 
 
 def build_board_busybox(ctx: BuildContext) -> None:

@@ -14,7 +14,7 @@ from .board import Board
 from .busybox import BusyboxSource
 from .cache import Cache
 from .compile import BuiltFiles
-from .fetch import FetchedPackage
+from .fetch import FetchedPackage, Resolution
 from .kernel import Kernel, Module
 from .licenses import License
 from .lock import Lock
@@ -34,6 +34,16 @@ class BuiltBusybox:
     source: BusyboxSource
     patches: tuple[Path, ...]
     config_sha256: str  # of the .config it was built with
+
+
+@dataclass(frozen=True)
+class BoardResolution:
+    """The board's packages and kernel resolved over its feeds, once per build: the
+    up-to-date check digests it (rebuild.py), the fetch steps download it, so the feeds'
+    indexes are read and resolved once."""
+
+    packages: Resolution  # what the board asks for, with dependencies, in install order
+    kernel: tuple[Resolution, ...] = ()  # the kernel package alone, then each linux-image package it leads to
 
 
 @dataclass
@@ -67,6 +77,7 @@ class BuildContext:
     signing_key: UsignSecretKey | None = None  # signs the update bundle; never written anywhere
     package_scripts: list[ScriptDecision] = field(default_factory=list)  # what became of each package script
     licenses: dict[str, License] = field(default_factory=dict)  # package name -> what it states
+    resolved: BoardResolution | None = None  # set by build.resolve_board, before anything is fetched
 
     @property
     def epoch(self) -> int:

@@ -29,29 +29,23 @@ from pathlib import Path
 
 from . import __version__
 from .board import Board
-from .cache import Cache
-from .fetch import resolve_packages
+from .context import BoardResolution
 from .fetch.resolver import Resolution
-from .progress import QUIET, Progress
 
 RECORD = Path(".fwgen") / "inputs.json"
 CODE_ROOT = Path(__file__).resolve().parent
 
 
-def input_digests(board: Board, packages: list[str], *, cache: Cache, source_date_epoch: int | None,
-                  compression: str, signing: str | None = None, progress: Progress = QUIET) -> dict[str, str]:
-    """A SHA-256 per input of the build of `board` (see the module docstring). `packages`
-    are the names the build resolves (the board's, its overlays', BusyBox's); `signing` the
+def input_digests(board: Board, resolved: BoardResolution, *, source_date_epoch: int | None,
+                  compression: str, signing: str | None = None) -> dict[str, str]:
+    """A SHA-256 per input of the build of `board` (see the module docstring). `resolved` is
+    the build's resolution of its packages and kernel (`build.resolve_board`); `signing` the
     key id of the key that signs its update bundle (Ed25519 signs deterministically)."""
-    resolution = resolve_packages(
-        board.feeds, board.arch, packages, exclude=board.exclude, nodeps=board.nodeps,
-        pins=board.package_feeds, files=board.package_files, provided=board.provides, cache=cache,
-        progress=progress)
     return {
         "fwgen": _digest([__version__, *_tree_digests(CODE_ROOT)]),
         "files": files_digest(board),
-        "packages": _digest(_package_rows(resolution)),
-        "kernel": _digest(_kernel_chain(board, cache, progress)),
+        "packages": _digest(_package_rows(resolved.packages)),
+        "kernel": _digest(_kernel_rows(resolved.kernel)),
         "busybox": _digest([repr(board.busybox), _version_of("ziglang")]),
         "settings": _digest([source_date_epoch, compression, board.arch.value, signing]),
     }
@@ -129,21 +123,10 @@ def _package_rows(resolution: Resolution) -> list[list[str]]:
     return [[p.name, p.version, p.sha256, p.url] for p in resolution.packages]
 
 
-def _kernel_chain(board: Board, cache: Cache, progress: Progress) -> list[list[str]]:
-    """The kernel package and the linux-image packages it depends on (the build follows them
-    to the one holding the image; reading the index is enough to know they are unchanged)."""
-    if board.kernel.package is None:
-        return []
-    rows, name = [], board.kernel.package
-    for _ in range(4):
-        resolution = resolve_packages(board.feeds, board.arch, [name], nodeps=[name], cache=cache, progress=progress)
-        [package] = resolution.packages
-        rows.append([package.name, package.version, package.sha256])
-        following = [r.name for g in package.depends for r in g if r.name.startswith("linux-image-")]
-        if not following:
-            break
-        name = following[0]
-    return rows
+def _kernel_rows(chain: tuple[Resolution, ...]) -> list[list[str]]:
+    """The kernel package and the linux-image packages it leads to (reading the index is
+    enough to know they are unchanged)."""
+    return [[p.name, p.version, p.sha256] for hop in chain for p in hop.packages]
 
 
 def _board_paths(board: object) -> Iterator[Path]:

@@ -145,7 +145,7 @@ def copied(built, tmp_path):
 
 
 def digests_of(board_file, cache_dir, *, epoch=None, compression="gzip"):
-    from fwgen.build import package_names
+    from fwgen.build import resolve_board
     from fwgen.cache import Cache
     from fwgen.config import load_board
     from fwgen.context import BuildContext
@@ -155,8 +155,7 @@ def digests_of(board_file, cache_dir, *, epoch=None, compression="gzip"):
     board = load_board(str(board_file))
     ctx = BuildContext(board=board, outdir=REPO, cache=Cache(cache_dir))
     ctx.layers = plan_layers(board.overlays, board.values, board.arch)
-    return input_digests(board, package_names(ctx), cache=Cache(cache_dir), source_date_epoch=epoch,
-                         compression=compression)
+    return input_digests(board, resolve_board(ctx), source_date_epoch=epoch, compression=compression)
 
 
 def test_an_unchanged_board_is_up_to_date_and_not_rebuilt(copied, cache_dir):

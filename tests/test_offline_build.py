@@ -22,6 +22,7 @@ from test_kernel import make_module
 from fwgen.build import KERNEL_FILE, build
 from fwgen.cache import Cache
 from fwgen.config import load_board
+from fwgen.fetch.apk import ApkBackend
 from fwgen.images.cpio import read_initramfs
 
 SAMPLE = "alpine-aarch64-3.13.4"
@@ -51,6 +52,7 @@ class NetworkGuard:
 
     def __init__(self) -> None:
         self.refused: list[str] = []
+        self.index_loads: list[str] = []  # the feeds whose index was loaded, once per load
         self._connect = socket.socket.connect
         self._getaddrinfo = socket.getaddrinfo
 
@@ -129,6 +131,9 @@ def offline(samples, tmp_path_factory):
     guard = NetworkGuard()
     with pytest.MonkeyPatch.context() as monkeypatch, serve(tmp / "repo") as url:
         guard.install(monkeypatch)
+        load_index = ApkBackend.load_index
+        monkeypatch.setattr(ApkBackend, "load_index", lambda self, feed, *rest: (
+            guard.index_loads.append(feed.name), load_index(self, feed, *rest))[1])
         board = load_board(write_board(tmp, url), overlay_dirs=[overlays])
         results = [build(board, outdir=tmp / f"out{n}" / board.name, cache=Cache(tmp / f"cache{n}", attempts=1),
                          source_date_epoch=EPOCH) for n in (1, 2)]
@@ -139,6 +144,12 @@ def test_nothing_but_the_local_mirror_was_reached(offline):
     _, guard, results = offline
     assert guard.refused == []
     assert len(results) == 2 and all(r.manifest["inputs"]["kernel"]["release"] == RELEASE for r in results)
+
+
+def test_each_build_reads_and_resolves_the_feed_index_once(offline):
+    """The up-to-date check and the fetch step share one resolution (build.resolve_board)."""
+    _, guard, _ = offline
+    assert guard.index_loads == ["alpine", "alpine"]  # two builds
 
 
 def test_the_guard_refuses_the_network():

@@ -35,7 +35,7 @@ from .resolver import ExcludedDependency, Resolution, name_matches, resolve
 
 __all__ = [
     "Backend", "Cache", "ExcludedDependency", "FetchedPackage", "Package", "PackageIndex",
-    "Relation", "Resolution", "fetch_packages", "group_feeds", "install_package", "load_index",
+    "Relation", "Resolution", "download_resolution", "fetch_packages", "group_feeds", "install_package", "load_index",
     "license_file_of", "package_label", "provenance_of", "purl_of", "read_control_files", "read_package_file",
     "write_package_state",
     "read_fetched_entries", "read_package_entries", "register_backend", "resolve", "resolve_packages",
@@ -286,6 +286,15 @@ def fetch_packages(
         feeds, arch, names, exclude=exclude, nodeps=nodeps, pins=pins, versions=versions, files=files,
         provided=provided, cache=cache, progress=progress,
     )
+    return download_resolution(resolution, feeds=feeds, cache=cache, progress=progress, jobs=jobs)
+
+
+def download_resolution(
+    resolution: Resolution, *, feeds: Sequence[Feed] = (), cache: Cache | None = None,
+    progress: Progress = QUIET, jobs: int = 4,
+) -> list[FetchedPackage]:
+    """Download a resolution's packages (`download_packages`), in install order, each with
+    the names its dependencies resolved to."""
     fetched = download_packages(resolution.packages, feeds=feeds, cache=cache, progress=progress, jobs=jobs)
     return [replace(f, depends=tuple(resolution.depends.get(f.package.name, ()))) for f in fetched]
 
