@@ -130,7 +130,7 @@ def test_qemu_refusing_to_start_says_why(profile, tmp_path):
 @needs_qemu
 def test_taken_host_port_is_retried(profile, tmp_path, monkeypatch):
     """QEMU cannot bind a port taken after it was picked: start() picks again."""
-    import fwgen.qemu
+    import fwgen.qemu.process
 
     kernel = tmp_path / "Image"
     kernel.write_bytes(b"\0" * 4096)
@@ -138,8 +138,8 @@ def test_taken_host_port_is_retried(profile, tmp_path, monkeypatch):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         picks = iter([[taken.getsockname()[1]]])
-        real_pick = fwgen.qemu.pick_free_ports
-        monkeypatch.setattr(fwgen.qemu, "pick_free_ports", lambda n: next(picks, None) or real_pick(n))
+        real_pick = fwgen.qemu.process.pick_free_ports
+        monkeypatch.setattr(fwgen.qemu.process, "pick_free_ports", lambda n: next(picks, None) or real_pick(n))
         # -S: QEMU sets up its devices (and the forward) but never starts the CPU.
         with Machine(BootSpec(profile, kernel, forward=(80,), extra_args=("-S",)), tmp_path) as machine:
             machine.start()
@@ -543,7 +543,7 @@ def test_ports_held_by_this_process_are_not_handed_out_again(monkeypatch):
     the same one (the probes stand in for the kernel's choices)."""
     import types
 
-    import fwgen.qemu
+    import fwgen.qemu.ports
 
     offered = iter([40001, 40001, 40001, 40002, 40001])
 
@@ -560,7 +560,7 @@ def test_ports_held_by_this_process_are_not_handed_out_again(monkeypatch):
         def close(self):
             pass
 
-    monkeypatch.setattr(fwgen.qemu, "socket", types.SimpleNamespace(socket=Probe, AF_INET=2, SOCK_STREAM=1))
+    monkeypatch.setattr(fwgen.qemu.ports, "socket", types.SimpleNamespace(socket=Probe, AF_INET=2, SOCK_STREAM=1))
     first = pick_free_ports(1)
     second = pick_free_ports(1)
     release_ports(first)
