@@ -136,6 +136,32 @@ def test_compact_index_keeps_stanzas_as_the_parser_splits_them():
     assert b"long" not in data and b"comment" not in data
 
 
+def test_compact_index_of_pieces_cut_anywhere_is_the_same_file():
+    # The cold path builds it from pieces a thread decompresses; every cut must give the same
+    # bytes, blank-line and whitespace-line stanza ends and continuation lines included.
+    text = (b"Package: a\nDescription: x\n long\n .\nVersion: 1\nDepends: b,\n c\n  \t\nPackage: b\n"
+            b"Version: 2\nProvides: v\n\n\n\nPackage: c\nVersion: 3\n\nPackage: d\nVersion: 4\n") * 3
+    whole = deb.encode_compact_index(text)
+    for size in range(1, len(text) + 1):
+        pieces = [text[i : i + size] for i in range(0, len(text), size)]
+        assert deb.encode_compact_index(iter(pieces)) == whole, f"pieces of {size} bytes"
+
+
+def test_index_decompressed_by_a_thread_is_what_lzma_gives(tmp_path, monkeypatch):
+    monkeypatch.setattr(deb, "_INDEX_PIECE", 1000)
+    text = b"".join(b"Package: p%d\nVersion: 1\n\n" % i for i in range(2000))
+    local = tmp_path / "Packages.xz"
+    local.write_bytes(lzma.compress(text[:20000]) + lzma.compress(text[20000:]))  # two xz streams
+    pieces = list(deb._decompressed_pieces(local, "main/binary-arm64/Packages.xz", "the-url"))
+    assert len(pieces) > 2 and b"".join(pieces) == text
+    local.write_bytes(lzma.compress(text)[:-40])
+    with pytest.raises(FormatError, match=r"^the-url: cannot decompress: compressed data ended before"):
+        list(deb._decompressed_pieces(local, "main/binary-arm64/Packages.xz", "the-url"))
+    local.write_bytes(b"not xz at all")
+    with pytest.raises(FormatError, match=r"^the-url: cannot decompress: "):
+        list(deb._decompressed_pieces(local, "main/binary-arm64/Packages.xz", "the-url"))
+
+
 def test_parsed_index_holds_no_feed_name_or_url(server, cache, tmp_path):
     # A mirror of the same file under another feed name must not inherit the first one's.
     repo, index = publish_repo(server, tmp_path)
@@ -307,6 +333,24 @@ def test_damaged_transcoded_copy_is_ignored_and_rewritten(cache, big_deb, damage
     copy.write_bytes(damage(good))
     assert entry_facts(cached) == expected
     assert copy.read_bytes() == good
+
+
+def test_downloading_makes_the_transcoded_copy_before_extraction(server, cache, big_deb, monkeypatch):
+    # Done by the download threads while other packages download, not by the extraction.
+    from fwgen.fetch import Package, download_packages
+
+    server.serve("/pool/big.deb", big_deb)
+    package = Package(name="big", version="1", arch="arm64", feed="local", format="deb", base_url=server.url,
+                      filename="pool/big.deb", size=len(big_deb), sha256=sha256(big_deb))
+    [fetched] = download_packages([package], cache=cache)
+    assert transcoded_file(cache, big_deb).exists()
+
+    def no_xz(*args, **kwargs):
+        raise AssertionError("decompressed the xz member at extraction although the download made the copy")
+
+    expected = entry_facts(fetched.path)
+    monkeypatch.setattr(deb, "decompress", no_xz)
+    assert entry_facts(fetched.path) == expected
 
 
 def test_small_packages_are_not_transcoded(cache):

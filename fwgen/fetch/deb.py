@@ -20,8 +20,11 @@ import itertools
 import lzma
 import marshal
 import mmap
+import os
+import queue
 import re
 import struct
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -358,6 +361,30 @@ class DebBackend(Backend):
             return read_tar_entries(tar, _member_source(path, member), budget)
         return read_member_tar(path, data, members, "data", budget)
 
+    def fetch_package(self, package: Package, cache: Cache, progress: Progress) -> Path:
+        path = super().fetch_package(package, cache, progress)
+        self.prepare_package(path)
+        return path
+
+    def prepare_package(self, path: Path) -> None:
+        """Make the zstd copy of a big data.tar now: the download threads call this as soon as
+        their package is in the cache, and lzma runs without the GIL, so on two cores the
+        copies of some packages are made while others download instead of one after the
+        other at extraction. A package that cannot be read is left to the extraction,
+        which names it in its error."""
+        cache = Cache.holding(path)
+        if cache is None:
+            return
+        with _TRANSCODING:
+            data = path.read_bytes()
+            try:
+                member = _data_member(list_ar_members(data, str(path)))
+                copy = _transcoded_path(cache, data)
+                if member is not None and _worth_transcoding(member) and not copy.exists():
+                    _transcode(copy, path, data, member, None)
+            except UserError:
+                return
+
     def read_control_files(self, path: Path) -> dict[str, bytes]:
         """The files of a .deb's control.tar: control, md5sums, the maintainer scripts..."""
         data = path.read_bytes()
@@ -465,15 +492,27 @@ def _member_source(path: Path, member: ArMember) -> str:
 
 def _read_transcoded_tar(cache: Cache, path: Path, data: bytes, member: ArMember,
                          budget: UnpackBudget | None) -> bytes:
-    copy = cache.derived_path(hashlib.sha256(data).hexdigest(), _TRANSCODED_KIND)
+    copy = _transcoded_path(cache, data)
     tar = _read_zstd_file(copy)
-    if tar is None:
-        compression = member.name.partition(".tar")[2].lstrip(".")
-        raw = data[member.offset : member.offset + member.size]
-        tar = decompress(raw, compression, _member_source(path, member), budget)
-        compressor = zstandard.ZstdCompressor(level=1, write_checksum=True, write_content_size=True)
-        Cache.store_derived(copy, compressor.compress(tar))
+    return tar if tar is not None else _transcode(copy, path, data, member, budget)
+
+
+def _transcoded_path(cache: Cache, data: bytes) -> Path:
+    return cache.derived_path(hashlib.sha256(data).hexdigest(), _TRANSCODED_KIND)
+
+
+def _transcode(copy: Path, path: Path, data: bytes, member: ArMember, budget: UnpackBudget | None) -> bytes:
+    """The data.tar of the .deb `data`, decompressed, its zstd copy stored as `copy`."""
+    compression = member.name.partition(".tar")[2].lstrip(".")
+    raw = data[member.offset : member.offset + member.size]
+    tar = decompress(raw, compression, _member_source(path, member), budget)
+    compressor = zstandard.ZstdCompressor(level=1, write_checksum=True, write_content_size=True)
+    Cache.store_derived(copy, compressor.compress(tar))
     return tar
+
+
+# At most this many copies are made at once ahead of extraction, each holding its tar in memory.
+_TRANSCODING = threading.BoundedSemaphore(os.cpu_count() or 1)
 
 
 def _read_zstd_file(path: Path) -> bytes | None:
@@ -535,7 +574,7 @@ def _read_packages_file(cache: Cache, entry: ReleaseFile, path: str, feed: str, 
     # None, or a damaged compact index discarded with a warning: build it from the verified file.
     if index is None:
         local = cache.fetch(url, sha256=entry.sha256, size=entry.size, progress=progress)
-        data = encode_compact_index(_decompress_index(local.read_bytes(), path, url))
+        data = encode_compact_index(_decompressed_pieces(local, path, url))
         Cache.store_derived(parsed, data)
         index = _decode_compact_index(data[data.index(b"\n") + 1:], feed=feed, base_url=base, source=url)
     if len(_OPENED_INDEXES) >= 8:
@@ -567,17 +606,17 @@ _PROVIDED_NAME = re.compile(r"(?:^|,)\s*([a-z0-9][a-z0-9+.-]*)")
 _FIELD = {name: re.compile(rb"(?:^|\n)%s:([^\n]*)" % name.encode()) for name in ("Package", "Provides")}
 
 
-def encode_compact_index(text: bytes) -> bytes:
-    """The compact-index cache file for the Packages text `text`: header line, then the
-    length of the tables, the marshalled tables, and the cut-down stanzas.
+def encode_compact_index(text: bytes | Iterable[bytes]) -> bytes:
+    """The compact-index cache file for the Packages text `text` (or its consecutive
+    pieces, cut anywhere): header line, then the length of the tables, the marshalled
+    tables, and the cut-down stanzas.
 
     Tables: the name of each stanza in order, one per line (a string splits and becomes a
     dict in milliseconds, where a marshalled dict of 62,000 lists took 0.3 s); the stanzas
     of names listed more than once; the stanzas of each provided name; stanza offsets."""
-    kept = b"".join(_KEPT_LINES.findall(b"\n" + text))
-    # Whitespace-only lines end stanzas too; most files have none, and a plain split is faster.
-    parts = _STANZA_END.split(kept) if re.search(rb"\n[ \t]+\n", kept) else kept.split(b"\n\n")
-    stanzas = [s for s in (s.strip(b"\n") for s in parts) if s]
+    stanzas: list[bytes] = []
+    for block in _stanza_blocks([text] if isinstance(text, bytes) else text):
+        stanzas += _kept_stanzas(block)
     names = [_package_name(stanza) for stanza in stanzas]
     repeated: dict[str, list[int]] = {}
     for i, name in enumerate(names):
@@ -594,6 +633,29 @@ def encode_compact_index(text: bytes) -> bytes:
     body = struct.pack("<Q", len(tables)) + tables + b"".join(stanzas)
     header = b"%s %d %s\n" % (_PARSED_INDEX_MAGIC, PARSED_INDEX_VERSION, hashlib.sha256(body).hexdigest().encode())
     return header + body
+
+
+def _stanza_blocks(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """The text of `pieces` again, cut only after blank lines: every block holds whole stanzas."""
+    rest = b""
+    for piece in pieces:
+        buffer = rest + piece
+        cut = buffer.rfind(b"\n\n") + 2
+        if cut < 2:
+            rest = buffer
+            continue
+        yield buffer[:cut]
+        rest = buffer[cut:]
+    if rest:
+        yield rest
+
+
+def _kept_stanzas(block: bytes) -> list[bytes]:
+    # A block starts at a line's start, as the text does: the "\n" before it is its context.
+    kept = b"".join(_KEPT_LINES.findall(b"\n" + block))
+    # Whitespace-only lines end stanzas too; most files have none, and a plain split is faster.
+    parts = _STANZA_END.split(kept) if re.search(rb"\n[ \t]+\n", kept) else kept.split(b"\n\n")
+    return [s for s in (s.strip(b"\n") for s in parts) if s]
 
 
 def _package_name(stanza: bytes) -> str:
@@ -700,6 +762,58 @@ class CompactIndex:
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
+
+
+def _decompressed_pieces(local: Path, path: str, source: str) -> Iterator[bytes]:
+    """The content of the index file `local` (compressed as its name `path` says), in
+    pieces, decompressed by a thread ahead of the caller: lzma and zlib let other threads
+    run while they work, so on two cores Debian main's second of xz and the second its
+    compact index takes to build overlap instead of adding up."""
+    pieces: queue.SimpleQueue[bytes | Exception | None] = queue.SimpleQueue()  # unbounded: a
+    # consumer that stops early leaves no thread blocked; it holds no more than the text.
+
+    def decompress() -> None:
+        try:
+            data = local.read_bytes()
+            for piece in _xz_pieces(data) if path.endswith(".xz") else [_decompress_index(data, path, source)]:
+                pieces.put(piece)
+            pieces.put(None)
+        except (lzma.LZMAError, EOFError, FormatError, OSError) as e:
+            pieces.put(e)
+
+    threading.Thread(target=decompress, name="index-decompress", daemon=True).start()
+    while (piece := pieces.get()) is not None:
+        if isinstance(piece, FormatError):
+            raise piece
+        if isinstance(piece, Exception):
+            raise FormatError(f"{source}: cannot decompress: {piece}") from piece
+        yield piece
+
+
+def _xz_pieces(data: bytes) -> Iterator[bytes]:
+    # What lzma.decompress returns, in pieces of a few MiB, each decompressed by one call
+    # that runs without the GIL (small calls would wait for it behind the parsing thread).
+    streams = 0
+    while data:
+        decompressor = lzma.LZMADecompressor()
+        try:
+            piece = decompressor.decompress(data, _INDEX_PIECE)
+        except lzma.LZMAError:
+            if streams:
+                return  # what follows the streams is not one (lzma.decompress ignores it too)
+            raise
+        while True:
+            yield piece
+            if decompressor.eof:
+                break
+            if decompressor.needs_input:
+                raise EOFError("compressed data ended before the end-of-stream marker was reached")
+            piece = decompressor.decompress(b"", _INDEX_PIECE)
+        streams += 1
+        data = decompressor.unused_data
+
+
+_INDEX_PIECE = 4 << 20
 
 
 def _decompress_index(data: bytes, path: str, source: str) -> bytes:
