@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .arch import Arch
+from .audit import audit_paths
 from .board import Build
 from .busybox import apply_patches, locked
 from .busybox_download import download_source
@@ -330,8 +331,6 @@ def _error_lines(log: Path, tree: Path, count: int = 5) -> list[str]:
 
 def _publish(build: Build, arch: Arch, tree: Path, log: Path, dest: Path, toolchain: Toolchain) -> None:
     """Copy the declared files to a staging folder, audit them, then rename it to `dest`."""
-    from .audit import audit_paths
-
     with tempfile.TemporaryDirectory(prefix=f"publish-{dest.name}-", dir=dest.parent) as tmp:
         stage = Path(tmp) / dest.name
         files = {}
@@ -361,8 +360,6 @@ def _publish(build: Build, arch: Arch, tree: Path, log: Path, dest: Path, toolch
 def _pull_build(remote: RemoteCache, dest: Path, arch: Arch, progress: Progress) -> bool:
     """Take build `dest` from the remote cache: its files verified by digest, against the
     SHA-256 build.json records, and by the ELF audit, as a local build's. Whether it did."""
-    from .audit import audit_paths
-
     folder = remote.pull(f"build-{dest.name}", dest.parent, progress, remedy="compiling it locally", nested=True)
     if folder is None:
         return False

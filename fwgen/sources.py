@@ -23,6 +23,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from .board import Board, Feed
+from .build import resolve_inputs  # the pipeline's own resolution, as a build would take it
 from .busybox import BusyboxSource, patches_for
 from .busybox_download import download_source
 from .cache import Cache, hash_file
@@ -40,8 +41,6 @@ def fetch_sources(board: Board, dest: Path, *, cache: Cache, progress: Progress 
                   max_size: int = 100 * MIB, skip: Collection[str] = ()) -> dict:
     """Fetch the sources of everything `board`'s image holds into `dest` (which must not
     exist, or be empty); return the index written as sources.json."""
-    from .build import resolve_inputs  # the pipeline's own resolution, as a build would take it
-
     _check_dest(dest)
     inputs = resolve_inputs(board, cache=cache, progress=progress)
     packages = [*inputs.packages, *(p for p in (inputs.kernel, inputs.uboot) if p is not None)]
