@@ -152,8 +152,8 @@ def test_a_deb_whose_file_differs_from_its_md5sums_is_refused(tmp_path):
     files = [FileSpec("./usr/bin/hello", b"hello\n", mode=0o755), FileSpec("./etc/hello.conf", b"loud=1\n")]
     sums = b"b1946ac92492d2347c6235b4d2611184  usr/bin/hello\n5ccf53d3b5f5e8e0dd8ae3fd5c4a2b41  etc/hello.conf\n"
     good = tmp_path / "hello.deb"
-    good.write_bytes(build_deb("hello", files, md5sums=sums.replace(b"5ccf53d3b5f5e8e0dd8ae3fd5c4a2b41",
-                                                                    hashlib.md5(b"loud=1\n").hexdigest().encode())))
+    right = sums.replace(b"5ccf53d3b5f5e8e0dd8ae3fd5c4a2b41", hashlib.md5(b"loud=1\n").hexdigest().encode())
+    good.write_bytes(build_deb("hello", files, md5sums=right + b"\n"))  # a blank line lists nothing
     report = verify_file(good)
     assert report.ok and "2 files match md5sums" in report.detail, report
     bad = tmp_path / "changed.deb"
@@ -162,3 +162,6 @@ def test_a_deb_whose_file_differs_from_its_md5sums_is_refused(tmp_path):
     assert not report.ok
     assert report.detail == (f"{bad}: md5sums:2: etc/hello.conf: content does not match its MD5 "
                              "5ccf53d3b5f5e8e0dd8ae3fd5c4a2b41")
+    missing = tmp_path / "missing.deb"
+    missing.write_bytes(build_deb("hello", files[:1], md5sums=right))
+    assert verify_file(missing).detail == f"{missing}: md5sums:2: etc/hello.conf: not in data.tar"

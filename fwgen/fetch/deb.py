@@ -441,15 +441,15 @@ def _check_md5sums(path: Path, md5sums: bytes | None, entries: list[Entry]) -> s
     if md5sums is None:
         return "no md5sums to check"
     files = {e.path: e.data for e in entries if e.type is EntryType.FILE}
-    lines = md5sums.decode("utf-8", "replace").splitlines()
-    for number, line in enumerate(lines, 1):
+    listed = [(n, line) for n, line in enumerate(md5sums.decode("utf-8", "replace").splitlines(), 1) if line.strip()]
+    for number, line in listed:
         digest, _, name = line.partition("  ")
         data = files.get("/" + name.lstrip("/"))
         if data is None:
             raise IntegrityError(f"{path}: md5sums:{number}: {name}: not in data.tar")
         if hashlib.md5(data, usedforsecurity=False).hexdigest() != digest.lower():
             raise IntegrityError(f"{path}: md5sums:{number}: {name}: content does not match its MD5 {digest}")
-    return f"{len(lines)} files match md5sums"
+    return f"{len(listed)} files match md5sums"
 
 
 @functools.lru_cache(maxsize=8)
