@@ -22,27 +22,38 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    import jsonschema.exceptions
 
 # jsonschema's format checkers import optional packages as it loads (isoduration and arrow,
 # webcolors, uri_template, rfc3987_syntax's 38 lark grammars ...; oras brings them in through
 # jsonschema's format extra): 1-2 s of CPU in every fwgen process, for `format` keywords fwgen
 # never checks. They are hidden while jsonschema loads (it then leaves those checkers out),
 # unless already imported, and visible again after. idna stays: requests needs it anyway.
+# jsonschema itself is loaded when a document is first validated: a process that only uses
+# these types (a fetch, `fwgen cache`) does without its ~0.1 s.
 _UNCHECKED_FORMAT_MODULES = ("fqdn", "rfc3987", "rfc3986_validator", "rfc3987_syntax", "rfc3339_validator",
                              "webcolors", "jsonpointer", "uri_template", "isoduration")
-_hidden = [name for name in _UNCHECKED_FORMAT_MODULES if name not in sys.modules]
-sys.modules.update(dict.fromkeys(_hidden))  # type: ignore[arg-type]
-try:
-    import jsonschema
-    import jsonschema.exceptions
-    import jsonschema.validators
-finally:
-    for _name in _hidden:
-        if sys.modules.get(_name, False) is None:
-            del sys.modules[_name]
+
+
+@functools.cache
+def _jsonschema() -> Any:
+    hidden = [name for name in _UNCHECKED_FORMAT_MODULES if name not in sys.modules]
+    sys.modules.update(dict.fromkeys(hidden))  # type: ignore[arg-type]
+    try:
+        import jsonschema
+        import jsonschema.exceptions
+        import jsonschema.validators
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, False) is None:
+                del sys.modules[name]
+    return jsonschema
+
 
 from .arch import Arch  # noqa: E402
 from .errors import ConfigError  # noqa: E402
@@ -346,7 +357,7 @@ def load_schema(name: str) -> dict:
     # copying them: overlay.yaml checks are the board's checks.
     for other, names in schema.get("x-import-defs", {}).items():
         schema["$defs"].update({n: load_schema(other)["$defs"][n] for n in names})
-    jsonschema.Draft202012Validator.check_schema(schema)
+    _jsonschema().Draft202012Validator.check_schema(schema)
     return schema
 
 
@@ -355,10 +366,10 @@ def validate(doc: Document, schema_name: str) -> None:
     schema = load_schema(schema_name)
     if not isinstance(doc.data, dict):
         raise doc.error((), f"the top level must be a mapping of settings, not {_describe(doc.data)}")
-    validator = _Validator(schema)
+    validator = _validator_class()(schema)
     # Sorted by position so that among equally relevant errors the first in the file wins.
     errors = sorted(validator.iter_errors(doc.data), key=lambda e: doc.position(tuple(e.absolute_path)))
-    best = jsonschema.exceptions.best_match(errors)
+    best = _jsonschema().exceptions.best_match(errors)
     if best is not None:
         raise _translate(doc, best, schema)
 
@@ -370,7 +381,7 @@ def _ecma_pattern(validator, pattern: str, instance: Any, schema: dict):
     Python's also matches before a final newline, so 'root\\n' passed '^[a-z_]+$' and a
     value meant for one line of /etc/passwd could start another."""
     if validator.is_type(instance, "string") and not schema_regex(pattern).search(instance):
-        yield jsonschema.exceptions.ValidationError(f"{instance!r} does not match {pattern!r}")
+        yield _jsonschema().exceptions.ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
 @functools.cache
@@ -392,7 +403,10 @@ def schema_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out))
 
 
-_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _ecma_pattern})
+@functools.cache
+def _validator_class() -> Any:
+    jsonschema = _jsonschema()
+    return jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _ecma_pattern})
 
 
 def _translate(doc: Document, error: jsonschema.exceptions.ValidationError, root: dict) -> ConfigError:

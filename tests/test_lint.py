@@ -28,3 +28,18 @@ def test_every_module_compiles_and_imports_without_the_cli():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_fetch_path_imports_no_module_it_does_not_use():
+    """A warm fetch is a fraction of a second: importing the board types, the cache, the
+    fetcher and the root filesystem must not load the schema validator (loaded when a
+    document is validated), the HTTP client (when something is downloaded) or libraries
+    of other commands."""
+    unused = ("jsonschema", "urllib.request", "http.client", "requests", "oras", "elftools", "license_expression")
+    code = (
+        "import sys, fwgen.board, fwgen.cache, fwgen.fetch, fwgen.rootfs\n"
+        f"print(' '.join(m for m in {unused!r} if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == []
