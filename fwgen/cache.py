@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import FetchError, IntegrityError, writing
+from .errors import STORAGE_ERRNOS, FetchError, IntegrityError, writing
 from .progress import QUIET, Progress
 from .project import active_projects
 
@@ -348,6 +348,8 @@ class Cache:
         except http.client.IncompleteRead as e:
             raise _Retry(f"truncated body: {len(e.partial) + received} bytes then the connection closed") from e
         except (OSError, http.client.HTTPException) as e:  # urllib's URLError is an OSError
+            if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+                raise  # our disk is full, not the connection broken: retrying cannot help
             reason = getattr(e, "reason", e)
             raise _Retry(f"connection failed: {reason}") from e
         return digest.hexdigest(), received
