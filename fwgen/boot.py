@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import IO
 
 from .board import Board
+from .bootstate import BootState, device_state, state_folder
 from .checks import CheckResult, run_checks
 from .errors import UserError, writing
 from .guest import READY_MARKER
-from .outputs import BOOT_DISK, BOOTABLE_OUTPUTS, boot_spec, prepare_boot_disk
+from .outputs import BOOT_DISK, BOOTABLE_OUTPUTS, boot_spec
 from .progress import QUIET, Progress
 from .publish import use_build
 from .qemu import BootSpec, Machine
@@ -36,12 +37,13 @@ class BootResult:
         return not self.died and all(c.passed for c in self.checks)
 
 
-def boot_spec_for(board: Board, outdir: Path, *, fresh_disk: bool = False) -> BootSpec:
+def boot_spec_for(board: Board, outdir: Path, *, fresh_disk: bool = False, state: BootState | None = None) -> BootSpec:
     """The QEMU invocation for a built board, from its manifest and QEMU profile.
 
-    A board with a disk output boots from a writable copy of its disk image
-    (`outdir/boot/disk.img`), made on the first boot and kept, so what the guest writes
-    survives into the next boot; `fresh_disk` starts again from the built image.
+    A board with a disk output boots from the device's copy of its disk image in `state`
+    (by default out/.state/<board>/ beside `outdir`, fwgen/bootstate.py), made on the first
+    boot and kept, so what the guest writes survives into the next boot and, for the data
+    partition, a rebuild; `fresh_disk` starts again from the built image.
     """
     manifest_path = outdir / "manifest.json"
     if not manifest_path.is_file():
@@ -53,7 +55,7 @@ def boot_spec_for(board: Board, outdir: Path, *, fresh_disk: bool = False) -> Bo
                         "(one changed since the build)",
                         f"run 'fwgen build {board.name}' first, or 'fwgen boot --build {board.name}'")
     manifest = json.loads(manifest_path.read_text())
-    spec = boot_spec(board, outdir, manifest, fresh=fresh_disk)
+    spec = boot_spec(board, outdir, manifest, state or BootState(state_folder(outdir), fresh_disk))
     if spec is None:
         raise UserError(f"{board.source}: outputs {', '.join(board.outputs)}: nothing QEMU can boot",
                         f"add one of {', '.join(sorted(BOOTABLE_OUTPUTS))} to outputs")
@@ -72,15 +74,15 @@ def boot(
 
     `fresh_disk`: forget what earlier boots wrote to the board's disk (see `boot_spec_for`).
     The build `outdir` shows when the boot starts is used throughout: a rebuild meanwhile
-    publishes beside it and leaves it (and its boot/ state) alone until the boot ends."""
-    with use_build(outdir) as folder:
-        return _boot_build(board, folder, timeout_factor=timeout_factor, progress=progress, fresh_disk=fresh_disk)
+    publishes beside it and leaves it alone until the boot ends. The device's disk and
+    console logs are in out/.state/<board>/, which no rebuild replaces."""
+    with device_state(outdir, fresh=fresh_disk, progress=progress) as state, use_build(outdir) as folder:
+        return _boot_build(board, folder, state, timeout_factor=timeout_factor, progress=progress)
 
 
-def _boot_build(board: Board, outdir: Path, *, timeout_factor: float, progress: Progress,
-                fresh_disk: bool) -> BootResult:
-    with _ready_guest(board, outdir, timeout_factor=timeout_factor, progress=progress,
-                      fresh_disk=fresh_disk) as (machine, ready):
+def _boot_build(board: Board, outdir: Path, state: BootState, *, timeout_factor: float,
+                progress: Progress) -> BootResult:
+    with _ready_guest(board, outdir, state, timeout_factor=timeout_factor, progress=progress) as (machine, ready):
         results = run_checks(machine, board.all_checks, progress=progress)
         code = machine.returncode
         died = "" if code is None else f"QEMU exited with code {code} during the checks"
@@ -90,14 +92,13 @@ def _boot_build(board: Board, outdir: Path, *, timeout_factor: float, progress: 
 
 
 @contextmanager
-def _ready_guest(board: Board, outdir: Path, *, timeout_factor: float, progress: Progress,
-                 fresh_disk: bool) -> Iterator[tuple[Machine, float]]:
+def _ready_guest(board: Board, outdir: Path, state: BootState, *, timeout_factor: float,
+                 progress: Progress) -> Iterator[tuple[Machine, float]]:
     """The built board started under QEMU, once it printed its ready line (with the seconds
     that took); QEMU is killed on the way out."""
-    with writing(outdir / "boot", f"the boot copy of {board.name}'s disk"):
-        spec = boot_spec_for(board, outdir, fresh_disk=fresh_disk)
-    workdir = outdir / "boot"
-    workdir.mkdir(exist_ok=True)
+    with writing(state.folder, f"the device copy of {board.name}'s disk"):
+        spec = boot_spec_for(board, outdir, state=state)
+    workdir = state.folder
     progress.step(f"booting {board.name} in {spec.profile.binary}")
     started = time.monotonic()
     with Machine(spec, workdir, timeout_factor=timeout_factor, progress=progress) as machine:
@@ -115,8 +116,8 @@ def shell(board: Board, outdir: Path, *, stdin: IO[bytes], stdout: IO[bytes], ti
     guest is ready, say how to reach its forwarded services, attach the console until they
     type Ctrl-], then power the guest off. Returns how the session ended."""
     assert board.qemu is not None
-    with use_build(outdir) as folder, _ready_guest(board, folder, timeout_factor=timeout_factor,
-                                                   progress=progress, fresh_disk=fresh_disk) as (machine, _):
+    with device_state(outdir, fresh=fresh_disk, progress=progress) as state, use_build(outdir) as folder, \
+            _ready_guest(board, folder, state, timeout_factor=timeout_factor, progress=progress) as (machine, _):
         progress.info(f"{board.name}: {forwarded_services(machine, board.qemu.forward)}")
         progress.info("console attached: press Enter for a prompt, Ctrl-] to power off and leave")
         ended = machine.attach(stdin, stdout)
@@ -136,4 +137,4 @@ def forwarded_services(machine: Machine, ports: Sequence[int]) -> str:
         port=machine.host_port(port)) for port in ports)
 
 
-__all__ = ["BOOT_DISK", "BootResult", "boot", "boot_spec_for", "prepare_boot_disk", "READY_MARKER", "shell"]
+__all__ = ["BOOT_DISK", "BootResult", "BootState", "boot", "boot_spec_for", "READY_MARKER", "shell", "state_folder"]

@@ -440,7 +440,10 @@ def lock(board_name, boards_dirs, overlay_dirs, qemu_dirs, out_file):
 @click.option("--timeout-factor", type=float, default=None,
               help="Multiply every boot and check timeout (slow machines); default FWGEN_TIMEOUT_FACTOR or 1.")
 @click.option("--fresh-disk", is_flag=True,
-              help="Start from a fresh copy of the built disk image (forget what earlier boots wrote).")
+              help="Reset the device: its disk (SD card, flash) in OUT/.state/BOARD/ starts again as a copy of "
+                   "the built image, so the data partition (a router's overlay) is empty and what earlier boots "
+                   "wrote is gone. Console logs are kept. Without it the disk is kept across boots, and its data "
+                   "partition across rebuilds.")
 @click.option("--shell", "interactive", is_flag=True,
               help="Log in: boot one board, print its forwarded ports (ssh, http) and attach its console "
                    "instead of running the checks; Ctrl-] powers it off.")

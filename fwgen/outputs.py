@@ -4,14 +4,12 @@ boots under QEMU (its BootSpec). build.py and boot.py walk the table; a new outp
 entry (and its writer under images/), never an `if output == ...` elsewhere.
 
 The writers take the build's context (context.BuildContext, which build.py fills in); the
-boot specs take the board, the build folder and its manifest.
+boot specs take the board, the build folder, its manifest and the device state.
 """
 
 from __future__ import annotations
 
-import os
 import posixpath
-import tempfile
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from .bootloader import (
     write_uboot_files,
     write_uimage,
 )
+from .bootstate import BootState, data_partition, firmware_overlay
 from .bundle import build_metadata, part_for, write_bundle
 from .context import BuildContext
 from .dtb import DeviceTree, apply_fixups
@@ -45,7 +44,7 @@ from .images.sdcard import (
     write_sdcard,
 )
 from .images.squashfs import write_squashfs
-from .publish import set_file_mode, write_file
+from .publish import write_file
 from .qemu import BootSpec
 from .rootfs import EntryType, RootFS
 from .slots import has_ab_slots, write_slot_disk
@@ -64,19 +63,19 @@ MIB = 1 << 20
 # The bottom of RAM an ARM zImage fills as it decompresses (Debian's rpi kernel: ~20 MiB with
 # the relocated decompressor), which an initramfs placed by fwgen keeps clear of.
 KERNEL_ROOM = 32 * MIB
-# The board's disk as the emulated board has written it, beside the console log: the built
-# image stays as the manifest describes it, and a rebuild (which replaces the output folder)
-# starts from a fresh copy.
-BOOT_DISK = "boot/disk.img"
-BOOT_SDCARD = "boot/sdcard.img"
+# The board's disk as the emulated board has written it, in its device state folder beside the
+# builds (fwgen/bootstate.py): the built image stays as the manifest describes it, and a
+# rebuild keeps what the guest wrote to the data partition.
+BOOT_DISK = "disk.img"
+BOOT_SDCARD = "sdcard.img"
 # A router's flash as the emulated board has written it: the part the machine maps as its boot
 # flash, and the firmware partition (Linux's root and overlay).
-BOOT_FLASH, BOOT_FIRMWARE = "boot/flash-bios.img", "boot/firmware.bin"
+BOOT_FLASH, BOOT_FIRMWARE = "flash-bios.img", "firmware.bin"
 # What the Raspberry Pi firmware would have loaded, read out of the SD card's FAT partition.
-FROM_SDCARD = "boot/from-sdcard"
+FROM_SDCARD = "from-sdcard"
 
-# boot_spec(board, build folder, manifest, fresh): the QEMU invocation for a built board.
-BootSpecFor = Callable[["Board", Path, dict, bool], BootSpec]
+# boot_spec(board, build folder, manifest, device state): the QEMU invocation for a built board.
+BootSpecFor = Callable[["Board", Path, dict, BootState], BootSpec]
 
 
 @dataclass(frozen=True)
@@ -116,11 +115,11 @@ def write_outputs(ctx: BuildContext) -> None:
             written.update((output.name, *output.covers))
 
 
-def boot_spec(board: Board, outdir: Path, manifest: dict, *, fresh: bool) -> BootSpec | None:
+def boot_spec(board: Board, outdir: Path, manifest: dict, state: BootState) -> BootSpec | None:
     """The first built output (in table order) that boots; None when none does."""
     for output in OUTPUTS:
         if output.name in manifest["outputs"] and output.boot_spec is not None:
-            return output.boot_spec(board, outdir, manifest, fresh)
+            return output.boot_spec(board, outdir, manifest, state)
     return None
 
 
@@ -369,9 +368,9 @@ def _drop_unless_asked(ctx: BuildContext, squashfs: Path, *, bundled: bool = Fal
         squashfs.unlink()
 
 
-def kernel_boot_spec(board: Board, outdir: Path, manifest: dict, fresh: bool) -> BootSpec:
+def kernel_boot_spec(board: Board, outdir: Path, manifest: dict, state: BootState) -> BootSpec:
     """QEMU starts the kernel with the initramfs (-kernel, -initrd); a disk board's boot
-    initramfs mounts the root from a writable copy of the disk (see prepare_boot_disk)."""
+    initramfs mounts the root from the device's copy of the disk (BootState.copy)."""
     assert board.qemu is not None
     outputs = manifest["outputs"]
     initrd = outdir / outputs[INITRAMFS]["file"] if INITRAMFS in outputs else None
@@ -382,7 +381,7 @@ def kernel_boot_spec(board: Board, outdir: Path, manifest: dict, fresh: bool) ->
                         "fwgen cannot place it", f"declare ram: {board.qemu.profile.memory}")
     drives: tuple[Path, ...] = ()
     if DISK in outputs:
-        drives = (prepare_boot_disk(outdir / outputs[DISK]["file"], outdir / BOOT_DISK, fresh=fresh),)
+        drives = (_device_disk(outdir, outputs[DISK], state, BOOT_DISK),)
     return BootSpec(
         profile=board.qemu.profile,
         kernel=outdir / outputs["kernel"]["file"],
@@ -409,7 +408,7 @@ def guest_ram(board: Board, cmdline: str) -> tuple[int | None, str]:
     return memory, cmdline
 
 
-def uboot_boot_spec(board: Board, outdir: Path, manifest: dict, fresh: bool) -> BootSpec:
+def uboot_boot_spec(board: Board, outdir: Path, manifest: dict, state: BootState) -> BootSpec:
     """Boot through U-Boot as the board would: QEMU starts u-boot.bin, whose distro boot finds
     boot.scr on the disk's FAT partition, loads the FIT, checks its hashes and starts Linux."""
     assert board.qemu is not None
@@ -417,7 +416,7 @@ def uboot_boot_spec(board: Board, outdir: Path, manifest: dict, fresh: bool) -> 
     if DISK not in outputs:
         raise UserError(f"{board.source}: output fit without disk: U-Boot has no disk to load the FIT from",
                         "add disk to outputs")
-    disk = prepare_boot_disk(outdir / outputs[DISK]["file"], outdir / BOOT_DISK, fresh=fresh)
+    disk = _device_disk(outdir, outputs[DISK], state, BOOT_DISK)
     return _bios_boot_spec(board, outdir / outputs[UBOOT_OUTPUT]["file"], disk)
 
 
@@ -433,7 +432,7 @@ def _bios_boot_spec(board: Board, bios: Path, drive: Path, **bootloader) -> Boot
                     ready_timeout=board.qemu.timeout, **bootloader)
 
 
-def flash_boot_spec(board: Board, outdir: Path, manifest: dict, fresh: bool) -> BootSpec:
+def flash_boot_spec(board: Board, outdir: Path, manifest: dict, state: BootState) -> BootSpec:
     """Boot a router as a test lab does: U-Boot starts from the part of the flash image the
     machine maps as its boot flash (the profile's bios_size), fwgen types the board's U-Boot
     commands at its prompt (the uImage comes over TFTP from the build folder), and Linux finds
@@ -443,24 +442,23 @@ def flash_boot_spec(board: Board, outdir: Path, manifest: dict, fresh: bool) -> 
     if not profile.bios_size:
         raise UserError(f"{profile.source or profile.name}: a flash board's profile needs bios_size "
                         "(the bytes of the flash the machine maps)")
-    bios = outdir / BOOT_FLASH
-    if fresh or not bios.exists():
-        bios.parent.mkdir(parents=True, exist_ok=True)
-        with open(outdir / outputs[FLASH_OUTPUT]["file"], "rb") as f:
-            write_file(bios, f.read(profile.bios_size))
-    firmware = prepare_boot_disk(outdir / outputs[FIRMWARE_OUTPUT]["file"], outdir / BOOT_FIRMWARE, fresh=fresh)
+    flash = outputs[FLASH_OUTPUT]
+    bios = state.copy(outdir / flash["file"], BOOT_FLASH, sha256=flash["sha256"], length=profile.bios_size)
+    firmware = state.copy(outdir / outputs[FIRMWARE_OUTPUT]["file"], BOOT_FIRMWARE,
+                          sha256=outputs[FIRMWARE_OUTPUT]["sha256"],
+                          keep=firmware_overlay(manifest["flash"]["erase_block"]))
     return _bios_boot_spec(board, bios, firmware, bootloader_prompt=board.uboot.prompt,
                            bootloader_commands=tuple(manifest["flash"]["console_commands"]), tftp=outdir)
 
 
-def sdcard_boot_spec(board: Board, outdir: Path, manifest: dict, fresh: bool) -> BootSpec:
+def sdcard_boot_spec(board: Board, outdir: Path, manifest: dict, state: BootState) -> BootSpec:
     """Boot an SD-card board as its firmware would: kernel, initramfs, DTB and command line
     come out of the card's FAT partition (config.txt says which files), not from the build
     folder. The profile's DTB fix-ups change a copy, for emulation only."""
     assert board.qemu is not None
-    card = prepare_boot_disk(outdir / manifest["outputs"][SDCARD]["file"], outdir / BOOT_SDCARD, fresh=fresh)
+    card = _device_disk(outdir, manifest["outputs"][SDCARD], state, BOOT_SDCARD)
     files = read_boot_files(card)
-    folder = outdir / FROM_SDCARD
+    folder = state.folder / FROM_SDCARD
     folder.mkdir(parents=True, exist_ok=True)
     kernel = write_file(folder / "kernel.img", files.kernel)
     initrd = write_file(folder / "initramfs", files.initramfs) if files.initramfs else None
@@ -510,29 +508,10 @@ def _initrd_below(board: Board, tree: DeviceTree, initrd: Path) -> tuple[str, ..
     return ("-device", f"loader,file={initrd},addr={start:#x},force-raw=on")
 
 
-def prepare_boot_disk(built: Path, disk: Path, *, fresh: bool = False) -> Path:
-    """Copy the built disk image to `disk` unless a copy is there already (or `fresh`).
-
-    The copy is sparse (runs of zeros, such as the unformatted data partition, are skipped)
-    and appears atomically."""
-    if disk.exists() and not fresh:
-        return disk
-    disk.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=disk.parent, prefix=f".{disk.name}.", suffix=".tmp")
-    try:
-        with open(built, "rb") as src, os.fdopen(fd, "wb") as dst:
-            for chunk in iter(lambda: src.read(64 << 10), b""):
-                if chunk.count(0) == len(chunk):
-                    dst.seek(len(chunk), os.SEEK_CUR)
-                else:
-                    dst.write(chunk)
-            dst.truncate()
-        set_file_mode(Path(tmp))
-        os.replace(tmp, disk)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return disk
+def _device_disk(outdir: Path, built: dict, state: BootState, name: str) -> Path:
+    """The device's copy of a built disk or SD card (as the manifest lists it), its data
+    partition kept across rebuilds."""
+    return state.copy(outdir / built["file"], name, sha256=built["sha256"], keep=data_partition)
 
 
 # In order of precedence: the first bootable output a build has is how it boots, and an

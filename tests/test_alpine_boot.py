@@ -68,7 +68,7 @@ def booted(samples, tmp_path_factory, cache_dir):
     assert booted.returncode == 0 or booted.stdout, booted.stderr
     report = json.loads(booted.stdout)
     manifest = json.loads((out / BOARD / "manifest.json").read_text())
-    console = (out / BOARD / "boot" / "console.log").read_text(errors="replace")
+    console = (out / ".state" / BOARD / "console.log").read_text(errors="replace")
     print(f"{BOARD}: build {build_seconds:.1f} s, ready after {report['ready_seconds']:.1f} s, "
           f"sizes { {n: o['size'] for n, o in manifest['outputs'].items()} }")
     return report, manifest, console, out / BOARD

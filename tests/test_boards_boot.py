@@ -55,7 +55,7 @@ def test_board_builds_boots_and_passes_its_checks(board, out_root, cache_dir):
     assert len(checks) >= 4
     if board == "rpi-zero":  # issue 6: base, network, httpd, ssh and ntp, proven on the Pi too
         assert {"tcp: 22", "service: dropbear", "service: httpd", "service: ntpd"} <= set(checks)
-    console = (out_root / board / "boot" / "console.log").read_text(errors="replace")
+    console = (out_root / ".state" / board / "console.log").read_text(errors="replace")
     assert "fwgen: ready" in console
     # Booted with the RAM the board declares (limits.ram), as the kernel counted it. The Pi's
     # QEMU machine has a fixed 512 MiB: mem= on its command line holds the kernel to the 64.

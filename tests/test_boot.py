@@ -192,7 +192,7 @@ def test_a_build_older_than_its_board_file_is_not_booted_and_boot_build_rebuilds
     assert refused.returncode == 2
     assert "built from other board or overlay files than stale-aarch64.yaml's now" in refused.stderr
     assert "fwgen boot --build stale-aarch64" in refused.stderr
-    assert not (out / "stale-aarch64" / "boot" / "console.log").exists()  # QEMU never started
+    assert not (out / ".state" / "stale-aarch64" / "console.log").exists()  # QEMU never started
     booted = run_fwgen("boot", "--build", str(board), "--out", str(out), cache=cache_dir,
                        env={"FWGEN_TIMEOUT_FACTOR": os.environ.get("FWGEN_TIMEOUT_FACTOR", "1")})
     assert booted.returncode == 0, booted.stderr

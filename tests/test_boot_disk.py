@@ -10,7 +10,7 @@ import pytest
 from buildutil import REPO
 
 from fwgen.board import DiskSpec
-from fwgen.boot import prepare_boot_disk
+from fwgen.bootstate import BootState
 from fwgen.config import load_board, load_qemu_profile
 from fwgen.errors import ConfigError
 from fwgen.qemu import BootSpec, qemu_argv
@@ -51,17 +51,18 @@ def test_boot_disk_is_a_sparse_copy_kept_across_boots_until_fresh(tmp_path):
         f.write(payload)
         f.seek(8 << 20, os.SEEK_CUR)
         f.write(payload)
-    copy = tmp_path / "boot" / "disk.img"
-    assert prepare_boot_disk(built, copy) == copy
+    state = tmp_path / "state"
+    copy = state / "disk.img"
+    assert BootState(state).copy(built, "disk.img") == copy
     assert copy.read_bytes() == built.read_bytes()
     assert copy.stat().st_blocks * 512 < 1 << 20, "the zeros were not written"
     with open(copy, "r+b") as f:  # the guest writes
         f.write(b"guest")
-    prepare_boot_disk(built, copy)
+    BootState(state).copy(built, "disk.img")
     assert copy.read_bytes().startswith(b"guest"), "a later boot sees what the guest wrote"
-    prepare_boot_disk(built, copy, fresh=True)
+    BootState(state, fresh=True).copy(built, "disk.img")
     assert copy.read_bytes() == built.read_bytes()
-    assert sorted(p.name for p in copy.parent.iterdir()) == ["disk.img"], "no temporary file left"
+    assert sorted(p.name for p in state.iterdir()) == ["disk.img", "disk.img.built"], "no temporary file left"
 
 
 def test_persistent_drives_are_attached_writable(tmp_path):

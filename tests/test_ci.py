@@ -129,7 +129,7 @@ def test_a_guest_that_never_becomes_ready_exits_3_with_json_on_stdout(vendor, ca
     record = json.loads(result.stdout)
     assert record["result"] == "error" and record["step"] == "wait_for"
     assert "fwgen: ready" in record["error"]
-    assert record["where"] == str(out / "boot" / "console.log")
+    assert record["where"] == str(tmp_path / "out" / ".state" / "mute" / "console.log")
 
 
 def test_a_guest_that_dies_during_the_checks_exits_3(vendor, cache_dir, tmp_path):

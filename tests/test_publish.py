@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from buildutil import REPO, run_fwgen
 
-from fwgen.boot import prepare_boot_disk
+from fwgen.bootstate import BootState
 from fwgen.publish import create_staging, publish, use_build
 
 BOARD = "qemu-aarch64"  # the cheapest board to build: initramfs only
@@ -207,7 +207,7 @@ def test_boot_copy_of_the_disk_follows_the_umask(tmp_path, umask, file_mode):
     built.write_bytes(b"\1" * 70_000)
     old = os.umask(umask)
     try:
-        copy = prepare_boot_disk(built, tmp_path / "boot" / "disk.img")
+        copy = BootState(tmp_path / "state").copy(built, "disk.img")
     finally:
         os.umask(old)
     assert stat.S_IMODE(copy.stat().st_mode) == file_mode and copy.read_bytes() == built.read_bytes()

@@ -21,7 +21,7 @@ import pytest
 from buildutil import REPO, check_sboms, run_fwgen
 
 from fwgen.board import Board
-from fwgen.boot import BOOT_DISK, READY_MARKER, boot_spec_for
+from fwgen.boot import BOOT_DISK, READY_MARKER, boot_spec_for, state_folder
 from fwgen.checks import run_checks
 from fwgen.config import load_board
 from fwgen.images.cpio import read_cpio
@@ -142,7 +142,7 @@ class Device:
 
     @property
     def disk(self) -> Path:
-        return self.outdir / BOOT_DISK
+        return state_folder(self.outdir) / BOOT_DISK
 
     def console(self) -> str:
         return (self.workdir / f"boot{self.boots}" / "console.log").read_text(errors="replace")

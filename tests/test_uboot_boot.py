@@ -16,6 +16,7 @@ import pytest
 from buildutil import run_fwgen
 
 from fwgen.bootloader import FIT_ARCH
+from fwgen.bootstate import state_folder
 from fwgen.config import load_board
 from fwgen.images.fit import read_fit
 from fwgen.images.uimage import multi_files, read_uimage
@@ -78,7 +79,7 @@ def test_uboot_boots_the_fit_and_the_checks_pass(built, cache_dir):
     assert all(c["passed"] for c in checks.values()), checks
     assert {"console: U-Boot 2023.01", "console: Verifying Hash Integrity ... sha256+ OK",
             "http: / (port 80)", "persist: /etc/fwgen-persist-check"} <= set(checks)
-    console = (built / "boot" / "console.log").read_text(errors="replace")
+    console = (state_folder(built) / "console.log").read_text(errors="replace")
     # U-Boot, not QEMU's loader, started the kernel: the script ran and both hashes verified.
     assert "Found U-Boot script /boot.scr" in console
     assert console.count("Verifying Hash Integrity ... sha256+ OK") >= 2
@@ -92,9 +93,10 @@ def test_a_flipped_byte_in_the_fits_kernel_is_refused_and_reported(built, cache_
     at = disk.find(kernel[:4096])
     assert at > 0
     disk[at + len(kernel) // 2] ^= 0x01
-    copy = built / "boot" / "disk.img"
-    copy.parent.mkdir(exist_ok=True)
-    copy.write_bytes(bytes(disk))  # the boot copy `fwgen boot` uses without --fresh-disk
+    copy = state_folder(built) / "disk.img"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_bytes(bytes(disk))  # the device's disk `fwgen boot` uses without --fresh-disk (from this build)
+    copy.with_name("disk.img.built").write_text(hashlib.sha256((built / "disk.img").read_bytes()).hexdigest() + "\n")
     started = time.monotonic()
     booted = run_fwgen("boot", "--board", built.name, "--out", str(built.parent), cache=cache_dir)
     seconds = time.monotonic() - started
@@ -102,5 +104,5 @@ def test_a_flipped_byte_in_the_fits_kernel_is_refused_and_reported(built, cache_
     [first] = [line for line in booted.stderr.splitlines() if line.startswith("fwgen: error:")]
     assert "the bootloader refused the image before 'fwgen: ready' appeared" in first
     assert "Bad hash value for 'hash-1' hash node in 'kernel-1' image node" in first
-    assert "Starting kernel" not in (built / "boot" / "console.log").read_text(errors="replace")
+    assert "Starting kernel" not in (state_folder(built) / "console.log").read_text(errors="replace")
     print(f"{built.name}: flipped kernel byte refused after {seconds:.1f} s")

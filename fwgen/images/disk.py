@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from construct import Bytes, Const, Int8ul, Int32ul, Int64ul, Padding, Struct
+from construct import Bytes, Const, ConstructError, Int8ul, Int32ul, Int64ul, Padding, Struct
 
-from ..errors import UserError
+from ..errors import FormatError, UserError, parse_error
 from ..progress import QUIET, Progress
 
 SECTOR = 512
@@ -328,3 +328,59 @@ def _gpt_header(common: dict, *, my_lba: int, alternate_lba: int, entry_lba: int
                   partition_entry_lba=entry_lba)
     crc = zlib.crc32(GPT_HEADER.build(fields))
     return GPT_HEADER.build(dict(fields, header_crc32=crc))
+
+
+# -- reading -------------------------------------------------------------------------------
+GPT_PROTECTIVE = 0xEE
+
+
+@dataclass(frozen=True)
+class TablePartition:
+    """A partition as a disk's table lists it: `name` is GPT's ("" on an MBR), `type` the MBR
+    type byte as 0x83 or the GPT type GUID; `start` and `size` in bytes."""
+
+    number: int
+    name: str
+    type: str
+    start: int
+    size: int
+
+
+def read_partition_table(path: Path) -> list[TablePartition]:
+    """The partitions of a disk image's MBR, or of its GPT behind a protective MBR (the
+    primary header and entry array, both CRC-checked), in table order."""
+    with open(path, "rb") as f:
+        try:
+            mbr = MBR.parse(f.read(SECTOR))
+        except ConstructError as e:
+            raise parse_error(f"{path}: sector 0", "no MBR", e) from e
+        if any(p.type == GPT_PROTECTIVE for p in mbr.partitions):
+            return _read_gpt(f, path)
+    return [TablePartition(n, "", f"0x{p.type:02x}", p.lba_first * SECTOR, p.sectors * SECTOR)
+            for n, p in enumerate(mbr.partitions, 1) if p.type]
+
+
+def _read_gpt(f, path: Path) -> list[TablePartition]:
+    f.seek(SECTOR)
+    raw = f.read(SECTOR)
+    try:
+        header = GPT_HEADER.parse(raw)
+    except ConstructError as e:
+        raise parse_error(f"{path}: LBA 1", "bad GPT header", e) from e
+    if zlib.crc32(raw[:16] + bytes(4) + raw[20:92]) != header.header_crc32:
+        raise FormatError(f"{path}: LBA 1: GPT header CRC32 mismatch")
+    f.seek(header.partition_entry_lba * SECTOR)
+    array = f.read(header.number_of_partition_entries * header.size_of_partition_entry)
+    if zlib.crc32(array) != header.partition_entry_array_crc32:
+        raise FormatError(f"{path}: LBA {header.partition_entry_lba}: GPT entry array CRC32 mismatch")
+    found = []
+    for n in range(header.number_of_partition_entries):
+        at = n * header.size_of_partition_entry
+        entry = GPT_ENTRY.parse(array[at:at + GPT_ENTRY_SIZE])
+        if entry.partition_type_guid == bytes(16):
+            continue
+        name = entry.partition_name.decode("utf-16-le", "replace").split("\0")[0]
+        found.append(TablePartition(n + 1, name, str(uuid.UUID(bytes_le=entry.partition_type_guid)),
+                                    entry.starting_lba * SECTOR,
+                                    (entry.ending_lba - entry.starting_lba + 1) * SECTOR))
+    return found
