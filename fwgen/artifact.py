@@ -1,7 +1,7 @@
 """A build published to an OCI registry as one artifact, and pulled back verified.
 
 `publish_build` pushes every file of a build folder (kernel, images, manifest.json, SBOMs,
-signatures: whatever the build wrote; not `boot/`, the emulated device's state) as the layers
+signatures: whatever the build wrote; the emulated device's state is outside it) as the layers
 of one manifest (artifact type `application/vnd.fwgen.firmware.v1`), each layer titled with
 its file name and typed by it, the manifest annotated with the board, its version, the build
 id (the SHA-256 of manifest.json) and fwgen's version. Devices and test labs fetch firmware

@@ -1,8 +1,9 @@
 """Output folders: each build in a folder of its own, published by replacing one symlink.
 
     out/<board>              a symlink to the current build, replaced with rename(2)
-    out/.<board>.v-<id>/     a complete build (kernel, images, manifest.json; `fwgen boot`
-                             adds boot/, the emulated device's persistent state)
+    out/.<board>.v-<id>/     a complete build (kernel, images, manifest.json), never
+                             written by `fwgen boot`
+    out/.state/<board>/      the emulated device's state, outside every build (bootstate.py)
     out/.<board>.tmp-<id>/   a build in progress
 
 A reader of out/<board>/... sees one whole build, old or new, never a mix or nothing: the

@@ -26,7 +26,7 @@ SIGNATURE_FILE = "SHA256SUMS.sig"
 
 def summed_files(folder: Path) -> list[Path]:
     """The files a build's sums cover: every regular file at the top of the folder, but the
-    sums themselves (boot/ holds a booted device's state, not the release)."""
+    sums themselves."""
     return sorted((p for p in folder.iterdir() if p.is_file() and not p.is_symlink()
                    and p.name not in (SUMS_FILE, SIGNATURE_FILE)), key=lambda p: p.name)
 
