@@ -6,6 +6,9 @@ in the same rename), a SHA-256 for each of its inputs:
     fwgen       fwgen's version and the bytes of its own code and data files
     files       every file the board refers to: the board file, its overlays' folders, the
                 QEMU profile, package files, vendor kernels, BusyBox patches and fragments, keys
+    image_files the same with the board files' `checks:` left out (and their comments): what
+                `fwgen boot` compares to refuse a build of other board files, since it runs
+                the checks of the board as it is now and they change no byte of the image
     packages    the resolved package set (name, version, SHA-256), feeds' indexes re-read
     kernel      the kernel package and the linux-image packages it leads to
     busybox     the BusyBox spec and the Zig toolchain's version
@@ -30,6 +33,8 @@ from pathlib import Path
 from . import __version__
 from .board import Board
 from .context import BoardResolution
+from .document import APPEND, read_yaml
+from .errors import ConfigError
 from .fetch.resolver import Resolution
 
 RECORD = Path(".fwgen") / "inputs.json"
@@ -44,6 +49,7 @@ def input_digests(board: Board, resolved: BoardResolution, *, source_date_epoch:
     return {
         "fwgen": _digest([__version__, *_tree_digests(CODE_ROOT)]),
         "files": files_digest(board),
+        "image_files": image_files_digest(board),
         "packages": _digest(_package_rows(resolved.packages)),
         "kernel": _digest(_kernel_rows(resolved.kernel)),
         "busybox": _digest([repr(board.busybox), _version_of("ziglang")]),
@@ -57,14 +63,25 @@ def files_digest(board: Board) -> str:
     return _digest(sorted({str(p): _path_digest(p) for p in _board_paths(board)}.items()))
 
 
+def image_files_digest(board: Board) -> str:
+    """`files_digest` with the board files (the board's and those it extends) read as YAML
+    without their `checks:`, so an edit of the checks alone leaves it as it was."""
+    board_files = {board.source, *board.inherits}
+    return _digest(sorted({str(p): _board_file_digest(p) if p in board_files else _path_digest(p)
+                           for p in _board_paths(board)}.items()))
+
+
 def stale_files(outdir: Path, board: Board) -> bool:
     """Whether the build in `outdir` was made from other board or overlay files than the
-    board's now. A build without a record (older fwgen) cannot tell and counts as current."""
+    board's now, checks aside (image_files; `files` in a record written before it). A build
+    without a record (older fwgen) cannot tell and counts as current."""
     try:
-        recorded = json.loads((outdir / RECORD).read_text())["inputs"]["files"]
+        inputs = json.loads((outdir / RECORD).read_text())["inputs"]
+        if "image_files" in inputs:
+            return inputs["image_files"] != image_files_digest(board)
+        return inputs["files"] != files_digest(board)
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return recorded != files_digest(board)
 
 
 def changed_since(outdir: Path, inputs: dict[str, str]) -> str | None:
@@ -142,6 +159,16 @@ def _board_paths(board: object) -> Iterator[Path]:
     elif isinstance(board, dict):
         for item in board.values():
             yield from _board_paths(item)
+
+
+def _board_file_digest(path: Path) -> str:
+    try:
+        data = read_yaml(path).data
+    except ConfigError:
+        return "missing or unreadable"  # as good as a changed file: the board loads it no more
+    if isinstance(data, dict):
+        data = {key: value for key, value in data.items() if key not in ("checks", f"checks{APPEND}")}
+    return _digest(data)
 
 
 def _path_digest(path: Path) -> str:

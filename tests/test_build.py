@@ -194,7 +194,7 @@ def test_each_changed_input_is_named(copied, cache_dir, tmp_path):
     meta = moved.parent / "overlays" / "base" / "overlay.yaml"
     meta.write_text(meta.read_text() + "\n# edited\n")
     after = digests_of(moved, cache_dir)
-    assert {name for name in before if before[name] != after[name]} == {"files"}
+    assert {name for name in before if before[name] != after[name]} == {"files", "image_files"}
 
 
 def test_a_missing_or_damaged_output_or_manifest_is_noticed(copied, cache_dir):
