@@ -24,16 +24,16 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import FwgenError, UserError
 from .images.disk import read_partition_table
 from .images.flash import identify, round_up
 from .progress import QUIET, Progress
-from .publish import set_file_mode, write_file
+from .publish import replacing, write_file
 
 STATE_FOLDER = ".state"
 CONSOLE_LOG = "console.log"
@@ -84,48 +84,47 @@ class BootState:
             return copy
         self.folder.mkdir(parents=True, exist_ok=True)
         old = copy if copy.exists() and not self.fresh else None
-        with _replacing(copy) as tmp:
-            _sparse_copy(built, tmp, length)
+        with replacing(copy) as out:
+            _sparse_copy(built, out, length)
             if old is not None and keep is not None:
-                self._carry(old, tmp, keep)
+                self._carry(old, built, out, keep)
         write_file(record, f"{built_sha256}\n".encode())
         return copy
 
-    def _carry(self, old: Path, new: Path, keep: FindKept) -> None:
-        """Copy the persistent part of `old` into `new` when both have it alike; else say so."""
+    def _carry(self, old: Path, built: Path, out: BinaryIO, keep: FindKept) -> None:
+        """Write the persistent part of `old` over the copy of `built` being written to `out`
+        when both have it alike; else say so."""
         try:
-            before, after = keep(old), keep(new)
+            before, after = keep(old), keep(built)
         except FwgenError as e:
             self.progress.warn(f"{old}: {e}; the rebuilt image starts with empty data")
             return
         if after is None:
             if before is not None:
-                self.progress.warn(f"{old}: the rebuilt image has no {before.name}: what earlier boots wrote there is dropped")
+                self.progress.warn(f"{old}: the rebuilt image has no {before.name}: what earlier boots wrote there "
+                                   "is dropped")
             return
         if before is None or (before.name, before.type, before.size) != (after.name, after.type, after.size):
             was = before.describe() if before else "none"
             self.progress.warn(f"{old}: {after.name} changed in the rebuild ({was} -> {after.describe()}): "
-                      "it starts empty, what earlier boots wrote there is dropped")
+                               "it starts empty, what earlier boots wrote there is dropped")
             return
-        carry_region(old, before.start, new, after.start, after.size)
+        carry_region(old, before.start, built, out, after.start, after.size)
         self.progress.info(f"kept {after.describe()} from the previous boots, across the rebuild")
 
 
-def carry_region(old: Path, old_start: int, new: Path, new_start: int, size: int) -> None:
-    """Copy `size` bytes of `old` from `old_start` over `new` at `new_start`, leaving runs of
-    zeros that are zeros in `new` already unwritten (sparse)."""
-    with open(old, "rb") as src, open(new, "r+b") as dst:
+def carry_region(old: Path, old_start: int, built: Path, out: BinaryIO, start: int, size: int) -> None:
+    """Write `size` bytes of `old` from `old_start` to `out` (a sparse copy of `built`) at
+    `start`; runs of zeros where `built` has zeros too stay unwritten."""
+    with open(old, "rb") as src, open(built, "rb") as base:
         src.seek(old_start)
-        done = 0
-        while done < size:
-            chunk = src.read(min(CHUNK, size - done))
-            if not chunk:
-                chunk = bytes(min(CHUNK, size - done))  # past the end of a shorter file: zeros
-            dst.seek(new_start + done)
-            if chunk.count(0) != len(chunk) or dst.read(len(chunk)).count(0) != len(chunk):
-                dst.seek(new_start + done)
-                dst.write(chunk)
-            done += len(chunk)
+        for done in range(0, size, CHUNK):
+            want = min(CHUNK, size - done)
+            chunk = src.read(want).ljust(want, b"\0")  # past the end of a shorter file: zeros
+            base.seek(start + done)
+            if chunk.count(0) != want or base.read(want).count(0) != want:
+                out.seek(start + done)
+                out.write(chunk)
 
 
 def data_partition(image: Path) -> Kept | None:
@@ -186,35 +185,20 @@ def rotate_console_logs(folder: Path, kept: int = KEPT_CONSOLE_LOGS) -> None:
             os.replace(older, folder / f"{CONSOLE_LOG}.{n}")
 
 
-def _sparse_copy(built: Path, dest: Path, length: int | None) -> None:
-    """`built` (its first `length` bytes) into the empty file `dest`, runs of zeros skipped."""
+def _sparse_copy(built: Path, out: BinaryIO, length: int | None) -> None:
+    """`built` (its first `length` bytes) into the empty file `out`, runs of zeros skipped."""
     left = length if length is not None else os.path.getsize(built)
-    with open(built, "rb") as src, open(dest, "r+b") as dst:
+    with open(built, "rb") as src:
         while left > 0:
             chunk = src.read(min(CHUNK, left))
             if not chunk:
                 break
             if chunk.count(0) == len(chunk):
-                dst.seek(len(chunk), os.SEEK_CUR)
+                out.seek(len(chunk), os.SEEK_CUR)
             else:
-                dst.write(chunk)
+                out.write(chunk)
             left -= len(chunk)
-        dst.truncate()
-
-
-@contextlib.contextmanager
-def _replacing(path: Path) -> Iterator[Path]:
-    """A temporary file beside `path` that replaces it when the block ends (removed when it
-    fails): publish.replacing for writers that need a path rather than an open file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        set_file_mode(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        out.truncate()
 
 
 def _read(path: Path) -> str | None:

@@ -187,7 +187,7 @@ def test_a_build_older_than_its_board_file_is_not_booted_and_boot_build_rebuilds
     out = tmp_path / "out"
     built = run_fwgen("build", str(board), "--out", str(out), cache=cache_dir)
     assert built.returncode == 0, built.stderr
-    board.write_text(board.read_text() + "# edited after the build\n")
+    board.write_text(board.read_text().replace("hostname: fwgen-aarch64", "hostname: edited-after-the-build"))
     refused = run_fwgen("boot", str(board), "--out", str(out), cache=cache_dir, timeout=120)
     assert refused.returncode == 2
     assert "built from other board or overlay files than stale-aarch64.yaml's now" in refused.stderr

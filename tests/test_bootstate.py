@@ -143,8 +143,11 @@ def test_a_routers_overlay_is_kept_when_the_squashfs_ends_in_the_same_erase_bloc
     with open(copy, "r+b") as f:
         f.seek(overlay.start)
         f.write(b"overlay of boot 1")
+        f.seek(overlay.start + 5 * erase)
+        f.write(bytes(erase))  # zeros over the built image's erased (0xff) flash: carried too
     BootState(state).copy(firmware("b.bin", 71_000), "firmware.bin", keep=keep)
     assert copy.read_bytes()[overlay.start:].startswith(b"overlay of boot 1")
+    assert copy.read_bytes()[overlay.start + 5 * erase:][:erase] == bytes(erase)
     grown = firmware("c.bin", 140_000)  # one erase block more: the overlay moves and shrinks
     BootState(state).copy(grown, "firmware.bin", keep=keep)
     assert copy.read_bytes() == grown.read_bytes()
