@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import IO
 
 from .board import Board
-from .bootstate import BootState, device_state, state_folder
+from .bootstate import BootState, device_state, rotate_console_logs, state_folder
 from .checks import CheckResult, run_checks
 from .errors import UserError, writing
 from .guest import READY_MARKER
@@ -99,6 +99,7 @@ def _ready_guest(board: Board, outdir: Path, state: BootState, *, timeout_factor
     with writing(state.folder, f"the device copy of {board.name}'s disk"):
         spec = boot_spec_for(board, outdir, state=state)
     workdir = state.folder
+    rotate_console_logs(workdir)  # once QEMU is sure to start: a refused boot keeps the old logs
     progress.step(f"booting {board.name} in {spec.profile.binary}")
     started = time.monotonic()
     with Machine(spec, workdir, timeout_factor=timeout_factor, progress=progress) as machine:

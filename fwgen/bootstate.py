@@ -161,7 +161,7 @@ def firmware_overlay(erase_block: int) -> FindKept:
 @contextlib.contextmanager
 def device_state(outdir: Path, *, fresh: bool, progress: Progress = QUIET) -> Iterator[BootState]:
     """The state folder of the board `outdir` shows, locked for one boot (two boots of one
-    board at once would write one disk), with the console logs of earlier boots rotated."""
+    board at once would write one disk)."""
     folder = state_folder(outdir)
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -171,7 +171,6 @@ def device_state(outdir: Path, *, fresh: bool, progress: Progress = QUIET) -> It
         except BlockingIOError:
             raise UserError(f"{folder}: the device is being booted by another fwgen boot",
                             "wait until it ends: both would write the same disk") from None
-        rotate_console_logs(folder)
         yield BootState(folder, fresh, progress)
     finally:
         os.close(fd)
