@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -84,6 +85,9 @@ def test_uboot_boots_the_fit_and_the_checks_pass(built, cache_dir):
     assert "Found U-Boot script /boot.scr" in console
     assert console.count("Verifying Hash Integrity ... sha256+ OK") >= 2
     assert console.index("Starting kernel ...") < console.index("fwgen: ready")
+    # Booted in the RAM the board declares (limits.ram), all of it handed on to Linux by U-Boot.
+    ram = load_board(built.name).limits.ram
+    assert re.search(rf"Memory: \d+K/{ram * 1024}K available", console), re.findall(r"Memory: .*", console)
     print(f"{built.name}: U-Boot to ready {report['ready_seconds']:.1f} s")
 
 
