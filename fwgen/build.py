@@ -150,12 +150,21 @@ def build(
         manifest = json.loads((outdir / MANIFEST_FILE).read_text())
         return BuildResult(board.name, outdir, manifest, time.monotonic() - started, up_to_date=True)
     progress.info(f"building {board.name}: {reason}")
-    created = make_folders(outdir.parent)
-    staging = create_staging(outdir)
+    manifest = build_and_publish(ctx, inputs)
+    return BuildResult(board.name, outdir, manifest, time.monotonic() - started)
+
+
+def build_and_publish(ctx: BuildContext, inputs: dict[str, str]) -> dict:
+    """Run the build's steps into a staging folder beside `ctx.outdir` and publish it there
+    (fwgen/publish.py). Returns the manifest. A failed build leaves no trace, not even an
+    empty out/."""
+    board = ctx.board
+    created = make_folders(ctx.outdir.parent)
+    staging = create_staging(ctx.outdir)
     ctx.staging = staging.path
     published = False
     try:
-        with writing(cache.root, f"the package and BusyBox cache for board {board.name}"):
+        with writing(ctx.cache.root, f"the package and BusyBox cache for board {board.name}"):
             fetch_board_packages(ctx)
             fetch_kernel(ctx)
             build_board_busybox(ctx)
@@ -166,22 +175,30 @@ def build(
         select_kernel_modules(ctx)
         enforce_policy(ctx)
         with writing(ctx.staging, f"the outputs of board {board.name}"):
-            write_images(ctx)
-            find_bootloader_license(ctx)
-            warn_unstated_licenses(ctx)
-            manifest = write_manifest(ctx)
-            write_sboms(ctx.staging, manifest, rootfs=ctx.rootfs, licenses=ctx.licenses,
-                        contents=image_contents(board, manifest["outputs"]))
-            record_inputs(ctx.staging, inputs)
-            if ctx.signing_key is not None:  # last: the sums cover every output, the manifest and SBOMs
-                write_signed_sums(ctx.staging, ctx.signing_key)
-            publish(staging, outdir)
+            manifest = write_results(ctx, inputs)
+            publish(staging, ctx.outdir)
             published = True
     finally:
-        if not published:  # a failed build leaves no trace, not even an empty out/
+        if not published:
             staging.remove()
             remove_empty_folders(created)
-    return BuildResult(board.name, outdir, manifest, time.monotonic() - started)
+    return manifest
+
+
+def write_results(ctx: BuildContext, inputs: dict[str, str]) -> dict:
+    """Write the images, the manifest (returned), the SBOMs and the record of the inputs into
+    the staging folder; with a signing key, last, the signed sums of them all."""
+    assert ctx.staging is not None
+    write_images(ctx)
+    find_bootloader_license(ctx)
+    warn_unstated_licenses(ctx)
+    manifest = write_manifest(ctx)
+    write_sboms(ctx.staging, manifest, rootfs=ctx.rootfs, licenses=ctx.licenses,
+                contents=image_contents(ctx.board, manifest["outputs"]))
+    record_inputs(ctx.staging, inputs)
+    if ctx.signing_key is not None:
+        write_signed_sums(ctx.staging, ctx.signing_key)
+    return manifest
 
 
 def check_output_path(outdir: Path) -> None:

@@ -137,15 +137,8 @@ def resolve_packages(
     pins = dict(pins or {})
     feed_type = {feed.name: feed.type for feed in feeds}
     cache = cache or Cache.default()
-    local = [(file, read_package_file(file, cache=cache, progress=progress)) for file in files]
-    for file, package in local:
-        if package.format not in feed_type.values():
-            raise UserError(f"{file.where}: {file.path.name} is a {package.format} package, but the board has "
-                            f"no {package.format} feed to resolve it with")
-    for name, feed_name in pins.items():
-        if feed_name not in feed_type:
-            raise UserError(f"package {name} is pinned to feed '{feed_name}', which the board does not have",
-                            f"feeds: {', '.join(feed_type)}")
+    _check_pinned_feeds(pins, feed_type)
+    local = _read_board_files(files, set(feed_type.values()), cache, progress)
     groups = group_feeds(feeds)
     unplaced = list(dict.fromkeys(names))
     parts: list[Resolution] = []
@@ -168,18 +161,43 @@ def resolve_packages(
     if unplaced:
         raise ResolveError(f"cannot install {unplaced[0]}: no package {unplaced[0]} in "
                            f"{', '.join(f.name for f in feeds)}")
-    resolution = Resolution(
+    resolution = _joined(parts)
+    for skipped in resolution.excluded:
+        progress.info(f"excluded: {skipped} (not installed)")
+    for supplied in resolution.provided:
+        progress.info(f"provided by the board: {supplied}")
+    return resolution
+
+
+def _check_pinned_feeds(pins: Mapping[str, str], feed_type: Mapping[str, str]) -> None:
+    """Every feed a package is pinned to is one of the board's."""
+    for name, feed_name in pins.items():
+        if feed_name not in feed_type:
+            raise UserError(f"package {name} is pinned to feed '{feed_name}', which the board does not have",
+                            f"feeds: {', '.join(feed_type)}")
+
+
+def _read_board_files(files: Sequence[PackageFile], formats: Collection[str], cache: Cache,
+                      progress: Progress) -> list[tuple[PackageFile, Package]]:
+    """The package files the board pins, read and checked; each must have a feed of its format
+    to be resolved with."""
+    local = [(file, read_package_file(file, cache=cache, progress=progress)) for file in files]
+    for file, package in local:
+        if package.format not in formats:
+            raise UserError(f"{file.where}: {file.path.name} is a {package.format} package, but the board has "
+                            f"no {package.format} feed to resolve it with")
+    return local
+
+
+def _joined(parts: Sequence[Resolution]) -> Resolution:
+    """One resolution of the parts resolved feed group by feed group, in order."""
+    return Resolution(
         [p for part in parts for p in part.packages],
         [e for part in parts for e in part.excluded],
         [n for part in parts for n in part.nodeps],
         [e for part in parts for e in part.provided],
         {name: names for part in parts for name, names in part.depends.items()},
     )
-    for skipped in resolution.excluded:
-        progress.info(f"excluded: {skipped} (not installed)")
-    for supplied in resolution.provided:
-        progress.info(f"provided by the board: {supplied}")
-    return resolution
 
 
 def read_package_file(file: PackageFile, *, cache: Cache, progress: Progress = QUIET) -> Package:
