@@ -373,15 +373,14 @@ class DebBackend(Backend):
         other at extraction. A package that cannot be read is left to the extraction,
         which names it in its error."""
         cache = Cache.holding(path)
-        if cache is None:
+        if cache is None or cache.derived_path(path.name, _TRANSCODED_KIND).exists():
             return
         with _TRANSCODING:
             data = path.read_bytes()
             try:
                 member = _data_member(list_ar_members(data, str(path)))
-                copy = _transcoded_path(cache, data)
-                if member is not None and _worth_transcoding(member) and not copy.exists():
-                    _transcode(copy, path, data, member, None)
+                if member is not None and _worth_transcoding(member):
+                    _transcode(_transcoded_path(cache, data), path, data, member, None)
             except UserError:
                 return
 
@@ -492,9 +491,11 @@ def _member_source(path: Path, member: ArMember) -> str:
 
 def _read_transcoded_tar(cache: Cache, path: Path, data: bytes, member: ArMember,
                          budget: UnpackBudget | None) -> bytes:
-    copy = _transcoded_path(cache, data)
-    tar = _read_zstd_file(copy)
-    return tar if tar is not None else _transcode(copy, path, data, member, budget)
+    # Looked up by the name the cache gives the verified .deb, its SHA-256 (no hashing); made
+    # and named by the SHA-256 of the bytes it is made of, so a .deb damaged since it was
+    # verified never gives a copy under the good one's name.
+    tar = _read_zstd_file(cache.derived_path(path.name, _TRANSCODED_KIND))
+    return tar if tar is not None else _transcode(_transcoded_path(cache, data), path, data, member, budget)
 
 
 def _transcoded_path(cache: Cache, data: bytes) -> Path:
