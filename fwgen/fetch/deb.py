@@ -616,19 +616,22 @@ def encode_compact_index(text: bytes | Iterable[bytes]) -> bytes:
     dict in milliseconds, where a marshalled dict of 62,000 lists took 0.3 s); the stanzas
     of names listed more than once; the stanzas of each provided name; stanza offsets."""
     stanzas: list[bytes] = []
+    names: list[str] = []
+    provides: dict[str, list[int]] = {}
+    # Block by block, as the pieces come: the tables grow while the next piece decompresses.
     for block in _stanza_blocks([text] if isinstance(text, bytes) else text):
+        first = len(stanzas)
         stanzas += _kept_stanzas(block)
-    names = [_package_name(stanza) for stanza in stanzas]
+        names += [_package_name(stanza) for stanza in stanzas[first:]]
+        for i in range(first, len(stanzas)):
+            if b"Provides:" in stanzas[i]:
+                # The names only (the stanza's own parse reads the rest, and refuses what is malformed).
+                for name in _PROVIDED_NAME.findall(_field_value(stanzas[i], "Provides")):
+                    provides.setdefault(name, []).append(i)
     repeated: dict[str, list[int]] = {}
     for i, name in enumerate(names):
         repeated.setdefault(name, []).append(i)
     repeated = {name: found for name, found in repeated.items() if len(found) > 1}
-    provides: dict[str, list[int]] = {}
-    for i, stanza in enumerate(stanzas):
-        if b"Provides:" in stanza:
-            # The names only (the stanza's own parse reads the rest, and refuses what is malformed).
-            for name in _PROVIDED_NAME.findall(_field_value(stanza, "Provides")):
-                provides.setdefault(name, []).append(i)
     offsets = array.array("Q", itertools.accumulate(map(len, stanzas), initial=0))
     tables = marshal.dumps(("\n".join(names), repeated, provides, offsets.tobytes()))
     body = struct.pack("<Q", len(tables)) + tables + b"".join(stanzas)
