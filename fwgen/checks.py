@@ -131,15 +131,12 @@ def check_service(machine: Machine, check: Check) -> str | None:
 
 def check_persist(machine: Machine, check: Check) -> str | None:
     """Write a fresh token, reboot, and read it back: the data partition keeps changes."""
-    reboot = getattr(machine, "reboot", None)
-    if reboot is None:
-        return "this machine cannot reboot under the harness (no reboot support in fwgen.qemu)"
     token = f"fwgen-persist-{time.time_ns()}"
     status, output = machine.run(f"mkdir -p \"$(dirname {check.path})\" && echo {token} > {check.path} && sync",
                                  timeout=check.timeout)
     if status != 0:
         return f"cannot write {check.path}: {_clip(output)!r}"
-    reboot()
+    machine.reboot()
     status, output = machine.run(f"cat {check.path}", timeout=check.timeout)
     return _compare_text(output, token, None, f"{check.path} after the reboot") if status == 0 else \
         f"{check.path} is gone after the reboot ({_clip(output)!r})"
