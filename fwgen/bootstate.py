@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from .cache import hash_file
 from .errors import FwgenError, UserError
 from .images.disk import read_partition_table
 from .images.flash import identify, round_up
@@ -78,7 +78,7 @@ class BootState:
         module docstring. `sha256` is the built image's (from the manifest), `keep` finds the
         part carried over a rebuild (None: nothing is)."""
         copy = self.folder / name
-        built_sha256 = sha256 or _file_sha256(built)
+        built_sha256 = sha256 or hash_file(built)
         record = copy.with_name(name + BUILT_SUFFIX)
         if not self.fresh and copy.exists() and _read(record) == built_sha256:
             return copy
@@ -205,8 +205,3 @@ def _read(path: Path) -> str | None:
         return path.read_text().strip()
     except OSError:
         return None
-
-
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
