@@ -644,7 +644,7 @@ def fetch(arch_name, packages, dest, mirror, suite, components, exclude, nodeps,
     arch = Arch.from_name(arch_name)
     feed = Feed(name="debian", type="deb", url=mirror, suite=suite, components=tuple(components))
     fetched = fetch_packages([feed], arch, list(packages), exclude=exclude, nodeps=nodeps,
-                             cache=_cache(), progress=_progress(as_json))
+                             cache=_cache(), progress=_progress(as_json), extracting=False)
     dest.mkdir(parents=True, exist_ok=True)
     records = []
     for f in fetched:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import os
 import socket
 import ssl
 import threading
@@ -32,6 +33,14 @@ _lock = threading.Lock()
 _addresses: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
 _idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
 _tls: list[ssl.SSLContext] = []
+
+
+def _forget_connections() -> None:
+    # A forked child must not write on its parent's sockets: it opens its own.
+    _idle.clear()
+
+
+os.register_at_fork(after_in_child=_forget_connections)
 
 
 @contextlib.contextmanager

@@ -353,6 +353,17 @@ def test_downloading_makes_the_transcoded_copy_before_extraction(server, cache, 
     assert entry_facts(fetched.path) == expected
 
 
+def test_downloading_only_makes_no_transcoded_copy(server, cache, big_deb):
+    # `fwgen fetch` copies the packages out: decompressing them would be work for nothing.
+    from fwgen.fetch import Package, download_packages
+
+    server.serve("/pool/big.deb", big_deb)
+    package = Package(name="big", version="1", arch="arm64", feed="local", format="deb", base_url=server.url,
+                      filename="pool/big.deb", size=len(big_deb), sha256=sha256(big_deb))
+    [fetched] = download_packages([package], cache=cache, extracting=False)
+    assert fetched.path.read_bytes() == big_deb and not transcoded_file(cache, big_deb).exists()
+
+
 def test_small_packages_are_not_transcoded(cache):
     small = build_deb(build_tar(lambda t: add_member(t, "./etc/x", data=b"x")), "xz")
     list(read_package_entries(in_cache(cache, small)))

@@ -263,18 +263,24 @@ def naming_feed(feed: Feed | None, package: Package | None = None) -> Iterator[N
 
 def download_packages(
     packages: Sequence[Package], *, feeds: Sequence[Feed] = (), cache: Cache | None = None,
-    progress: Progress = QUIET, jobs: int = 4,
+    progress: Progress = QUIET, jobs: int = 4, extracting: bool = True,
 ) -> list[FetchedPackage]:
     """Download `packages` in parallel into the cache, verified; same order as given.
-    `feeds` (those the packages came from) only make errors name the feed's place."""
+    `feeds` (those the packages came from) only make errors name the feed's place.
+    `extracting`: the packages will be extracted, and each download thread does ahead
+    what that needs (Backend.prepare_package) while other packages download."""
     cache = cache or Cache.default()
     by_name = {feed.name: feed for feed in feeds}
     total = sum(p.size for p in packages)
     progress.step(f"fetching {len(packages)} packages ({total / 1048576:.1f} MiB)")
 
     def fetch_one(package: Package) -> FetchedPackage:
+        backend = get_backend(package.format)
         with naming_feed(by_name.get(package.feed), package):
-            return FetchedPackage(package, get_backend(package.format).fetch_package(package, cache, progress))
+            path = backend.fetch_package(package, cache, progress)
+        if extracting:
+            backend.prepare_package(path)
+        return FetchedPackage(package, path)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         return list(pool.map(fetch_one, packages))
@@ -294,26 +300,30 @@ def fetch_packages(
     cache: Cache | None = None,
     progress: Progress = QUIET,
     jobs: int = 4,
+    extracting: bool = True,
 ) -> list[FetchedPackage]:
     """Resolve `names` with their dependencies over the feeds' verified indexes (feeds of
     several formats mix as `resolve_packages` says, Alpine's install_if included), download
     every package in parallel into the cache, verify it, return them in install order
-    (dependencies first). `files` and `provided` as `resolve_packages` takes them."""
+    (dependencies first). `files` and `provided` as `resolve_packages` takes them,
+    `extracting` as `download_packages`."""
     cache = cache or Cache.default()
     resolution = resolve_packages(
         feeds, arch, names, exclude=exclude, nodeps=nodeps, pins=pins, versions=versions, files=files,
         provided=provided, cache=cache, progress=progress,
     )
-    return download_resolution(resolution, feeds=feeds, cache=cache, progress=progress, jobs=jobs)
+    return download_resolution(resolution, feeds=feeds, cache=cache, progress=progress, jobs=jobs,
+                               extracting=extracting)
 
 
 def download_resolution(
     resolution: Resolution, *, feeds: Sequence[Feed] = (), cache: Cache | None = None,
-    progress: Progress = QUIET, jobs: int = 4,
+    progress: Progress = QUIET, jobs: int = 4, extracting: bool = True,
 ) -> list[FetchedPackage]:
     """Download a resolution's packages (`download_packages`), in install order, each with
     the names its dependencies resolved to."""
-    fetched = download_packages(resolution.packages, feeds=feeds, cache=cache, progress=progress, jobs=jobs)
+    fetched = download_packages(resolution.packages, feeds=feeds, cache=cache, progress=progress, jobs=jobs,
+                                extracting=extracting)
     return [replace(f, depends=tuple(resolution.depends.get(f.package.name, ()))) for f in fetched]
 
 

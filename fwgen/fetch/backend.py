@@ -100,6 +100,11 @@ class Backend(ABC):
         SHA-256 its index gave (a format whose index has none verifies its own way)."""
         return cache.fetch(package.url, sha256=package.sha256, size=package.size, progress=progress)
 
+    def prepare_package(self, path: Path) -> None:
+        """Work that extracting the package downloaded to `path` (in the cache) will need,
+        done ahead by its download thread while other packages download; by default none."""
+        return None
+
     def install_if_additions(self, candidates: Collection[Package], chosen: Sequence[Package]) -> list[Package]:
         """The `candidates` whose install_if conditions `chosen` meets (Alpine's); by
         default none: the format has no such field."""

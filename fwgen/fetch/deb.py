@@ -361,11 +361,6 @@ class DebBackend(Backend):
             return read_tar_entries(tar, _member_source(path, member), budget)
         return read_member_tar(path, data, members, "data", budget)
 
-    def fetch_package(self, package: Package, cache: Cache, progress: Progress) -> Path:
-        path = super().fetch_package(package, cache, progress)
-        self.prepare_package(path)
-        return path
-
     def prepare_package(self, path: Path) -> None:
         """Make the zstd copy of a big data.tar now: the download threads call this as soon as
         their package is in the cache, and lzma runs without the GIL, so on two cores the
@@ -376,12 +371,12 @@ class DebBackend(Backend):
         if cache is None or cache.derived_path(path.name, _TRANSCODED_KIND).exists():
             return
         with _TRANSCODING:
-            data = path.read_bytes()
             try:
+                data = path.read_bytes()
                 member = _data_member(list_ar_members(data, str(path)))
                 if member is not None and _worth_transcoding(member):
                     _transcode(_transcoded_path(cache, data), path, data, member, None)
-            except UserError:
+            except (UserError, OSError):
                 return
 
     def read_control_files(self, path: Path) -> dict[str, bytes]:
