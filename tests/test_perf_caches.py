@@ -8,6 +8,7 @@ rewritten. The fast `.modinfo` reader must agree with pyelftools, the reader of 
 from __future__ import annotations
 
 import array
+import gzip
 import hashlib
 import lzma
 import marshal
@@ -160,6 +161,12 @@ def test_index_decompressed_by_a_thread_is_what_lzma_gives(tmp_path, monkeypatch
     local.write_bytes(b"not xz at all")
     with pytest.raises(FormatError, match=r"^the-url: cannot decompress: "):
         list(deb._decompressed_pieces(local, "main/binary-arm64/Packages.xz", "the-url"))
+    for name, packed in (("Packages.gz", gzip.compress(text)), ("Packages", text)):
+        local.write_bytes(packed)
+        assert b"".join(deb._decompressed_pieces(local, f"main/binary-arm64/{name}", "the-url")) == text
+    local.write_bytes(gzip.compress(text)[:-40])
+    with pytest.raises(FormatError, match=r"^the-url: cannot decompress: "):
+        list(deb._decompressed_pieces(local, "main/binary-arm64/Packages.gz", "the-url"))
 
 
 def test_parsed_index_holds_no_feed_name_or_url(server, cache, tmp_path):
