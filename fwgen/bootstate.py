@@ -33,7 +33,8 @@ from .errors import FwgenError, UserError
 from .images.disk import read_partition_table
 from .images.flash import identify, round_up
 from .progress import QUIET, Progress
-from .publish import replacing, write_file
+from .files import replacing
+from .publish import write_file
 
 STATE_FOLDER = ".state"
 CONSOLE_LOG = "console.log"

@@ -28,7 +28,7 @@ from .board import Board
 from .bootloader import boots_through_uboot, fetch_uboot
 from .bundle import check_signing_key
 from .busybox import DEFAULT_SOURCE, BusyboxSource, build_busybox, install_busybox, patches_for
-from .cache import Cache, hash_file
+from .cache import Cache
 from .compile import compile_build, install_build
 from .compression import ZSTD
 from .config import board_digest
@@ -49,6 +49,7 @@ from .fetch import (
     resolve_packages,
     write_package_state,
 )
+from .files import hash_file
 from .guest import (
     BOOT_CONF,
     DATA_FS_TYPE,

@@ -18,18 +18,17 @@ key: Ed25519 signatures are deterministic) give the same bytes.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from . import usign
 from .errors import FormatError, IntegrityError, UserError
-from .publish import replacing
+from .files import hash_file, hash_stream, replacing
 
 FORMAT = 1
 METADATA, SIGNATURE = "metadata.json", "metadata.json.sig"
@@ -83,7 +82,7 @@ def build_metadata(*, board: str, compatible: tuple[str, ...], version: str, bui
     """metadata.json as UPDATE-BUNDLE.md fixes it, the parts hashed from their files."""
     data = {"format": FORMAT, "board": board, "compatible": list(compatible), "version": version,
             "build_id": build_id, "slots": slots,
-            "parts": [{"name": p.name, "file": p.file, "size": p.path.stat().st_size, "sha256": _sha256_file(p.path)}
+            "parts": [{"name": p.name, "file": p.file, "size": p.path.stat().st_size, "sha256": hash_file(p.path)}
                       for p in parts]}
     return (json.dumps(data, sort_keys=True, indent=1) + "\n").encode()
 
@@ -200,7 +199,9 @@ def _check_parts(tar: tarfile.TarFile, path: Path, parts: list[dict[str, Any]]) 
         if member.size != part["size"]:
             raise IntegrityError(f"{path}: part {part['name']} ({part['file']}): {member.size:,} bytes, "
                                  f"{METADATA} says {part['size']:,}")
-        digest = _sha256_stream(tar.extractfile(member))
+        content = tar.extractfile(member)
+        assert content is not None  # a regular file's member, checked above
+        digest = hash_stream(content)
         if digest != part["sha256"]:
             raise IntegrityError(f"{path}: part {part['name']} ({part['file']}): sha256 {digest[:16]}... "
                                  f"is not the {part['sha256'][:16]}... {METADATA} lists")
@@ -236,19 +237,6 @@ def tar_member(name: str, size: int, mtime: int, *, mode: int = 0o644, kind: byt
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mtime: int) -> None:
     tar.addfile(tar_member(name, len(data), mtime), io.BytesIO(data))
-
-
-def _sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return _sha256_stream(f)
-
-
-def _sha256_stream(f: IO[bytes] | None) -> str:
-    assert f is not None
-    digest = hashlib.sha256()
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_signing_key(key: usign.UsignSecretKey, trusted: tuple[Path, ...], where: str) -> None:

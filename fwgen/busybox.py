@@ -47,6 +47,7 @@ from .busybox_gate import check_busybox, list_applets
 from .busybox_toolchain import Toolchain, checked_zig_cache, find_toolchain
 from .cache import discard_damaged, note_use
 from .errors import ConfigError, FwgenError
+from .files import hash_file, replacing
 from .progress import QUIET, Progress
 from .rootfs import EntryType, RootFS
 from .run import kill_group, run, spawn
@@ -169,16 +170,8 @@ def install_busybox(rootfs: RootFS, binary: bytes, arch: Arch, *, provenance: st
 
 def export_busybox(binary: Path, out: Path) -> None:
     """Copy a built binary to `out` (for `fwgen busybox --out`): whole, or not at all."""
-    out = Path(out)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent or ".")
-    os.close(fd)
-    try:
-        shutil.copyfile(binary, tmp)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with open(binary, "rb") as src, replacing(out, mode=0o755) as dst:
+        shutil.copyfileobj(src, dst)
 
 
 def tree_key(arch: Arch, source: BusyboxSource, patches: Sequence[Path], toolchain: Toolchain) -> str:
@@ -317,8 +310,7 @@ def _tree_files(tree_root: Path) -> dict[str, str]:
                 if os.path.islink(path):
                     files[rel] = "-> " + os.readlink(path)
                 else:
-                    with open(path, "rb") as f:
-                        files[rel] = hashlib.file_digest(f, "sha256").hexdigest()
+                    files[rel] = hash_file(Path(path))
     return files
 
 
@@ -450,7 +442,7 @@ def _describe(arch: Arch, source: BusyboxSource, toolchain: Toolchain, fragments
         "zig_target": arch.zig_target,
         "zig_cpu": list(arch.zig_cpu),
         "fragments": [str(f) for f in fragments],
-        "sha256": hashlib.sha256(binary.read_bytes()).hexdigest(),
+        "sha256": hash_file(binary),
         "size": binary.stat().st_size,
     }
 

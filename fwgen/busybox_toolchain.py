@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import functools
-import hashlib
 import json
 import os
 import shlex
@@ -24,6 +23,7 @@ from pathlib import Path
 from .arch import Arch
 from .cache import discard_damaged
 from .errors import ToolMissingError
+from .files import hash_file
 from .progress import Progress
 from .run import run
 
@@ -139,8 +139,7 @@ def _link_inputs(zig_dir: Path) -> dict[str, str]:
             with os.scandir(folder.path) as files:
                 for entry in files:
                     if _is_link_input(entry.name) and entry.is_file(follow_symlinks=False):
-                        with open(entry.path, "rb") as f:
-                            found[f"o/{folder.name}/{entry.name}"] = hashlib.file_digest(f, "sha256").hexdigest()
+                        found[f"o/{folder.name}/{entry.name}"] = hash_file(Path(entry.path))
     return found
 
 
@@ -157,9 +156,8 @@ def _zig_cache_damage(zig_dir: Path) -> str | None:
         return f"{LINK_INPUTS_RECORD} unreadable (not an object)"
     for rel, digest in sorted(recorded.items()):
         try:
-            with open(zig_dir / rel, "rb") as f:
-                if hashlib.file_digest(f, "sha256").hexdigest() != digest:
-                    return f"{rel} does not match its recorded SHA-256"
+            if hash_file(zig_dir / rel) != digest:
+                return f"{rel} does not match its recorded SHA-256"
         except FileNotFoundError:
             return f"{rel} is missing"
     return None

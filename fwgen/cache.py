@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import STORAGE_ERRNOS, FetchError, IntegrityError, writing
+from .files import hash_file, replacing
 from .progress import QUIET, Progress
 from .project import active_projects
 
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     from .remote_cache import RemoteCache
 
 _CHUNK = 1 << 16
+# The mode downloads and derived files get in the cache: mkstemp's, which they always had.
+CACHED_MODE = 0o600
 _USER_AGENT = "fwgen/0.1 (+https://github.com/fwgen)"
 _CHECKED_MAGIC = b"fwgen-checked sha256 "
 
@@ -120,19 +123,10 @@ class Cache:
         A derived file is only a shortcut, so a cache that cannot take it (full, read-only)
         costs time on the next build, not this build.
         """
-        try:
+        with contextlib.suppress(OSError):
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name[:16]}.", suffix=".part", dir=path.parent)
-        except OSError:
-            return
-        try:
-            with os.fdopen(fd, "wb") as out:
+            with replacing(path, mode=CACHED_MODE, suffix=".part") as out:
                 out.write(data)
-            os.replace(tmp_name, path)
-        except OSError:
-            pass
-        finally:
-            Path(tmp_name).unlink(missing_ok=True)
 
     @staticmethod
     def store_checked(path: Path, data: bytes) -> None:
@@ -299,11 +293,8 @@ class Cache:
     def _download_once(
         self, url: str, dest: Path, *, sha256: str | None, size: int | None, progress: Progress
     ) -> None:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name[:16]}.", suffix=".part", dir=dest.parent)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                digest, received = self._stream(url, out, size, progress)
+        with replacing(dest, mode=CACHED_MODE, suffix=".part") as out:
+            digest, received = self._stream(url, out, size, progress)
             if size is not None and received != size:
                 # A mirror in mid-sync serves a file of another generation than its index.
                 raise _Retry(f"file has unexpected size {received} (the index says {size}; mirror syncing?)")
@@ -316,9 +307,6 @@ class Cache:
                 # Recorded first: a crash between the two renames leaves a mismatch, which
                 # costs a download, never a damaged file taken for a good one.
                 self._record_hash(dest, digest)
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def _stream(self, url: str, out, size: int | None, progress: Progress) -> tuple[str, int]:
         import http.client  # here, not at the top: a warm build downloads nothing
@@ -401,12 +389,3 @@ def discard_damaged(entry: Path, problem: str, remedy: str, progress: Progress =
     else:
         with contextlib.suppress(OSError):  # a read-only cache: the entry is ignored, not fixed
             entry.unlink(missing_ok=True)
-
-
-def hash_file(path: Path) -> str:
-    """The SHA-256 of the file at `path`, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -30,6 +30,7 @@ from .errors import (
     quoted,
     writing,
 )
+from .files import replacing
 
 pass_state = click.make_pass_decorator(dict, ensure=True)
 
@@ -649,13 +650,9 @@ def fetch(arch_name, packages, dest, mirror, suite, components, exclude, nodeps,
     records = []
     for f in fetched:
         target = dest / Path(f.package.url).name
-        tmp = target.with_name(target.name + ".tmp")
-        with writing(target, f"a copy of package {f.package.name}"):
-            try:
-                shutil.copyfile(f.path, tmp)
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
+        with writing(target, f"a copy of package {f.package.name}"), open(f.path, "rb") as src, \
+                replacing(target) as copy:
+            shutil.copyfileobj(src, copy)
         records.append({"name": f.package.name, "version": f.package.version, "arch": f.package.arch,
                         "sha256": f.package.sha256, "file": str(target)})
     if as_json:

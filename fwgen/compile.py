@@ -43,6 +43,7 @@ from .busybox_download import download_source
 from .busybox_toolchain import PREFIX, Toolchain, checked_zig_cache, find_toolchain
 from .cache import discard_damaged, note_use
 from .errors import UserError
+from .files import hash_file
 from .progress import QUIET, Progress
 from .rootfs import RootFS
 from .run import kill_group, spawn
@@ -188,7 +189,7 @@ def cache_key(build: Build, arch: Arch, toolchain: Toolchain) -> str:
         "static": build.static, "install": sorted(build.install.items()),
         "zig": toolchain.version, "target": arch.zig_target, "cpu": arch.zig_cpu,
         "source": build.sha256 or _folder_digest(build.folder),
-        "patches": [[p.name, hashlib.sha256(p.read_bytes()).hexdigest()] for p in build.patches],
+        "patches": [[p.name, hash_file(p)] for p in build.patches],
         "epoch": _epoch(),
     }
     h.update(json.dumps(recipe, sort_keys=True).encode())
@@ -208,7 +209,7 @@ def _folder_digest(folder: Path | None) -> str:
                 h.update(f"L {rel} {os.readlink(path)}\0".encode())
                 continue
             executable = os.access(path, os.X_OK)
-            h.update(f"F {rel} {int(executable)} {hashlib.sha256(path.read_bytes()).hexdigest()}\0".encode())
+            h.update(f"F {rel} {int(executable)} {hash_file(path)}\0".encode())
     return h.hexdigest()
 
 
@@ -344,7 +345,7 @@ def _publish(build: Build, arch: Arch, tree: Path, log: Path, dest: Path, toolch
             shutil.copyfile(source, target)
             mode = 0o755 if source.stat().st_mode & stat.S_IXUSR else 0o644
             target.chmod(mode)
-            files[image_path] = [hashlib.sha256(target.read_bytes()).hexdigest(), f"{mode:o}"]
+            files[image_path] = [hash_file(target), f"{mode:o}"]
         report = audit_paths([p for p in (stage / "files").rglob("*") if p.is_file()], arch)
         if report.errors:
             raise BuildFailed(f"{build.overlay}/{build.name} for {arch.value} fails the ELF audit: {report.errors[0]}")

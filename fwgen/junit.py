@@ -18,10 +18,8 @@ atomically.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from datetime import datetime
@@ -29,6 +27,7 @@ from pathlib import Path
 
 from .batch import LOAD_STEP, Outcome
 from .errors import EXIT_INTERNAL, writing
+from .files import replacing
 from .qemu import CONTROL_SEQUENCE
 
 # Characters XML 1.0 cannot carry at all, not even escaped (a console prints any of them).
@@ -55,14 +54,8 @@ def write_junit(path: Path, outcomes: Sequence[Outcome], *, action: str, started
     folder = path.parent if str(path.parent) else Path(".")
     with writing(path, "the JUnit report"):
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        with replacing(folder / path.name) as f:
+            f.write(data)
 
 
 def _suite(index: int, outcome: Outcome, started: datetime) -> ET.Element:

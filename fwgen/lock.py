@@ -34,11 +34,12 @@ from pathlib import Path
 import yaml
 
 from .board import Board, Feed
-from .cache import Cache, hash_file
+from .cache import Cache
 from .document import Document, read_yaml, validate
 from .errors import FetchError, IntegrityError, UserError
 from .fetch import FetchedPackage, Package, fetch_packages
 from .fetch.backends import backend_for_file
+from .files import hash_file
 from .progress import QUIET, Progress
 from .publish import write_file
 

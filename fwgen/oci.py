@@ -28,6 +28,7 @@ import requests
 import requests.adapters
 
 from .errors import FetchError, IntegrityError, UserError
+from .files import replacing
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 # OCI 1.1's way of saying "this artifact has no configuration": the two bytes "{}".
@@ -160,18 +161,13 @@ class Registry:
         """Download the blob `descriptor` names to `dest`, renamed into place only once its
         SHA-256 and size are the descriptor's (IntegrityError otherwise, nothing written)."""
         digest, size = _descriptor_digest(descriptor, self.reference), descriptor.get("size")
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name[:24]}.", suffix=".part", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                actual, received = self._stream_blob(digest, out)
+        with replacing(dest, mode=0o600, suffix=".part") as out:  # 0600: as mkstemp made it before
+            actual, received = self._stream_blob(digest, out)
             if actual != digest or received != size:
                 raise IntegrityError(
                     f"{_title(descriptor)}: the registry served {received} bytes with SHA-256 "
                     f"{actual.removeprefix('sha256:')[:16]}..., not the manifest's {size} bytes "
                     f"with {digest.removeprefix('sha256:')[:16]}...")
-            os.replace(tmp_name, dest)
-        finally:
-            Path(tmp_name).unlink(missing_ok=True)
 
     def push(self, tag: str, layers: list[Layer], *, artifact_type: str, annotations: dict[str, str]) -> str:
         """Upload `layers` (each skipped if the registry has it) and a manifest tagged `tag`;

@@ -29,9 +29,9 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from .errors import UserError
+from .files import current_umask, replacing
 
 # mkdtemp's suffixes: lower-case letters, digits and '_' (never '.', which board names allow).
 _LEFTOVER = r"\.{board}\.(?P<kind>v|tmp|link|old)-(?P<id>[a-z0-9_]+)"
@@ -174,17 +174,6 @@ def _locked(folder: Path, how: int) -> Iterator[None]:
         os.close(fd)
 
 
-def current_umask() -> int:
-    """The process's umask, read without changing it (os.umask would race other threads)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)  # kernels before 4.7 do not report it
-    os.umask(mask)
-    return mask
-
-
 def apply_umask(root: Path) -> None:
     """Give `root` and everything in it the modes the umask asks for (files 0666, folders
     0777, minus the umask): writers that use mkstemp would otherwise leave 0600."""
@@ -199,31 +188,8 @@ def apply_umask(root: Path) -> None:
                 os.chmod(path, 0o666 & ~mask)
 
 
-def set_file_mode(path: Path) -> None:
-    """A file made with mkstemp (0600) after publishing, such as fwgen boot's copies, gets
-    the same rule."""
-    os.chmod(path, 0o666 & ~current_umask())
-
-
-@contextlib.contextmanager
-def replacing(path: Path) -> Iterator[BinaryIO]:
-    """A temporary file beside `path`, open for writing, that replaces `path` (with the
-    umask's mode) when the block ends and is removed when it fails: `path` is the old file
-    or the whole new one, never a part."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            yield out
-        set_file_mode(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_file(path: Path, data: bytes) -> Path:
-    """Write `data` to `path` atomically (`replacing`), with the mode outputs get."""
+    """Write `data` to `path` atomically (`files.replacing`), with the mode outputs get."""
     with replacing(path) as out:
         out.write(data)
     return path

@@ -36,6 +36,7 @@ from .context import BoardResolution
 from .document import APPEND, read_yaml
 from .errors import ConfigError
 from .fetch.resolver import Resolution
+from .files import hash_file
 
 RECORD = Path(".fwgen") / "inputs.json"
 CODE_ROOT = Path(__file__).resolve().parent
@@ -117,8 +118,8 @@ def changed_since(outdir: Path, inputs: dict[str, str]) -> str | None:
 
 def record_inputs(folder: Path, inputs: dict[str, str]) -> None:
     """Write the record of a build whose files are all in `folder` (before it is published)."""
-    manifest = hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
-    files = {p.name: [p.stat().st_size, _file_sha256(p)] for p in sorted(folder.iterdir())
+    manifest = hash_file(folder / "manifest.json")
+    files = {p.name: [p.stat().st_size, hash_file(p)] for p in sorted(folder.iterdir())
              if p.is_file() and p.name != "manifest.json"}
     (folder / RECORD).parent.mkdir(exist_ok=True)
     (folder / RECORD).write_text(json.dumps({"inputs": inputs, "manifest": manifest, "files": files}, indent=2) + "\n")
@@ -131,7 +132,7 @@ def _output_problem(path: Path, info: dict) -> str | None:
         return "is missing"
     if size != info["size"]:
         return f"is {size} bytes, {info['size']} were built"
-    if _file_sha256(path) != info["sha256"]:
+    if hash_file(path) != info["sha256"]:
         return "does not match its recorded SHA-256"
     return None
 
@@ -175,7 +176,7 @@ def _path_digest(path: Path) -> str:
     if path.is_dir():
         return _digest(list(_tree_digests(path)))
     try:
-        return _file_sha256(path)
+        return hash_file(path)
     except FileNotFoundError:
         return "missing"
 
@@ -187,7 +188,7 @@ def _tree_digests(root: Path) -> Iterator[str]:
         dirs[:] = [d for d in dirs if d != "__pycache__"]
         found += [Path(folder) / name for name in files]
     for path in sorted(found):
-        yield f"{path.relative_to(root)} {_file_sha256(path)}"
+        yield f"{path.relative_to(root)} {hash_file(path)}"
 
 
 def _version_of(distribution: str) -> str | None:
@@ -199,8 +200,3 @@ def _version_of(distribution: str) -> str | None:
 
 def _digest(value: object) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -26,10 +26,11 @@ from .board import Board, Feed
 from .build import resolve_inputs  # the pipeline's own resolution, as a build would take it
 from .busybox import BusyboxSource, patches_for
 from .busybox_download import download_source
-from .cache import Cache, hash_file
+from .cache import Cache
 from .errors import FetchError, UserError
 from .fetch import FetchedPackage
 from .fetch.deb import DebBackend, SourcePackage, source_of
+from .files import hash_file
 from .progress import QUIET, Progress
 
 MIB = 1 << 20

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cache import hash_file
 from .errors import FormatError
+from .files import hash_file
 from .publish import write_file
 from .usign import UsignKey, UsignSecretKey, parse_signature, verify
 

@@ -29,7 +29,7 @@ from construct import Const, Int8ub, Int32ub, Padding, Struct
 from . import usign
 from .bundle import tar_member
 from .errors import PARSE_ERRORS, FormatError, IntegrityError, parse_error
-from .publish import replacing
+from .files import replacing
 
 # fwimage.h: struct fwimage_trailer, big-endian
 TRAILER = Struct(

@@ -93,12 +93,12 @@ def test_the_report_is_written_atomically_and_replaced_whole(tmp_path, monkeypat
     first = path.read_bytes()
     assert first.startswith(b"<?xml") and list(path.parent.iterdir()) == [path]
 
-    import fwgen.junit
+    import fwgen.files
 
     def fail(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(fwgen.junit.os, "replace", fail)
+    monkeypatch.setattr(fwgen.files.os, "replace", fail)
     with pytest.raises(StorageError, match="no space left on device while writing the JUnit report"):
         write_junit(path, [], action="boot", started=STARTED)
     assert path.read_bytes() == first and list(path.parent.iterdir()) == [path]

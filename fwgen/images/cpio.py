@@ -12,10 +12,8 @@ from __future__ import annotations
 import gzip
 import io
 import lzma
-import os
 import posixpath
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -26,6 +24,7 @@ from construct import Adapter, Bytes, ConstructError, OneOf, Padding, Struct, th
 from ..compression import BOOT_COMPRESSIONS, by_magic
 from ..compression import ERRORS as DECOMPRESSION_ERRORS
 from ..errors import FormatError, UserError, parse_error, quoted
+from ..files import replacing
 from ..rootfs import Entry, EntryType, RootFS
 
 if TYPE_CHECKING:
@@ -220,16 +219,8 @@ def write_initramfs(rootfs: RootFS, path: Path, *, compression: str = "gzip", mt
     if compression not in COMPRESSIONS:
         raise UserError(f"unknown initramfs compression '{compression}'", f"use one of {', '.join(COMPRESSIONS)}")
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            with _open_compressor(compression, raw) as out:
-                write_cpio(rootfs, out, mtime=mtime)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with replacing(path, mode=0o644) as raw, _open_compressor(compression, raw) as out:
+        write_cpio(rootfs, out, mtime=mtime)
 
 
 def _open_compressor(compression: str, raw: BinaryIO) -> io.BufferedIOBase | zstandard.ZstdCompressionWriter:

@@ -7,9 +7,7 @@ derived from a hash of the inputs, so the same partitions always give the same b
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import tempfile
 import uuid
 import zlib
 from collections.abc import Sequence
@@ -19,6 +17,7 @@ from pathlib import Path
 from construct import Bytes, Const, ConstructError, Int8ul, Int32ul, Int64ul, Padding, Struct
 
 from ..errors import FormatError, UserError, parse_error
+from ..files import hash_file, replacing
 from ..progress import QUIET, Progress
 
 SECTOR = 512
@@ -134,20 +133,13 @@ def write_disk_image(
     seed = _identity_seed(table, placed, disk_size)
     tables = _mbr_table(placed, disk_size, seed) if table == "mbr" else _gpt_tables(placed, disk_size, seed)
     progress.step(f"writing disk image {path.name} ({table}, {len(placed)} partitions, {disk_size} bytes)")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.truncate(disk_size)
-            for offset, blob in tables:
-                out.seek(offset)
-                out.write(blob)
-            for p in placed:
-                _write_data(out, p)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with replacing(path, mode=0o644) as out:
+        out.truncate(disk_size)
+        for offset, blob in tables:
+            out.seek(offset)
+            out.write(blob)
+        for p in placed:
+            _write_data(out, p)
 
 
 # -- layout -----------------------------------------------------------------------------
@@ -211,11 +203,7 @@ def _content_digest(part: Partition) -> bytes:
         return b""
     if isinstance(part.data, (bytes, bytearray, memoryview)):
         return hashlib.sha256(part.data).digest()
-    h = hashlib.sha256()
-    with open(part.data, "rb") as f:
-        while chunk := f.read(MiB):
-            h.update(chunk)
-    return h.digest()
+    return bytes.fromhex(hash_file(part.data))
 
 
 def _write_data(out, p: _Placed) -> None:

@@ -24,9 +24,7 @@ content, so the same files give the same bytes.
 from __future__ import annotations
 
 import hashlib
-import os
 import posixpath
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -45,6 +43,7 @@ from construct import (
 )
 
 from ..errors import FormatError, UserError, parse_error
+from ..files import replacing
 
 __all__ = ["FatLayout", "FatVolume", "plan_layout", "read_fat", "write_fat", "write_fat_image"]
 
@@ -463,16 +462,8 @@ def write_fat_image(files: Mapping[str, bytes], path: Path, *, size: int, mtime:
                     label: str = "BOOT") -> FatLayout:
     """Write a FAT32 volume image file of `size` bytes to `path`, atomically."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w+b") as out:
-            layout = write_fat(files, out, size=size, mtime=mtime, label=label)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return layout
+    with replacing(path, mode=0o644) as out:
+        return write_fat(files, out, size=size, mtime=mtime, label=label)
 
 
 # ---------------------------------------------------------------------------------------------

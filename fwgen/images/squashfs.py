@@ -12,7 +12,6 @@ import hashlib
 import os
 import posixpath
 import stat
-import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import UserError
+from ..files import replacing
 from ..progress import QUIET, Progress
 from ..rootfs import Entry, EntryType, RootFS
 from . import squashfs_layout as L
@@ -54,16 +54,8 @@ def write_squashfs(
     tree = _Tree(rootfs)
     plan = _plan_data(tree, block_size)
     progress.step(f"writing squashfs {path.name} ({compression}, {len(tree.order)} inodes)")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            writer = _ImageWriter(out, tree, plan, compressor, mtime, progress)
-            writer.write(jobs)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with replacing(path, mode=0o644) as out:
+        _ImageWriter(out, tree, plan, compressor, mtime, progress).write(jobs)
 
 
 # -- the tree in write order ------------------------------------------------------------
