@@ -315,10 +315,9 @@ def _tree_files(tree_root: Path) -> dict[str, str]:
 
 
 def _write_manifest(tree_root: Path) -> None:
-    manifest = tree_root / _MANIFEST
-    tmp = manifest.with_name(manifest.name + ".part")
-    tmp.write_text(json.dumps(_tree_files(tree_root), sort_keys=True, indent=0) + "\n")
-    os.replace(tmp, manifest)
+    listing = json.dumps(_tree_files(tree_root), sort_keys=True, indent=0) + "\n"  # before the temporary file exists
+    with replacing(tree_root / _MANIFEST, suffix=".part") as out:
+        out.write(listing.encode())
 
 
 def _tree_damage(tree_root: Path) -> str | None:

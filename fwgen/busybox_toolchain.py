@@ -23,7 +23,7 @@ from pathlib import Path
 from .arch import Arch
 from .cache import discard_damaged
 from .errors import ToolMissingError
-from .files import hash_file
+from .files import hash_file, replacing
 from .progress import Progress
 from .run import run
 
@@ -164,10 +164,9 @@ def _zig_cache_damage(zig_dir: Path) -> str | None:
 
 
 def _record_link_inputs(zig_dir: Path) -> None:
-    record = zig_dir / LINK_INPUTS_RECORD
-    tmp = record.with_name(f".{record.name}.{os.getpid()}.part")
-    tmp.write_text(json.dumps(_link_inputs(zig_dir), indent=0, sort_keys=True) + "\n")
-    os.replace(tmp, record)
+    inputs = json.dumps(_link_inputs(zig_dir), indent=0, sort_keys=True) + "\n"
+    with replacing(zig_dir / LINK_INPUTS_RECORD, suffix=".part") as out:
+        out.write(inputs.encode())
 
 
 @contextmanager
