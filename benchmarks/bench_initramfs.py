@@ -2,7 +2,7 @@
 
     python benchmarks/bench_initramfs.py [--tree DIR ...] [--initramfs FILE] [--repeat N] [--write-readme]
 
-fwgen reads the host folder into its in-memory model once (`pack_directory`, owners squashed
+fwgen reads the host folder into its in-memory model once (`read_folder`, owners squashed
 to root, not timed: a build already holds the model) and times `write_initramfs`. The standard
 pipeline reads the same folder from disk: `find . | LC_ALL=C sort | cpio -o -H newc -R 0:0
 --reproducible | <compressor>`, one row for every compression fwgen's writer has (cpio.COMPRESSIONS;
@@ -35,8 +35,7 @@ from readme import update_readme, verdict  # noqa: E402
 
 from fwgen.images.cpio import COMPRESSIONS as WRITTEN  # noqa: E402
 from fwgen.images.cpio import write_initramfs  # noqa: E402
-from fwgen.images.squashfs import pack_directory  # noqa: E402
-from fwgen.rootfs import RootFS  # noqa: E402
+from fwgen.rootfs import RootFS, read_folder  # noqa: E402
 
 EPOCH = 1_700_000_000
 COMPRESSORS = {
@@ -124,7 +123,7 @@ def main() -> None:
         for src in trees:
             count, total = tree_size(src)
             label = f"{src.name} ({count} paths, {total / 1e6:.1f} MB)"
-            rootfs = pack_directory(src, all_root=True)
+            rootfs = read_folder(src, all_root=True)
             for compression in args.compression or list(WRITTEN):
                 ours, theirs = Path(tmp) / "fwgen.cpio", Path(tmp) / "gnu.cpio"
                 runs_ours, runs_theirs = [], []

@@ -3,7 +3,7 @@
     python benchmarks/bench_squashfs.py [--large DIR] [--small DIR] [--block-size N] [--repeat N]
                                         [--write-readme]
 
-Both tools read the host folder (fwgen through `pack_directory`, owners squashed to root
+Both tools read the host folder (fwgen through `read_folder`, owners squashed to root
 like `-all-root`) and write an image; wall time is the best of `--repeat` alternating runs; "cpu" compares CPU seconds
 (all threads), which a busy machine disturbs less. One row per tree and per
 compression fwgen's writer has (squashfs_layout.COMPRESSORS), as `mksquashfs -comp NAME`.
@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from readme import update_readme, verdict  # noqa: E402
 
 from fwgen.images import squashfs_layout as L  # noqa: E402
-from fwgen.images.squashfs import pack_directory, write_squashfs  # noqa: E402
+from fwgen.images.squashfs import write_squashfs  # noqa: E402
+from fwgen.rootfs import read_folder  # noqa: E402
 
 EPOCH = 1_700_000_000
 COMPRESSIONS = tuple(L.COMPRESSORS)
@@ -36,7 +37,7 @@ COMPRESSIONS = tuple(L.COMPRESSORS)
 def time_fwgen(src: Path, out: Path, compression: str, block_size: int) -> tuple[float, float]:
     """(wall seconds, CPU seconds of all threads)."""
     started, cpu = time.perf_counter(), time.process_time()
-    rootfs = pack_directory(src, all_root=True)
+    rootfs = read_folder(src, all_root=True)
     write_squashfs(rootfs, out, compression=compression, block_size=block_size, mtime=EPOCH, jobs=2)
     return time.perf_counter() - started, time.process_time() - cpu
 

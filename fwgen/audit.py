@@ -19,9 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import posixpath
-import stat
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,9 +32,10 @@ from elftools.elf.sections import ARMAttributesSection, SymbolTableSection
 from .arch import EM_AARCH64, EM_ARM, EM_MIPS, Arch
 from .cache import Cache, discard_damaged
 from .errors import UserError
+from .images.read import read_image
 from .policy import SpecialFile, find_special_files
 from .progress import QUIET, Progress
-from .rootfs import EntryType, RootFS
+from .rootfs import EntryType, RootFS, read_folder
 
 ELF_MAGIC = b"\x7fELF"
 MACHINES = {EM_ARM: "arm", EM_AARCH64: "aarch64", EM_MIPS: "mips", 3: "x86", 62: "x86_64", 243: "riscv"}
@@ -218,7 +217,7 @@ def audit_paths(paths: Iterable[Path | str], arch: Arch | None) -> AuditReport:
     report = AuditReport()
     for path in map(Path, paths):
         if path.is_dir():
-            _add(report, audit_rootfs(load_folder(path), arch))
+            _add(report, audit_rootfs(read_folder(path), arch))
         elif path.is_file():
             data = path.read_bytes()
             if data[:4] == ELF_MAGIC:
@@ -228,7 +227,7 @@ def audit_paths(paths: Iterable[Path | str], arch: Arch | None) -> AuditReport:
                     info.errors += fit_errors(info, arch)
                 report.files.append(info)
             else:
-                _add(report, audit_rootfs(load_image(path), arch))
+                _add(report, audit_rootfs(read_image(path), arch))
         else:
             raise UserError(f"{path}: no such file or folder")
     return report
@@ -237,50 +236,6 @@ def audit_paths(paths: Iterable[Path | str], arch: Arch | None) -> AuditReport:
 def _add(report: AuditReport, part: AuditReport) -> None:
     report.files += part.files
     report.special += part.special
-
-
-def load_folder(folder: Path) -> RootFS:
-    """A host folder as a RootFS (regular files and symlinks; never follows a symlink)."""
-    rootfs = RootFS()
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for name in sorted(dirnames + filenames):
-            host = Path(dirpath) / name
-            inside = "/" + host.relative_to(folder).as_posix()
-            if host.is_symlink():
-                rootfs.add_symlink(inside, os.readlink(host), provenance=str(folder))
-            elif host.is_dir():
-                rootfs.add_dir(inside, stat.S_IMODE(host.stat().st_mode), provenance=str(folder))
-            elif host.is_file():
-                rootfs.add_file(inside, host.read_bytes(), stat.S_IMODE(host.stat().st_mode), provenance=str(folder))
-    return rootfs
-
-
-def load_image(path: Path) -> RootFS:
-    """An image file as a RootFS: squashfs, or an initramfs (cpio newc, plain or compressed)."""
-    from .images.cpio import read_initramfs
-    from .images.squashfs_reader import read_squashfs
-
-    if path.read_bytes()[:4] == b"hsqs":
-        image = read_squashfs(path)
-        try:
-            return image.to_rootfs()
-        finally:
-            image.close()
-    rootfs = RootFS()
-    for member in read_initramfs(path):
-        name, perms = member.name, member.mode & 0o7777
-        if name in (".", ""):
-            continue
-        if stat.S_ISREG(member.mode):
-            rootfs.add_file(name, member.data, perms, provenance=str(path))
-        elif stat.S_ISLNK(member.mode):
-            rootfs.add_symlink(name, member.data.decode(errors="replace"), provenance=str(path))
-        elif stat.S_ISDIR(member.mode):
-            rootfs.add_dir(name, perms, provenance=str(path))
-        elif stat.S_ISCHR(member.mode) or stat.S_ISBLK(member.mode):
-            kind = EntryType.CHARDEV if stat.S_ISCHR(member.mode) else EntryType.BLOCKDEV
-            rootfs.add_device(name, kind, *member.rdev, perms, provenance=str(path))
-    return rootfs
 
 
 # -- one file ---------------------------------------------------------------------------------

@@ -28,12 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .cache import hash_file
 from .errors import FwgenError, UserError
+from .files import hash_file, replacing
 from .images.disk import read_partition_table
 from .images.flash import identify, round_up
 from .progress import QUIET, Progress
-from .files import replacing
 from .publish import write_file
 
 STATE_FOLDER = ".state"

@@ -88,7 +88,7 @@ from .policy import apply_policy, find_special_files
 from .progress import QUIET, Progress
 from .publish import create_staging, publish
 from .rebuild import changed_since, input_digests, record_inputs
-from .rootfs import Entry, EntryType, RootFS
+from .rootfs import Entry, EntryType, RootFS, read_folder
 from .sbom import write_sboms
 from .scripts import handle_package_scripts
 from .slots import DATA_PART, SLOTS, add_update_files, has_ab_slots, partition_number, root_part
@@ -381,7 +381,7 @@ def load_vendor_kernel(ctx: BuildContext) -> None:
 
 
 def _read_vendor_modules(source: Path) -> list[Entry]:
-    files = _read_tree(source) if source.is_dir() else _read_tarball(source)
+    files = _folder_files(source) if source.is_dir() else _read_tarball(source)
     entries = []
     for relative, data in files:
         path = relative.lstrip("./")
@@ -393,9 +393,8 @@ def _read_vendor_modules(source: Path) -> list[Entry]:
     return entries
 
 
-def _read_tree(folder: Path) -> list[tuple[str, bytes]]:
-    return [(p.relative_to(folder).as_posix(), p.read_bytes())
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()]
+def _folder_files(folder: Path) -> list[tuple[str, bytes]]:
+    return [(e.path, e.data) for e in read_folder(folder) if e.type is EntryType.FILE]
 
 
 def _read_tarball(path: Path) -> list[tuple[str, bytes]]:

@@ -805,9 +805,10 @@ def sign(path, key_file, as_json):
 @handle_errors
 def squashfs(src, out, comp, block_size, all_root):
     """Pack a host folder into a squashfs image (never following its symlinks)."""
-    from .images.squashfs import pack_directory, write_squashfs
+    from .images.squashfs import write_squashfs
+    from .rootfs import read_folder
 
-    rootfs = pack_directory(src, all_root=all_root)
+    rootfs = read_folder(src, all_root=all_root)
     with writing(out, f"the squashfs image of {src}"):
         write_squashfs(rootfs, out, compression=comp, block_size=block_size, mtime=_epoch() or 0)
     click.echo(f"{out}: {len(rootfs)} entries, {out.stat().st_size:,} bytes")
@@ -826,13 +827,8 @@ def inspect(image, extract_path, key, as_json):
     --key, a FIT's signatures too), or list
     the partitions of a flash image (flash.img, firmware.bin) and the images inside them."""
     from .images.flash import describe_flash, load_layout, scanned_layout
-    from .images.inspect import (
-        describe_boot_image,
-        format_boot_image,
-        is_squashfs,
-        list_image,
-        read_image_file,
-    )
+    from .images.inspect import describe_boot_image, format_boot_image, list_image, read_image_file
+    from .images.read import is_squashfs
 
     if extract_path:
         sys.stdout.buffer.write(read_image_file(image, extract_path))

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from .errors import UserError
 from .fetch.backends import get_backend
-from .images.inspect import is_squashfs, list_image
+from .images.inspect import list_image
+from .images.read import is_squashfs
 
 MANIFEST_FILE = "manifest.json"
 FILESYSTEM_OUTPUTS = ("initramfs", "squashfs")  # outputs holding the root's files as fwgen reads them

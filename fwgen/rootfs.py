@@ -9,10 +9,12 @@ Every entry records which layer supplied it (its provenance).
 from __future__ import annotations
 
 import enum
+import os
 import posixpath
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from .errors import UserError
 
@@ -31,6 +33,11 @@ class EntryType(enum.Enum):
         """The S_IFMT bits of st_mode for this type."""
         return _FORMAT_BITS[self]
 
+    @staticmethod
+    def of_mode(st_mode: int) -> EntryType | None:
+        """The type whose S_IFMT bits `st_mode` holds; None for bits no type has."""
+        return _TYPE_OF_BITS.get(stat.S_IFMT(st_mode))
+
 
 _FORMAT_BITS = {
     EntryType.FILE: stat.S_IFREG,
@@ -41,6 +48,7 @@ _FORMAT_BITS = {
     EntryType.FIFO: stat.S_IFIFO,
     EntryType.SOCKET: stat.S_IFSOCK,
 }
+_TYPE_OF_BITS = {bits: kind for kind, bits in _FORMAT_BITS.items()}
 
 
 def normalize_path(path: str) -> str:
@@ -215,3 +223,52 @@ def _follow(link: Entry, path: str) -> str:
 def _sort_key(path: str) -> tuple[str, ...]:
     # Component-wise ordering: "/a/b" sorts right after "/a", before "/a-b".
     return tuple(path.strip("/").split("/")) if path != "/" else ()
+
+
+# -- reading a host folder ----------------------------------------------------------------
+def read_folder(src: Path, *, all_root: bool = False) -> RootFS:
+    """The host folder `src` as a `RootFS`, never following a symlink: the one folder reader
+    (fwgen squashfs, audit, a vendor's module tree).
+
+    Owners, modes, mtimes and device numbers are kept (owners become 0:0 with `all_root`).
+    """
+    src = Path(src)
+    try:
+        return _read_folder(src, all_root)
+    except OSError as e:
+        raise UserError(f"cannot read {e.filename or src}: {e.strerror}") from e
+
+
+def _read_folder(src: Path, all_root: bool) -> RootFS:
+    top = os.lstat(src)
+    if not stat.S_ISDIR(top.st_mode):
+        raise UserError(f"{src}: not a directory")
+    rootfs = RootFS()
+    provenance = f"dir:{src}"
+    rootfs.add(_entry_from_stat("/", top, all_root, provenance))
+    stack = [(src, "/")]
+    while stack:
+        host, image = stack.pop()
+        with os.scandir(host) as it:
+            for item in sorted(it, key=lambda d: d.name):
+                entry = _entry_from_stat(posixpath.join(image, item.name), item.stat(follow_symlinks=False),
+                                         all_root, provenance)
+                if entry.type is EntryType.FILE:
+                    entry = replace(entry, data=Path(item.path).read_bytes())
+                elif entry.type is EntryType.SYMLINK:
+                    entry = replace(entry, target=os.readlink(item.path))
+                rootfs.add(entry)
+                if entry.type is EntryType.DIR:
+                    stack.append((Path(item.path), entry.path))
+    return rootfs
+
+
+def _entry_from_stat(path: str, st: os.stat_result, all_root: bool, provenance: str) -> Entry:
+    kind = EntryType.of_mode(st.st_mode)
+    assert kind is not None, f"{path}: st_mode {st.st_mode:o}"  # Linux has no eighth file type
+    rdev = (os.major(st.st_rdev), os.minor(st.st_rdev)) if kind in (EntryType.CHARDEV, EntryType.BLOCKDEV) else (0, 0)
+    return Entry(
+        path, kind, stat.S_IMODE(st.st_mode),
+        uid=0 if all_root else st.st_uid, gid=0 if all_root else st.st_gid,
+        mtime=int(st.st_mtime), rdev=rdev, provenance=provenance,
+    )

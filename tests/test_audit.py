@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -135,24 +137,50 @@ def test_debian_busybox_static_is_static_glibc_and_not_for_armv6(armhf_rootfs):
 @pytest.mark.network
 @pytest.mark.parametrize("form", ["initramfs", "squashfs", "folder"])
 def test_audit_reads_images_and_folders(armhf_rootfs, tmp_path, form):
-    from fwgen.images.cpio import write_initramfs
-    from fwgen.images.squashfs import write_squashfs
-
     direct = audit_rootfs(armhf_rootfs, Arch.ARMV7)
-    if form == "initramfs":
-        target = tmp_path / "initramfs.cpio.gz"
-        write_initramfs(armhf_rootfs, target, mtime=0)
-    elif form == "squashfs":
-        target = tmp_path / "root.squashfs"
-        write_squashfs(armhf_rootfs, target, mtime=0)
-    else:
-        target = tmp_path / "root"
-        write_folder(armhf_rootfs, target)
-    report = audit_paths([target], Arch.ARMV7)
+    report = audit_paths([write_form(armhf_rootfs, tmp_path, form)], Arch.ARMV7)
     assert [f.path for f in report.files] == [f.path for f in direct.files]
     assert report.errors == [] and len(report.files) > 20
     as_json = json.loads(report.to_json())
     assert any(f["path"] == "/usr/bin/dbclient" and f["libc"] == "glibc" for f in as_json["files"])
+
+
+@pytest.mark.parametrize("form", ["initramfs", "squashfs", "folder"])
+def test_audit_reads_each_form_through_the_one_reader(tmp_path, form):
+    """Offline: the host's own `true` in each form audits as it does in the model, and a
+    setuid file keeps its owner (the readers audit had before dropped owners to 0:0)."""
+    rootfs = RootFS()
+    rootfs.add_file("/bin/true", Path(shutil.which("true") or "/bin/true").resolve().read_bytes(), 0o755)
+    rootfs.add_symlink("/bin/false", "true")
+    rootfs.add_file("/bin/su", b"#!/bin/sh\n", 0o4755, uid=1000, gid=50)
+    target = write_form(rootfs, tmp_path, form)
+    if form == "folder":
+        if os.geteuid() != 0:
+            pytest.skip("only root can give a file another owner")
+        os.chown(target / "bin" / "su", 1000, 50)
+        os.chmod(target / "bin" / "su", 0o4755)  # chown clears the setuid bit
+    direct = audit_rootfs(rootfs, None)
+    report = audit_paths([target], None)
+    assert [f.path for f in report.files] == [f.path for f in direct.files] == ["/bin/true"]
+    assert report.errors == direct.errors
+    def owners(special):
+        return [(s.path, s.kind, s.mode, s.uid, s.gid) for s in special]
+    assert owners(report.special) == owners(direct.special) == [("/bin/su", "setuid", 0o104755, 1000, 50)]
+
+
+def write_form(rootfs: RootFS, tmp_path: Path, form: str) -> Path:
+    """`rootfs` written as an initramfs, a squashfs or a folder under `tmp_path`."""
+    from fwgen.images.cpio import write_initramfs
+    from fwgen.images.squashfs import write_squashfs
+
+    if form == "initramfs":
+        write_initramfs(rootfs, tmp_path / "initramfs.cpio.gz", mtime=0)
+        return tmp_path / "initramfs.cpio.gz"
+    if form == "squashfs":
+        write_squashfs(rootfs, tmp_path / "root.squashfs", mtime=0)
+        return tmp_path / "root.squashfs"
+    write_folder(rootfs, tmp_path / "root")
+    return tmp_path / "root"
 
 
 def write_folder(rootfs: RootFS, folder: Path) -> None:

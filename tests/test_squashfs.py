@@ -16,8 +16,8 @@ import pytest
 
 from fwgen.errors import FormatError, UserError
 from fwgen.images import squashfs_layout as L
-from fwgen.images.squashfs import pack_directory, read_squashfs, write_squashfs
-from fwgen.rootfs import Entry, EntryType, RootFS
+from fwgen.images.squashfs import read_squashfs, write_squashfs
+from fwgen.rootfs import Entry, EntryType, RootFS, read_folder
 from fwgen.run import run
 
 MTIME = 1_700_000_000
@@ -300,7 +300,7 @@ def make_host_tree(root: Path) -> None:
 def test_reader_reads_mksquashfs_images(tmp_path, compression):
     src = tmp_path / "src"
     make_host_tree(src)
-    model = pack_directory(src, all_root=False)
+    model = read_folder(src, all_root=False)
     assert model["/escape"].type is EntryType.SYMLINK and model["/escape"].target == "/etc"
     image = tmp_path / "mk.sqfs"
     run(["mksquashfs", src, image, "-comp", compression, "-b", "65536", "-noappend", "-no-xattrs",
@@ -327,7 +327,7 @@ def test_pack_directory_all_root_matches_mksquashfs(tmp_path):
     src = tmp_path / "src"
     make_host_tree(src)
     ours, theirs = tmp_path / "ours.sqfs", tmp_path / "theirs.sqfs"
-    model = pack_directory(src, all_root=True)
+    model = read_folder(src, all_root=True)
     assert {(e.uid, e.gid) for e in model} == {(0, 0)}
     write_squashfs(model, ours, mtime=MTIME)
     run(["mksquashfs", src, theirs, "-noappend", "-all-root", "-no-xattrs", "-processors", "2"])
@@ -511,11 +511,11 @@ def test_pack_directory_keeps_non_utf8_names_and_reports_unreadable_folders(tmp_
     (src / os.fsdecode(raw)).write_bytes(b"latin\n")
     os.symlink(os.fsdecode(raw), os.path.join(src, "link"))
     image = tmp_path / "names.sqfs"
-    write_squashfs(pack_directory(src, all_root=True), image, mtime=MTIME)
+    write_squashfs(read_folder(src, all_root=True), image, mtime=MTIME)
     out = tmp_path / "out"
     run(["unsquashfs", "-d", out, image])
     assert sorted(os.listdir(os.fsencode(out))) == [raw, b"link"]
     assert os.readlink(os.path.join(os.fsencode(out), b"link")) == raw
     assert read_squashfs(image).read_file("/" + os.fsdecode(raw)) == b"latin\n"
     with pytest.raises(UserError, match=r"cannot read .*/missing: No such file or directory"):
-        pack_directory(tmp_path / "missing", all_root=True)
+        read_folder(tmp_path / "missing", all_root=True)

@@ -25,7 +25,7 @@ from ..compression import BOOT_COMPRESSIONS, by_magic
 from ..compression import ERRORS as DECOMPRESSION_ERRORS
 from ..errors import FormatError, UserError, parse_error, quoted
 from ..files import replacing
-from ..rootfs import Entry, EntryType, RootFS
+from ..rootfs import Entry, EntryType, RootFS, normalize_path
 
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
@@ -104,9 +104,8 @@ class CpioMember:
 
     @property
     def type(self) -> EntryType:
-        for kind in EntryType:
-            if kind.format_bits == stat.S_IFMT(self.mode):
-                return kind
+        if kind := EntryType.of_mode(self.mode):
+            return kind
         raise FormatError(f"cpio member {self.name} at 0x{self.offset:x}: unknown file type {self.mode:o}")
 
     @property
@@ -119,6 +118,19 @@ class CpioMember:
         if self.type is not EntryType.SYMLINK:
             return ""
         return self.data.decode("utf-8", "surrogateescape")
+
+    def entry(self, source: str) -> Entry:
+        """The member as the model's Entry: its path from the root ("." is "/"), owners,
+        mtime and device numbers kept, a symlink's data as its target; `source` names the
+        archive (in the entry's provenance and in the error for a name that climbs out)."""
+        kind = self.type
+        try:
+            path = normalize_path(self.name)
+        except UserError as e:
+            raise FormatError(f"{source}: cpio member {self.name!r} at 0x{self.offset:x}: {e}") from e
+        return Entry(path, kind, self.permissions, self.uid, self.gid, self.mtime,
+                     self.data if kind is EntryType.FILE else b"", self.target, self.rdev, f"initramfs:{source}")
+
 
 
 # -- writing ---------------------------------------------------------------------------
@@ -268,6 +280,15 @@ def read_initramfs(path: Path) -> list[CpioMember]:
     segments (e.g. an uncompressed early-microcode archive followed by a compressed one)."""
     path = Path(path)
     return _read_segments(path.read_bytes(), str(path), allow_compressed=True)
+
+
+def initramfs_rootfs(path: Path) -> RootFS:
+    """An initramfs (`read_initramfs`) as a RootFS; a later member of the same path replaces
+    an earlier one, as the kernel's unpacking does."""
+    rootfs = RootFS()
+    for member in read_initramfs(path):
+        rootfs.add(member.entry(str(path)))
+    return rootfs
 
 
 def _read_segments(data: bytes, source: str, *, allow_compressed: bool) -> list[CpioMember]:

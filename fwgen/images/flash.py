@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from .read import SQUASHFS_MAGIC
 from .uimage import HEADER_SIZE, is_uimage, read_uimage
 
 ERASED = 0xFF  # what an erased NOR cell reads
-SQUASHFS_MAGIC = b"hsqs"
 SQUASHFS_SUPERBLOCK = 96  # bytes_used is the u64 at offset 40
 
 

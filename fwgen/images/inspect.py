@@ -10,36 +10,27 @@ from pathlib import Path
 
 from ..dtb import DeviceTree
 from ..errors import FormatError, UserError
-from ..rootfs import EntryType
-from .cpio import read_initramfs
+from ..rootfs import Entry, EntryType
+from .cpio import initramfs_rootfs, read_initramfs
 from .fit import is_fdt, read_fit
 from .fitsig import load_public_key, read_signatures
-from .squashfs import read_squashfs
+from .read import is_squashfs
+from .squashfs import SquashfsEntry, read_squashfs
 from .uimage import is_uimage, read_uimage
-
-SQUASHFS_MAGIC = b"hsqs"
-
-
-def is_squashfs(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == SQUASHFS_MAGIC
 
 
 def list_image(path: Path, *, digests: bool = False) -> tuple[str, list[dict]]:
     """(kind, rows): one row per entry with path, type, mode string, uid, gid, size, target;
-    with `digests`, a regular file's row also has the SHA-256 of its content (fwgen diff)."""
+    with `digests`, a regular file's row also has the SHA-256 of its content (fwgen diff).
+
+    Rows follow the image's own records, not a RootFS: a listing shows an archive's order, its
+    repeated members and no directory it lacks, and a squashfs's files are read only for digests."""
     if is_squashfs(path):
         with read_squashfs(path) as image:
-            rows = [_row(e.path, e.type, e.mode, e.uid, e.gid, e.size, e.target, e.rdev,
-                         image.read_file(e.path) if digests and e.type is EntryType.FILE else None)
-                    for e in image.entries()]
-        return "squashfs", rows
-    members = read_initramfs(path)
-    rows = [_row("/" + m.name.lstrip("./") if m.name != "." else "/", m.type, m.permissions, m.uid,
-                 m.gid, len(m.data) if m.type in (EntryType.FILE, EntryType.SYMLINK) else 0, m.target, m.rdev,
-                 m.data if digests and m.type is EntryType.FILE else None)
-            for m in members]
-    return "initramfs", rows
+            return "squashfs", [_row(e, image.read_file(e.path) if digests and e.type is EntryType.FILE else None)
+                                for e in image.entries()]
+    entries = [m.entry(str(path)) for m in read_initramfs(path)]
+    return "initramfs", [_row(e, e.data if digests and e.type is EntryType.FILE else None) for e in entries]
 
 
 def describe_boot_image(path: Path, key: Path | None = None) -> tuple[str, dict, bool] | None:
@@ -67,23 +58,22 @@ def read_image_file(path: Path, member: str) -> bytes:
         if is_fdt(f.read(4)):
             return read_fit(path.read_bytes(), where=str(path)).image(member).data
     wanted = "/" + member.strip("/")
-    if is_squashfs(path):
+    if is_squashfs(path):  # one file read, not the whole image
         with read_squashfs(path) as image:
             return image.read_file(wanted)
-    for m in read_initramfs(path):
-        if "/" + m.name.lstrip("./") == wanted:
-            if m.type is not EntryType.FILE:
-                raise UserError(f"{path}: {wanted} is a {m.type.value}, not a file")
-            return m.data
-    raise FormatError(f"{path}: no {wanted} in the image")
+    entry = initramfs_rootfs(path).get(wanted)
+    if entry is None:
+        raise FormatError(f"{path}: no {wanted} in the image")
+    if entry.type is not EntryType.FILE:
+        raise UserError(f"{path}: {wanted} is a {entry.type.value}, not a file")
+    return entry.data
 
 
-def _row(path, kind: EntryType, mode: int, uid: int, gid: int, size: int, target: str, rdev,
-         content: bytes | None = None) -> dict:
+def _row(e: Entry | SquashfsEntry, content: bytes | None = None) -> dict:
     row = {
-        "path": path, "type": kind.value, "mode": stat.filemode(kind.format_bits | (mode & 0o7777)),
-        "uid": uid, "gid": gid, "size": size, "target": target or "",
-        "rdev": list(rdev) if kind in (EntryType.CHARDEV, EntryType.BLOCKDEV) else None,
+        "path": e.path, "type": e.type.value, "mode": stat.filemode(e.type.format_bits | (e.mode & 0o7777)),
+        "uid": e.uid, "gid": e.gid, "size": e.size, "target": e.target or "",
+        "rdev": list(e.rdev) if e.type in (EntryType.CHARDEV, EntryType.BLOCKDEV) else None,
     }
     if content is not None:
         row["sha256"] = hashlib.sha256(content).hexdigest()

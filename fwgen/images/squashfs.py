@@ -9,9 +9,7 @@ plan order, so the same model always gives the same bytes.
 from __future__ import annotations
 
 import hashlib
-import os
 import posixpath
-import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +24,7 @@ from ..rootfs import Entry, EntryType, RootFS
 from . import squashfs_layout as L
 from .squashfs_reader import SquashfsEntry, SquashfsImage, read_squashfs
 
-__all__ = ["write_squashfs", "read_squashfs", "pack_directory", "SquashfsImage", "SquashfsEntry"]
+__all__ = ["write_squashfs", "read_squashfs", "SquashfsImage", "SquashfsEntry"]
 
 
 def write_squashfs(
@@ -453,66 +451,3 @@ _DIR_HEADER = L.DIR_HEADER.compile()
 _DIR_ENTRY = L.DIR_ENTRY.compile()
 
 
-# -- reading a host folder --------------------------------------------------------------
-def pack_directory(src: Path, *, all_root: bool = False) -> RootFS:
-    """Read the host folder `src` into a `RootFS`, never following symlinks.
-
-    Owners, modes, mtimes and device numbers are kept (owners become 0:0 with `all_root`).
-    """
-    src = Path(src)
-    try:
-        return _pack(src, all_root)
-    except OSError as e:
-        raise UserError(f"cannot read {e.filename or src}: {e.strerror}") from e
-
-
-def _pack(src: Path, all_root: bool) -> RootFS:
-    top = os.lstat(src)
-    if not stat.S_ISDIR(top.st_mode):
-        raise UserError(f"{src}: not a directory")
-    rootfs = RootFS()
-    provenance = f"dir:{src}"
-    rootfs.add(_entry_from_stat("/", top, all_root, provenance))
-    stack = [(src, "/")]
-    while stack:
-        host, image = stack.pop()
-        with os.scandir(host) as it:
-            for item in sorted(it, key=lambda d: d.name):
-                st = item.stat(follow_symlinks=False)
-                inside = posixpath.join(image, item.name)
-                entry = _entry_from_stat(inside, st, all_root, provenance)
-                if entry.type is EntryType.FILE:
-                    entry = _with_content(entry, Path(item.path).read_bytes())
-                elif entry.type is EntryType.SYMLINK:
-                    entry = _with_target(entry, os.readlink(item.path))
-                rootfs.add(entry)
-                if entry.type is EntryType.DIR:
-                    stack.append((Path(item.path), inside))
-    return rootfs
-
-
-def _entry_from_stat(path: str, st: os.stat_result, all_root: bool, provenance: str) -> Entry:
-    kinds = {
-        stat.S_IFREG: EntryType.FILE, stat.S_IFDIR: EntryType.DIR, stat.S_IFLNK: EntryType.SYMLINK,
-        stat.S_IFCHR: EntryType.CHARDEV, stat.S_IFBLK: EntryType.BLOCKDEV,
-        stat.S_IFIFO: EntryType.FIFO, stat.S_IFSOCK: EntryType.SOCKET,
-    }
-    kind = kinds[stat.S_IFMT(st.st_mode)]
-    rdev = (os.major(st.st_rdev), os.minor(st.st_rdev)) if kind in (EntryType.CHARDEV, EntryType.BLOCKDEV) else (0, 0)
-    return Entry(
-        path, kind, stat.S_IMODE(st.st_mode),
-        uid=0 if all_root else st.st_uid, gid=0 if all_root else st.st_gid,
-        mtime=int(st.st_mtime), rdev=rdev, provenance=provenance,
-    )
-
-
-def _with_content(entry: Entry, data: bytes) -> Entry:
-    from dataclasses import replace
-
-    return replace(entry, data=data)
-
-
-def _with_target(entry: Entry, target: str) -> Entry:
-    from dataclasses import replace
-
-    return replace(entry, target=target)
