@@ -26,12 +26,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from readme import update_readme, verdict  # noqa: E402
+from readme import best_runs, header, row, tree_size, update_readme  # noqa: E402
 
 from fwgen.images.cpio import COMPRESSIONS as WRITTEN  # noqa: E402
 from fwgen.images.cpio import write_initramfs  # noqa: E402
@@ -83,17 +84,6 @@ def unpack_initramfs(archive: Path, dest: Path) -> Path:
     return dest
 
 
-def tree_size(src: Path) -> tuple[int, int]:
-    count = total = 0
-    for root, dirs, names in os.walk(src):
-        count += len(dirs) + len(names)
-        for name in names:
-            path = os.path.join(root, name)
-            if os.path.isfile(path) and not os.path.islink(path):
-                total += os.path.getsize(path)
-    return count, total
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tree", type=Path, action="append", help="a host folder (repeatable)")
@@ -117,26 +107,19 @@ def main() -> None:
             trees = [Path("/usr/lib/python3.11"), Path("/usr/lib/python3.11/email")]
         if initramfs is not None:
             trees.insert(0, unpack_initramfs(initramfs, Path(tmp) / "initramfs"))
-        lines = [f"{'tree':<34} {'comp':<5} {'fwgen B':>11} {'cpio B':>11} {'size':>6} "
-                 f"{'fwgen s':>8} {'cpio s':>8} {'time':>6} {'cpu':>6}"]
+        lines = [header(34, "cpio")]
         print(lines[0])
         for src in trees:
-            count, total = tree_size(src)
-            label = f"{src.name} ({count} paths, {total / 1e6:.1f} MB)"
+            paths, _, total = tree_size(src)
+            label = f"{src.name} ({paths} paths, {total / 1e6:.1f} MB)"
             rootfs = read_folder(src, all_root=True)
             for compression in args.compression or list(WRITTEN):
                 ours, theirs = Path(tmp) / "fwgen.cpio", Path(tmp) / "gnu.cpio"
-                runs_ours, runs_theirs = [], []
-                for _ in range(args.repeat):  # alternate, so a busy machine slows both alike
-                    runs_ours.append(time_fwgen(rootfs, ours, compression))
-                    runs_theirs.append(time_pipeline(src, theirs, compression))
-                (t_ours, c_ours), (t_theirs, c_theirs) = min(runs_ours), min(runs_theirs)
-                s_ours, s_theirs = ours.stat().st_size, theirs.stat().st_size
+                best = best_runs(args.repeat, partial(time_fwgen, rootfs, ours, compression),
+                                 partial(time_pipeline, src, theirs, compression))
                 members_ours, members_theirs = count_members(ours, compression), count_members(theirs, compression)
                 note = "" if members_ours == members_theirs else f"  members {members_ours} vs {members_theirs}"
-                lines.append(f"{label:<34} {compression:<5} {s_ours:>11,} {s_theirs:>11,} {s_ours / s_theirs:>6.3f} "
-                             f"{t_ours:>8.2f} {t_theirs:>8.2f} {t_ours / t_theirs:>6.2f} {c_ours / c_theirs:>6.2f}"
-                             f"{verdict(s_ours / s_theirs, t_ours / t_theirs)}{note}")
+                lines.append(row(label, 34, compression, (ours.stat().st_size, theirs.stat().st_size), *best) + note)
                 print(lines[-1], flush=True)
     if args.write_readme:
         update_readme("initramfs", lines)

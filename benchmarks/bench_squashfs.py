@@ -20,11 +20,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from readme import update_readme, verdict  # noqa: E402
+from readme import best_runs, header, row, tree_size, update_readme  # noqa: E402
 
 from fwgen.images import squashfs_layout as L  # noqa: E402
 from fwgen.images.squashfs import write_squashfs  # noqa: E402
@@ -60,17 +61,6 @@ def bytes_used(image: Path) -> int:
         return L.SUPERBLOCK.parse(f.read(96)).bytes_used
 
 
-def tree_size(src: Path) -> tuple[int, int]:
-    files = total = 0
-    for root, _dirs, names in os.walk(src):
-        for name in names:
-            path = os.path.join(root, name)
-            if os.path.isfile(path) and not os.path.islink(path):
-                files += 1
-                total += os.path.getsize(path)
-    return files, total
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--large", type=Path, default=Path("/usr/lib/python3.11"))
@@ -80,25 +70,17 @@ def main() -> None:
     parser.add_argument("--write-readme", action="store_true", help="put the table in benchmarks/README.md")
     args = parser.parse_args()
 
-    lines = [f"{'tree':<32} {'comp':<5} {'fwgen B':>11} {'mksq B':>11} {'size':>6} "
-             f"{'fwgen s':>8} {'mksq s':>8} {'time':>6} {'cpu':>6}"]
+    lines = [header(32, "mksq")]
     print(lines[0])
     with tempfile.TemporaryDirectory(prefix="bench-squashfs-") as tmp:
         for src in (args.large, args.small):
-            files, total = tree_size(src)
+            _, files, total = tree_size(src)
             label = f"{src.name} ({files} files, {total / 1e6:.1f} MB)"
             for compression in COMPRESSIONS:
                 ours, theirs = Path(tmp) / "fwgen.sqfs", Path(tmp) / "mksquashfs.sqfs"
-                # Alternate the tools so a busy machine slows both alike; keep the best run.
-                runs_ours, runs_theirs = [], []
-                for _ in range(args.repeat):
-                    runs_ours.append(time_fwgen(src, ours, compression, args.block_size))
-                    runs_theirs.append(time_mksquashfs(src, theirs, compression, args.block_size))
-                (t_ours, c_ours), (t_theirs, c_theirs) = min(runs_ours), min(runs_theirs)
-                s_ours, s_theirs = bytes_used(ours), bytes_used(theirs)
-                lines.append(f"{label:<32} {compression:<5} {s_ours:>11,} {s_theirs:>11,} "
-                             f"{s_ours / s_theirs:>6.3f} {t_ours:>8.2f} {t_theirs:>8.2f} {t_ours / t_theirs:>6.2f} "
-                             f"{c_ours / c_theirs:>6.2f}{verdict(s_ours / s_theirs, t_ours / t_theirs)}")
+                best = best_runs(args.repeat, partial(time_fwgen, src, ours, compression, args.block_size),
+                                 partial(time_mksquashfs, src, theirs, compression, args.block_size))
+                lines.append(row(label, 32, compression, (bytes_used(ours), bytes_used(theirs)), *best))
                 print(lines[-1], flush=True)
     if args.write_readme:
         update_readme("squashfs", lines)

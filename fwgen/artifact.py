@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import IntegrityError, UserError
+from .files import hash_file
 from .oci import Layer, Reference, Registry, layer_file_name
 
 ARTIFACT_TYPE = "application/vnd.fwgen.firmware.v1"
@@ -135,8 +136,6 @@ def _check_outputs(folder: Path, reference: Reference) -> None:
         path = folder / str(output.get("file", ""))
         if not output.get("file") or not path.is_file():
             continue
-        with open(path, "rb") as f:
-            actual = hashlib.file_digest(f, "sha256").hexdigest()
-        if actual != output.get("sha256"):
+        if hash_file(path) != output.get("sha256"):
             raise IntegrityError(f"{reference}: {path.name} is not the {name} output its manifest.json describes",
                                  "refused: nothing was written")

@@ -28,7 +28,7 @@ import requests
 import requests.adapters
 
 from .errors import FetchError, IntegrityError, UserError
-from .files import replacing
+from .files import hash_file, replacing
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 # OCI 1.1's way of saying "this artifact has no configuration": the two bytes "{}".
@@ -245,9 +245,7 @@ def _title(descriptor: dict) -> str:
 
 
 def _file_digest(path: Path) -> tuple[str, int]:
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    return f"sha256:{digest}", path.stat().st_size
+    return f"sha256:{hash_file(path)}", path.stat().st_size
 
 
 def _host_of(url: str) -> str:
