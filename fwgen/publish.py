@@ -72,9 +72,11 @@ def publish(staging: Staging, outdir: Path) -> Path:
     version = outdir.with_name(f".{outdir.name}.v-{build_id}")
     link = outdir.with_name(f".{outdir.name}.link-{build_id}")
     with _locked(outdir.parent, fcntl.LOCK_EX):
+        # A folder from before versioning is retired first: remove_unused keeps the version
+        # renamed last (by ctime), which must be the one the link showed until now, not it.
+        _retire_folder(outdir)
         os.rename(staging.path, version)
         staging.path = version
-        _retire_folder(outdir)
         os.symlink(version.name, link)
         os.replace(link, outdir)
         staging.close()
