@@ -30,6 +30,7 @@ MAX_REDIRECTS = 5
 _IDLE_PER_HOST = 8  # as many as download_packages runs at once by default, and then some
 
 _lock = threading.Lock()
+_lookup_lock = threading.Lock()  # held across a lookup: one at a time, the resolver is the slow part
 _addresses: dict[tuple[str, int], list[tuple[Any, ...]]] = {}
 _idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
 _tls: list[ssl.SSLContext] = []
@@ -149,14 +150,8 @@ def _urllib_get(url: str, headers: dict[str, str], timeout: float) -> Iterator[A
 def open_socket(host: str, port: int, timeout: float | None) -> socket.socket:
     """A TCP connection to `host`, its addresses looked up once per process (as
     socket.create_connection, which looks them up every time)."""
-    with _lock:
-        cached = _addresses.get((host, port))
-    if cached is None:
-        cached = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-        with _lock:
-            _addresses[(host, port)] = cached
     error: OSError | None = None
-    for family, kind, proto, _name, address in cached:
+    for family, kind, proto, _name, address in _addresses_of(host, port):
         sock = socket.socket(family, kind, proto)
         try:
             sock.settimeout(timeout)
@@ -169,6 +164,20 @@ def open_socket(host: str, port: int, timeout: float | None) -> socket.socket:
     with _lock:  # none answered: the next attempt looks the host up again
         _addresses.pop((host, port), None)
     raise error or OSError(f"no address for {host}")
+
+
+def _addresses_of(host: str, port: int) -> list[tuple[Any, ...]]:
+    """The host's addresses, looked up by the first thread that asks; threads starting
+    together wait for its answer instead of each asking the resolver (and each risking its
+    stall)."""
+    with _lookup_lock:
+        with _lock:
+            cached = _addresses.get((host, port))
+        if cached is None:
+            cached = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+            with _lock:
+                _addresses[(host, port)] = cached
+        return cached
 
 
 def _tls_context() -> ssl.SSLContext:
