@@ -33,7 +33,7 @@ from .files import hash_file, replacing
 from .images.disk import read_partition_table
 from .images.flash import identify, round_up
 from .progress import QUIET, Progress
-from .publish import write_file
+from .publish import lock_folder, write_file
 
 STATE_FOLDER = ".state"
 CONSOLE_LOG = "console.log"
@@ -164,13 +164,12 @@ def device_state(outdir: Path, *, fresh: bool, progress: Progress = QUIET) -> It
     board at once would write one disk)."""
     folder = state_folder(outdir)
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{folder}: the device is being booted by another fwgen boot",
-                            "wait until it ends: both would write the same disk") from None
+        fd = lock_folder(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UserError(f"{folder}: the device is being booted by another fwgen boot",
+                        "wait until it ends: both would write the same disk") from None
+    try:
         yield BootState(folder, fresh, progress)
     finally:
         os.close(fd)

@@ -62,7 +62,7 @@ def create_staging(outdir: Path) -> Staging:
     with _locked(outdir.parent, fcntl.LOCK_EX):
         remove_unused(outdir)
         path = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
-        return Staging(path, _lock(path, fcntl.LOCK_EX))
+        return Staging(path, lock_folder(path, fcntl.LOCK_EX))
 
 
 def publish(staging: Staging, outdir: Path) -> Path:
@@ -115,7 +115,7 @@ def remove_unused(outdir: Path) -> list[Path]:
 
 def _remove_if_unlocked(folder: Path) -> bool:
     try:
-        fd = _lock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = lock_folder(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False  # a build writing it, or a boot using it
     except FileNotFoundError:
@@ -137,7 +137,7 @@ def use_build(outdir: Path) -> Iterator[Path]:
     for _ in range(10):
         folder = outdir.resolve()
         try:
-            fd = _lock(folder, fcntl.LOCK_SH)
+            fd = lock_folder(folder, fcntl.LOCK_SH)
         except FileNotFoundError:
             continue  # removed between resolving and locking: resolve the new one
         if _same_folder(fd, folder):
@@ -157,7 +157,8 @@ def _same_folder(fd: int, folder: Path) -> bool:
         return False
 
 
-def _lock(folder: Path, how: int) -> int:
+def lock_folder(folder: Path, how: int) -> int:
+    """A descriptor of `folder` holding its flock (`how`); closing it releases the lock."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, how)
@@ -169,7 +170,7 @@ def _lock(folder: Path, how: int) -> int:
 
 @contextlib.contextmanager
 def _locked(folder: Path, how: int) -> Iterator[None]:
-    fd = _lock(folder, how)
+    fd = lock_folder(folder, how)
     try:
         yield
     finally:
