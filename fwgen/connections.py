@@ -77,21 +77,23 @@ def _request(key: tuple[str, str, int], target: str, headers: dict[str, str],
              timeout: float) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     connection, reused = _take(key, timeout)
     try:
-        connection.request("GET", target, headers=headers)
-        return connection, connection.getresponse()
+        return connection, _send(connection, target, headers)
     except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-        connection.close()
         if not reused:
             raise
-    except BaseException:
-        connection.close()
-        raise
     # The server closed the idle connection meanwhile (its keep-alive timeout): a GET can be
     # sent again, once, on a new one.
     connection = _open(key, timeout)
+    return connection, _send(connection, target, headers)
+
+
+def _send(connection: http.client.HTTPConnection, target: str,
+          headers: dict[str, str]) -> http.client.HTTPResponse:
+    """GET `target` on `connection` and its response's head; the connection is closed when
+    that fails."""
     try:
         connection.request("GET", target, headers=headers)
-        return connection, connection.getresponse()
+        return connection.getresponse()
     except BaseException:
         connection.close()
         raise
