@@ -76,6 +76,32 @@ def test_the_partition_table_reads_back_as_sfdisk_reads_it(tmp_path, table):
 
 
 @pytest.mark.parametrize("table", ["mbr", "gpt"])
+def test_a_table_sfdisk_wrote_reads_as_sfdisk_wrote_it(tmp_path, table):
+    """The reader on tables nobody here wrote: util-linux's sfdisk writes them, with a GPT's
+    backup header at the end of the disk and its own alignment, names and types."""
+    disk = tmp_path / "theirs.img"
+    with open(disk, "wb") as f:
+        f.truncate(64 * MiB)
+    script = {"mbr": "label: dos\nstart=2048, size=20480, type=c\nsize=40960, type=83\ntype=83\n",
+              "gpt": f"label: gpt\nsize=20480, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=boot\n"
+                     f"size=40960, type={LINUX_GUID}, name=root\ntype={LINUX_GUID}, name=data\n"}[table]
+    subprocess.run(["sfdisk", "--no-reread", "--no-tell-kernel", str(disk)], input=script, text=True,
+                   capture_output=True, check=True)
+    theirs = json.loads(subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, text=True,
+                                       check=True).stdout)["partitiontable"]["partitions"]
+    ours = read_partition_table(disk)
+    assert len(ours) == 3
+    assert [(p.number, p.start, p.size) for p in ours] == [(n, t["start"] * 512, t["size"] * 512)
+                                                          for n, t in enumerate(theirs, 1)]
+    if table == "gpt":
+        assert [(p.name, p.type.upper()) for p in ours] == [(t["name"], t["type"]) for t in theirs]
+        assert data_partition(disk).start == theirs[2]["start"] * 512
+    else:
+        assert [p.type for p in ours] == ["0x0c", "0x83", "0x83"]
+        assert data_partition(disk).name == "partition 3"
+
+
+@pytest.mark.parametrize("table", ["mbr", "gpt"])
 def test_a_rebuild_keeps_the_data_partition_when_its_layout_is_unchanged(tmp_path, table, capsys):
     state = tmp_path / "state"
     first = write_disk(tmp_path / "first.img", os.urandom(2 * MiB), 4, table=table)
